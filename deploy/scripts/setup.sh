@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs everything Isoflow's build and tests need on a fresh Debian 12 machine.
+# Idempotent: a warm machine skips what it already has. Run as root (or with sudo).
+#
+#   - Debian packages: protoc, libclang (bindgen), etcd, libnode's runtime deps
+#   - libnode108 + libnode-dev (V8 10.2) extracted into .deps/libnode, because the
+#     package conflicts with the preinstalled nodejs and must not be apt-installed
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+deps="$root/.deps"
+libnode_dir="$deps/libnode"
+
+packages=(protobuf-compiler libclang-dev etcd-server etcd-client libuv1 libc-ares2 python3-pip)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [[ ! -f "$libnode_dir/usr/lib/x86_64-linux-gnu/libnode.so.108" || ! -f "$libnode_dir/usr/include/node/v8.h" ]]; then
+  echo "setup: extracting libnode108 + libnode-dev into $libnode_dir"
+  tmp="$(mktemp -d)"
+  (cd "$tmp" && apt-get download libnode108 libnode-dev >/dev/null 2>&1 || { apt-get update -qq && apt-get download libnode108 libnode-dev; })
+  rm -rf "$libnode_dir"
+  mkdir -p "$libnode_dir"
+  for d in "$tmp"/*.deb; do dpkg -x "$d" "$libnode_dir"; done
+  rm -rf "$tmp"
+fi
+# libnode-dev ships the unversioned symlink pointing at libnode.so.108; make sure it resolves.
+lib="$libnode_dir/usr/lib/x86_64-linux-gnu"
+[[ -e "$lib/libnode.so" ]] || ln -sf libnode.so.108 "$lib/libnode.so"
+echo "setup: ok (libnode in $libnode_dir)"

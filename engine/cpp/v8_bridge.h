@@ -1,0 +1,98 @@
+// The narrow C ABI between Isoflow's engine (Rust) and V8 (Debian's libnode108).
+//
+// Ownership and threads:
+//   - isoflow_v8_init runs once per process, before anything else.
+//   - An isoflow_v8 is one isolate with one context and the prelude already
+//     evaluated. It is created, run at most once, and disposed on the same OS
+//     thread. isoflow_v8_terminate is the only call allowed from another
+//     thread, and only while the isolate is alive.
+//   - The host callbacks run on the isolate's thread during isoflow_v8_run.
+//     Strings passed to them are valid only for the duration of the call.
+#ifndef ISOFLOW_V8_BRIDGE_H
+#define ISOFLOW_V8_BRIDGE_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct isoflow_v8 isoflow_v8;
+
+// A borrowed string from the host; ok = 0 means it is an error message.
+typedef struct {
+  const char* ptr;
+  size_t len;
+  int ok;
+} isoflow_v8_slice;
+
+typedef struct {
+  void* data;
+  // A log line (level 0 debug .. 3 error). Returns 0 to stop the step (a log
+  // limit was exceeded), non-zero to go on.
+  int (*log)(void* data, int level, const char* text, size_t len);
+  // ctx.xml: op 0 parse, 1 stringify. The slice stays valid until the next call.
+  isoflow_v8_slice (*xml)(void* data, int op, const char* arg, size_t arg_len,
+                          const char* options, size_t options_len);
+  // A buffer for the output's `len` bytes of UTF-8, or NULL when `len` is
+  // over the output limit.
+  char* (*output)(void* data, size_t len);
+  // Error details: field 0 message, 1 stack.
+  void (*text)(void* data, int field, const char* text, size_t len);
+} isoflow_v8_host;
+
+enum {
+  ISOFLOW_V8_OK = 0,
+  ISOFLOW_V8_SYNTAX = 1,
+  ISOFLOW_V8_EXCEPTION = 2,
+  ISOFLOW_V8_TERMINATED = 3,
+  ISOFLOW_V8_HEAP_LIMIT = 4,
+  ISOFLOW_V8_MODULE = 5,
+  ISOFLOW_V8_INPUT = 6,
+  ISOFLOW_V8_NOT_SERIALIZABLE = 7,
+  ISOFLOW_V8_NEVER_SETTLED = 8,
+  ISOFLOW_V8_OUTPUT_LIMIT = 9,
+  ISOFLOW_V8_INTERNAL = 10,
+};
+
+enum {
+  ISOFLOW_V8_FIELD_MESSAGE = 0,
+  ISOFLOW_V8_FIELD_STACK = 1,
+};
+
+typedef struct {
+  int status;
+  // 1-based position in the step's source; 0 when unknown.
+  int line;
+  int column;
+} isoflow_v8_result;
+
+// Initialises V8 once per process with `flags` and remembers the prelude
+// source. Returns 0 on success; on failure writes a message into `error`.
+int isoflow_v8_init(const char* flags, const char* prelude, size_t prelude_len,
+                    char* error, size_t error_len);
+
+// A fresh isolate whose heap (ArrayBuffers included) is limited to
+// `heap_limit` bytes, with a context in which the prelude has run. NULL on
+// failure, with a message in `error`.
+isoflow_v8* isoflow_v8_new(size_t heap_limit, char* error, size_t error_len);
+
+// Runs the step: parses `input` (JSON), evaluates `source` as an ES module
+// named `filename`, calls its default export, drains microtasks, serialises
+// the result through the host's output buffer.
+isoflow_v8_result isoflow_v8_run(isoflow_v8* v8, const isoflow_v8_host* host,
+                                 const char* source, size_t source_len,
+                                 const char* filename, size_t filename_len,
+                                 const char* input, size_t input_len);
+
+// Stops running JavaScript as soon as possible. Thread-safe.
+void isoflow_v8_terminate(isoflow_v8* v8);
+
+// Disposes of the isolate. `v8` is invalid afterwards.
+void isoflow_v8_dispose(isoflow_v8* v8);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

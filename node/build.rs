@@ -1,0 +1,10 @@
+//! Gives the `isoflow` binary an rpath to libnode when the engine was built
+//! with V8, so it runs without LD_LIBRARY_PATH (see engine/build.rs).
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=DEP_ISOFLOW_V8_LIBDIR");
+    if let Some(dir) = std::env::var_os("DEP_ISOFLOW_V8_LIBDIR") {
+        let dir = dir.to_string_lossy();
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+    }
+}
