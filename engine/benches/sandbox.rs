@@ -31,7 +31,12 @@ export default function (orders) {
 "#;
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--measure-memory") {
+        measure_memory(args.get(at + 1).map_or("none", String::as_str));
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
     let scale = if quick { 10 } else { 1 };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     println!(
@@ -89,7 +94,7 @@ fn main() {
 
         let per_isolate = memory_per_isolate(runtime);
         println!(
-            "memory per live isolate:       {:.0} KB RSS (measured over 32 ready isolates)",
+            "memory per live isolate:       {:.0} KB RSS (measured over {LIVE} ready isolates)",
             per_isolate / 1024.0
         );
         println!();
@@ -269,35 +274,62 @@ fn rss_bytes() -> f64 {
     kb * 1024.0
 }
 
-/// RSS of 33 threads each holding a ready isolate, minus 1 such thread,
-/// minus the same number of threads holding nothing.
+/// Ready isolates held by the memory measurement.
+const LIVE: usize = 32;
+
+/// RSS per live (ready) isolate: in fresh child processes, so that memory
+/// freed by earlier measurements cannot be reused and hide the growth.
+/// Threads holding an isolate minus the same threads holding none.
 fn memory_per_isolate(runtime: Runtime) -> f64 {
-    let measure = |threads: usize, warm: Vec<Runtime>| {
-        let before = rss_bytes();
-        let sandbox = Sandbox::new(SandboxConfig {
-            threads,
-            limits: Limits::default(),
-            warm: warm.clone(),
-        })
-        .expect("sandbox starts");
-        // Let every thread finish preparing its isolate.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut last = rss_bytes();
-        loop {
-            std::thread::sleep(Duration::from_millis(200));
-            let now = rss_bytes();
-            if (now - last).abs() < 64.0 * 1024.0 || Instant::now() > deadline {
-                break;
-            }
-            last = now;
-        }
-        let grown = rss_bytes() - before;
-        drop(sandbox);
-        grown
+    let child = |warm: &str| -> f64 {
+        let out = std::process::Command::new(std::env::current_exe().expect("own path"))
+            .args(["--measure-memory", warm])
+            .output()
+            .expect("child runs");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("child prints bytes")
     };
-    let with = measure(33, vec![runtime]) - measure(1, vec![runtime]);
-    let without = measure(33, vec![]) - measure(1, vec![]);
-    (with - without) / 32.0
+    let with = child(&runtime.to_string());
+    let without = child("none");
+    (with - without) / LIVE as f64
+}
+
+/// In the child: RSS growth from starting a sandbox of LIVE threads that
+/// each prepare one isolate of `warm` (or none), printed in bytes.
+fn measure_memory(warm: &str) {
+    let warm = match warm {
+        "v8" => vec![Runtime::V8],
+        "quickjs" => vec![Runtime::QuickJs],
+        _ => vec![],
+    };
+    // Start the engines (V8's process-wide state) before the baseline.
+    drop(Sandbox::new(SandboxConfig {
+        threads: 1,
+        limits: Limits::default(),
+        warm: warm.clone(),
+    }));
+    let before = rss_bytes();
+    let sandbox = Sandbox::new(SandboxConfig {
+        threads: LIVE,
+        limits: Limits::default(),
+        warm,
+    })
+    .expect("sandbox starts");
+    // Every thread has its isolate once RSS stops growing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = rss_bytes();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = rss_bytes();
+        if (now - last).abs() < 16.0 * 1024.0 || Instant::now() > deadline {
+            break;
+        }
+        last = now;
+    }
+    println!("{}", rss_bytes() - before);
+    drop(sandbox);
 }
 
 fn ms(d: Duration) -> String {

@@ -17,6 +17,7 @@
 #include <libplatform/libplatform.h>
 #include <v8.h>
 
+#include <csetjmp>
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -28,12 +29,15 @@
 
 namespace {
 
-std::unique_ptr<v8::Platform> g_platform;
-std::string g_prelude;
+// Process-wide state is deliberately leaked: sandbox threads may still be
+// creating or disposing isolates while the process exits, and static
+// destructors must not pull the platform out from under them.
+v8::Platform* g_platform = nullptr;
+const std::string* g_prelude = nullptr;
 // V8's code cache for the prelude, made once with every function compiled
 // eagerly: parsing and lazily compiling the prelude in every fresh isolate
 // otherwise costs about a fifth of a trivial step.
-std::unique_ptr<v8::ScriptCompiler::CachedData> g_prelude_cache;
+const v8::ScriptCompiler::CachedData* g_prelude_cache = nullptr;
 // Kept alive for the whole process: without a live isolate V8 rebuilds the
 // shared read-only heap at every Isolate::New.
 v8::Isolate* g_keeper = nullptr;
@@ -92,6 +96,10 @@ class BudgetAllocator final : public v8::ArrayBuffer::Allocator {
 
 struct isoflow_v8 {
   v8::Isolate* isolate = nullptr;
+  // Set when V8 gave up on the isolate with a fatal out-of-memory error and
+  // the step was abandoned (see OnFatalOutOfMemory): it is never touched or
+  // disposed again.
+  bool abandoned = false;
   BudgetAllocator* allocator = nullptr;
   v8::Global<v8::Context> context;
   v8::Global<v8::Value> ctx;
@@ -108,9 +116,36 @@ size_t NearHeapLimit(void* data, size_t current_limit, size_t initial_limit) {
   auto* self = static_cast<isoflow_v8*>(data);
   self->heap_exceeded.store(true);
   self->isolate->TerminateExecution();
-  // Headroom for V8 to unwind to the termination point instead of dying with
-  // "Fatal JavaScript OOM". The isolate is disposed right after the step.
-  return current_limit + std::max<size_t>(initial_limit / 2, 32u << 20);
+  // Headroom for V8 to reach the termination point instead of aborting the
+  // process with "JavaScript heap out of memory". It must fit the largest
+  // single object V8 can allocate (about 1 GiB: a maximal string or array),
+  // because one oversized allocation is retried once after this callback and
+  // is fatal if it still does not fit. The memory is only used if the step
+  // really allocates it, and the isolate is disposed right after the step.
+  return current_limit + (size_t{1} << 30) + initial_limit;
+}
+
+// Where a fatal out-of-memory error escapes to: set only while this thread
+// is inside isoflow_v8_run.
+thread_local sigjmp_buf* t_escape = nullptr;
+thread_local const char* t_oom_location = nullptr;
+
+// V8 reports a few allocation failures as fatal, whatever the heap limit
+// callback says: a hash table past its maximum capacity ("invalid table
+// size", e.g. `new Array(1e9).fill(0)` fills a dictionary inside a C++
+// builtin that never checks for termination), or an allocation that still
+// does not fit after the callback. V8 calls this handler and aborts the
+// process if it returns. Instead, the step's run jumps back to its entry
+// point and the isolate is abandoned: never run, entered or disposed again,
+// its memory leaked. No V8 frames are resumed and no other isolate is
+// involved, so the rest of the process carries on.
+void OnFatalOutOfMemory(const char* location, bool is_heap_oom) {
+  if (t_escape == nullptr) {
+    std::fprintf(stderr, "isoflow: fatal V8 out of memory in %s outside a step\n", location);
+    std::abort();
+  }
+  t_oom_location = location;
+  siglongjmp(*t_escape, 1);
 }
 
 void FatalError(const char* location, const char* message) {
@@ -192,7 +227,7 @@ v8::MaybeLocal<v8::Module> RefuseImport(v8::Local<v8::Context> context,
 
 v8::MaybeLocal<v8::Script> CompilePrelude(v8::Isolate* isolate, v8::Local<v8::Context> context) {
   v8::ScriptOrigin origin(isolate, v8::String::NewFromUtf8Literal(isolate, kPreludeName));
-  v8::Local<v8::String> code = Str(isolate, g_prelude.data(), g_prelude.size());
+  v8::Local<v8::String> code = Str(isolate, g_prelude->data(), g_prelude->size());
   if (g_prelude_cache == nullptr) {
     v8::ScriptCompiler::Source source(code, origin);
     return v8::ScriptCompiler::Compile(context, &source, v8::ScriptCompiler::kEagerCompile);
@@ -212,7 +247,7 @@ void CachePrelude(v8::Isolate* isolate) {
   v8::Context::Scope context_scope(context);
   v8::Local<v8::Script> script;
   if (CompilePrelude(isolate, context).ToLocal(&script)) {
-    g_prelude_cache.reset(v8::ScriptCompiler::CreateCodeCache(script->GetUnboundScript()));
+    g_prelude_cache = v8::ScriptCompiler::CreateCodeCache(script->GetUnboundScript());
   }
 }
 
@@ -416,10 +451,10 @@ extern "C" int isoflow_v8_init(const char* flags, const char* prelude, size_t pr
   static std::once_flag once;
   static std::string failure;
   std::call_once(once, [&] {
-    g_prelude.assign(prelude, prelude_len);
+    g_prelude = new std::string(prelude, prelude_len);
     v8::V8::SetFlagsFromString(flags);
-    g_platform = v8::platform::NewDefaultPlatform();
-    v8::V8::InitializePlatform(g_platform.get());
+    g_platform = v8::platform::NewDefaultPlatform().release();
+    v8::V8::InitializePlatform(g_platform);
     if (!v8::V8::Initialize()) {
       failure = "V8 failed to initialise";
       return;
@@ -457,6 +492,7 @@ extern "C" isoflow_v8* isoflow_v8_new(size_t heap_limit, char* error, size_t err
     return nullptr;
   }
   self->isolate->SetFatalErrorHandler(FatalError);
+  self->isolate->SetOOMErrorHandler(OnFatalOutOfMemory);
   self->isolate->SetMicrotasksPolicy(v8::MicrotasksPolicy::kExplicit);
   self->isolate->SetCaptureStackTraceForUncaughtExceptions(true, 32);
   self->isolate->AddNearHeapLimitCallback(NearHeapLimit, self);
@@ -470,10 +506,12 @@ extern "C" isoflow_v8* isoflow_v8_new(size_t heap_limit, char* error, size_t err
   return self;
 }
 
-extern "C" isoflow_v8_result isoflow_v8_run(isoflow_v8* self, const isoflow_v8_host* host,
-                                            const char* source, size_t source_len,
-                                            const char* filename, size_t filename_len,
-                                            const char* input, size_t input_len) {
+namespace {
+
+__attribute__((noinline)) isoflow_v8_result RunStep(isoflow_v8* self, const isoflow_v8_host* host,
+                                                    const char* source, size_t source_len,
+                                                    const char* filename, size_t filename_len,
+                                                    const char* input, size_t input_len) {
   v8::Isolate* isolate = self->isolate;
   self->host = host;
   v8::Isolate::Scope isolate_scope(isolate);
@@ -594,16 +632,42 @@ extern "C" isoflow_v8_result isoflow_v8_run(isoflow_v8* self, const isoflow_v8_h
   return run.Status(ISOFLOW_V8_OK);
 }
 
+}  // namespace
+
+extern "C" isoflow_v8_result isoflow_v8_run(isoflow_v8* self, const isoflow_v8_host* host,
+                                            const char* source, size_t source_len,
+                                            const char* filename, size_t filename_len,
+                                            const char* input, size_t input_len) {
+  // Nothing set between sigsetjmp and a jump back is read afterwards except
+  // through `self`, which does not change.
+  sigjmp_buf escape;
+  if (sigsetjmp(escape, 0) != 0) {
+    t_escape = nullptr;
+    self->abandoned = true;
+    std::string location = t_oom_location == nullptr ? "V8" : t_oom_location;
+    std::string message = "V8 ran out of memory in " + location;
+    host->text(host->data, ISOFLOW_V8_FIELD_MESSAGE, message.data(), message.size());
+    return isoflow_v8_result{ISOFLOW_V8_FATAL_OOM, 0, 0};
+  }
+  t_escape = &escape;
+  isoflow_v8_result result =
+      RunStep(self, host, source, source_len, filename, filename_len, input, input_len);
+  t_escape = nullptr;
+  return result;
+}
+
 extern "C" void isoflow_v8_terminate(isoflow_v8* self) { self->isolate->TerminateExecution(); }
 
 extern "C" void isoflow_v8_dispose(isoflow_v8* self) {
+  // An abandoned isolate is still entered, with handle scopes open: leaked.
+  if (self->abandoned) return;
   v8::Isolate* isolate = self->isolate;
   self->finish.Reset();
   self->parse_input.Reset();
   self->ctx.Reset();
   self->context.Reset();
   isolate->Dispose();
-  v8::platform::NotifyIsolateShutdown(g_platform.get(), isolate);
+  v8::platform::NotifyIsolateShutdown(g_platform, isolate);
   delete self->allocator;
   delete self;
 }

@@ -53,6 +53,8 @@ enum {
   ISOFLOW_V8_NEVER_SETTLED = 8,
   ISOFLOW_V8_OUTPUT_LIMIT = 9,
   ISOFLOW_V8_INTERNAL = 10,
+  // V8 failed an allocation fatally; the isolate was abandoned (and leaked).
+  ISOFLOW_V8_FATAL_OOM = 11,
 };
 
 enum {
@@ -88,7 +90,8 @@ isoflow_v8_result isoflow_v8_run(isoflow_v8* v8, const isoflow_v8_host* host,
 // Stops running JavaScript as soon as possible. Thread-safe.
 void isoflow_v8_terminate(isoflow_v8* v8);
 
-// Disposes of the isolate. `v8` is invalid afterwards.
+// Disposes of the isolate (or, if it was abandoned after a fatal
+// out-of-memory error, leaves it alone). `v8` is invalid afterwards.
 void isoflow_v8_dispose(isoflow_v8* v8);
 
 #ifdef __cplusplus

@@ -260,7 +260,7 @@ pub enum StepError {
     NotSerializable { reason: String },
     #[error("{message}")]
     Module { message: String },
-    #[error("step input is not valid JSON: {message}")]
+    #[error("step input could not be parsed: {message}")]
     Input { message: String },
     #[error("this build of isoflow has no {0} engine")]
     Unavailable(Runtime),

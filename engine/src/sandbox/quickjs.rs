@@ -137,7 +137,17 @@ impl Engine for QuickJsEngine {
         };
         let result = instance.run(exec, limits, control, host);
         self.spent = Some(instance);
-        result
+        result.map_err(|mut error| {
+            if let StepError::Syntax { location, .. }
+            | StepError::Exception {
+                location: Some(location),
+                ..
+            } = &mut error
+            {
+                utf16_column(&exec.script.source, location);
+            }
+            error
+        })
     }
 
     fn recycle(&mut self) {
@@ -808,6 +818,39 @@ fn describe<'js>(ctx: &Ctx<'js>, value: &Value<'js>) -> String {
     }
 }
 
+/// QuickJS numbers lines by `\n` alone and counts columns in UTF-8 bytes;
+/// V8 and editors end lines at every JavaScript line terminator (`\n`, `\r`,
+/// `\r\n`, U+2028, U+2029) and count columns in UTF-16 code units.
+/// Converts, so both engines point at the same place.
+fn utf16_column(source: &str, location: &mut Location) {
+    // The byte offset QuickJS means.
+    let line_index = (location.line as usize).saturating_sub(1);
+    let Some(line_start) = std::iter::once(0)
+        .chain(source.match_indices('\n').map(|(i, _)| i + 1))
+        .nth(line_index)
+    else {
+        return;
+    };
+    let mut offset = (line_start + (location.column as usize).saturating_sub(1)).min(source.len());
+    while !source.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let (mut line, mut column) = (1usize, 1usize);
+    let mut chars = source[..offset].chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\n' | '\r' | '\u{2028}' | '\u{2029}' => {
+                line += 1;
+                column = 1;
+            }
+            c => column += c.len_utf16(),
+        }
+    }
+    location.line = u32::try_from(line).unwrap_or(u32::MAX);
+    location.column = u32::try_from(column).unwrap_or(u32::MAX);
+}
+
 /// Finds `filename:line:column` in a QuickJS stack trace: the first frame
 /// in the step's own file (frames look like `at f (step.js:3:11)` or, for
 /// syntax errors, `at step.js:3:11`).
@@ -1430,9 +1473,9 @@ mod tests {
 
     #[test]
     fn unserialisable_output() {
-        let run = run("export default () => ({ total: () => 1 });", "null");
+        let run = run("export default () => ({ ids: [1, 2n] });", "null");
         assert!(
-            matches!(run.error(), StepError::NotSerializable { reason } if reason.contains("output.total is a function")),
+            matches!(run.error(), StepError::NotSerializable { reason } if reason.contains("output.ids[1] is a BigInt")),
             "{:?}",
             run.error()
         );

@@ -78,6 +78,7 @@ mod ffi {
     pub const NOT_SERIALIZABLE: c_int = 7;
     pub const NEVER_SETTLED: c_int = 8;
     pub const OUTPUT_LIMIT: c_int = 9;
+    pub const FATAL_OOM: c_int = 11;
 
     pub const FIELD_MESSAGE: c_int = 0;
     pub const FIELD_STACK: c_int = 1;
@@ -417,6 +418,17 @@ fn outcome(
         ffi::HEAP_LIMIT => Err(StepError::HeapLimit {
             limit_bytes: limits.heap_bytes,
         }),
+        ffi::FATAL_OOM => {
+            // Rare, and it leaks the abandoned isolate's memory: say so.
+            tracing::warn!(
+                file = %exec.script.filename,
+                "{}; the step's isolate was abandoned and its memory leaked",
+                call.message
+            );
+            Err(StepError::HeapLimit {
+                limit_bytes: limits.heap_bytes,
+            })
+        }
         ffi::TERMINATED => {
             Err(call
                 .host
