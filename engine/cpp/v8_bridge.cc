@@ -511,7 +511,8 @@ namespace {
 __attribute__((noinline)) isoflow_v8_result RunStep(isoflow_v8* self, const isoflow_v8_host* host,
                                                     const char* source, size_t source_len,
                                                     const char* filename, size_t filename_len,
-                                                    const char* input, size_t input_len) {
+                                                    const char* input, size_t input_len,
+                                                    const char* cache, size_t cache_len) {
   v8::Isolate* isolate = self->isolate;
   self->host = host;
   v8::Isolate::Scope isolate_scope(isolate);
@@ -550,11 +551,23 @@ __attribute__((noinline)) isoflow_v8_result RunStep(isoflow_v8* self, const isof
   }
   v8::ScriptOrigin origin(isolate, Str(isolate, filename, filename_len), 0, 0, false, -1,
                           v8::Local<v8::Value>(), false, false, /*is_module=*/true);
-  v8::ScriptCompiler::Source compile_source(code, origin);
+  // A code cache skips parsing and compiling; Source owns the CachedData
+  // struct but not the host's bytes.
+  v8::ScriptCompiler::CachedData* cached =
+      cache == nullptr ? nullptr
+                       : new v8::ScriptCompiler::CachedData(
+                             reinterpret_cast<const uint8_t*>(cache), static_cast<int>(cache_len),
+                             v8::ScriptCompiler::CachedData::BufferNotOwned);
+  v8::ScriptCompiler::Source compile_source(code, origin, cached);
   v8::Local<v8::Module> module;
-  if (!v8::ScriptCompiler::CompileModule(isolate, &compile_source).ToLocal(&module)) {
+  if (!v8::ScriptCompiler::CompileModule(isolate, &compile_source,
+                                         cached == nullptr
+                                             ? v8::ScriptCompiler::kNoCompileOptions
+                                             : v8::ScriptCompiler::kConsumeCodeCache)
+           .ToLocal(&module)) {
     return run.Syntax();
   }
+  bool offer_cache = cached == nullptr || cached->rejected;
   if (!module->InstantiateModule(context, RefuseImport).FromMaybe(false)) {
     return run.Plain(ISOFLOW_V8_MODULE);
   }
@@ -629,6 +642,15 @@ __attribute__((noinline)) isoflow_v8_result RunStep(isoflow_v8* self, const isof
     text->WriteUtf8(isolate, buffer, static_cast<int>(len), nullptr,
                     v8::String::NO_NULL_TERMINATION | v8::String::REPLACE_INVALID_UTF8);
   }
+  if (offer_cache) {
+    // Made after the run, so it holds the functions the step really called.
+    std::unique_ptr<v8::ScriptCompiler::CachedData> made(
+        v8::ScriptCompiler::CreateCodeCache(module->GetUnboundModuleScript()));
+    if (made != nullptr && made->length > 0) {
+      host->code_cache(host->data, reinterpret_cast<const char*>(made->data),
+                       static_cast<size_t>(made->length));
+    }
+  }
   return run.Status(ISOFLOW_V8_OK);
 }
 
@@ -637,7 +659,8 @@ __attribute__((noinline)) isoflow_v8_result RunStep(isoflow_v8* self, const isof
 extern "C" isoflow_v8_result isoflow_v8_run(isoflow_v8* self, const isoflow_v8_host* host,
                                             const char* source, size_t source_len,
                                             const char* filename, size_t filename_len,
-                                            const char* input, size_t input_len) {
+                                            const char* input, size_t input_len,
+                                            const char* cache, size_t cache_len) {
   // Nothing set between sigsetjmp and a jump back is read afterwards except
   // through `self`, which does not change.
   sigjmp_buf escape;
@@ -651,7 +674,8 @@ extern "C" isoflow_v8_result isoflow_v8_run(isoflow_v8* self, const isoflow_v8_h
   }
   t_escape = &escape;
   isoflow_v8_result result =
-      RunStep(self, host, source, source_len, filename, filename_len, input, input_len);
+      RunStep(self, host, source, source_len, filename, filename_len, input, input_len, cache,
+              cache_len);
   t_escape = nullptr;
   return result;
 }

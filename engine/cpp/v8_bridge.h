@@ -39,6 +39,9 @@ typedef struct {
   char* (*output)(void* data, size_t len);
   // Error details: field 0 message, 1 stack.
   void (*text)(void* data, int field, const char* text, size_t len);
+  // V8's code cache for the step's module, offered after a successful run
+  // that was not given a usable one.
+  void (*code_cache)(void* data, const char* bytes, size_t len);
 } isoflow_v8_host;
 
 enum {
@@ -81,11 +84,14 @@ isoflow_v8* isoflow_v8_new(size_t heap_limit, char* error, size_t error_len);
 
 // Runs the step: parses `input` (JSON), evaluates `source` as an ES module
 // named `filename`, calls its default export, drains microtasks, serialises
-// the result through the host's output buffer.
+// the result through the host's output buffer. `cache` (may be NULL) is a
+// code cache that host->code_cache produced for exactly this source: V8
+// only checks its length, so the host must key caches by the full text.
 isoflow_v8_result isoflow_v8_run(isoflow_v8* v8, const isoflow_v8_host* host,
                                  const char* source, size_t source_len,
                                  const char* filename, size_t filename_len,
-                                 const char* input, size_t input_len);
+                                 const char* input, size_t input_len,
+                                 const char* cache, size_t cache_len);
 
 // Stops running JavaScript as soon as possible. Thread-safe.
 void isoflow_v8_terminate(isoflow_v8* v8);

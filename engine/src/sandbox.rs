@@ -135,7 +135,7 @@ mod duration_ms {
 
 /// A step's JavaScript source and the name it is reported under in errors
 /// and stack traces (usually the integration file or the step id).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Script {
     pub source: Arc<str>,
     pub filename: Arc<str>,

@@ -12,15 +12,16 @@
 //! - host callbacks receive a pointer to a [`Call`] that outlives the
 //!   `isoflow_v8_run` call they happen in, and they never unwind into C++.
 
+use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr::NonNull;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use super::host::{Control, Host, PRELUDE, XmlOp};
 use super::pool::Engine;
 use super::watchdog::Watchdog;
-use super::{Execution, Limits, Location, StepError};
+use super::{Execution, Limits, Location, Script, StepError};
 
 /// V8 flags set once per process.
 /// - `--no-verify-snapshot-checksum`: otherwise V8 checksums the whole
@@ -58,6 +59,7 @@ mod ffi {
         ) -> Slice,
         pub output: unsafe extern "C" fn(*mut c_void, usize) -> *mut c_char,
         pub text: unsafe extern "C" fn(*mut c_void, c_int, *const c_char, usize),
+        pub code_cache: unsafe extern "C" fn(*mut c_void, *const c_char, usize),
     }
 
     #[repr(C)]
@@ -105,6 +107,8 @@ mod ffi {
             filename_len: usize,
             input: *const c_char,
             input_len: usize,
+            cache: *const c_char,
+            cache_len: usize,
         ) -> RunResult;
         pub fn isoflow_v8_terminate(v8: *mut Bridge);
         pub fn isoflow_v8_dispose(v8: *mut Bridge);
@@ -176,7 +180,12 @@ impl Isolate {
             xml: host_xml,
             output: host_output,
             text: host_text,
+            code_cache: host_code_cache,
         };
+        let cache = CODE_CACHES.get(&exec.script);
+        let (cache_ptr, cache_len) = cache
+            .as_deref()
+            .map_or((std::ptr::null(), 0), |c| (c.as_ptr().cast(), c.len()));
         let source = exec.script.source.as_bytes();
         let filename = exec.script.filename.as_bytes();
         let input = exec.input_json.as_bytes();
@@ -194,10 +203,51 @@ impl Isolate {
                 filename.len(),
                 input.as_ptr().cast(),
                 input.len(),
+                cache_ptr,
+                cache_len,
             )
         }
     }
 }
+
+/// V8 code caches of step modules, shared by all sandbox threads: a step
+/// that ran once skips parsing and compiling in every later fresh isolate.
+/// A cache is derived from the source alone (no run-time state), so sharing
+/// one between runs, or tenants with identical code, reveals nothing. V8
+/// only checks a cache against the source's length, so the key is the full
+/// text (and file name, which stack traces show).
+struct CodeCaches {
+    caches: Mutex<HashMap<Script, Arc<[u8]>>>,
+}
+
+impl CodeCaches {
+    /// Steps whose caches are kept; past it the map starts again, which
+    /// costs each step one compilation.
+    const CAPACITY: usize = 1024;
+
+    fn get(&self, script: &Script) -> Option<Arc<[u8]>> {
+        self.lock().get(script).cloned()
+    }
+
+    fn put(&self, script: &Script, cache: &[u8]) {
+        let mut caches = self.lock();
+        if caches.len() >= Self::CAPACITY {
+            caches.clear();
+        }
+        caches.insert(script.clone(), cache.into());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Script, Arc<[u8]>>> {
+        // A map of immutable byte strings is consistent even if a holder panicked.
+        self.caches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+static CODE_CACHES: LazyLock<CodeCaches> = LazyLock::new(|| CodeCaches {
+    caches: Mutex::new(HashMap::new()),
+});
 
 impl Drop for Isolate {
     fn drop(&mut self) {
@@ -224,6 +274,7 @@ impl Terminator {
 
 /// What the host callbacks of one run read and write.
 struct Call<'a> {
+    script: &'a Script,
     host: &'a mut Host,
     control: &'a Control,
     output_limit: usize,
@@ -329,6 +380,16 @@ unsafe extern "C" fn host_text(data: *mut c_void, field: c_int, text: *const c_c
     }));
 }
 
+unsafe extern "C" fn host_code_cache(data: *mut c_void, bytes: *const c_char, len: usize) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: called by the bridge with the run's `Call` and `len` valid bytes.
+        let call = unsafe { &mut *data.cast::<Call<'_>>() };
+        // SAFETY: as above.
+        let bytes = unsafe { std::slice::from_raw_parts(bytes.cast::<u8>(), len) };
+        CODE_CACHES.put(call.script, bytes);
+    }));
+}
+
 /// A sandbox thread's V8 state: the next fresh isolate, and the one the last
 /// step used, waiting to be disposed.
 pub(crate) struct V8Engine<'w> {
@@ -367,6 +428,7 @@ impl Engine for V8Engine<'_> {
             }
         };
         let mut call = Call {
+            script: &exec.script,
             host,
             control,
             output_limit: limits.output_bytes,
@@ -478,4 +540,34 @@ fn strip_error_name(message: String) -> String {
         }
     }
     message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::{Runtime, Sandbox, SandboxConfig};
+
+    #[test]
+    fn code_cache_is_made_once_and_keyed_by_the_whole_source() {
+        let sandbox = Sandbox::new(SandboxConfig {
+            threads: 1,
+            warm: vec![Runtime::V8],
+            ..SandboxConfig::default()
+        })
+        .unwrap();
+        let run = |source: &str, input: &str| {
+            let exec = Execution::new(Runtime::V8, Script::new("cache.js", source), input);
+            sandbox.execute_blocking(exec).result.unwrap()
+        };
+        // Same length, different code: V8 alone would accept one's cache for
+        // the other, which is why the key is the full text.
+        let double = "export default (x) => x * 2;";
+        let triple = "export default (x) => x * 3;";
+        assert_eq!(double.len(), triple.len());
+        assert_eq!(run(double, "5"), "10");
+        assert!(CODE_CACHES.get(&Script::new("cache.js", double)).is_some());
+        assert_eq!(run(triple, "5"), "15");
+        assert_eq!(run(double, "7"), "14", "second run, from the cache");
+        assert_eq!(run(triple, "7"), "21", "second run, from the cache");
+    }
 }
