@@ -1282,71 +1282,41 @@ mod tests {
         );
     }
 
-    #[test]
-    fn endless_loop_times_out() {
+    /// Runs `source` with a 100 ms limit and expects it to time out.
+    fn assert_times_out(source: &'static str) {
         let limits = Limits {
             timeout: Duration::from_millis(100),
             ..limits()
         };
-        let run = run_with(
-            "export default function () { while (true) {} }",
-            "null",
-            limits,
-        );
+        let run = run_with(source, "null", limits);
         assert_eq!(
             run.error(),
             &StepError::Timeout {
                 limit: limits.timeout
-            }
+            },
+            "{source}"
         );
-        let caught = run_with(
+    }
+
+    #[test]
+    fn endless_loop_times_out() {
+        assert_times_out("export default function () { while (true) {} }");
+        assert_times_out(
             "export default function () { for (;;) { try { while (true) {} } catch (e) {} } }",
-            "null",
-            limits,
-        );
-        assert_eq!(
-            caught.error(),
-            &StepError::Timeout {
-                limit: limits.timeout
-            }
         );
     }
 
     #[test]
     fn catastrophic_regex_times_out() {
-        let limits = Limits {
-            timeout: Duration::from_millis(100),
-            ..limits()
-        };
-        let run = run_with(
+        assert_times_out(
             "export default function () { return /^(a+)+$/.test('a'.repeat(40) + 'b'); }",
-            "null",
-            limits,
-        );
-        assert_eq!(
-            run.error(),
-            &StepError::Timeout {
-                limit: limits.timeout
-            }
         );
     }
 
     #[test]
     fn endless_microtasks_time_out() {
-        let limits = Limits {
-            timeout: Duration::from_millis(100),
-            ..limits()
-        };
-        let run = run_with(
+        assert_times_out(
             "export default async function () { const spin = () => Promise.resolve().then(spin); spin(); return 1; }",
-            "null",
-            limits,
-        );
-        assert_eq!(
-            run.error(),
-            &StepError::Timeout {
-                limit: limits.timeout
-            }
         );
     }
 

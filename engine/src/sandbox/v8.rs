@@ -423,7 +423,8 @@ impl Engine for V8Engine<'_> {
         let mut isolate = match self.ready.take() {
             Some(isolate) if isolate.heap_limit == limits.heap_bytes => isolate,
             other => {
-                self.spent = other;
+                // Keep the prepared isolate for the next step with default limits.
+                self.ready = other;
                 Isolate::new(limits.heap_bytes)?
             }
         };
