@@ -6,4 +6,5 @@
 //! throws the isolate away afterwards. The integration model, the run actors
 //! and the RocksDB checkpoint store build on it.
 
+pub mod action;
 pub mod sandbox;

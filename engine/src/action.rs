@@ -1,0 +1,8 @@
+//! Engine actions: the steps that do I/O on the engine's side, so that a
+//! step's JavaScript only computes. Credentials are injected here and never
+//! reach an isolate; each action's outcome is checkpointed like a code
+//! step's, so a completed action is never repeated after a crash.
+//!
+//! One file per action kind: [`http`].
+
+pub mod http;

@@ -1,0 +1,511 @@
+//! The HTTP action: sends one request and turns the answer into a step
+//! output, `{ "status": 200, "headers": {...}, "body": ... }`.
+//!
+//! - The body is parsed as JSON when the response says it is JSON
+//!   (`application/json`, `application/problem+json`, any `+json`), kept as
+//!   a string when it is text, and refused when it is neither (binary bodies
+//!   have no place in a JSON output yet).
+//! - The response size is capped (`max_response_bytes`) before it is read
+//!   into memory, from `Content-Length` when the server sends one and while
+//!   streaming otherwise.
+//! - Failures are classified for retry policies ([`HttpError::is_retryable`]):
+//!   connection failures, time-outs, 5xx and 429 may succeed later; other
+//!   4xx, bad URLs and oversized or malformed responses will not.
+//! - Every request that is not a GET or HEAD carries an `Idempotency-Key`
+//!   when the engine gives one: a step retried after a crash repeats its
+//!   request with the same key, so a server that honours the header applies
+//!   it once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// HTTP methods an http step may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    #[default]
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    Head,
+}
+
+impl Method {
+    fn as_reqwest(self) -> reqwest::Method {
+        match self {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+            Method::Put => reqwest::Method::PUT,
+            Method::Patch => reqwest::Method::PATCH,
+            Method::Delete => reqwest::Method::DELETE,
+            Method::Head => reqwest::Method::HEAD,
+        }
+    }
+
+    /// GET and HEAD are safe to repeat by definition and carry no key.
+    fn needs_idempotency_key(self) -> bool {
+        !matches!(self, Method::Get | Method::Head)
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_reqwest().as_str())
+    }
+}
+
+/// A request body: JSON (sent as `application/json`) or text (sent as
+/// `text/plain; charset=utf-8` unless the request sets `Content-Type`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    Json(Value),
+    Text(String),
+}
+
+/// One rendered request: every template already evaluated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub method: Method,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub query: Vec<(String, String)>,
+    pub body: Option<Body>,
+    pub timeout: Duration,
+    pub max_response_bytes: u64,
+    pub idempotency_key: Option<String>,
+}
+
+impl Request {
+    /// A GET with the defaults an http step has: 30 s, 64 MiB.
+    pub fn get(url: impl Into<String>) -> Self {
+        Request {
+            method: Method::Get,
+            url: url.into(),
+            headers: Vec::new(),
+            query: Vec::new(),
+            body: None,
+            timeout: Duration::from_secs(30),
+            max_response_bytes: 64 * 1024 * 1024,
+            idempotency_key: None,
+        }
+    }
+}
+
+/// What came back, as the step's output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub status: u16,
+    /// Lower-case names; repeated headers joined with ", ".
+    pub headers: BTreeMap<String, String>,
+    pub body: Value,
+}
+
+/// Why a request failed. Each is one sentence naming the request.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HttpError {
+    #[error("invalid url {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("invalid header {name:?}: {reason}")]
+    InvalidHeader { name: String, reason: String },
+    #[error("cannot connect to {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("{method} {url} got no complete response within {} ms", .timeout.as_millis())]
+    Timeout {
+        method: Method,
+        url: String,
+        timeout: Duration,
+    },
+    #[error("{method} {url} answered {status}{}", excerpt(.body))]
+    Status {
+        method: Method,
+        url: String,
+        status: u16,
+        body: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("response of {method} {url} is over the limit of {limit} bytes")]
+    TooLarge {
+        method: Method,
+        url: String,
+        limit: u64,
+    },
+    #[error("response of {method} {url} says it is JSON but is not: {reason}")]
+    BadJson {
+        method: Method,
+        url: String,
+        reason: String,
+    },
+    #[error("response of {method} {url} is {content_type}, which is neither JSON nor text")]
+    NotText {
+        method: Method,
+        url: String,
+        content_type: String,
+    },
+    #[error("{method} {url} failed: {reason}")]
+    Transport {
+        method: Method,
+        url: String,
+        reason: String,
+    },
+}
+
+fn excerpt(body: &str) -> String {
+    const MAX: usize = 200;
+    let body = body.trim();
+    if body.is_empty() {
+        return String::new();
+    }
+    let mut end = body.len().min(MAX);
+    while !body.is_char_boundary(end) {
+        end -= 1;
+    }
+    let more = if end < body.len() { "…" } else { "" };
+    format!(": {}{more}", &body[..end])
+}
+
+impl HttpError {
+    /// Whether trying the same request again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            HttpError::Connect { .. } | HttpError::Timeout { .. } | HttpError::Transport { .. } => {
+                true
+            }
+            HttpError::Status { status, .. } => *status == 429 || *status >= 500,
+            HttpError::InvalidUrl { .. }
+            | HttpError::InvalidHeader { .. }
+            | HttpError::TooLarge { .. }
+            | HttpError::BadJson { .. }
+            | HttpError::NotText { .. } => false,
+        }
+    }
+
+    /// How long the server asked to wait (`Retry-After` in seconds on a 429
+    /// or 5xx), for the retry policy to honour.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            HttpError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// Sends requests; one per engine, cheap to clone (a connection pool).
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: reqwest::Client,
+}
+
+impl Client {
+    pub fn new() -> Result<Client, HttpError> {
+        let inner = reqwest::Client::builder()
+            .user_agent(concat!("isoflow/", env!("CARGO_PKG_VERSION")))
+            // A redirect is followed for GET and HEAD only: replaying a POST
+            // to another place is a decision for the integration's author.
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                if attempt.previous().len() >= 5 {
+                    attempt.error("more than 5 redirects")
+                } else {
+                    attempt.follow()
+                }
+            }))
+            .build()
+            .map_err(|e| HttpError::Transport {
+                method: Method::Get,
+                url: String::new(),
+                reason: format!("cannot build the http client: {e}"),
+            })?;
+        Ok(Client { inner })
+    }
+
+    pub async fn send(&self, request: &Request) -> Result<Response, HttpError> {
+        let Request {
+            method,
+            url: url_text,
+            ..
+        } = request;
+        let method = *method;
+        let mut url = reqwest::Url::parse(url_text).map_err(|e| HttpError::InvalidUrl {
+            url: url_text.clone(),
+            reason: e.to_string(),
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(HttpError::InvalidUrl {
+                url: url_text.clone(),
+                reason: format!("scheme {:?} is not http or https", url.scheme()),
+            });
+        }
+        if !request.query.is_empty() {
+            url.query_pairs_mut().extend_pairs(&request.query);
+        }
+        let url_shown = redact(&url);
+
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (name, value) in &request.headers {
+            let invalid = |reason: String| HttpError::InvalidHeader {
+                name: name.clone(),
+                reason,
+            };
+            let header_name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| invalid(e.to_string()))?;
+            let header_value = reqwest::header::HeaderValue::from_str(value)
+                .map_err(|_| invalid("value has a line break or a control character".into()))?;
+            headers.append(header_name, header_value);
+        }
+        if let Some(key) = request
+            .idempotency_key
+            .as_deref()
+            .filter(|_| method.needs_idempotency_key())
+        {
+            let value = reqwest::header::HeaderValue::from_str(key).map_err(|_| {
+                HttpError::InvalidHeader {
+                    name: "Idempotency-Key".into(),
+                    reason: "value has a line break or a control character".into(),
+                }
+            })?;
+            headers.insert("idempotency-key", value);
+        }
+
+        let mut builder = self
+            .inner
+            .request(method.as_reqwest(), url)
+            .timeout(request.timeout);
+        match &request.body {
+            Some(Body::Json(value)) => {
+                if !headers.contains_key(reqwest::header::CONTENT_TYPE) {
+                    headers.insert(
+                        reqwest::header::CONTENT_TYPE,
+                        reqwest::header::HeaderValue::from_static("application/json"),
+                    );
+                }
+                builder = builder.body(value.to_string());
+            }
+            Some(Body::Text(text)) => {
+                if !headers.contains_key(reqwest::header::CONTENT_TYPE) {
+                    headers.insert(
+                        reqwest::header::CONTENT_TYPE,
+                        reqwest::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+                    );
+                }
+                builder = builder.body(text.clone());
+            }
+            None => {}
+        }
+        let failed = |e: reqwest::Error| classify(e, method, &url_shown, request.timeout);
+        let mut response = builder.headers(headers).send().await.map_err(failed)?;
+
+        let limit = request.max_response_bytes;
+        let too_large = || HttpError::TooLarge {
+            method,
+            url: url_shown.clone(),
+            limit,
+        };
+        if response.content_length().is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(failed)? {
+            if bytes.len() as u64 + chunk.len() as u64 > limit {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+
+        let status = response.status().as_u16();
+        let headers = header_map(response.headers());
+        if !response.status().is_success() {
+            let retry_after = headers
+                .get("retry-after")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            return Err(HttpError::Status {
+                method,
+                url: url_shown,
+                status,
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+                retry_after,
+            });
+        }
+        let content_type = headers.get("content-type").cloned().unwrap_or_default();
+        let body = body_value(&content_type, bytes).map_err(|failure| match failure {
+            BodyFailure::Json(reason) => HttpError::BadJson {
+                method,
+                url: url_shown.clone(),
+                reason,
+            },
+            BodyFailure::NotText => HttpError::NotText {
+                method,
+                url: url_shown.clone(),
+                content_type: content_type.clone(),
+            },
+        })?;
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+/// The URL as it may appear in errors and logs: without user and password.
+fn redact(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.to_string()
+}
+
+fn classify(e: reqwest::Error, method: Method, url: &str, timeout: Duration) -> HttpError {
+    if e.is_timeout() {
+        HttpError::Timeout {
+            method,
+            url: url.to_owned(),
+            timeout,
+        }
+    } else if e.is_connect() {
+        HttpError::Connect {
+            url: url.to_owned(),
+            reason: root_cause(&e),
+        }
+    } else {
+        HttpError::Transport {
+            method,
+            url: url.to_owned(),
+            reason: root_cause(&e),
+        }
+    }
+}
+
+/// reqwest's own message is "error sending request"; the useful part
+/// ("Connection refused") is at the bottom of the source chain.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+fn header_map(headers: &reqwest::header::HeaderMap) -> BTreeMap<String, String> {
+    let mut map: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in headers {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        map.entry(name.as_str().to_owned())
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    map
+}
+
+enum BodyFailure {
+    Json(String),
+    NotText,
+}
+
+/// JSON when the content type says so, text when it is text (or absent and
+/// the bytes are UTF-8), an error otherwise.
+fn body_value(content_type: &str, bytes: Vec<u8>) -> Result<Value, BodyFailure> {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let is_json = essence == "application/json" || essence.ends_with("+json");
+    if is_json {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Null);
+        }
+        return serde_json::from_slice(&bytes).map_err(|e| BodyFailure::Json(e.to_string()));
+    }
+    let textual = essence.is_empty()
+        || essence.starts_with("text/")
+        || essence.ends_with("+xml")
+        || matches!(
+            essence.as_str(),
+            "application/xml" | "application/javascript" | "application/x-www-form-urlencoded"
+        );
+    match String::from_utf8(bytes) {
+        Ok(text) if textual => Ok(Value::String(text)),
+        _ => Err(BodyFailure::NotText),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_json_only_when_the_content_type_says_so() {
+        let json = |ct: &str, body: &str| body_value(ct, body.as_bytes().to_vec());
+        assert!(matches!(json("application/json", "{\"a\":1}"), Ok(v) if v["a"] == 1));
+        assert!(
+            matches!(json("application/problem+json; charset=utf-8", "[1]"), Ok(v) if v[0] == 1)
+        );
+        assert!(matches!(json("application/json", " "), Ok(Value::Null)));
+        assert!(matches!(
+            json("application/json", "{"),
+            Err(BodyFailure::Json(_))
+        ));
+        assert!(
+            matches!(json("text/plain", "{\"a\":1}"), Ok(Value::String(s)) if s == "{\"a\":1}")
+        );
+        assert!(matches!(
+            json("application/xml", "<a/>"),
+            Ok(Value::String(_))
+        ));
+        assert!(matches!(json("", "plain"), Ok(Value::String(_))));
+        assert!(matches!(
+            body_value("application/octet-stream", vec![0, 159, 146]),
+            Err(BodyFailure::NotText)
+        ));
+        assert!(matches!(
+            body_value("text/plain", vec![0xff, 0xfe]),
+            Err(BodyFailure::NotText)
+        ));
+    }
+
+    #[test]
+    fn retry_classification() {
+        let status = |status| HttpError::Status {
+            method: Method::Post,
+            url: "http://x/".into(),
+            status,
+            body: String::new(),
+            retry_after: None,
+        };
+        assert!(status(500).is_retryable());
+        assert!(status(503).is_retryable());
+        assert!(status(429).is_retryable());
+        assert!(!status(404).is_retryable());
+        assert!(!status(400).is_retryable());
+    }
+
+    #[test]
+    fn status_errors_quote_a_short_excerpt() {
+        let error = HttpError::Status {
+            method: Method::Post,
+            url: "http://api/orders".into(),
+            status: 422,
+            body: format!("{{\"error\":\"{}\"}}", "x".repeat(500)),
+            retry_after: None,
+        };
+        let text = error.to_string();
+        assert!(text.starts_with("POST http://api/orders answered 422: {\"error\":\"xxx"));
+        assert!(text.ends_with('…') && text.len() < 260, "{text}");
+    }
+
+    #[test]
+    fn urls_in_errors_hide_credentials() {
+        let url = reqwest::Url::parse("https://user:secret@api.example.com/x?a=1").unwrap();
+        assert_eq!(redact(&url), "https://api.example.com/x?a=1");
+    }
+}
