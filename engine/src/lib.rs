@@ -7,4 +7,5 @@
 //! and the RocksDB checkpoint store build on it.
 
 pub mod action;
+pub mod model;
 pub mod sandbox;

@@ -1,0 +1,952 @@
+//! Turning the node tree into the model, field by field.
+//!
+//! Every field is checked on its own and every problem recorded, so one
+//! pass reports them all: a bad field makes its step unusable but does not
+//! stop the others from being read. Each step and each expression path is
+//! recorded on the way ([`StepInfo`], [`Use`]) for `validate`, which checks
+//! the rules that span steps once all ids are known.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+
+use super::parse::{self, Key, Kind, Node};
+use super::validate;
+use super::{
+    API_VERSION, ApiVersion, Backoff, ByteSize, CodeSource, CodeStep, CredentialName,
+    DEFAULT_TIMEOUT, HttpStep, Integration, IntegrationName, LoadError, LoadErrors, LoopStep,
+    MAX_ATTEMPTS, MAX_CONCURRENCY, Method, Retry, Root, Step, StepId, Template, TemplateString,
+};
+use crate::sandbox::Runtime;
+
+const INTEGRATION_FIELDS: &[&str] = &[
+    "apiVersion",
+    "name",
+    "version",
+    "description",
+    "output",
+    "steps",
+];
+const COMMON_FIELDS: &[&str] = &["id", "type", "when", "retry", "timeout"];
+const HTTP_FIELDS: &[&str] = &[
+    "method",
+    "url",
+    "headers",
+    "query",
+    "body",
+    "credential",
+    "max_response_bytes",
+];
+const CODE_FIELDS: &[&str] = &["runtime", "source", "file", "input"];
+const LOOP_FIELDS: &[&str] = &["for_each", "concurrency", "steps"];
+const RETRY_FIELDS: &[&str] = &["max_attempts", "backoff", "jitter"];
+const BACKOFF_FIELDS: &[&str] = &["initial", "max", "multiplier"];
+
+/// A problem, before it is given the file name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Problem {
+    pub line: usize,
+    pub step: Option<String>,
+    pub message: String,
+}
+
+/// A step as seen while reading, for the checks across steps.
+#[derive(Debug)]
+pub(super) struct StepInfo {
+    /// The id as written, when it is text (valid or not).
+    pub id: Option<String>,
+    /// The line of the `id` field (or of the step, without one).
+    pub id_line: usize,
+    /// The enclosing loop, as an index into the list of steps seen.
+    pub parent: Option<usize>,
+    /// How messages name the step: `step "post"` or `step #2`.
+    pub label: String,
+}
+
+/// Who uses an expression: a step (an index into the steps seen), or the
+/// integration's `output` (`None`), which comes after every step.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Consumer {
+    pub step: Option<usize>,
+    /// The loop whose steps the consumer is one of.
+    pub in_loop: Option<usize>,
+}
+
+/// One path in one expression: what it names, and where.
+#[derive(Debug)]
+pub(super) struct Use {
+    pub line: usize,
+    pub consumer: Consumer,
+    /// The field it is in, as messages name it: `url`, `header "Accept"`.
+    pub field: String,
+    pub root: Root,
+}
+
+/// Reads and checks a definition; the implementation of [`super::load`].
+pub(super) fn load(file_name: &str, text: &str) -> Result<Integration, LoadErrors> {
+    let (root, issues) = parse::parse(text);
+    let mut decoder = Decoder::default();
+    decoder.problems.extend(issues.into_iter().map(|i| Problem {
+        line: i.line,
+        step: None,
+        message: i.message,
+    }));
+    let integration = match &root {
+        Some(root) => decoder.integration(root),
+        None => {
+            if decoder.problems.is_empty() {
+                decoder.problem(
+                    1,
+                    None,
+                    "the file is empty; an integration needs apiVersion, name, version and steps"
+                        .to_owned(),
+                );
+            }
+            None
+        }
+    };
+    let mut problems = decoder.problems;
+    problems.extend(validate::check(&decoder.steps, &decoder.uses));
+    if problems.is_empty() {
+        if let Some(integration) = integration {
+            return Ok(integration);
+        }
+        debug_assert!(false, "the decoder gave up without saying why");
+        problems.push(Problem {
+            line: 1,
+            step: None,
+            message: "could not read this definition (a bug in Isoflow: please report it)"
+                .to_owned(),
+        });
+    }
+    problems.sort_by_key(|p| p.line);
+    problems.dedup();
+    let errors = problems
+        .into_iter()
+        .map(|p| LoadError {
+            file: file_name.to_owned(),
+            line: p.line,
+            step: p.step,
+            message: p.message,
+        })
+        .collect();
+    Err(LoadErrors::new(errors))
+}
+
+/// The fields of one mapping, taken one by one; what is left is unknown.
+struct Fields<'n> {
+    line: usize,
+    entries: &'n [(Key, Node)],
+    taken: Vec<bool>,
+}
+
+impl<'n> Fields<'n> {
+    fn new(line: usize, entries: &'n [(Key, Node)]) -> Self {
+        Self {
+            line,
+            entries,
+            taken: vec![false; entries.len()],
+        }
+    }
+
+    /// The field's key and value, null or not.
+    fn take(&mut self, name: &str) -> Option<(&'n Key, &'n Node)> {
+        let i = self.entries.iter().position(|(k, _)| k.name == name)?;
+        self.taken[i] = true;
+        let (k, v) = &self.entries[i];
+        Some((k, v))
+    }
+
+    /// The field's value; `null` counts as absent, as in serde.
+    fn optional(&mut self, name: &str) -> Option<&'n Node> {
+        self.take(name)
+            .map(|(_, v)| v)
+            .filter(|v| v.kind != Kind::Null)
+    }
+
+    fn peek(&self, name: &str) -> Option<&'n Node> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k.name == name)
+            .map(|(_, v)| v)
+    }
+
+    fn key_line(&self, name: &str) -> usize {
+        self.entries
+            .iter()
+            .find(|(k, _)| k.name == name)
+            .map_or(self.line, |(k, _)| k.line)
+    }
+
+    fn untaken(&self) -> impl Iterator<Item = &'n Key> + '_ {
+        self.entries
+            .iter()
+            .zip(&self.taken)
+            .filter(|(_, taken)| !**taken)
+            .map(|((k, _), _)| k)
+    }
+}
+
+/// Where the step being read sits: for labels and for its expressions.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    label: Option<&'a str>,
+    consumer: Consumer,
+}
+
+#[derive(Default)]
+struct Decoder {
+    problems: Vec<Problem>,
+    steps: Vec<StepInfo>,
+    uses: Vec<Use>,
+}
+
+/// `Ok(None)`: absent; `Ok(Some)`: present and valid; `Err`: present and
+/// invalid, problem recorded.
+type Field<T> = Result<Option<T>, ()>;
+
+/// A required field's value; `Err` when missing or invalid, problem recorded.
+type Required<T> = Result<T, ()>;
+
+impl Decoder {
+    fn problem(&mut self, line: usize, label: Option<&str>, message: String) {
+        self.problems.push(Problem {
+            line,
+            step: label.map(str::to_owned),
+            message,
+        });
+    }
+
+    fn fail<T>(&mut self, line: usize, label: Option<&str>, message: String) -> Required<T> {
+        self.problem(line, label, message);
+        Err(())
+    }
+
+    fn integration(&mut self, root: &Node) -> Option<Integration> {
+        let Kind::Map(entries) = &root.kind else {
+            let message = format!(
+                "expected a mapping with apiVersion, name, version and steps, found {}",
+                root.describe()
+            );
+            self.problem(root.line, None, message);
+            return None;
+        };
+        let at = At {
+            label: None,
+            consumer: Consumer {
+                step: None,
+                in_loop: None,
+            },
+        };
+        let mut f = Fields::new(root.line, entries);
+        let api_version = self
+            .required(&mut f, "apiVersion", at)
+            .and_then(|n| match &n.kind {
+                Kind::String(s) if s == API_VERSION => Ok(ApiVersion::V1),
+                _ => self.fail(
+                    n.line,
+                    None,
+                    format!(
+                        "unsupported apiVersion {} (expected \"{API_VERSION}\")",
+                        n.describe()
+                    ),
+                ),
+            });
+        let name = self.required(&mut f, "name", at).and_then(|n| {
+            let text = self.string(n, "name", at)?;
+            IntegrationName::new(text).map_err(|e| self.problem(n.line, None, e))
+        });
+        let version = self.required(&mut f, "version", at).and_then(|n| {
+            let v = self.whole_number(n, "version", at, 1, u64::from(u32::MAX))?;
+            let v = u32::try_from(v).expect("checked range");
+            Ok(std::num::NonZeroU32::new(v).expect("checked range"))
+        });
+        let description = self.optional(&mut f, "description", |d, n| {
+            d.string(n, "description", at).map(str::to_owned)
+        });
+        // Steps first: the output's references are checked after all anyway,
+        // but reading in this order keeps problems in reading order.
+        let steps = self
+            .required(&mut f, "steps", at)
+            .and_then(|n| self.steps(n, None, at));
+        let output = self.optional(&mut f, "output", |d, n| d.template(n, "output", at));
+        self.unknown_fields(&f, None, INTEGRATION_FIELDS, "an integration");
+        Some(Integration {
+            api_version: api_version.ok()?,
+            name: name.ok()?,
+            version: version.ok()?,
+            description: description.ok()?,
+            output: output.ok()?,
+            steps: steps.ok()?,
+        })
+    }
+
+    // -- fields in general ---------------------------------------------------
+
+    fn required<'n>(&mut self, f: &mut Fields<'n>, name: &str, at: At<'_>) -> Required<&'n Node> {
+        match f.take(name) {
+            Some((_, node)) => Ok(node),
+            None => self.fail(f.line, at.label, format!("missing field \"{name}\"")),
+        }
+    }
+
+    fn optional<'n, T>(
+        &mut self,
+        f: &mut Fields<'n>,
+        name: &str,
+        read: impl FnOnce(&mut Self, &'n Node) -> Required<T>,
+    ) -> Field<T> {
+        match f.optional(name) {
+            Some(node) => read(self, node).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn unknown_fields(&mut self, f: &Fields<'_>, label: Option<&str>, known: &[&str], owner: &str) {
+        let unknown: Vec<&Key> = f.untaken().collect();
+        for key in unknown {
+            let message = match closest(&key.name, known.iter().copied()) {
+                Some(near) => format!("unknown field \"{}\" (did you mean \"{near}\"?)", key.name),
+                None => format!(
+                    "unknown field \"{}\" ({owner} takes: {})",
+                    key.name,
+                    known.join(", ")
+                ),
+            };
+            self.problem(key.line, label, message);
+        }
+    }
+
+    fn type_error<T>(
+        &mut self,
+        node: &Node,
+        field: &str,
+        at: At<'_>,
+        expected: &str,
+    ) -> Required<T> {
+        self.fail(
+            node.line,
+            at.label,
+            format!("{field} must be {expected}, found {}", node.describe()),
+        )
+    }
+
+    fn string<'n>(&mut self, node: &'n Node, field: &str, at: At<'_>) -> Required<&'n str> {
+        match &node.kind {
+            Kind::String(s) => Ok(s),
+            _ => self.type_error(node, field, at, "a string"),
+        }
+    }
+
+    fn whole_number(
+        &mut self,
+        node: &Node,
+        field: &str,
+        at: At<'_>,
+        min: u64,
+        max: u64,
+    ) -> Required<u64> {
+        match &node.kind {
+            Kind::Number(n) if n.as_u64().is_some_and(|v| (min..=max).contains(&v)) => {
+                Ok(n.as_u64().expect("checked as_u64"))
+            }
+            _ => self.type_error(
+                node,
+                field,
+                at,
+                &format!("a whole number from {min} to {max}"),
+            ),
+        }
+    }
+
+    fn boolean(&mut self, node: &Node, field: &str, at: At<'_>) -> Required<bool> {
+        match node.kind {
+            Kind::Bool(b) => Ok(b),
+            _ => self.type_error(node, field, at, "true or false"),
+        }
+    }
+
+    fn duration(&mut self, node: &Node, field: &str, at: At<'_>) -> Required<Duration> {
+        let text = match &node.kind {
+            Kind::String(s) => s.clone(),
+            Kind::Number(n) => n.to_string(),
+            _ => return self.type_error(node, field, at, "a duration like 30s"),
+        };
+        super::parse_duration(&text)
+            .map_err(|e| self.problem(node.line, at.label, for_field(&e, field)))
+    }
+
+    fn positive_duration(&mut self, node: &Node, field: &str, at: At<'_>) -> Required<Duration> {
+        let d = self.duration(node, field, at)?;
+        if d.is_zero() {
+            return self.fail(node.line, at.label, format!("{field} must be more than 0"));
+        }
+        Ok(d)
+    }
+
+    // -- templates -----------------------------------------------------------
+
+    /// A template string: text, or a number or boolean taken as its text.
+    fn template_string(
+        &mut self,
+        node: &Node,
+        field: &str,
+        at: At<'_>,
+    ) -> Required<TemplateString> {
+        let text = match &node.kind {
+            Kind::String(s) => s.clone(),
+            Kind::Number(n) => n.to_string(),
+            Kind::Bool(b) => b.to_string(),
+            _ => return self.type_error(node, field, at, "a string"),
+        };
+        self.parse_template_string(node, &text, field, at)
+    }
+
+    fn parse_template_string(
+        &mut self,
+        node: &Node,
+        text: &str,
+        field: &str,
+        at: At<'_>,
+    ) -> Required<TemplateString> {
+        match TemplateString::parse(text) {
+            Ok(t) => {
+                for path in t.paths() {
+                    self.uses.push(Use {
+                        line: node.line,
+                        consumer: at.consumer,
+                        field: field.to_owned(),
+                        root: path.root.clone(),
+                    });
+                }
+                Ok(t)
+            }
+            Err(e) => {
+                let line = if node.literal_block {
+                    node.line + e.line_offset()
+                } else {
+                    node.line
+                };
+                self.fail(line, at.label, format!("{e} in {field}"))
+            }
+        }
+    }
+
+    /// A JSON value whose strings are template strings.
+    fn template(&mut self, node: &Node, field: &str, at: At<'_>) -> Required<Template> {
+        match &node.kind {
+            Kind::String(s) => self
+                .parse_template_string(node, s, field, at)
+                .map(Template::string),
+            Kind::Seq(items) => {
+                // Read every item before giving up, to report every problem.
+                let items: Vec<_> = items.iter().map(|n| self.template(n, field, at)).collect();
+                Ok(Template::array(
+                    items.into_iter().collect::<Result<_, _>>()?,
+                ))
+            }
+            Kind::Map(entries) => {
+                let entries: Vec<_> = entries
+                    .iter()
+                    .map(|(k, v)| self.template(v, field, at).map(|t| (k.name.clone(), t)))
+                    .collect();
+                Ok(Template::object(
+                    entries.into_iter().collect::<Result<_, _>>()?,
+                ))
+            }
+            _ => Ok(Template::literal(node.to_value())),
+        }
+    }
+
+    // -- steps ---------------------------------------------------------------
+
+    fn steps(&mut self, node: &Node, parent: Option<usize>, at: At<'_>) -> Required<Vec<Step>> {
+        let Kind::Seq(items) = &node.kind else {
+            return self.type_error(node, "steps", at, "a list of steps");
+        };
+        if items.is_empty() {
+            return self.fail(
+                node.line,
+                at.label,
+                "steps must list at least one step".to_owned(),
+            );
+        }
+        let steps: Vec<_> = items
+            .iter()
+            .enumerate()
+            .map(|(i, n)| self.step(n, i + 1, parent))
+            .collect();
+        steps.into_iter().collect()
+    }
+
+    fn step(&mut self, node: &Node, position: usize, parent: Option<usize>) -> Required<Step> {
+        let Kind::Map(entries) = &node.kind else {
+            let label = self.position_label(position, parent);
+            let message = format!(
+                "a step must be a mapping with id and type, found {}",
+                node.describe()
+            );
+            return self.fail(node.line, Some(&label), message);
+        };
+        let mut f = Fields::new(node.line, entries);
+        let id_text = match f.peek("id").map(|n| &n.kind) {
+            Some(Kind::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let label = match &id_text {
+            Some(id) => format!("step \"{id}\""),
+            None => self.position_label(position, parent),
+        };
+        let index = self.steps.len();
+        self.steps.push(StepInfo {
+            id: id_text,
+            id_line: f.key_line("id"),
+            parent,
+            label: label.clone(),
+        });
+        let at = At {
+            label: Some(&label),
+            consumer: Consumer {
+                step: Some(index),
+                in_loop: parent,
+            },
+        };
+
+        let id = self.required(&mut f, "id", at).and_then(|n| {
+            let text = self.string(n, "id", at)?;
+            StepId::new(text).map_err(|e| self.problem(n.line, at.label, e))
+        });
+        let kind = self.required(&mut f, "type", at).and_then(|n| {
+            let text = self.string(n, "type", at)?;
+            match text {
+                "code" | "http" | "loop" => Ok((text, n.line)),
+                other => self.fail(
+                    n.line,
+                    at.label,
+                    format!("unknown step type \"{other}\" (expected code, http or loop)"),
+                ),
+            }
+        });
+        let when = self.optional(&mut f, "when", |d, n| d.template(n, "when", at));
+        let retry = self.optional(&mut f, "retry", |d, n| d.retry(n, at));
+        let Ok((kind, type_line)) = kind else {
+            // Without a type, the other fields cannot be judged.
+            return Err(());
+        };
+        let step = match kind {
+            "http" => self.http_step(&mut f, at, id, when, retry).map(Step::Http),
+            "code" => self.code_step(&mut f, at, id, when, retry).map(Step::Code),
+            _ => {
+                if let Some(outer) = parent {
+                    let outer = self.steps[outer].label.replacen("step", "loop", 1);
+                    let message = format!("loops cannot be nested, and this one is inside {outer}");
+                    self.problem(type_line, at.label, message);
+                }
+                self.loop_step(&mut f, at, index, id, when, retry)
+                    .map(Step::Loop)
+            }
+        };
+        let kind_fields = match kind {
+            "http" => HTTP_FIELDS,
+            "code" => CODE_FIELDS,
+            _ => LOOP_FIELDS,
+        };
+        let known: Vec<&str> = COMMON_FIELDS.iter().chain(kind_fields).copied().collect();
+        let article = if kind == "http" { "an" } else { "a" };
+        self.unknown_fields(&f, at.label, &known, &format!("{article} {kind} step"));
+        step
+    }
+
+    fn position_label(&self, position: usize, parent: Option<usize>) -> String {
+        match parent {
+            None => format!("step #{position}"),
+            Some(p) => format!(
+                "step #{position} of {}",
+                self.steps[p].label.replacen("step", "loop", 1)
+            ),
+        }
+    }
+
+    fn http_step(
+        &mut self,
+        f: &mut Fields<'_>,
+        at: At<'_>,
+        id: Required<StepId>,
+        when: Field<Template>,
+        retry: Field<Retry>,
+    ) -> Required<HttpStep> {
+        let method = self.optional(f, "method", |d, n| {
+            let text = d.string(n, "method", at)?;
+            Method::ALL.into_iter().find(|m| m.as_str() == text).ok_or_else(|| {
+                d.problem(
+                    n.line,
+                    at.label,
+                    format!("unknown method \"{text}\" (expected GET, POST, PUT, PATCH, DELETE or HEAD)"),
+                )
+            })
+        });
+        let url = self.required(f, "url", at).and_then(|n| {
+            let url = self.template_string(n, "url", at)?;
+            check_url(&url).map_err(|e| self.problem(n.line, at.label, e))?;
+            Ok(url)
+        });
+        let headers = self.optional(f, "headers", |d, n| d.string_map(n, "header", at, true));
+        let query = self.optional(f, "query", |d, n| d.string_map(n, "query", at, false));
+        let body = self.optional(f, "body", |d, n| d.template(n, "body", at));
+        let credential = self.optional(f, "credential", |d, n| {
+            let text = d.string(n, "credential", at)?;
+            CredentialName::new(text).map_err(|e| d.problem(n.line, at.label, e))
+        });
+        let timeout = self.optional(f, "timeout", |d, n| d.positive_duration(n, "timeout", at));
+        let max_response_bytes = self.optional(f, "max_response_bytes", |d, n| {
+            let size = match &n.kind {
+                Kind::Number(num) if num.is_u64() => {
+                    Ok(ByteSize(num.as_u64().expect("checked is_u64")))
+                }
+                Kind::String(s) => ByteSize::parse(s),
+                _ => Err(format!("invalid size {}", n.describe())),
+            };
+            match size {
+                Ok(ByteSize(0)) => d.fail(
+                    n.line,
+                    at.label,
+                    "max_response_bytes must be at least 1".to_owned(),
+                ),
+                Ok(size) => Ok(size),
+                Err(e) => d.fail(n.line, at.label, for_field(&e, "max_response_bytes")),
+            }
+        });
+        Ok(HttpStep {
+            id: id?,
+            method: method?.unwrap_or_default(),
+            url: url?,
+            headers: headers?.unwrap_or_default(),
+            query: query?.unwrap_or_default(),
+            body: body?,
+            credential: credential?,
+            timeout: timeout?.unwrap_or(DEFAULT_TIMEOUT),
+            max_response_bytes: max_response_bytes?.unwrap_or_default(),
+            retry: retry?,
+            when: when?,
+        })
+    }
+
+    /// Headers or query parameters: names to template strings.
+    fn string_map(
+        &mut self,
+        node: &Node,
+        what: &str,
+        at: At<'_>,
+        headers: bool,
+    ) -> Required<IndexMap<String, TemplateString>> {
+        let field = if headers { "headers" } else { "query" };
+        let Kind::Map(entries) = &node.kind else {
+            return self.type_error(node, field, at, "a mapping of names to strings");
+        };
+        let mut out = IndexMap::new();
+        let mut ok = true;
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for (key, value) in entries {
+            if headers {
+                if !is_header_name(&key.name) {
+                    self.problem(
+                        key.line,
+                        at.label,
+                        format!("invalid header name \"{}\"", key.name),
+                    );
+                    ok = false;
+                }
+                let lower = key.name.to_ascii_lowercase();
+                if let Some(first) = seen.get(&lower) {
+                    let message = format!(
+                        "duplicate header \"{}\" (also at line {first}; names ignore case)",
+                        key.name
+                    );
+                    self.problem(key.line, at.label, message);
+                    ok = false;
+                }
+                seen.insert(lower, key.line);
+            }
+            match self.template_string(value, &format!("{what} \"{}\"", key.name), at) {
+                Ok(t) => {
+                    out.insert(key.name.clone(), t);
+                }
+                Err(()) => ok = false,
+            }
+        }
+        if ok { Ok(out) } else { Err(()) }
+    }
+
+    fn code_step(
+        &mut self,
+        f: &mut Fields<'_>,
+        at: At<'_>,
+        id: Required<StepId>,
+        when: Field<Template>,
+        retry: Field<Retry>,
+    ) -> Required<CodeStep> {
+        let runtime = self.optional(f, "runtime", |d, n| match d.string(n, "runtime", at)? {
+            "v8" => Ok(Runtime::V8),
+            "quickjs" => Ok(Runtime::QuickJs),
+            other => d.fail(
+                n.line,
+                at.label,
+                format!("unknown runtime \"{other}\" (expected v8 or quickjs)"),
+            ),
+        });
+        let source_line = f.key_line("source");
+        let file_line = f.key_line("file");
+        let source = self.optional(f, "source", |d, n| {
+            let text = d.string(n, "source", at)?;
+            if text.trim().is_empty() {
+                return d.fail(n.line, at.label, "source is empty".to_owned());
+            }
+            Ok(text.to_owned())
+        });
+        let file = self.optional(f, "file", |d, n| {
+            let text = d.string(n, "file", at)?;
+            if text.trim().is_empty() {
+                return d.fail(n.line, at.label, "file is empty".to_owned());
+            }
+            Ok(PathBuf::from(text))
+        });
+        let code = match (source, file) {
+            (Ok(Some(source)), Ok(None)) => Ok(CodeSource::Source(source)),
+            (Ok(None), Ok(Some(file))) => Ok(CodeSource::File(file)),
+            (Ok(Some(_)), Ok(Some(_))) => self.fail(
+                source_line.max(file_line),
+                at.label,
+                "a code step takes source or file, not both".to_owned(),
+            ),
+            (Ok(None), Ok(None)) => self.fail(
+                f.line,
+                at.label,
+                "a code step needs source (the JavaScript) or file (a path to it)".to_owned(),
+            ),
+            _ => Err(()),
+        };
+        let input = self.optional(f, "input", |d, n| d.template(n, "input", at));
+        let timeout = self.optional(f, "timeout", |d, n| d.positive_duration(n, "timeout", at));
+        Ok(CodeStep {
+            id: id?,
+            runtime: runtime?.unwrap_or_default(),
+            code: code?,
+            input: input?.unwrap_or_else(super::default_code_input),
+            timeout: timeout?.unwrap_or(DEFAULT_TIMEOUT),
+            retry: retry?,
+            when: when?,
+        })
+    }
+
+    fn loop_step(
+        &mut self,
+        f: &mut Fields<'_>,
+        at: At<'_>,
+        index: usize,
+        id: Required<StepId>,
+        when: Field<Template>,
+        retry: Field<Retry>,
+    ) -> Required<LoopStep> {
+        let for_each = self.required(f, "for_each", at).and_then(|n| {
+            let t = self.template(n, "for_each", at)?;
+            let is_array = match (t.as_literal(), t.as_template_string()) {
+                (Some(v), _) => v.is_array(),
+                (None, Some(s)) => s.whole_expression().is_some(),
+                // An array with expressions in it.
+                (None, None) => matches!(n.kind, Kind::Seq(_)),
+            };
+            if !is_array {
+                let message = format!(
+                    "for_each must be an array or one {{{{ expression }}}} that gives an array, found {}",
+                    n.describe()
+                );
+                return self.fail(n.line, at.label, message);
+            }
+            Ok(t)
+        });
+        let concurrency = self.optional(f, "concurrency", |d, n| {
+            let c = d.whole_number(n, "concurrency", at, 1, u64::from(MAX_CONCURRENCY))?;
+            Ok(u16::try_from(c).expect("checked range"))
+        });
+        let timeout = self.optional(f, "timeout", |d, n| d.positive_duration(n, "timeout", at));
+        let steps = self
+            .required(f, "steps", at)
+            .and_then(|n| self.steps(n, Some(index), at));
+        Ok(LoopStep {
+            id: id?,
+            for_each: for_each?,
+            concurrency: concurrency?.unwrap_or(1),
+            steps: steps?,
+            timeout: timeout?,
+            retry: retry?,
+            when: when?,
+        })
+    }
+
+    fn retry(&mut self, node: &Node, at: At<'_>) -> Required<Retry> {
+        let Kind::Map(entries) = &node.kind else {
+            return self.type_error(
+                node,
+                "retry",
+                at,
+                "a mapping (max_attempts, backoff, jitter)",
+            );
+        };
+        let mut f = Fields::new(node.line, entries);
+        let max_attempts = self.optional(&mut f, "max_attempts", |d, n| {
+            let v = d.whole_number(n, "retry.max_attempts", at, 1, u64::from(MAX_ATTEMPTS))?;
+            Ok(u32::try_from(v).expect("checked range"))
+        });
+        let backoff = self.optional(&mut f, "backoff", |d, n| d.backoff(n, at));
+        let jitter = self.optional(&mut f, "jitter", |d, n| d.boolean(n, "retry.jitter", at));
+        self.unknown_fields(&f, at.label, RETRY_FIELDS, "retry");
+        Ok(Retry {
+            max_attempts: max_attempts?.unwrap_or(super::default_max_attempts()),
+            backoff: backoff?.unwrap_or_default(),
+            jitter: jitter?.unwrap_or(true),
+        })
+    }
+
+    fn backoff(&mut self, node: &Node, at: At<'_>) -> Required<Backoff> {
+        let Kind::Map(entries) = &node.kind else {
+            return self.type_error(
+                node,
+                "retry.backoff",
+                at,
+                "a mapping (initial, max, multiplier)",
+            );
+        };
+        let mut f = Fields::new(node.line, entries);
+        let initial = self.optional(&mut f, "initial", |d, n| {
+            d.duration(n, "retry.backoff.initial", at)
+        });
+        let max = self.optional(&mut f, "max", |d, n| {
+            d.positive_duration(n, "retry.backoff.max", at)
+        });
+        let multiplier = self.optional(&mut f, "multiplier", |d, n| match &n.kind {
+            Kind::Number(x) if x.as_f64().is_some_and(|x| x >= 1.0) => {
+                Ok(x.as_f64().expect("checked as_f64"))
+            }
+            _ => d.type_error(
+                n,
+                "retry.backoff.multiplier",
+                at,
+                "a number of at least 1.0",
+            ),
+        });
+        self.unknown_fields(&f, at.label, BACKOFF_FIELDS, "retry.backoff");
+        let backoff = Backoff {
+            initial: initial?.unwrap_or_else(super::default_initial),
+            max: max?.unwrap_or_else(super::default_max),
+            multiplier: multiplier?.unwrap_or_else(super::default_multiplier),
+        };
+        if backoff.initial > backoff.max {
+            let message = format!(
+                "retry.backoff.initial ({}) must not be more than retry.backoff.max ({})",
+                humantime::format_duration(backoff.initial),
+                humantime::format_duration(backoff.max)
+            );
+            return self.fail(node.line, at.label, message);
+        }
+        Ok(backoff)
+    }
+}
+
+/// Puts `for <field>` after a value's problem and before its advice:
+/// `invalid duration "10" for timeout (add a unit: 10s, 10ms, ...)`.
+fn for_field(message: &str, field: &str) -> String {
+    match message.split_once(" (") {
+        Some((problem, advice)) => format!("{problem} for {field} ({advice}"),
+        None => format!("{message} for {field}"),
+    }
+}
+
+/// A URL template must be `http://` or `https://`, unless an expression
+/// supplies its start.
+fn check_url(url: &TemplateString) -> Result<(), String> {
+    let start = url.leading_text().to_ascii_lowercase();
+    let starts_well = ["http://", "https://"].iter().any(|scheme| {
+        start.starts_with(scheme) || (!url.is_literal() && scheme.starts_with(start.as_str()))
+    });
+    if starts_well {
+        Ok(())
+    } else {
+        Err(format!("url \"{url}\" must start with http:// or https://"))
+    }
+}
+
+/// An HTTP token (RFC 9110): the characters a header name may have.
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// The candidate nearest `word` by edit distance, if near enough to be a typo.
+pub(super) fn closest<'c>(
+    word: &str,
+    candidates: impl Iterator<Item = &'c str>,
+) -> Option<&'c str> {
+    let limit = if word.chars().count() <= 4 { 1 } else { 2 };
+    candidates
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (row[j + 1] + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typos_are_near() {
+        assert_eq!(closest("urll", ["url", "method"].into_iter()), Some("url"));
+        assert_eq!(
+            closest("mehtod", ["url", "method"].into_iter()),
+            Some("method")
+        );
+        assert_eq!(closest("xyz", ["url", "method"].into_iter()), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn urls() {
+        let ok = |s: &str| check_url(&TemplateString::parse(s).expect("parses")).is_ok();
+        assert!(ok("https://api.example.com/x"));
+        assert!(ok("HTTP://api.example.com"));
+        assert!(ok("{{ input.base }}/items"));
+        assert!(ok("http{{ input.s }}://host"));
+        assert!(!ok("api.example.com/x"));
+        assert!(!ok("ftp://x"));
+        assert!(!ok("http"));
+    }
+
+    #[test]
+    fn header_names() {
+        assert!(is_header_name("Content-Type"));
+        assert!(is_header_name("X-Request-Id"));
+        assert!(!is_header_name("Content Type"));
+        assert!(!is_header_name(""));
+    }
+}
