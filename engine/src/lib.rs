@@ -1,11 +1,18 @@
 //! Isoflow's engine: everything that runs an integration on one node, with no
 //! knowledge of gRPC or etcd (the `node` crate wires it to the network).
 //!
-//! Today it holds the [`sandbox`]: the component that runs a step's
-//! JavaScript in a fresh V8 isolate or QuickJS runtime, with limits, and
-//! throws the isolate away afterwards. The integration model, the run actors
-//! and the RocksDB checkpoint store build on it.
+//! - [`sandbox`]: runs a step's JavaScript in a fresh V8 isolate or QuickJS
+//!   runtime, with limits, and throws the isolate away afterwards.
+//! - [`model`]: integration definitions: their types, the YAML/JSON loader
+//!   that validates them, and the `{{ expression }}` language between steps.
+//! - [`action`]: the steps that do I/O on the engine's side (HTTP).
+//! - [`store`]: runs, step checkpoints, payloads and logs in RocksDB.
+//!
+//! - [`run`]: the engine that ties them together: a supervised actor tree
+//!   per run, durable checkpoints, resumption after a crash.
 
 pub mod action;
 pub mod model;
+pub mod run;
 pub mod sandbox;
+pub mod store;

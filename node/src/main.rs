@@ -1,20 +1,106 @@
 //! The `isoflow` binary.
 //!
-//! Today it offers `isoflow eval`, which runs one code step's JavaScript in
-//! the sandbox exactly as a run would, and prints its output and logs. The
-//! run engine's commands (`run`, `validate`, `runs`, `show`) and the server
-//! roles build on the same engine.
+//! The commands of the embedded single process, which needs no etcd and no
+//! server: `run` an integration from a file, `validate` one, list local
+//! `runs`, `show` one, `resume` the runs a stopped process left unfinished,
+//! and `eval` one code step's JavaScript as a run would. Each opens the run
+//! store in the data directory (`--data-dir`, `ISOFLOW_DATA_DIR`, or
+//! `~/.local/share/isoflow`).
+//!
+//! `main` reads the environment once (data directory, credentials) and
+//! passes it down. Where to look next: `commands.rs` for the run commands,
+//! `eval.rs` for `eval`, and the `isoflow-engine` crate for everything they
+//! call.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
-use isoflow_engine::sandbox::{Execution, Limits, Runtime, Sandbox, SandboxConfig, Script};
+use clap::{Parser, Subcommand};
 
-const USAGE: &str = "usage: isoflow eval <file.js> [--input <json|@file>] [--runtime v8|quickjs] \
-                     [--timeout-ms N] [--heap-mb N]";
+mod commands;
+mod eval;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "isoflow",
+    version,
+    about = "Runs integrations: durable multi-step workflows with isolated JavaScript steps"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct Store {
+    /// Where runs are stored [default: ~/.local/share/isoflow]
+    #[arg(long, env = "ISOFLOW_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// The tenant whose runs to start or read
+    #[arg(long, env = "ISOFLOW_TENANT", default_value = "local", global = true)]
+    tenant: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate an integration, run it and print its output
+    Run {
+        /// The integration definition (YAML or JSON)
+        file: PathBuf,
+        /// The run's input: JSON text, or @path to read it from a file
+        #[arg(long, default_value = "null")]
+        input: String,
+        #[command(flatten)]
+        store: Store,
+    },
+    /// Check integration definitions without running them
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List the runs in the data directory, newest first
+    Runs {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        store: Store,
+    },
+    /// Show a run: its steps, timings, logs and output
+    Show {
+        run_id: String,
+        #[command(flatten)]
+        store: Store,
+    },
+    /// Continue every run a stopped process left unfinished
+    Resume {
+        #[command(flatten)]
+        store: Store,
+    },
+    /// Run one code step's JavaScript in the sandbox and print its output
+    Eval(eval::Args),
+}
 
 fn main() -> ExitCode {
-    match run(std::env::args().skip(1).collect()) {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate { files } => commands::validate(&files),
+        Command::Eval(args) => eval::eval(args),
+        Command::Run { file, input, store } => with_runtime(|| async move {
+            let env = commands::Env::from_process(store.data_dir, store.tenant)?;
+            commands::run(env, &file, &input).await
+        }),
+        Command::Runs { limit, store } => commands::Env::from_process(store.data_dir, store.tenant)
+            .and_then(|env| commands::runs(&env, limit)),
+        Command::Show { run_id, store } => {
+            commands::Env::from_process(store.data_dir, store.tenant)
+                .and_then(|env| commands::show(&env, &run_id))
+        }
+        Command::Resume { store } => with_runtime(|| async move {
+            let env = commands::Env::from_process(store.data_dir, store.tenant)?;
+            commands::resume(env).await
+        }),
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -23,73 +109,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
-    let mut args = args.into_iter();
-    match args.next().as_deref() {
-        Some("eval") => eval(args.collect()),
-        Some("--help" | "-h" | "help") | None => {
-            println!("{USAGE}");
-            Ok(ExitCode::SUCCESS)
-        }
-        Some(other) => bail!("unknown command {other:?}; {USAGE}"),
-    }
-}
-
-fn eval(args: Vec<String>) -> anyhow::Result<ExitCode> {
-    let mut file = None;
-    let mut input = "null".to_owned();
-    let mut runtime = Runtime::default();
-    let mut limits = Limits::default();
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
-        match arg.as_str() {
-            "--input" => {
-                let v = value("--input")?;
-                input = match v.strip_prefix('@') {
-                    Some(path) => std::fs::read_to_string(path)
-                        .with_context(|| format!("cannot read input file {path}"))?,
-                    None => v,
-                };
-            }
-            "--runtime" => {
-                runtime = match value("--runtime")?.as_str() {
-                    "v8" => Runtime::V8,
-                    "quickjs" => Runtime::QuickJs,
-                    other => bail!("unknown runtime {other:?}: expected v8 or quickjs"),
-                }
-            }
-            "--timeout-ms" => {
-                limits.timeout = std::time::Duration::from_millis(value("--timeout-ms")?.parse()?)
-            }
-            "--heap-mb" => limits.heap_bytes = value("--heap-mb")?.parse::<usize>()? << 20,
-            _ if arg.starts_with("--") => bail!("unknown option {arg}; {USAGE}"),
-            _ if file.is_none() => file = Some(arg),
-            _ => bail!("unexpected argument {arg}; {USAGE}"),
-        }
-    }
-    let file = file.with_context(|| USAGE.to_owned())?;
-    let source = std::fs::read_to_string(&file).with_context(|| format!("cannot read {file}"))?;
-    serde_json::from_str::<serde_json::Value>(&input).context("--input is not valid JSON")?;
-
-    let sandbox = Sandbox::new(SandboxConfig {
-        threads: 1,
-        limits,
-        warm: vec![runtime],
-    })?;
-    let outcome = sandbox
-        .execute_blocking(Execution::new(runtime, Script::new(file, source), input).limits(limits));
-    for line in &outcome.logs {
-        eprintln!("[{:?}] {}", line.level, line.message);
-    }
-    match outcome.result {
-        Ok(output) => {
-            println!("{output}");
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            Ok(ExitCode::FAILURE)
-        }
-    }
+fn with_runtime<F, Fut>(f: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
+{
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(f())
 }

@@ -1,0 +1,346 @@
+//! Run benchmark: whole runs through the engine, durable checkpoints on.
+//!
+//! `cargo bench -p isoflow-engine --bench run` prints:
+//! - the seed's 6-step integration (HTTP GET of a 21 KB XML export from a
+//!   loopback server, 4 JavaScript steps each in a fresh isolate, HTTP POST
+//!   with a bearer token), run after run: p50, p99, runs/s, CPU per run, and
+//!   the engine's own overhead per step (wall time minus time inside the
+//!   steps' JavaScript and HTTP requests minus time in durable writes), with
+//!   every code step on V8, then on QuickJS;
+//! - the same with 16 runs in flight: runs/s, CPU per run, peak RSS;
+//! - the 500-item loop example (8 at a time);
+//! - a 100 MB payload through three steps (GET, a code step that reads it,
+//!   POST), with the peak RSS it adds.
+//!
+//! The HTTP servers run in a child process (this binary with `--fixture`),
+//! so CPU and memory figures are the engine's alone. `--runs N` changes the
+//! number of sequential runs (default 1,000).
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use isoflow_engine::model::{self, Integration, Step};
+use isoflow_engine::run::{Engine, EngineConfig, RunOutcome, Secret, StaticCredentials};
+use isoflow_engine::sandbox::{Runtime, SandboxConfig};
+use isoflow_engine::store::RunStatus;
+use isoflow_testkit::{HttpFixture, Reply, Responder};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "bench-token";
+const BIG: usize = 100 * 1024 * 1024;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--fixture") {
+        return serve_fixture();
+    }
+    let runs = args
+        .iter()
+        .position(|a| a == "--runs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1_000usize);
+
+    let mut child = Command::new(std::env::current_exe().expect("own path"))
+        .arg("--fixture")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("fixture process starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("fixture prints its address");
+    let base = line.trim().to_owned();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(benchmarks(&base, runs));
+    drop(child.stdin.take());
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn serve_fixture() {
+    let fixture = HttpFixture::start();
+    fixture.serve_seed(TOKEN);
+    fixture.route("POST", "/items/*", Responder::Fixed(Reply::json(201, &json!({"ok": true}))));
+    let big = "0123456789abcdef".repeat(BIG / 16);
+    fixture.route("GET", "/big", Responder::Fixed(Reply::text(200, &big)));
+    drop(big);
+    fixture.route("POST", "/import", Responder::Fixed(Reply::json(201, &json!("stored"))));
+    println!("{}", fixture.url(""));
+    std::io::stdout().flush().expect("stdout");
+    // Serve until the parent closes stdin.
+    let mut sink = String::new();
+    let _ = std::io::stdin().read_line(&mut sink);
+}
+
+async fn benchmarks(base: &str, runs: usize) {
+    let dir = std::env::temp_dir().join(format!("isoflow-run-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = EngineConfig::new(&dir);
+    config.sandbox = SandboxConfig::default();
+    let mut credentials = StaticCredentials::default();
+    credentials
+        .0
+        .insert(("bench".into(), "erp-api".into()), Secret::new(TOKEN));
+    config.credentials = Arc::new(credentials);
+    let engine = Engine::start(config).await.expect("engine starts");
+    println!(
+        "run benchmark: data in {}, WAL fsync on, {} sandbox threads",
+        dir.display(),
+        SandboxConfig::default().threads
+    );
+    let seed_text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/integrations/seed.yaml"
+    ))
+    .expect("seed example");
+    let seed = model::load("seed.yaml", &seed_text).expect("seed loads");
+    let input = json!({
+        "export_url": format!("{base}/orders.xml"),
+        "target_url": format!("{base}/erp/orders"),
+    });
+
+    for runtime in [Runtime::V8, Runtime::QuickJs] {
+        let integration = on_runtime(&seed, runtime);
+        sequential(&engine, &integration, &input, runs, runtime).await;
+    }
+    for runtime in [Runtime::V8, Runtime::QuickJs] {
+        let integration = on_runtime(&seed, runtime);
+        concurrent(&engine, &integration, &input, runs * 2, 16, runtime).await;
+    }
+    loop_500(&engine, base).await;
+    big_payload(&engine, base).await;
+    engine.shutdown(Duration::from_secs(10)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The integration with every code step on `runtime`.
+fn on_runtime(integration: &Integration, runtime: Runtime) -> Integration {
+    let mut integration = integration.clone();
+    for step in &mut integration.steps {
+        if let Step::Code(code) = step {
+            code.runtime = runtime;
+        }
+    }
+    integration
+}
+
+async fn one(engine: &Engine, integration: &Integration, input: &Value) -> RunOutcome {
+    let handle = engine
+        .start_run("bench", integration, input.clone())
+        .await
+        .expect("run starts");
+    let outcome = handle.wait().await.expect("run ends");
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    outcome
+}
+
+async fn sequential(
+    engine: &Engine,
+    integration: &Integration,
+    input: &Value,
+    runs: usize,
+    runtime: Runtime,
+) {
+    for _ in 0..50 {
+        one(engine, integration, input).await;
+    }
+    let cpu = cpu_time();
+    let start = Instant::now();
+    let mut latencies = Vec::with_capacity(runs);
+    let (mut execution, mut store) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..runs {
+        let t = Instant::now();
+        let outcome = one(engine, integration, input).await;
+        latencies.push(t.elapsed());
+        execution += outcome.timings.execution;
+        store += outcome.timings.store;
+    }
+    let wall = start.elapsed();
+    let cpu = cpu_time() - cpu;
+    latencies.sort();
+    let n = runs as u32;
+    let mean = wall / n;
+    let steps = integration.steps.len() as u32;
+    let overhead = mean.saturating_sub(execution / n + store / n) / steps;
+    println!(
+        "seed 6 steps, {runtime:<7} sequential, {runs} runs: p50 {}  p99 {}  {:.0} runs/s  \
+         CPU {} per run | per run: steps {}  durable writes {}  engine {} per step",
+        ms(quantile(&latencies, 0.5)),
+        ms(quantile(&latencies, 0.99)),
+        f64::from(n) / wall.as_secs_f64(),
+        ms(cpu / n),
+        ms(execution / n),
+        ms(store / n),
+        us(overhead),
+    );
+}
+
+async fn concurrent(
+    engine: &Engine,
+    integration: &Integration,
+    input: &Value,
+    runs: usize,
+    in_flight: usize,
+    runtime: Runtime,
+) {
+    reset_peak_rss();
+    let cpu = cpu_time();
+    let start = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..in_flight {
+        let (engine, integration, input, next) =
+            (engine.clone(), integration.clone(), input.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < runs {
+                let t = Instant::now();
+                one(&engine, &integration, &input).await;
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("task"));
+    }
+    let wall = start.elapsed();
+    let cpu = cpu_time() - cpu;
+    latencies.sort();
+    println!(
+        "seed 6 steps, {runtime:<7} {in_flight} in flight, {runs} runs: {:.0} runs/s  p50 {}  p99 {}  \
+         CPU {} per run  peak RSS {} MB",
+        runs as f64 / wall.as_secs_f64(),
+        ms(quantile(&latencies, 0.5)),
+        ms(quantile(&latencies, 0.99)),
+        ms(cpu / runs as u32),
+        peak_rss_kb() / 1024,
+    );
+}
+
+async fn loop_500(engine: &Engine, base: &str) {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/integrations/loop-500.yaml"
+    ))
+    .expect("loop example");
+    let integration = model::load("loop-500.yaml", &text).expect("loop example loads");
+    let input = json!({ "target_url": base });
+    let mut times = Vec::new();
+    let cpu = cpu_time();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let outcome = one(engine, &integration, &input).await;
+        times.push(t.elapsed());
+        let items = outcome.output.as_ref().and_then(Value::as_array).map_or(0, Vec::len);
+        assert_eq!(items, 500);
+    }
+    let cpu = (cpu_time() - cpu) / 5;
+    times.sort();
+    println!(
+        "loop of 500 items (8 at a time, a POST and a checkpoint each): median {}  best {}  CPU {} per run",
+        ms(times[2]),
+        ms(times[0]),
+        ms(cpu)
+    );
+}
+
+async fn big_payload(engine: &Engine, base: &str) {
+    let yaml = format!(
+        r#"
+apiVersion: isoflow.dev/v1
+name: big
+version: 1
+steps:
+  - id: fetch
+    type: http
+    url: "{base}/big"
+    max_response_bytes: 200MiB
+  - id: measure
+    type: code
+    input: "{{{{ steps.fetch.output.body }}}}"
+    source: "export default (text) => ({{ length: text.length }})"
+  - id: post
+    type: http
+    method: POST
+    url: "{base}/import"
+    body: "{{{{ steps.fetch.output.body }}}}"
+output: "{{{{ steps.measure.output.length }}}}"
+"#
+    );
+    let integration = model::load("big.yaml", &yaml).expect("loads");
+    for runtime in [Runtime::V8, Runtime::QuickJs] {
+        let integration = on_runtime(&integration, runtime);
+        let before = current_rss_kb();
+        reset_peak_rss();
+        let t = Instant::now();
+        let outcome = one(engine, &integration, &Value::Null).await;
+        let wall = t.elapsed();
+        assert_eq!(outcome.output, Some(json!(BIG)));
+        let added = peak_rss_kb().saturating_sub(before);
+        println!(
+            "100 MB payload, 3 steps ({runtime}): {}  (steps {}, durable writes {})  \
+             peak RSS +{} MB = {:.1}x the payload",
+            ms(wall),
+            ms(outcome.timings.execution),
+            ms(outcome.timings.store),
+            added / 1024,
+            added as f64 * 1024.0 / BIG as f64,
+        );
+    }
+}
+
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+/// User + system CPU time of this process.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    let total = ticks(11) + ticks(12);
+    Duration::from_millis(total * 10)
+}
+
+fn status_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn peak_rss_kb() -> u64 {
+    status_kb("VmHWM:")
+}
+
+fn current_rss_kb() -> u64 {
+    status_kb("VmRSS:")
+}
+
+/// Resets VmHWM to the current RSS (Linux's clear_refs "5").
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}

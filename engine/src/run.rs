@@ -1,0 +1,508 @@
+//! Running integrations: the [`Engine`] starts runs, resumes unfinished ones
+//! after a restart, cancels them and shuts down gracefully.
+//!
+//! # The actor tree
+//!
+//! Each run is a tree of ractor actors under one root actor per engine:
+//!
+//! ```text
+//! root ─┬─ run (a sequence: the integration's steps, one after another)
+//!       │    ├─ step (one attempt of a code or http step)
+//!       │    └─ loop ─┬─ element 0 (a sequence: the loop's steps for item 0)
+//!       │             │     └─ step
+//!       │             └─ element 1 ...   (at most `concurrency` at once)
+//!       └─ run ...
+//! ```
+//!
+//! A sequence owns its steps' policy: it evaluates `when`, renders inputs,
+//! starts one child per attempt, arms the step's time-out, decides on
+//! retries with backoff, and checkpoints each finished step before it starts
+//! the next. A child that fails, panics or times out is a supervision event
+//! for its sequence, never a crash of the node; the root turns a failure of
+//! a sequence itself into a failed run.
+//!
+//! # Durability and resumption
+//!
+//! A run, its definition and its input are stored before it starts. A
+//! step's output is checkpointed with one fsynced write before anything
+//! after it starts ([`crate::store`]). To resume, a sequence reads the
+//! checkpoints: finished steps are not run again, their stored outputs are
+//! used instead; the step that was in flight when the process stopped is
+//! started again from its first attempt. So every step runs to completion at
+//! least once and, once checkpointed, never again; an http step sends the
+//! same `Idempotency-Key` (`<run id>/<step key>`) on every attempt, including
+//! the one after a restart, so a receiver can drop the duplicate. Loops
+//! checkpoint per element: a loop resumes at the elements it had not
+//! finished.
+//!
+//! # Step keys
+//!
+//! A top-level step's key is its id. A step inside a loop is
+//! `<loop id>/<index, 8 digits>/<step id>` and the element itself
+//! `<loop id>/<index>`, so a run's checkpoints list in execution order.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::action::http;
+use crate::model::{CodeSource, Integration, Step, StepOutputs};
+use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::store::{RunRecord, RunStatus, StepStatus, Store, StoreConfig, StoreError};
+
+mod context;
+mod for_each;
+mod retry;
+mod root;
+mod sequence;
+mod step;
+
+pub use retry::retry_delay;
+
+/// Everything an engine needs.
+#[derive(Clone)]
+pub struct EngineConfig {
+    pub store: StoreConfig,
+    pub sandbox: SandboxConfig,
+    /// The largest payload a run may produce or take: a step's output, a
+    /// response body, a run's input. Default 1 GiB.
+    pub max_payload_bytes: u64,
+    /// Where http steps' `credential`s come from.
+    pub credentials: Arc<dyn Credentials>,
+}
+
+impl EngineConfig {
+    /// Defaults with the store in `data_dir` and no credentials.
+    pub fn new(data_dir: impl AsRef<Path>) -> Self {
+        EngineConfig {
+            store: StoreConfig::new(data_dir.as_ref()),
+            sandbox: SandboxConfig::default(),
+            max_payload_bytes: 1 << 30,
+            credentials: Arc::new(StaticCredentials::default()),
+        }
+    }
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("store", &self.store)
+            .field("sandbox", &self.sandbox)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A secret an http step sends; never logged, never given to JavaScript.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+/// Looks up a tenant's credential by the name an http step gives. The
+/// engine adds it to the request as `Authorization: Bearer <secret>`.
+pub trait Credentials: Send + Sync + 'static {
+    fn bearer_token(&self, tenant: &str, name: &str) -> Option<Secret>;
+}
+
+/// Credentials from a fixed map (tenant, name) → token, filled by whoever
+/// starts the engine (the `isoflow` binary reads them from its environment).
+#[derive(Debug, Clone, Default)]
+pub struct StaticCredentials(pub HashMap<(String, String), Secret>);
+
+impl Credentials for StaticCredentials {
+    fn bearer_token(&self, tenant: &str, name: &str) -> Option<Secret> {
+        self.0.get(&(tenant.to_owned(), name.to_owned())).cloned()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot start the sandbox: {0}")]
+    Sandbox(crate::sandbox::StepError),
+    #[error("cannot start the http client: {0}")]
+    Http(http::HttpError),
+    #[error("cannot start run actors: {0}")]
+    Actor(String),
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    #[error("run input is {actual} bytes, over the payload limit of {limit} bytes")]
+    InputTooLarge { actual: u64, limit: u64 },
+    #[error("stored definition of run {run_id} cannot be read: {reason}")]
+    Definition { run_id: String, reason: String },
+}
+
+/// What happens in a run, in order, for whoever watches it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunEvent {
+    /// An attempt of a step started (`attempt` counts from 1).
+    StepStarted { step_key: String, attempt: u32 },
+    /// A step finished for good: succeeded, failed after its last attempt,
+    /// or was skipped by its `when`.
+    StepFinished {
+        step_key: String,
+        status: StepStatus,
+        attempt: u32,
+        duration: Duration,
+        error: Option<String>,
+    },
+    /// A step was already checkpointed by an earlier process and is not run.
+    StepRestored { step_key: String },
+    /// An attempt failed and will be tried again after `delay`.
+    StepRetrying {
+        step_key: String,
+        attempt: u32,
+        error: String,
+        delay: Duration,
+    },
+    /// The run is over (always the last event of a run that ends).
+    Finished(RunOutcome),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutcome {
+    pub status: RunStatus,
+    pub output: Option<Value>,
+    /// The failing step's error, prefixed with its key.
+    pub error: Option<String>,
+    /// Where this process's time for the run went.
+    pub timings: RunTimings,
+}
+
+/// Time a run spent, by kind, summed over its steps (concurrent loop
+/// elements add up): what is left of the wall-clock time is the engine's
+/// own overhead (actors, rendering, serialising) and waiting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunTimings {
+    /// Inside step attempts: JavaScript in the sandbox, HTTP requests.
+    pub execution: Duration,
+    /// Durable writes: the run's creation, checkpoints, its end.
+    pub store: Duration,
+}
+
+/// A started run: its id and its events.
+#[derive(Debug)]
+pub struct RunHandle {
+    pub tenant: String,
+    pub run_id: String,
+    events: mpsc::UnboundedReceiver<RunEvent>,
+}
+
+impl RunHandle {
+    /// The next event, or `None` once the run's actors stopped (after
+    /// [`RunEvent::Finished`], or without it when the engine shut down
+    /// before the run ended: it stays unfinished and resumes next time).
+    pub async fn next_event(&mut self) -> Option<RunEvent> {
+        self.events.recv().await
+    }
+
+    /// Waits for the run to end. `None` when the engine stopped first.
+    pub async fn wait(mut self) -> Option<RunOutcome> {
+        while let Some(event) = self.next_event().await {
+            if let RunEvent::Finished(outcome) = event {
+                return Some(outcome);
+            }
+        }
+        None
+    }
+}
+
+/// What every actor of every run shares.
+pub(crate) struct Shared {
+    pub(crate) store: Store,
+    pub(crate) sandbox: Sandbox,
+    pub(crate) http: http::Client,
+    pub(crate) credentials: Arc<dyn Credentials>,
+    pub(crate) max_payload_bytes: u64,
+    /// Set by [`Engine::shutdown`]: sequences start no new step.
+    pub(crate) draining: AtomicBool,
+}
+
+/// Runs integrations on this node. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+    root: ActorRef<root::RootMsg>,
+    running: context::Running,
+    root_handle: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("store", &self.shared.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Opens the store, starts the sandbox and the root actor. Must be
+    /// called inside a multi-threaded tokio runtime. Unfinished runs are not
+    /// resumed until [`Engine::resume_unfinished`].
+    pub async fn start(config: EngineConfig) -> Result<Engine, EngineError> {
+        let store = Store::open(&config.store)?;
+        let mut sandbox_config = config.sandbox.clone();
+        let cap = usize::try_from(config.max_payload_bytes).unwrap_or(usize::MAX);
+        sandbox_config.limits.output_bytes = sandbox_config.limits.output_bytes.min(cap);
+        let sandbox = Sandbox::new(sandbox_config).map_err(EngineError::Sandbox)?;
+        let http = http::Client::new().map_err(EngineError::Http)?;
+        let shared = Arc::new(Shared {
+            store,
+            sandbox,
+            http,
+            credentials: config.credentials,
+            max_payload_bytes: config.max_payload_bytes,
+            draining: AtomicBool::new(false),
+        });
+        let running = Arc::new(Mutex::new(HashMap::new()));
+        let (root, handle) = Actor::spawn(
+            None,
+            root::Root,
+            root::RootArgs {
+                shared: shared.clone(),
+                running: running.clone(),
+            },
+        )
+        .await
+        .map_err(|e| EngineError::Actor(e.to_string()))?;
+        Ok(Engine {
+            shared,
+            root,
+            running,
+            root_handle: Arc::new(Mutex::new(Some(handle))),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// Stores a new run of `integration` for `tenant` and starts it. Code
+    /// steps must hold their source (see [`inline_code_files`]).
+    pub async fn start_run(
+        &self,
+        tenant: &str,
+        integration: &Integration,
+        input: Value,
+    ) -> Result<RunHandle, EngineError> {
+        if self.shared.draining.load(Ordering::Acquire) {
+            return Err(EngineError::ShuttingDown);
+        }
+        let mut run = RunRecord::new(tenant, integration.name.as_str(), integration.version.get());
+        let definition =
+            serde_json::to_value(integration).map_err(|e| EngineError::Definition {
+                run_id: run.run_id.clone(),
+                reason: e.to_string(),
+            })?;
+        let size = serde_json::to_vec(&input)
+            .map(|v| v.len() as u64)
+            .unwrap_or(0);
+        if size > self.shared.max_payload_bytes {
+            return Err(EngineError::InputTooLarge {
+                actual: size,
+                limit: self.shared.max_payload_bytes,
+            });
+        }
+        let shared = self.shared.clone();
+        let stored = run.clone();
+        let input = Arc::new(input);
+        let input2 = input.clone();
+        let created = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || shared.store.create_run(&stored, &definition, &input2))
+            .await
+            .map_err(|e| EngineError::Actor(e.to_string()))??;
+        let store_time = created.elapsed();
+        run.status = RunStatus::Running;
+        self.launch(run, Arc::new(integration.clone()), input, false, store_time)
+            .await
+    }
+
+    /// Starts every unfinished run in the store again, from its last
+    /// checkpoint.
+    pub async fn resume_unfinished(&self) -> Result<Vec<RunHandle>, EngineError> {
+        let shared = self.shared.clone();
+        let runs = tokio::task::spawn_blocking(move || shared.store.unfinished_runs())
+            .await
+            .map_err(|e| EngineError::Actor(e.to_string()))??;
+        let mut handles = Vec::new();
+        for mut run in runs {
+            let key = (run.tenant.clone(), run.run_id.clone());
+            if self
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&key)
+            {
+                continue;
+            }
+            let store = &self.shared.store;
+            let bad = |reason: String| EngineError::Definition {
+                run_id: run.run_id.clone(),
+                reason,
+            };
+            let definition = store
+                .run_definition(&run.tenant, &run.run_id)?
+                .ok_or_else(|| bad("it is missing".into()))?;
+            let integration: Integration =
+                serde_json::from_value(definition).map_err(|e| bad(e.to_string()))?;
+            let input = store
+                .run_input(&run.tenant, &run.run_id)?
+                .unwrap_or(Value::Null);
+            run.status = RunStatus::Running;
+            handles.push(
+                self.launch(run, Arc::new(integration), Arc::new(input), true, Duration::ZERO)
+                    .await?,
+            );
+        }
+        Ok(handles)
+    }
+
+    async fn launch(
+        &self,
+        run: RunRecord,
+        integration: Arc<Integration>,
+        input: Arc<Value>,
+        resumed: bool,
+        store_time: Duration,
+    ) -> Result<RunHandle, EngineError> {
+        let (events, receiver) = mpsc::unbounded_channel();
+        let handle = RunHandle {
+            tenant: run.tenant.clone(),
+            run_id: run.run_id.clone(),
+            events: receiver,
+        };
+        let (reply, started) = tokio::sync::oneshot::channel();
+        self.root
+            .send_message(root::RootMsg::Start {
+                run,
+                integration,
+                input,
+                events,
+                resumed,
+                store_time,
+                reply,
+            })
+            .map_err(|e| EngineError::Actor(e.to_string()))?;
+        started
+            .await
+            .map_err(|e| EngineError::Actor(e.to_string()))?
+            .map_err(EngineError::Actor)?;
+        Ok(handle)
+    }
+
+    /// Cancels a running run: its current steps are stopped and it ends
+    /// `cancelled`. False when no such run is running here.
+    pub fn cancel(&self, tenant: &str, run_id: &str) -> bool {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        match running.get(&(tenant.to_owned(), run_id.to_owned())) {
+            Some(run) => run.send_message(sequence::SeqMsg::Cancel).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Ids of the runs in progress here.
+    pub fn running(&self) -> Vec<(String, String)> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.keys().cloned().collect()
+    }
+
+    /// Graceful shutdown: no new run or step starts; steps in flight may
+    /// finish and are checkpointed, for up to `grace`; then whatever is
+    /// still running is stopped. Unfinished runs stay in the store and
+    /// resume at the next start.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.shared.draining.store(true, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + grace;
+        for run in self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            let _ = run.send_message(sequence::SeqMsg::Drain);
+        }
+        while !self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.root.stop(Some("engine shut down".into()));
+        let handle = self
+            .root_handle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+    }
+}
+
+/// Replaces each code step's `file` by the file's text, read relative to
+/// `base_dir` (the definition's folder), so that the stored definition is
+/// complete on its own.
+///
+/// # Errors
+/// One sentence naming the step and the file that cannot be read.
+pub fn inline_code_files(integration: &mut Integration, base_dir: &Path) -> Result<(), String> {
+    fn visit(steps: &mut [Step], base_dir: &Path) -> Result<(), String> {
+        for step in steps {
+            match step {
+                Step::Code(code) => {
+                    if let CodeSource::File(file) = &code.code {
+                        let path = base_dir.join(file);
+                        let text = std::fs::read_to_string(&path).map_err(|e| {
+                            format!(
+                                "step {:?}: cannot read {}: {e}",
+                                code.id.as_str(),
+                                path.display()
+                            )
+                        })?;
+                        code.code = CodeSource::Source(text);
+                    }
+                }
+                Step::Loop(l) => visit(&mut l.steps, base_dir)?,
+                Step::Http(_) => {}
+            }
+        }
+        Ok(())
+    }
+    visit(&mut integration.steps, base_dir)
+}
+
+/// Step outputs of one sequence, shared with loops without copying.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Outputs(pub(crate) HashMap<String, Arc<Value>>);
+
+impl StepOutputs for Outputs {
+    fn output(&self, id: &str) -> Option<&Value> {
+        self.0.get(id).map(|v| &**v)
+    }
+}

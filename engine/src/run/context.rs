@@ -1,0 +1,121 @@
+//! What the actors of one run share: the run, its definition and input,
+//! where its events go, and the checkpoint writes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ractor::{ActorProcessingErr, ActorRef};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::sequence::SeqMsg;
+use super::{RunEvent, RunOutcome, RunTimings, Shared};
+use crate::model::Integration;
+use crate::store::{LogRecord, RunRecord, RunStatus, StepRecord, now_ms};
+
+pub(crate) type Running = Arc<Mutex<HashMap<(String, String), ActorRef<SeqMsg>>>>;
+
+/// What a run's actors share.
+pub(crate) struct RunCtx {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) run: RunRecord,
+    pub(crate) integration: Arc<Integration>,
+    pub(crate) input: Arc<Value>,
+    pub(crate) events: mpsc::UnboundedSender<RunEvent>,
+    /// Started again after a restart: look for checkpoints before each step.
+    pub(crate) resumed: bool,
+    pub(crate) timings: Arc<Timings>,
+}
+
+/// [`RunTimings`] as the run's actors add to it.
+#[derive(Debug, Default)]
+pub(crate) struct Timings {
+    execution_ns: AtomicU64,
+    store_ns: AtomicU64,
+}
+
+impl Timings {
+    pub(crate) fn add_execution(&self, d: Duration) {
+        self.execution_ns.fetch_add(nanos(d), Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_store(&self, d: Duration) {
+        self.store_ns.fetch_add(nanos(d), Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> RunTimings {
+        RunTimings {
+            execution: Duration::from_nanos(self.execution_ns.load(Ordering::Relaxed)),
+            store: Duration::from_nanos(self.store_ns.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl RunCtx {
+    pub(crate) fn emit(&self, event: RunEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// The run record as the next write stores it.
+    pub(crate) fn record(&self) -> RunRecord {
+        let mut run = self.run.clone();
+        run.updated_at_ms = now_ms();
+        run
+    }
+
+    pub(crate) async fn checkpoint(
+        self: &Arc<Self>,
+        steps: Vec<(StepRecord, Option<Arc<Value>>)>,
+        logs: Vec<LogRecord>,
+    ) -> Result<(), ActorProcessingErr> {
+        let ctx = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let steps = steps
+                .iter()
+                .map(|(record, output)| (record.clone(), output.as_deref()))
+                .collect();
+            let start = Instant::now();
+            let written = ctx.shared.store.checkpoint(&ctx.record(), steps, &logs);
+            ctx.timings.add_store(start.elapsed());
+            written
+        })
+        .await??;
+        Ok(())
+    }
+
+    pub(crate) async fn finish(
+        self: &Arc<Self>,
+        status: RunStatus,
+        output: Option<Value>,
+        error: Option<String>,
+    ) -> Result<(), ActorProcessingErr> {
+        let mut run = self.record();
+        run.status = status;
+        run.error.clone_from(&error);
+        let ctx = self.clone();
+        let output = tokio::task::spawn_blocking(move || {
+            let start = Instant::now();
+            let written = ctx.shared.store.update_run(&run, output.as_ref());
+            ctx.timings.add_store(start.elapsed());
+            written.map(|()| output)
+        })
+        .await??;
+        self.emit(RunEvent::Finished(RunOutcome {
+            status,
+            output,
+            error,
+            timings: self.timings.snapshot(),
+        }));
+        Ok(())
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,672 @@
+//! Durable run state: runs, step checkpoints, payloads and logs in
+//! RocksDB, one column family each, with large payloads in files beside it.
+//!
+//! # Layout
+//!
+//! A store is a folder: `db/` is the RocksDB database, `payloads/` holds
+//! payloads of [`FILE_PAYLOAD_BYTES`] and more, one file each. Every key
+//! starts with the tenant id, so one tenant's data is one key range and no
+//! listing can cross into another's:
+//!
+//! | column family | key | value |
+//! | --- | --- | --- |
+//! | `runs` | tenant · run id | [`RunRecord`] (JSON) |
+//! | `active` | tenant · run id | empty: present while the run is unfinished |
+//! | `steps` | tenant · run id · step key | [`StepRecord`] (JSON) |
+//! | `blobs` | tenant · run id · step key, `#input`, `#output` or `#definition` | a payload: its JSON, or the name of its file |
+//! | `logs` | tenant · run id · step key · attempt · sequence | [`LogRecord`] (JSON) |
+//!
+//! `·` is a 0 byte, which tenant ids, run ids and step keys cannot contain;
+//! attempt and sequence are big-endian `u32`s. Run ids are UUIDv7,
+//! time-ordered, so a tenant's runs list in creation order without an index.
+//!
+//! # Durability
+//!
+//! Each write method is one `WriteBatch`: a step's record, its output and
+//! its logs land together or not at all. With [`StoreConfig::sync`] (the
+//! default) every batch is fsynced through the write-ahead log before the
+//! method returns, so a checkpoint that was acknowledged survives `kill -9`
+//! and power loss; without it, it survives a process crash but not a machine
+//! crash. A payload file is written and fsynced (with its folder) before the
+//! batch that names it, so a committed checkpoint never points at a missing
+//! or partial file. Payloads from 64 KiB to the file threshold go to
+//! RocksDB's blob files (BlobDB), so they are not rewritten by compaction.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Payloads this large or larger are written to their own file.
+pub const FILE_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+const RUNS: &str = "runs";
+const ACTIVE: &str = "active";
+const STEPS: &str = "steps";
+const BLOBS: &str = "blobs";
+const LOGS: &str = "logs";
+const FAMILIES: [&str; 5] = [RUNS, ACTIVE, STEPS, BLOBS, LOGS];
+
+/// Where and how durably to store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    /// Fsync the write-ahead log on every write (see the module docs).
+    #[serde(default = "yes")]
+    pub sync: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl StoreConfig {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            path: path.into(),
+            sync: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rocksdb::Error,
+    },
+    #[error("store {operation} failed: {source}")]
+    Db {
+        operation: &'static str,
+        source: rocksdb::Error,
+    },
+    #[error("cannot write or read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("stored {what} is corrupt: {reason}")]
+    Corrupt { what: String, reason: String },
+    #[error("invalid {what} {value:?}: {reason}")]
+    InvalidKey {
+        what: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled
+        )
+    }
+}
+
+/// A run's summary, updated as it goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub tenant: String,
+    pub run_id: String,
+    pub integration: String,
+    pub version: u32,
+    pub status: RunStatus,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    /// Why the run failed: the failing step's error, one sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl RunRecord {
+    /// A new pending run with a fresh time-ordered id.
+    pub fn new(tenant: &str, integration: &str, version: u32) -> Self {
+        let now = now_ms();
+        RunRecord {
+            tenant: tenant.to_owned(),
+            run_id: uuid::Uuid::now_v7().to_string(),
+            integration: integration.to_owned(),
+            version,
+            status: RunStatus::Pending,
+            created_at_ms: now,
+            updated_at_ms: now,
+            error: None,
+        }
+    }
+}
+
+/// How a step attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepStatus {
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+/// A step's checkpoint: written once the step finished (all attempts).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// The step's id, or `loop/index/step` for a step inside a loop item.
+    pub step_key: String,
+    pub status: StepStatus,
+    pub attempts: u32,
+    pub started_at_ms: u64,
+    pub finished_at_ms: u64,
+    /// Size of the output blob (stored under the step key), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One captured log line of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    pub step_key: String,
+    /// The attempt of the step that wrote it, from 1.
+    #[serde(default)]
+    pub attempt: u32,
+    pub level: String,
+    pub message: String,
+    pub time_ms: u64,
+}
+
+/// The run store. Cheap to share behind an `Arc`; RocksDB is thread-safe.
+pub struct Store {
+    db: DB,
+    sync: bool,
+    payloads: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.db.path())
+            .field("sync", &self.sync)
+            .finish()
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (or creates) the store in the folder `config.path`.
+    pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        let open_error = |source| StoreError::Open {
+            path: config.path.clone(),
+            source,
+        };
+        let payloads = config.path.join("payloads");
+        std::fs::create_dir_all(&payloads).map_err(|e| StoreError::Io {
+            path: payloads.clone(),
+            source: e,
+        })?;
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        let families = FAMILIES.iter().map(|name| {
+            let mut cf = Options::default();
+            if *name == BLOBS {
+                cf.set_enable_blob_files(true);
+                cf.set_min_blob_size(64 * 1024);
+            }
+            ColumnFamilyDescriptor::new(*name, cf)
+        });
+        let db = DB::open_cf_descriptors(&options, config.path.join("db"), families)
+            .map_err(open_error)?;
+        Ok(Store {
+            db,
+            sync: config.sync,
+            payloads,
+        })
+    }
+
+    /// The store's folder.
+    pub fn path(&self) -> &Path {
+        self.payloads.parent().unwrap_or(&self.payloads)
+    }
+
+    /// Stores a new run with the definition it runs and its input, and marks
+    /// it unfinished.
+    pub fn create_run(
+        &self,
+        run: &RunRecord,
+        definition: &Value,
+        input: &Value,
+    ) -> Result<(), StoreError> {
+        let key = run_key(&run.tenant, &run.run_id)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(RUNS), &key, to_json(run));
+        batch.put_cf(self.cf(ACTIVE), &key, []);
+        self.put_payload(&mut batch, run, DEFINITION_BLOB, definition)?;
+        self.put_payload(&mut batch, run, INPUT_BLOB, input)?;
+        self.write(batch, "create_run")
+    }
+
+    /// Checkpoints finished steps (usually one; a loop element's last step
+    /// and the element itself go together): their records, their outputs,
+    /// the logs of their last attempts and the run's updated summary, in one
+    /// durable write. Each record's `output_bytes` is set here.
+    pub fn checkpoint(
+        &self,
+        run: &RunRecord,
+        steps: Vec<(StepRecord, Option<&Value>)>,
+        logs: &[LogRecord],
+    ) -> Result<(), StoreError> {
+        let key = run_key(&run.tenant, &run.run_id)?;
+        let mut batch = WriteBatch::default();
+        for (mut record, output) in steps {
+            if let Some(output) = output {
+                record.output_bytes =
+                    Some(self.put_payload(&mut batch, run, &record.step_key, output)?);
+            }
+            let step_key = child_key(&key, &record.step_key)?;
+            batch.put_cf(self.cf(STEPS), &step_key, to_json(&record));
+        }
+        self.put_logs(&mut batch, &key, logs)?;
+        batch.put_cf(self.cf(RUNS), &key, to_json(run));
+        self.write(batch, "checkpoint")
+    }
+
+    /// Stores the logs of an attempt that did not finish its step (it failed
+    /// and will be retried). Not fsynced: losing them in a machine crash
+    /// loses no result.
+    pub fn append_logs(&self, run: &RunRecord, logs: &[LogRecord]) -> Result<(), StoreError> {
+        let key = run_key(&run.tenant, &run.run_id)?;
+        let mut batch = WriteBatch::default();
+        self.put_logs(&mut batch, &key, logs)?;
+        self.db.write(batch).map_err(|source| StoreError::Db {
+            operation: "append_logs",
+            source,
+        })
+    }
+
+    /// Records a run's new status; a finished run leaves the unfinished
+    /// index, with its output if it has one.
+    pub fn update_run(&self, run: &RunRecord, output: Option<&Value>) -> Result<(), StoreError> {
+        let key = run_key(&run.tenant, &run.run_id)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(RUNS), &key, to_json(run));
+        if run.status.is_finished() {
+            batch.delete_cf(self.cf(ACTIVE), &key);
+        }
+        if let Some(output) = output {
+            self.put_payload(&mut batch, run, OUTPUT_BLOB, output)?;
+        }
+        self.write(batch, "update_run")
+    }
+
+    pub fn run(&self, tenant: &str, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let key = run_key(tenant, run_id)?;
+        self.get(RUNS, &key)?
+            .map(|bytes| from_json(&bytes, "run record"))
+            .transpose()
+    }
+
+    /// A tenant's runs, newest first.
+    pub fn runs(&self, tenant: &str, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        let prefix = prefix(&[tenant])?;
+        let mut end = prefix.clone();
+        // The first key after every "tenant\0..." key.
+        *end.last_mut().expect("prefix ends with a separator") = 1;
+        let iter = self
+            .db
+            .iterator_cf(self.cf(RUNS), IteratorMode::From(&end, Direction::Reverse));
+        let mut runs = Vec::new();
+        for item in iter {
+            let (key, value) = item.map_err(|source| StoreError::Db {
+                operation: "list runs",
+                source,
+            })?;
+            if !key.starts_with(&prefix) || runs.len() >= limit {
+                break;
+            }
+            runs.push(from_json(&value, "run record")?);
+        }
+        Ok(runs)
+    }
+
+    /// Every unfinished run of every tenant: what to resume after a restart.
+    pub fn unfinished_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        let mut runs = Vec::new();
+        for item in self.db.iterator_cf(self.cf(ACTIVE), IteratorMode::Start) {
+            let (key, _) = item.map_err(|source| StoreError::Db {
+                operation: "list unfinished runs",
+                source,
+            })?;
+            let value = self.get(RUNS, &key)?.ok_or_else(|| StoreError::Corrupt {
+                what: "unfinished-run index".into(),
+                reason: format!("no run record for {}", String::from_utf8_lossy(&key)),
+            })?;
+            runs.push(from_json(&value, "run record")?);
+        }
+        Ok(runs)
+    }
+
+    /// A run's step checkpoints, in key order.
+    pub fn steps(&self, tenant: &str, run_id: &str) -> Result<Vec<StepRecord>, StoreError> {
+        let prefix = prefix(&[tenant, run_id])?;
+        self.scan(STEPS, &prefix, "step record")
+    }
+
+    /// A step's checkpoint, if the step finished.
+    pub fn step(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        step_key: &str,
+    ) -> Result<Option<StepRecord>, StoreError> {
+        let key = child_key(&run_key(tenant, run_id)?, step_key)?;
+        self.get(STEPS, &key)?
+            .map(|bytes| from_json(&bytes, "step record"))
+            .transpose()
+    }
+
+    /// A step's output.
+    pub fn step_output(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        step_key: &str,
+    ) -> Result<Option<Value>, StoreError> {
+        self.payload(tenant, run_id, step_key)
+    }
+
+    pub fn run_input(&self, tenant: &str, run_id: &str) -> Result<Option<Value>, StoreError> {
+        self.payload(tenant, run_id, INPUT_BLOB)
+    }
+
+    pub fn run_output(&self, tenant: &str, run_id: &str) -> Result<Option<Value>, StoreError> {
+        self.payload(tenant, run_id, OUTPUT_BLOB)
+    }
+
+    /// The definition the run was started with, as given to [`Store::create_run`].
+    pub fn run_definition(&self, tenant: &str, run_id: &str) -> Result<Option<Value>, StoreError> {
+        self.payload(tenant, run_id, DEFINITION_BLOB)
+    }
+
+    /// A run's logs, ordered by time (then by step and attempt).
+    pub fn logs(&self, tenant: &str, run_id: &str) -> Result<Vec<LogRecord>, StoreError> {
+        let prefix = prefix(&[tenant, run_id])?;
+        let mut logs: Vec<LogRecord> = self.scan(LOGS, &prefix, "log record")?;
+        logs.sort_by_key(|l| l.time_ms);
+        Ok(logs)
+    }
+
+    fn put_logs(
+        &self,
+        batch: &mut WriteBatch,
+        run_key: &[u8],
+        logs: &[LogRecord],
+    ) -> Result<(), StoreError> {
+        for (seq, line) in logs.iter().enumerate() {
+            let mut key = child_key(run_key, &line.step_key)?;
+            key.push(0);
+            key.extend_from_slice(&line.attempt.to_be_bytes());
+            key.extend_from_slice(&u32::try_from(seq).unwrap_or(u32::MAX).to_be_bytes());
+            batch.put_cf(self.cf(LOGS), key, to_json(line));
+        }
+        Ok(())
+    }
+
+    /// Adds a payload to `batch`, inline or (when large) in a file that is
+    /// durable before this returns. Returns its size in bytes.
+    fn put_payload(
+        &self,
+        batch: &mut WriteBatch,
+        run: &RunRecord,
+        name: &str,
+        value: &Value,
+    ) -> Result<u64, StoreError> {
+        let key = child_key(&run_key(&run.tenant, &run.run_id)?, name)?;
+        let relative = payload_file_name(&run.tenant, &run.run_id, name);
+        let mut writer = SpillWriter {
+            buffer: vec![INLINE],
+            file: None,
+            path: self.payloads.join(&relative),
+            written: 0,
+        };
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io { path, source }
+        };
+        serde_json::to_writer(&mut writer, value).map_err(|e| StoreError::Io {
+            path: writer.path.clone(),
+            source: e.into(),
+        })?;
+        let size = writer.written;
+        match writer.file.take() {
+            None => batch.put_cf(self.cf(BLOBS), key, writer.buffer),
+            Some(file) => {
+                let file = file
+                    .into_inner()
+                    .map_err(|e| io(&writer.path)(e.into_error()))?;
+                file.sync_all().map_err(io(&writer.path))?;
+                sync_dir(writer.path.parent().unwrap_or(&self.payloads))?;
+                let mut reference = vec![IN_FILE];
+                reference.extend_from_slice(relative.as_bytes());
+                batch.put_cf(self.cf(BLOBS), key, reference);
+            }
+        }
+        Ok(size)
+    }
+
+    fn payload(&self, tenant: &str, run_id: &str, name: &str) -> Result<Option<Value>, StoreError> {
+        let key = child_key(&run_key(tenant, run_id)?, name)?;
+        let Some(stored) = self.get(BLOBS, &key)? else {
+            return Ok(None);
+        };
+        let corrupt = |reason: String| StoreError::Corrupt {
+            what: format!("payload {name} of run {run_id}"),
+            reason,
+        };
+        match stored.split_first() {
+            Some((&INLINE, json)) => serde_json::from_slice(json)
+                .map(Some)
+                .map_err(|e| corrupt(e.to_string())),
+            Some((&IN_FILE, relative)) => {
+                let relative = std::str::from_utf8(relative).map_err(|e| corrupt(e.to_string()))?;
+                let path = self.payloads.join(relative);
+                let file = File::open(&path).map_err(|source| StoreError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                serde_json::from_reader(BufReader::with_capacity(1 << 20, file))
+                    .map(Some)
+                    .map_err(|e| corrupt(format!("{}: {e}", path.display())))
+            }
+            _ => Err(corrupt("unknown payload encoding".into())),
+        }
+    }
+
+    fn scan<T: for<'de> Deserialize<'de>>(
+        &self,
+        family: &str,
+        prefix: &[u8],
+        what: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        let iter = self.db.iterator_cf(
+            self.cf(family),
+            IteratorMode::From(prefix, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            let (key, value) = item.map_err(|source| StoreError::Db {
+                operation: "scan",
+                source,
+            })?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push(from_json(&value, what)?);
+        }
+        Ok(out)
+    }
+
+    fn get(&self, family: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db
+            .get_cf(self.cf(family), key)
+            .map_err(|source| StoreError::Db {
+                operation: "read",
+                source,
+            })
+    }
+
+    fn write(&self, batch: WriteBatch, operation: &'static str) -> Result<(), StoreError> {
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(self.sync);
+        self.db
+            .write_opt(batch, &options)
+            .map_err(|source| StoreError::Db { operation, source })
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("every column family is created by open")
+    }
+}
+
+/// First byte of a stored payload: the JSON follows, or the name of the
+/// file (under `payloads/`) that holds it.
+const INLINE: u8 = 0;
+const IN_FILE: u8 = 1;
+
+/// Serialises into memory until [`FILE_PAYLOAD_BYTES`], then moves what it
+/// has to a file and streams the rest there: a large payload is never held
+/// twice in memory.
+struct SpillWriter {
+    buffer: Vec<u8>,
+    file: Option<BufWriter<File>>,
+    path: PathBuf,
+    written: u64,
+}
+
+impl Write for SpillWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.written += data.len() as u64;
+        if let Some(file) = &mut self.file {
+            file.write_all(data)?;
+        } else if self.buffer.len() + data.len() > FILE_PAYLOAD_BYTES {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut file = BufWriter::with_capacity(1 << 20, File::create(&self.path)?);
+            file.write_all(&self.buffer[1..])?;
+            file.write_all(data)?;
+            self.buffer = Vec::new();
+            self.file = Some(file);
+        } else {
+            self.buffer.extend_from_slice(data);
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.as_mut().map_or(Ok(()), Write::flush)
+    }
+}
+
+/// `payloads/<tenant hex>/<run id hex>/<name hex>.json`: hex keeps any id
+/// a safe file name.
+fn payload_file_name(tenant: &str, run_id: &str, name: &str) -> String {
+    fn hex(s: &str) -> String {
+        s.bytes().map(|b| format!("{b:02x}")).collect()
+    }
+    format!("{}/{}/{}.json", hex(tenant), hex(run_id), hex(name))
+}
+
+/// Makes a new file's directory entry durable (and the folders above it,
+/// which `create_dir_all` may just have made).
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    for dir in dir.ancestors().take(3) {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| StoreError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// Blob names of a run's own payloads; step keys cannot start with '#'.
+const INPUT_BLOB: &str = "#input";
+const OUTPUT_BLOB: &str = "#output";
+const DEFINITION_BLOB: &str = "#definition";
+
+fn check(what: &'static str, value: &str) -> Result<(), StoreError> {
+    let invalid = |reason| StoreError::InvalidKey {
+        what,
+        value: value.to_owned(),
+        reason,
+    };
+    if value.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    if value.bytes().any(|b| b == 0) {
+        return Err(invalid("it contains a NUL character"));
+    }
+    Ok(())
+}
+
+/// `a \0 b \0 ... \0`: the prefix of every key under these parts.
+fn prefix(parts: &[&str]) -> Result<Vec<u8>, StoreError> {
+    let mut key = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        check(if i == 0 { "tenant id" } else { "run id" }, part)?;
+        key.extend_from_slice(part.as_bytes());
+        key.push(0);
+    }
+    Ok(key)
+}
+
+fn run_key(tenant: &str, run_id: &str) -> Result<Vec<u8>, StoreError> {
+    let mut key = prefix(&[tenant, run_id])?;
+    key.pop();
+    Ok(key)
+}
+
+fn child_key(run_key: &[u8], child: &str) -> Result<Vec<u8>, StoreError> {
+    check("step key", child)?;
+    let mut key = run_key.to_vec();
+    key.push(0);
+    key.extend_from_slice(child.as_bytes());
+    Ok(key)
+}
+
+fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records are plain data and always serialise")
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        what: what.to_owned(),
+        reason: e.to_string(),
+    })
+}

@@ -1,0 +1,922 @@
+//! The run engine end to end in one process: real sandbox, real RocksDB in a
+//! temporary folder, real HTTP servers on loopback. Every step kind, retries
+//! with backoff against flaky servers, `when`, loops (ordering and the
+//! concurrency bound), time-outs, cancellation, graceful shutdown and
+//! resumption, credentials, tenants and a 100 MB payload.
+
+// Test helpers outside #[test] functions unwrap too: a failure is the test's.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use isoflow_engine::model;
+use isoflow_engine::run::{Engine, EngineConfig, RunEvent, RunOutcome, Secret, StaticCredentials};
+use isoflow_engine::sandbox::SandboxConfig;
+use isoflow_engine::store::{RunStatus, StepStatus};
+use isoflow_testkit::{Gate, HttpFixture, Reply, Responder};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "erp-secret-token";
+
+async fn engine(dir: &tempfile::TempDir) -> Engine {
+    let mut config = EngineConfig::new(dir.path());
+    config.sandbox = SandboxConfig {
+        threads: 2,
+        ..SandboxConfig::default()
+    };
+    let mut credentials = StaticCredentials::default();
+    credentials
+        .0
+        .insert(("acme".into(), "erp-api".into()), Secret::new(TOKEN));
+    config.credentials = Arc::new(credentials);
+    Engine::start(config).await.unwrap()
+}
+
+fn integration(yaml: &str) -> model::Integration {
+    model::load("test.yaml", yaml).unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn run(engine: &Engine, yaml: &str, input: Value) -> (RunOutcome, Vec<RunEvent>, String) {
+    let mut handle = engine
+        .start_run("acme", &integration(yaml), input)
+        .await
+        .unwrap();
+    let run_id = handle.run_id.clone();
+    let mut events = Vec::new();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(event) = handle.next_event().await {
+            if let RunEvent::Finished(outcome) = &event {
+                return outcome.clone();
+            }
+            events.push(event);
+        }
+        panic!("the run stopped without finishing")
+    })
+    .await
+    .expect("the run finishes within a minute");
+    (outcome, events, run_id)
+}
+
+fn seed() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/integrations/seed.yaml"
+    ))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_integration_runs_end_to_end_and_every_step_is_checkpointed() {
+    let fixture = HttpFixture::start();
+    fixture.serve_seed(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let input = json!({
+        "export_url": fixture.url("/orders.xml"),
+        "target_url": fixture.url("/erp/orders"),
+    });
+    let (outcome, events, run_id) = run(&engine, &seed(), input).await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    let output = outcome.output.unwrap();
+    assert_eq!(output["status"], 201);
+
+    // The ERP received the aggregate, with the bearer token the engine added.
+    let posts = fixture.requests("POST", "/erp/orders");
+    assert_eq!(posts.len(), 1);
+    let sent = posts[0].json();
+    assert_eq!(output["orders"], sent["count"]);
+    assert_eq!(output["total"], sent["total"]);
+    assert!(sent["count"].as_u64().unwrap() > 50, "{sent}");
+    assert_eq!(
+        posts[0].header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+    assert_eq!(
+        posts[0].header("idempotency-key"),
+        Some(format!("{run_id}/post").as_str())
+    );
+
+    let store = engine.store();
+    let steps = store.steps("acme", &run_id).unwrap();
+    let keys: Vec<_> = steps.iter().map(|s| s.step_key.as_str()).collect();
+    let mut expected = vec!["aggregate", "enrich", "fetch", "filter", "parse", "post"];
+    expected.sort_unstable();
+    assert_eq!(keys, expected);
+    assert!(
+        steps
+            .iter()
+            .all(|s| s.status == StepStatus::Succeeded && s.attempts == 1)
+    );
+    let aggregate = store
+        .step_output("acme", &run_id, "aggregate")
+        .unwrap()
+        .unwrap();
+    assert_eq!(aggregate, sent);
+    let logs = store.logs("acme", &run_id).unwrap();
+    assert!(
+        logs.iter()
+            .any(|l| l.step_key == "filter" && l.message.ends_with("open orders of 100")),
+        "{logs:?}"
+    );
+    let record = store.run("acme", &run_id).unwrap().unwrap();
+    assert_eq!(record.status, RunStatus::Succeeded);
+    assert_eq!(store.run_output("acme", &run_id).unwrap(), Some(output));
+    assert!(store.unfinished_runs().unwrap().is_empty());
+    let started = events
+        .iter()
+        .filter(|e| matches!(e, RunEvent::StepStarted { .. }))
+        .count();
+    assert_eq!(started, 6);
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flaky_server_is_retried_with_backoff_until_it_answers() {
+    let fixture = HttpFixture::start();
+    fixture.route(
+        "GET",
+        "/flaky",
+        Responder::Sequence(vec![
+            Reply::text(503, "busy"),
+            Reply::text(502, "bad gateway"),
+            Reply::json(200, &json!({"ok": true})),
+        ]),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let yaml = format!(
+        r#"
+apiVersion: isoflow.dev/v1
+name: flaky
+version: 1
+steps:
+  - id: fetch
+    type: http
+    url: "{}"
+    retry: {{ max_attempts: 4, backoff: {{ initial: 20ms, max: 100ms }}, jitter: false }}
+"#,
+        fixture.url("/flaky")
+    );
+    let (outcome, events, run_id) = run(&engine, &yaml, Value::Null).await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    assert_eq!(outcome.output.unwrap()["body"], json!({"ok": true}));
+    assert_eq!(fixture.count("GET", "/flaky"), 3);
+    let delays: Vec<Duration> = events
+        .iter()
+        .filter_map(|e| match e {
+            RunEvent::StepRetrying { delay, .. } => Some(*delay),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        delays,
+        [Duration::from_millis(20), Duration::from_millis(40)]
+    );
+    let step = engine
+        .store()
+        .step("acme", &run_id, "fetch")
+        .unwrap()
+        .unwrap();
+    assert_eq!(step.attempts, 3);
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_error_is_not_retried_and_fails_the_run_naming_the_step() {
+    let fixture = HttpFixture::start();
+    fixture.route(
+        "POST",
+        "/orders",
+        Responder::Fixed(Reply::text(422, "missing field sku")),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let yaml = format!(
+        r#"
+apiVersion: isoflow.dev/v1
+name: rejected
+version: 1
+steps:
+  - id: build
+    type: code
+    source: "export default () => ({{ qty: 1 }})"
+  - id: post
+    type: http
+    method: POST
+    url: "{}"
+    body: "{{{{ steps.build.output }}}}"
+    retry: {{ max_attempts: 5, backoff: {{ initial: 10ms }} }}
+"#,
+        fixture.url("/orders")
+    );
+    let (outcome, _, run_id) = run(&engine, &yaml, Value::Null).await;
+    assert_eq!(outcome.status, RunStatus::Failed);
+    let error = outcome.error.unwrap();
+    assert!(error.starts_with("step post: "), "{error}");
+    assert!(
+        error.contains("422") && error.contains("missing field sku"),
+        "{error}"
+    );
+    assert_eq!(fixture.count("POST", "/orders"), 1);
+    // What was done before the failure is kept.
+    let store = engine.store();
+    assert_eq!(
+        store.step_output("acme", &run_id, "build").unwrap(),
+        Some(json!({"qty": 1}))
+    );
+    let post = store.step("acme", &run_id, "post").unwrap().unwrap();
+    assert_eq!(post.status, StepStatus::Failed);
+    assert_eq!(
+        store.run("acme", &run_id).unwrap().unwrap().status,
+        RunStatus::Failed
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stop_at_max_attempts() {
+    let fixture = HttpFixture::start();
+    fixture.route("GET", "/down", Responder::Fixed(Reply::text(503, "down")));
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let yaml = format!(
+        r#"
+apiVersion: isoflow.dev/v1
+name: down
+version: 1
+steps:
+  - id: fetch
+    type: http
+    url: "{}"
+    retry: {{ max_attempts: 3, backoff: {{ initial: 5ms, max: 10ms }} }}
+"#,
+        fixture.url("/down")
+    );
+    let (outcome, _, run_id) = run(&engine, &yaml, Value::Null).await;
+    assert_eq!(outcome.status, RunStatus::Failed);
+    assert_eq!(fixture.count("GET", "/down"), 3);
+    let step = engine
+        .store()
+        .step("acme", &run_id, "fetch")
+        .unwrap()
+        .unwrap();
+    assert_eq!(step.attempts, 3);
+    assert!(step.error.unwrap().contains("503"));
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throwing_code_step_is_retried_then_fails_with_its_exception_and_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let yaml = r#"
+apiVersion: isoflow.dev/v1
+name: throws
+version: 1
+steps:
+  - id: check
+    type: code
+    runtime: quickjs
+    retry: { max_attempts: 2, backoff: { initial: 5ms } }
+    source: |
+      export default function (input, ctx) {
+        ctx.log("checking " + input.sku);
+        throw new Error("sku " + input.sku + " is unknown");
+      }
+"#;
+    let (outcome, _, run_id) = run(&engine, yaml, json!({"sku": "X-1"})).await;
+    assert_eq!(outcome.status, RunStatus::Failed);
+    let error = outcome.error.unwrap();
+    assert!(
+        error.starts_with("step check: uncaught Error: sku X-1 is unknown"),
+        "{error}"
+    );
+    let logs = engine.store().logs("acme", &run_id).unwrap();
+    let attempts: Vec<u32> = logs.iter().map(|l| l.attempt).collect();
+    assert_eq!(attempts, [1, 2], "{logs:?}");
+    assert!(logs.iter().all(|l| l.message == "checking X-1"));
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_syntax_error_is_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let yaml = r#"
+apiVersion: isoflow.dev/v1
+name: broken
+version: 1
+steps:
+  - id: broken
+    type: code
+    retry: { max_attempts: 5, backoff: { initial: 5ms } }
+    source: "export default function ( {"
+"#;
+    let (outcome, events, _) = run(&engine, yaml, Value::Null).await;
+    assert_eq!(outcome.status, RunStatus::Failed);
+    assert!(outcome.error.unwrap().contains("syntax error"));
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, RunEvent::StepRetrying { .. }))
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_skips_steps_and_a_skipped_output_reads_as_null() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let yaml = r#"
+apiVersion: isoflow.dev/v1
+name: conditional
+version: 1
+steps:
+  - id: big
+    type: code
+    when: "{{ input.amount > 1000 }}"
+    source: "export default (input) => 'needs approval'"
+  - id: small
+    type: code
+    when: "{{ input.amount <= 1000 }}"
+    source: "export default (input) => 'auto-approved'"
+output:
+  decision: "{{ steps.big.output || steps.small.output }}"
+  big: "{{ steps.big.output }}"
+"#;
+    for (amount, decision, big) in [
+        (5000, json!("needs approval"), json!("needs approval")),
+        (20, json!("auto-approved"), Value::Null),
+    ] {
+        let (outcome, _, run_id) = run(&engine, yaml, json!({ "amount": amount })).await;
+        assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+        assert_eq!(
+            outcome.output.unwrap(),
+            json!({"decision": decision, "big": big})
+        );
+        let skipped = if amount > 1000 { "small" } else { "big" };
+        let record = engine
+            .store()
+            .step("acme", &run_id, skipped)
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.status, StepStatus::Skipped);
+    }
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_runs_its_steps_per_element_and_collects_outputs_in_order() {
+    let fixture = HttpFixture::start();
+    fixture.route("POST", "/items/*", Responder::Echo);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let yaml = format!(
+        r#"
+apiVersion: isoflow.dev/v1
+name: items
+version: 1
+steps:
+  - id: build
+    type: code
+    source: "export default () => Array.from({{ length: 25 }}, (_, i) => ({{ n: i, even: i % 2 === 0 }}))"
+  - id: each
+    type: loop
+    for_each: "{{{{ steps.build.output }}}}"
+    concurrency: 5
+    steps:
+      - id: post
+        type: http
+        method: POST
+        when: "{{{{ item.even }}}}"
+        url: "{}/items/{{{{ index }}}}"
+        body: {{ n: "{{{{ item.n }}}}", at: "{{{{ index }}}}" }}
+      - id: shape
+        type: code
+        runtime: quickjs
+        input: {{ item: "{{{{ item }}}}", echoed: "{{{{ steps.post.output.body.body }}}}", before: "{{{{ steps.build.output[24].n }}}}" }}
+        source: "export default (i) => ({{ n: i.item.n, echoed: i.echoed, before: i.before }})"
+"#,
+        fixture.url("")
+    );
+    let (outcome, _, run_id) = run(&engine, &yaml, Value::Null).await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    let output = outcome.output.unwrap();
+    let items = output.as_array().unwrap();
+    assert_eq!(items.len(), 25);
+    for (i, item) in items.iter().enumerate() {
+        let echoed = if i % 2 == 0 {
+            json!({"n": i, "at": i})
+        } else {
+            Value::Null
+        };
+        assert_eq!(
+            item,
+            &json!({"n": i, "echoed": echoed, "before": 24}),
+            "element {i}"
+        );
+    }
+    assert_eq!(fixture.count("POST", "/items/*"), 13);
+    let store = engine.store();
+    let odd = store
+        .step("acme", &run_id, "each/00000003/post")
+        .unwrap()
+        .unwrap();
+    assert_eq!(odd.status, StepStatus::Skipped);
+    assert!(
+        store
+            .step("acme", &run_id, "each/00000024")
+            .unwrap()
+            .is_some()
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_never_runs_more_elements_at_once_than_its_concurrency() {
+    let fixture = HttpFixture::start();
+    let gate = Gate::new();
+    fixture.route(
+        "GET",
+        "/slow/*",
+        Responder::Hold(gate.clone(), Reply::json(200, &json!("done"))),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let yaml = format!(
+        r#"
+apiVersion: isoflow.dev/v1
+name: bounded
+version: 1
+steps:
+  - id: each
+    type: loop
+    for_each: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    concurrency: 3
+    steps:
+      - id: get
+        type: http
+        url: "{}/slow/{{{{ index }}}}"
+"#,
+        fixture.url("")
+    );
+    let integration = integration(&yaml);
+    let handle = engine
+        .start_run("acme", &integration, Value::Null)
+        .await
+        .unwrap();
+    assert!(gate.wait_for_waiting(3, Duration::from_secs(20)));
+    // Held for a while, the three requests stay three.
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(gate.waiting(), 3);
+        assert_eq!(fixture.count("GET", "/slow/*"), 3);
+    }
+    gate.release();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), handle.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome.status, RunStatus::Succeeded);
+    assert_eq!(fixture.count("GET", "/slow/*"), 10);
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_element_fails_the_loop_and_the_run() {
+    let fixture = HttpFixture::start();
+    fixture.route(
+        "GET",
+        "/items/*",
+        Responder::Fixed(Reply::json(200, &json!("ok"))),
+    );
+    fixture.route(
+        "GET",
+        "/items/3",
+        Responder::Fixed(Reply::text(404, "no such item")),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let yaml = format!(
+        r#"
+apiVersion: isoflow.dev/v1
+name: failing-element
+version: 1
+steps:
+  - id: each
+    type: loop
+    for_each: [0, 1, 2, 3, 4]
+    steps:
+      - id: get
+        type: http
+        url: "{}/items/{{{{ item }}}}"
+"#,
+        fixture.url("")
+    );
+    let (outcome, _, _) = run(&engine, &yaml, Value::Null).await;
+    assert_eq!(outcome.status, RunStatus::Failed);
+    let error = outcome.error.unwrap();
+    assert!(
+        error.starts_with("step each: element 3: step each/00000003/get: "),
+        "{error}"
+    );
+    assert!(error.contains("404"), "{error}");
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn for_each_that_is_not_an_array_fails_with_a_sentence() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let yaml = r#"
+apiVersion: isoflow.dev/v1
+name: not-an-array
+version: 1
+steps:
+  - id: each
+    type: loop
+    for_each: "{{ input.items }}"
+    steps:
+      - id: echo
+        type: code
+        source: "export default (x) => x"
+"#;
+    let (outcome, _, _) = run(&engine, yaml, json!({"items": {"a": 1}})).await;
+    assert_eq!(outcome.status, RunStatus::Failed);
+    assert_eq!(
+        outcome.error.unwrap(),
+        "step each: for_each gave an object, not an array"
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_outs_fail_http_and_code_steps() {
+    let fixture = HttpFixture::start();
+    fixture.route(
+        "GET",
+        "/slow",
+        Responder::Slow(Duration::from_secs(10), Reply::text(200, "late")),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let http = format!(
+        r#"
+apiVersion: isoflow.dev/v1
+name: slow-http
+version: 1
+steps:
+  - id: fetch
+    type: http
+    url: "{}"
+    timeout: 200ms
+"#,
+        fixture.url("/slow")
+    );
+    let (outcome, _, _) = run(&engine, &http, Value::Null).await;
+    assert_eq!(outcome.status, RunStatus::Failed);
+    assert!(outcome.error.unwrap().contains("within 200 ms"));
+
+    let code = r#"
+apiVersion: isoflow.dev/v1
+name: slow-code
+version: 1
+steps:
+  - id: spin
+    type: code
+    timeout: 200ms
+    source: "export default () => { for (;;) {} }"
+"#;
+    let (outcome, _, _) = run(&engine, code, Value::Null).await;
+    assert_eq!(outcome.status, RunStatus::Failed);
+    assert_eq!(
+        outcome.error.unwrap(),
+        "step spin: step timed out after 200 ms"
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_credential_fails_the_step_and_its_value_never_reaches_javascript() {
+    let fixture = HttpFixture::start();
+    fixture.route(
+        "POST",
+        "/echo",
+        Responder::Fixed(Reply::json(200, &json!({"ok": true}))),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let yaml = format!(
+        r#"
+apiVersion: isoflow.dev/v1
+name: credentials
+version: 1
+steps:
+  - id: post
+    type: http
+    method: POST
+    url: "{url}"
+    credential: erp-api
+    body: "hello"
+  - id: inspect
+    type: code
+    input: "{{{{ steps.post.output }}}}"
+    source: "export default (r) => JSON.stringify(r).includes('{TOKEN}')"
+  - id: other
+    type: http
+    method: POST
+    url: "{url}"
+    credential: crm-api
+"#,
+        url = fixture.url("/echo")
+    );
+    let (outcome, _, run_id) = run(&engine, &yaml, Value::Null).await;
+    assert_eq!(outcome.status, RunStatus::Failed);
+    assert_eq!(
+        outcome.error.unwrap(),
+        "step other: credential \"crm-api\" is not defined"
+    );
+    // The request carried the token; the step's output (what JavaScript
+    // sees next) holds the response only.
+    assert_eq!(
+        fixture.requests("POST", "/echo")[0].header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+    let inspect = engine
+        .store()
+        .step_output("acme", &run_id, "inspect")
+        .unwrap();
+    assert_eq!(inspect, Some(json!(false)));
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_run_in_flight() {
+    let fixture = HttpFixture::start();
+    let gate = Gate::new();
+    fixture.route(
+        "GET",
+        "/held",
+        Responder::Hold(gate.clone(), Reply::text(200, "late")),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let yaml = format!(
+        r#"
+apiVersion: isoflow.dev/v1
+name: cancellable
+version: 1
+steps:
+  - id: wait
+    type: http
+    url: "{}"
+  - id: after
+    type: code
+    source: "export default () => 1"
+"#,
+        fixture.url("/held")
+    );
+    let handle = engine
+        .start_run("acme", &integration(&yaml), Value::Null)
+        .await
+        .unwrap();
+    let run_id = handle.run_id.clone();
+    assert!(gate.wait_for_waiting(1, Duration::from_secs(20)));
+    assert!(engine.cancel("acme", &run_id));
+    assert!(!engine.cancel("other-tenant", &run_id));
+    let outcome = tokio::time::timeout(Duration::from_secs(20), handle.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome.status, RunStatus::Cancelled);
+    assert_eq!(outcome.error.as_deref(), Some("cancelled during step wait"));
+    gate.release();
+    let store = engine.store();
+    assert_eq!(
+        store.run("acme", &run_id).unwrap().unwrap().status,
+        RunStatus::Cancelled
+    );
+    assert!(store.step("acme", &run_id, "after").unwrap().is_none());
+    assert!(store.unfinished_runs().unwrap().is_empty());
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_checkpoints_the_step_in_flight_and_a_new_engine_resumes_after_it() {
+    let fixture = HttpFixture::start();
+    let gate = Gate::new();
+    fixture.route(
+        "POST",
+        "/first",
+        Responder::Hold(gate.clone(), Reply::json(201, &json!({"id": 7}))),
+    );
+    fixture.route("POST", "/second", Responder::Echo);
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        r#"
+apiVersion: isoflow.dev/v1
+name: two-posts
+version: 1
+steps:
+  - id: first
+    type: http
+    method: POST
+    url: "{}"
+    body: "{{{{ input }}}}"
+  - id: second
+    type: http
+    method: POST
+    url: "{}"
+    body: {{ id: "{{{{ steps.first.output.body.id }}}}" }}
+output: "{{{{ steps.second.output.body.body }}}}"
+"#,
+        fixture.url("/first"),
+        fixture.url("/second")
+    );
+    let run_id = {
+        let engine = engine(&dir).await;
+        let handle = engine
+            .start_run("acme", &integration(&yaml), json!({"order": 1}))
+            .await
+            .unwrap();
+        assert!(gate.wait_for_waiting(1, Duration::from_secs(20)));
+        let shutdown = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.shutdown(Duration::from_secs(20)).await }
+        });
+        // The step in flight is allowed to finish; nothing after it starts.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        gate.release();
+        shutdown.await.unwrap();
+        assert_eq!(handle.wait().await, None, "the run did not finish");
+        assert_eq!(fixture.count("POST", "/second"), 0);
+        let store = engine.store();
+        let unfinished = store.unfinished_runs().unwrap();
+        assert_eq!(unfinished.len(), 1);
+        let first = store.step("acme", &unfinished[0].run_id, "first").unwrap();
+        assert_eq!(first.unwrap().status, StepStatus::Succeeded);
+        unfinished[0].run_id.clone()
+    };
+    let engine = engine(&dir).await;
+    let mut handles = engine.resume_unfinished().await.unwrap();
+    assert_eq!(handles.len(), 1);
+    let handle = handles.remove(0);
+    assert_eq!(handle.run_id, run_id);
+    let mut restored = Vec::new();
+    let mut handle = handle;
+    let outcome = loop {
+        match handle.next_event().await.unwrap() {
+            RunEvent::StepRestored { step_key } => restored.push(step_key),
+            RunEvent::Finished(outcome) => break outcome,
+            _ => {}
+        }
+    };
+    assert_eq!(restored, ["first"]);
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    assert_eq!(outcome.output.unwrap(), json!({"id": 7}));
+    assert_eq!(
+        fixture.count("POST", "/first"),
+        1,
+        "a checkpointed step is not sent again"
+    );
+    assert_eq!(fixture.count("POST", "/second"), 1);
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_see_only_their_own_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let yaml = r#"
+apiVersion: isoflow.dev/v1
+name: private
+version: 1
+steps:
+  - id: secret
+    type: code
+    source: "export default (i) => i"
+"#;
+    let handle = engine
+        .start_run("globex", &integration(yaml), json!({"payroll": 1}))
+        .await
+        .unwrap();
+    let run_id = handle.run_id.clone();
+    assert_eq!(handle.wait().await.unwrap().status, RunStatus::Succeeded);
+    let store = engine.store();
+    assert!(store.run("acme", &run_id).unwrap().is_none());
+    assert!(store.runs("acme", 10).unwrap().is_empty());
+    assert!(
+        store
+            .step_output("acme", &run_id, "secret")
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.runs("globex", 10).unwrap().len(), 1);
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mb_payload_passes_through_three_steps_durably() {
+    const SIZE: usize = 100 * 1024 * 1024;
+    let fixture = HttpFixture::start();
+    let body: String = "0123456789abcdef".repeat(SIZE / 16);
+    fixture.route("GET", "/export", Responder::Fixed(Reply::text(200, &body)));
+    fixture.route(
+        "POST",
+        "/import",
+        Responder::Fixed(Reply::json(201, &json!("stored"))),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let yaml = format!(
+        r#"
+apiVersion: isoflow.dev/v1
+name: big
+version: 1
+steps:
+  - id: fetch
+    type: http
+    url: "{}"
+    max_response_bytes: 200MiB
+  - id: measure
+    type: code
+    input: "{{{{ steps.fetch.output.body }}}}"
+    source: "export default (text) => ({{ length: text.length, head: text.slice(0, 16) }})"
+  - id: post
+    type: http
+    method: POST
+    url: "{}"
+    body: "{{{{ steps.fetch.output.body }}}}"
+output:
+  measured: "{{{{ steps.measure.output }}}}"
+  status: "{{{{ steps.post.output.status }}}}"
+"#,
+        fixture.url("/export"),
+        fixture.url("/import")
+    );
+    let (outcome, _, run_id) = run(&engine, &yaml, Value::Null).await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    assert_eq!(
+        outcome.output.unwrap(),
+        json!({"measured": {"length": SIZE, "head": "0123456789abcdef"}, "status": 201})
+    );
+    let posted = fixture.requests("POST", "/import");
+    assert_eq!(posted.len(), 1);
+    assert_eq!(posted[0].body.len(), SIZE);
+    assert!(posted[0].body == body.as_bytes());
+    drop(posted);
+    // The stored output is the whole payload, read back from its file.
+    let stored = engine
+        .store()
+        .step_output("acme", &run_id, "fetch")
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored["body"].as_str().map(str::len), Some(SIZE));
+    let record = engine
+        .store()
+        .step("acme", &run_id, "fetch")
+        .unwrap()
+        .unwrap();
+    assert!(record.output_bytes.unwrap() > SIZE as u64);
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_go_on_concurrently() {
+    let fixture = HttpFixture::start();
+    fixture.serve_seed(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let integration = integration(&seed());
+    let input = json!({
+        "export_url": fixture.url("/orders.xml"),
+        "target_url": fixture.url("/erp/orders"),
+    });
+    let mut handles = Vec::new();
+    for _ in 0..20 {
+        handles.push(
+            engine
+                .start_run("acme", &integration, input.clone())
+                .await
+                .unwrap(),
+        );
+    }
+    let mut outputs = HashMap::new();
+    for handle in handles {
+        let outcome = handle.wait().await.unwrap();
+        assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+        *outputs
+            .entry(outcome.output.unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        outputs.len(),
+        1,
+        "every run gives the same output: {outputs:?}"
+    );
+    assert_eq!(fixture.count("POST", "/erp/orders"), 20);
+    assert_eq!(engine.store().runs("acme", 100).unwrap().len(), 20);
+    engine.shutdown(Duration::from_secs(5)).await;
+}

@@ -1,0 +1,424 @@
+//! The run commands: `run`, `validate`, `runs`, `show`, `resume`.
+//!
+//! Progress goes to stderr, one line per step as it finishes; the run's
+//! output (JSON) goes to stdout, so `isoflow run x.yaml | jq` works. Exit
+//! codes: 0 the run succeeded, 1 it failed (or was cancelled, or a
+//! definition is invalid), 2 the command itself could not work (unreadable
+//! file, bad flags, store errors), 130 interrupted by a signal (the run
+//! stays unfinished; `isoflow resume` continues it).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use isoflow_engine::model::{self, Integration};
+use isoflow_engine::run::{
+    Engine, EngineConfig, RunEvent, RunHandle, RunOutcome, Secret, StaticCredentials,
+    inline_code_files,
+};
+use isoflow_engine::store::{RunRecord, RunStatus, StepStatus, Store, StoreConfig};
+use serde_json::Value;
+
+/// Prefix of the environment variables that hold credentials:
+/// `ISOFLOW_CREDENTIAL_ERP_API` is the credential `erp-api`.
+const CREDENTIAL_PREFIX: &str = "ISOFLOW_CREDENTIAL_";
+
+/// What the commands take from the process environment, read once.
+pub struct Env {
+    data_dir: PathBuf,
+    tenant: String,
+    credentials: StaticCredentials,
+}
+
+impl Env {
+    pub fn from_process(data_dir: Option<PathBuf>, tenant: String) -> anyhow::Result<Env> {
+        let data_dir = match data_dir {
+            Some(dir) => dir,
+            None => {
+                let home = std::env::var_os("HOME")
+                    .context("neither --data-dir, ISOFLOW_DATA_DIR nor HOME is set")?;
+                PathBuf::from(home).join(".local/share/isoflow")
+            }
+        };
+        let mut credentials = StaticCredentials::default();
+        for (name, value) in std::env::vars() {
+            if let Some(suffix) = name.strip_prefix(CREDENTIAL_PREFIX) {
+                let credential = suffix.to_ascii_lowercase().replace('_', "-");
+                credentials
+                    .0
+                    .insert((tenant.clone(), credential), Secret::new(value));
+            }
+        }
+        Ok(Env {
+            data_dir,
+            tenant,
+            credentials,
+        })
+    }
+
+    fn engine_config(self) -> EngineConfig {
+        let mut config = EngineConfig::new(&self.data_dir);
+        config.credentials = Arc::new(self.credentials);
+        config
+    }
+
+    fn open_store(&self) -> anyhow::Result<Store> {
+        Ok(Store::open(&StoreConfig::new(&self.data_dir))?)
+    }
+}
+
+/// Reads `--input`: JSON text, or `@path` for a file holding it.
+pub fn read_input(arg: &str) -> anyhow::Result<Value> {
+    let (text, origin) = match arg.strip_prefix('@') {
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read input file {path}"))?,
+            path.to_owned(),
+        ),
+        None => (arg.to_owned(), "--input".to_owned()),
+    };
+    serde_json::from_str(&text).with_context(|| format!("{origin} is not valid JSON"))
+}
+
+/// Loads and validates a definition; its code files are read in.
+/// `Err(Ok(lines))`: the definition is invalid (exit 1); `Err(Err(e))`: it
+/// could not be read (exit 2).
+fn load(file: &Path) -> Result<Integration, anyhow::Result<Vec<String>>> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read {}", file.display()))
+        .map_err(Err)?;
+    let name = file.display().to_string();
+    let mut integration = model::load(&name, &text)
+        .map_err(|errors| Ok(errors.errors().iter().map(ToString::to_string).collect()))?;
+    let base = file.parent().unwrap_or(Path::new("."));
+    inline_code_files(&mut integration, base).map_err(|e| Ok(vec![format!("{name}: {e}")]))?;
+    Ok(integration)
+}
+
+pub fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let mut ok = true;
+    for file in files {
+        match load(file) {
+            Ok(integration) => eprintln!(
+                "{}: ok: {} version {}, {} steps",
+                file.display(),
+                integration.name.as_str(),
+                integration.version,
+                integration.steps.len()
+            ),
+            Err(Ok(lines)) => {
+                ok = false;
+                for line in lines {
+                    eprintln!("{line}");
+                }
+            }
+            Err(Err(e)) => return Err(e),
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub async fn run(env: Env, file: &Path, input: &str) -> anyhow::Result<ExitCode> {
+    let integration = match load(file) {
+        Ok(integration) => integration,
+        Err(Ok(lines)) => {
+            for line in lines {
+                eprintln!("{line}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(Err(e)) => return Err(e),
+    };
+    let input = read_input(input)?;
+    let tenant = env.tenant.clone();
+    let engine = Engine::start(env.engine_config()).await?;
+    let unfinished = engine.store().unfinished_runs()?.len();
+    if unfinished > 0 {
+        eprintln!(
+            "note: {unfinished} unfinished run(s) in this data directory; `isoflow resume` continues them"
+        );
+    }
+    let handle = engine.start_run(&tenant, &integration, input).await?;
+    eprintln!(
+        "run {} of {} version {}",
+        handle.run_id,
+        integration.name.as_str(),
+        integration.version
+    );
+    let outcome = follow(&engine, handle).await;
+    finish(engine, outcome).await
+}
+
+pub async fn resume(env: Env) -> anyhow::Result<ExitCode> {
+    let engine = Engine::start(env.engine_config()).await?;
+    let handles = engine.resume_unfinished().await?;
+    if handles.is_empty() {
+        eprintln!("no unfinished runs");
+    }
+    let mut code = ExitCode::SUCCESS;
+    // Runs go on concurrently; their progress is printed one run at a time.
+    for handle in handles {
+        eprintln!("resuming run {}", handle.run_id);
+        let outcome = follow(&engine, handle).await;
+        match outcome {
+            Some(outcome) => {
+                if outcome.status != RunStatus::Succeeded {
+                    code = ExitCode::FAILURE;
+                }
+                print_outcome(&outcome);
+            }
+            None => return interrupted(engine).await,
+        }
+    }
+    engine.shutdown(Duration::from_secs(10)).await;
+    Ok(code)
+}
+
+/// Prints a run's events as they come; on SIGINT or SIGTERM shuts the
+/// engine down gracefully and returns `None`.
+async fn follow(engine: &Engine, mut handle: RunHandle) -> Option<RunOutcome> {
+    let start = Instant::now();
+    let mut interrupt = std::pin::pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            event = handle.next_event() => match event? {
+                RunEvent::Finished(outcome) => {
+                    eprintln!(
+                        "{} in {}",
+                        status_word(outcome.status),
+                        millis(start.elapsed())
+                    );
+                    return Some(outcome);
+                }
+                event => print_event(&event),
+            },
+            () = &mut interrupt => {
+                eprintln!("interrupted: finishing the steps in flight");
+                engine.shutdown(Duration::from_secs(10)).await;
+                return None;
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        // No signal handling: never resolve.
+        _ => std::future::pending().await,
+    }
+}
+
+fn print_event(event: &RunEvent) {
+    match event {
+        RunEvent::StepStarted { .. } | RunEvent::Finished(_) => {}
+        RunEvent::StepRestored { step_key } => {
+            eprintln!("  {step_key:<24} done before the restart, not run again");
+        }
+        RunEvent::StepRetrying {
+            step_key,
+            attempt,
+            error,
+            delay,
+        } => eprintln!(
+            "  {step_key:<24} attempt {attempt} failed: {error}; retrying in {}",
+            millis(*delay)
+        ),
+        RunEvent::StepFinished {
+            step_key,
+            status,
+            attempt,
+            duration,
+            error,
+        } => {
+            let mut line = format!("  {step_key:<24} {:<9}", step_word(*status));
+            if *status != StepStatus::Skipped {
+                line.push_str(&format!(" {:>10}", millis(*duration)));
+            }
+            if *attempt > 1 {
+                line.push_str(&format!("  attempt {attempt}"));
+            }
+            if let Some(error) = error {
+                line.push_str(&format!("  {error}"));
+            }
+            eprintln!("{line}");
+        }
+    }
+}
+
+async fn finish(engine: Engine, outcome: Option<RunOutcome>) -> anyhow::Result<ExitCode> {
+    let Some(outcome) = outcome else {
+        return interrupted(engine).await;
+    };
+    engine.shutdown(Duration::from_secs(10)).await;
+    print_outcome(&outcome);
+    Ok(match outcome.status {
+        RunStatus::Succeeded => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    })
+}
+
+fn print_outcome(outcome: &RunOutcome) {
+    if let Some(error) = &outcome.error {
+        eprintln!("error: {error}");
+    }
+    if let Some(output) = &outcome.output {
+        println!("{}", pretty(output));
+    }
+}
+
+async fn interrupted(engine: Engine) -> anyhow::Result<ExitCode> {
+    engine.shutdown(Duration::from_secs(10)).await;
+    eprintln!("the run is unfinished; `isoflow resume` continues it");
+    Ok(ExitCode::from(130))
+}
+
+pub fn runs(env: &Env, limit: usize) -> anyhow::Result<ExitCode> {
+    let store = env.open_store()?;
+    let runs = store.runs(&env.tenant, limit)?;
+    if runs.is_empty() {
+        eprintln!("no runs in {}", env.data_dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<36}  {:<24} {:>7}  {:<9}  {:<24} {:>10}",
+        "RUN", "INTEGRATION", "VERSION", "STATUS", "CREATED", "DURATION"
+    );
+    for run in runs {
+        let duration = if run.status.is_finished() {
+            millis(Duration::from_millis(
+                run.updated_at_ms.saturating_sub(run.created_at_ms),
+            ))
+        } else {
+            "-".to_owned()
+        };
+        println!(
+            "{:<36}  {:<24} {:>7}  {:<9}  {:<24} {:>10}",
+            run.run_id,
+            run.integration,
+            run.version,
+            status_word(run.status),
+            timestamp(run.created_at_ms),
+            duration
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn show(env: &Env, run_id: &str) -> anyhow::Result<ExitCode> {
+    let store = env.open_store()?;
+    let Some(run) = store.run(&env.tenant, run_id)? else {
+        bail!(
+            "no run {run_id} for tenant {} in {}",
+            env.tenant,
+            env.data_dir.display()
+        );
+    };
+    print_run(&store, &run)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_run(store: &Store, run: &RunRecord) -> anyhow::Result<()> {
+    println!("run        {}", run.run_id);
+    println!("integration {} version {}", run.integration, run.version);
+    println!("status     {}", status_word(run.status));
+    println!("created    {}", timestamp(run.created_at_ms));
+    println!("updated    {}", timestamp(run.updated_at_ms));
+    if let Some(error) = &run.error {
+        println!("error      {error}");
+    }
+    println!();
+    println!(
+        "{:<32} {:<9} {:>8} {:>10} {:>12}",
+        "STEP", "STATUS", "ATTEMPTS", "DURATION", "OUTPUT"
+    );
+    let steps = store.steps(&run.tenant, &run.run_id)?;
+    let mut errors: HashMap<String, String> = HashMap::new();
+    for step in &steps {
+        let output = step
+            .output_bytes
+            .map_or_else(|| "-".to_owned(), |b| format!("{b} B"));
+        println!(
+            "{:<32} {:<9} {:>8} {:>10} {:>12}",
+            step.step_key,
+            step_word(step.status),
+            step.attempts,
+            millis(Duration::from_millis(
+                step.finished_at_ms.saturating_sub(step.started_at_ms)
+            )),
+            output
+        );
+        if let Some(error) = &step.error {
+            errors.insert(step.step_key.clone(), error.clone());
+        }
+    }
+    for (key, error) in &errors {
+        println!("  {key}: {error}");
+    }
+    let logs = store.logs(&run.tenant, &run.run_id)?;
+    if !logs.is_empty() {
+        println!();
+        println!("logs");
+        for line in logs {
+            println!(
+                "  {} {:<24} {:<5} {}",
+                timestamp(line.time_ms),
+                line.step_key,
+                line.level,
+                line.message
+            );
+        }
+    }
+    if let Some(output) = store.run_output(&run.tenant, &run.run_id)? {
+        println!();
+        println!("output");
+        println!("{}", pretty(&output));
+    }
+    Ok(())
+}
+
+fn pretty(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+}
+
+fn status_word(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::Pending => "pending",
+        RunStatus::Running => "running",
+        RunStatus::Succeeded => "succeeded",
+        RunStatus::Failed => "failed",
+        RunStatus::Cancelled => "cancelled",
+    }
+}
+
+fn step_word(status: StepStatus) -> &'static str {
+    match status {
+        StepStatus::Succeeded => "ok",
+        StepStatus::Failed => "failed",
+        StepStatus::Skipped => "skipped",
+    }
+}
+
+fn millis(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn timestamp(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
