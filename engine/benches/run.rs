@@ -68,11 +68,19 @@ fn main() {
 fn serve_fixture() {
     let fixture = HttpFixture::start();
     fixture.serve_seed(TOKEN);
-    fixture.route("POST", "/items/*", Responder::Fixed(Reply::json(201, &json!({"ok": true}))));
+    fixture.route(
+        "POST",
+        "/items/*",
+        Responder::Fixed(Reply::json(201, &json!({"ok": true}))),
+    );
     let big = "0123456789abcdef".repeat(BIG / 16);
     fixture.route("GET", "/big", Responder::Fixed(Reply::text(200, &big)));
     drop(big);
-    fixture.route("POST", "/import", Responder::Fixed(Reply::json(201, &json!("stored"))));
+    fixture.route(
+        "POST",
+        "/import",
+        Responder::Fixed(Reply::json(201, &json!("stored"))),
+    );
     println!("{}", fixture.url(""));
     std::io::stdout().flush().expect("stdout");
     // Serve until the parent closes stdin.
@@ -197,8 +205,12 @@ async fn concurrent(
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..in_flight {
-        let (engine, integration, input, next) =
-            (engine.clone(), integration.clone(), input.clone(), next.clone());
+        let (engine, integration, input, next) = (
+            engine.clone(),
+            integration.clone(),
+            input.clone(),
+            next.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < runs {
@@ -241,7 +253,11 @@ async fn loop_500(engine: &Engine, base: &str) {
         let t = Instant::now();
         let outcome = one(engine, &integration, &input).await;
         times.push(t.elapsed());
-        let items = outcome.output.as_ref().and_then(Value::as_array).map_or(0, Vec::len);
+        let items = outcome
+            .output
+            .as_ref()
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
         assert_eq!(items, 500);
     }
     let cpu = (cpu_time() - cpu) / 5;
@@ -317,7 +333,12 @@ fn cpu_time() -> Duration {
     // Fields after the command name (which is in parentheses).
     let rest = stat.rsplit(')').next().unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
     let total = ticks(11) + ticks(12);
     Duration::from_millis(total * 10)

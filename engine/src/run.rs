@@ -373,8 +373,14 @@ impl Engine {
                 .unwrap_or(Value::Null);
             run.status = RunStatus::Running;
             handles.push(
-                self.launch(run, Arc::new(integration), Arc::new(input), true, Duration::ZERO)
-                    .await?,
+                self.launch(
+                    run,
+                    Arc::new(integration),
+                    Arc::new(input),
+                    true,
+                    Duration::ZERO,
+                )
+                .await?,
             );
         }
         Ok(handles)

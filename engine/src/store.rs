@@ -278,6 +278,29 @@ impl Store {
         steps: Vec<(StepRecord, Option<&Value>)>,
         logs: &[LogRecord],
     ) -> Result<(), StoreError> {
+        self.write_run(run, steps, logs, None, "checkpoint")
+    }
+
+    /// [`Store::checkpoint`] and [`Store::update_run`] in one durable write:
+    /// a run's last checkpoints together with its end.
+    pub fn finish_run(
+        &self,
+        run: &RunRecord,
+        steps: Vec<(StepRecord, Option<&Value>)>,
+        logs: &[LogRecord],
+        output: Option<&Value>,
+    ) -> Result<(), StoreError> {
+        self.write_run(run, steps, logs, output, "finish_run")
+    }
+
+    fn write_run(
+        &self,
+        run: &RunRecord,
+        steps: Vec<(StepRecord, Option<&Value>)>,
+        logs: &[LogRecord],
+        output: Option<&Value>,
+        operation: &'static str,
+    ) -> Result<(), StoreError> {
         let key = run_key(&run.tenant, &run.run_id)?;
         let mut batch = WriteBatch::default();
         for (mut record, output) in steps {
@@ -290,7 +313,13 @@ impl Store {
         }
         self.put_logs(&mut batch, &key, logs)?;
         batch.put_cf(self.cf(RUNS), &key, to_json(run));
-        self.write(batch, "checkpoint")
+        if run.status.is_finished() {
+            batch.delete_cf(self.cf(ACTIVE), &key);
+        }
+        if let Some(output) = output {
+            self.put_payload(&mut batch, run, OUTPUT_BLOB, output)?;
+        }
+        self.write(batch, operation)
     }
 
     /// Stores the logs of an attempt that did not finish its step (it failed
@@ -309,16 +338,7 @@ impl Store {
     /// Records a run's new status; a finished run leaves the unfinished
     /// index, with its output if it has one.
     pub fn update_run(&self, run: &RunRecord, output: Option<&Value>) -> Result<(), StoreError> {
-        let key = run_key(&run.tenant, &run.run_id)?;
-        let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(RUNS), &key, to_json(run));
-        if run.status.is_finished() {
-            batch.delete_cf(self.cf(ACTIVE), &key);
-        }
-        if let Some(output) = output {
-            self.put_payload(&mut batch, run, OUTPUT_BLOB, output)?;
-        }
-        self.write(batch, "update_run")
+        self.write_run(run, Vec::new(), &[], output, "update_run")
     }
 
     pub fn run(&self, tenant: &str, run_id: &str) -> Result<Option<RunRecord>, StoreError> {

@@ -214,7 +214,7 @@ steps:
     let (outcome, _, run_id) = run(&engine, &yaml, Value::Null).await;
     assert_eq!(outcome.status, RunStatus::Failed);
     let error = outcome.error.unwrap();
-    assert!(error.starts_with("step post: "), "{error}");
+    assert!(error.starts_with("step \"post\": "), "{error}");
     assert!(
         error.contains("422") && error.contains("missing field sku"),
         "{error}"
@@ -290,7 +290,7 @@ steps:
     assert_eq!(outcome.status, RunStatus::Failed);
     let error = outcome.error.unwrap();
     assert!(
-        error.starts_with("step check: uncaught Error: sku X-1 is unknown"),
+        error.starts_with("step \"check\": uncaught Error: sku X-1 is unknown"),
         "{error}"
     );
     let logs = engine.store().logs("acme", &run_id).unwrap();
@@ -519,7 +519,7 @@ steps:
     assert_eq!(outcome.status, RunStatus::Failed);
     let error = outcome.error.unwrap();
     assert!(
-        error.starts_with("step each: element 3: step each/00000003/get: "),
+        error.starts_with("step \"each\": element 3: step \"each/00000003/get\": "),
         "{error}"
     );
     assert!(error.contains("404"), "{error}");
@@ -547,7 +547,7 @@ steps:
     assert_eq!(outcome.status, RunStatus::Failed);
     assert_eq!(
         outcome.error.unwrap(),
-        "step each: for_each gave an object, not an array"
+        "step \"each\": for_each gave an object, not an array"
     );
     engine.shutdown(Duration::from_secs(5)).await;
 }
@@ -593,7 +593,7 @@ steps:
     assert_eq!(outcome.status, RunStatus::Failed);
     assert_eq!(
         outcome.error.unwrap(),
-        "step spin: step timed out after 200 ms"
+        "step \"spin\": step timed out after 200 ms"
     );
     engine.shutdown(Duration::from_secs(5)).await;
 }
@@ -636,7 +636,7 @@ steps:
     assert_eq!(outcome.status, RunStatus::Failed);
     assert_eq!(
         outcome.error.unwrap(),
-        "step other: credential \"crm-api\" is not defined"
+        "step \"other\": credential \"crm-api\" is not defined"
     );
     // The request carried the token; the step's output (what JavaScript
     // sees next) holds the response only.
@@ -691,7 +691,10 @@ steps:
         .unwrap()
         .unwrap();
     assert_eq!(outcome.status, RunStatus::Cancelled);
-    assert_eq!(outcome.error.as_deref(), Some("cancelled during step wait"));
+    assert_eq!(
+        outcome.error.as_deref(),
+        Some("cancelled during step \"wait\"")
+    );
     gate.release();
     let store = engine.store();
     assert_eq!(
@@ -918,5 +921,59 @@ async fn runs_go_on_concurrently() {
     );
     assert_eq!(fixture.count("POST", "/erp/orders"), 20);
     assert_eq!(engine.store().runs("acme", 100).unwrap().len(), 20);
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_javascript_fails_its_run_with_one_sentence_naming_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let cases: &[(&str, &str)] = &[
+        (
+            "export default function (",
+            "syntax error at transform.js:1",
+        ),
+        ("export const x = 1;", "default export"),
+        ("export default 42;", "default export"),
+        (
+            "export default () => { throw 'plain string' }",
+            "uncaught plain string",
+        ),
+        ("export default () => { null.x }", "uncaught TypeError"),
+        ("export default () => 10n", "BigInt"),
+        (
+            "export default () => { const a = {}; a.a = a; return a }",
+            "cycle",
+        ),
+        ("import fs from 'fs'; export default () => 1", "fs"),
+        (
+            "export default () => new Promise(() => {})",
+            "never settled",
+        ),
+    ];
+    for runtime in ["v8", "quickjs"] {
+        for (source, expected) in cases {
+            let yaml = format!(
+                "apiVersion: isoflow.dev/v1\nname: bad-js\nversion: 1\nsteps:\n  - id: transform\n    \
+                 type: code\n    runtime: {runtime}\n    source: {}\n",
+                serde_json::to_string(source).unwrap()
+            );
+            let (outcome, _, _) = run(&engine, &yaml, Value::Null).await;
+            assert_eq!(outcome.status, RunStatus::Failed, "{runtime}: {source}");
+            let error = outcome.error.unwrap();
+            assert!(
+                error.starts_with("step \"transform\": "),
+                "{runtime}: {source}: {error}"
+            );
+            assert!(
+                error.to_lowercase().contains(&expected.to_lowercase()),
+                "{runtime}: {source}: {error:?} does not mention {expected:?}"
+            );
+            assert!(
+                !error.contains('\n'),
+                "{runtime}: {source}: one line: {error:?}"
+            );
+        }
+    }
     engine.shutdown(Duration::from_secs(5)).await;
 }

@@ -89,8 +89,13 @@ impl RunCtx {
         Ok(())
     }
 
+    /// Ends the run: `steps` (its last checkpoints, if any) and the run's
+    /// end in one durable write; then `events`, then [`RunEvent::Finished`].
     pub(crate) async fn finish(
         self: &Arc<Self>,
+        steps: Vec<(StepRecord, Option<Arc<Value>>)>,
+        logs: Vec<LogRecord>,
+        events: Vec<RunEvent>,
         status: RunStatus,
         output: Option<Value>,
         error: Option<String>,
@@ -100,12 +105,22 @@ impl RunCtx {
         run.error.clone_from(&error);
         let ctx = self.clone();
         let output = tokio::task::spawn_blocking(move || {
+            let steps = steps
+                .iter()
+                .map(|(record, output)| (record.clone(), output.as_deref()))
+                .collect();
             let start = Instant::now();
-            let written = ctx.shared.store.update_run(&run, output.as_ref());
+            let written = ctx
+                .shared
+                .store
+                .finish_run(&run, steps, &logs, output.as_ref());
             ctx.timings.add_store(start.elapsed());
             written.map(|()| output)
         })
         .await??;
+        for event in events {
+            self.emit(event);
+        }
         self.emit(RunEvent::Finished(RunOutcome {
             status,
             output,

@@ -244,8 +244,18 @@ impl Actor for Sequence {
                         .get(state.next)
                         .map(|s| state.key(s.id().as_str()));
                     myself.stop_children(None);
-                    let error = key.map(|k| format!("cancelled during step {k}"));
-                    state.ctx.finish(RunStatus::Cancelled, None, error).await?;
+                    let error = key.map(|k| format!("cancelled during step {k:?}"));
+                    state
+                        .ctx
+                        .finish(
+                            Vec::new(),
+                            Vec::new(),
+                            Vec::new(),
+                            RunStatus::Cancelled,
+                            None,
+                            error,
+                        )
+                        .await?;
                     myself.stop(Some("cancelled".into()));
                 }
                 Ok(())
@@ -655,18 +665,37 @@ pub(crate) async fn succeeded(
         error: None,
     };
     let mut entries = vec![(record, Some(output.clone()))];
-    if state.is_last() {
-        entries.extend(item_entry(state, Some(output.clone())));
-    }
-    state.ctx.checkpoint(entries, logs).await?;
-    state.outputs.0.insert(step_id, output);
-    state.ctx.emit(RunEvent::StepFinished {
+    let finished = RunEvent::StepFinished {
         step_key: key,
         status: StepStatus::Succeeded,
         attempt: current.attempt,
         duration: current.started.elapsed(),
         error: None,
-    });
+    };
+    if state.is_last() && matches!(state.scope, SeqScope::Top) {
+        // The last checkpoint and the run's end in one durable write.
+        state.outputs.0.insert(step_id, output);
+        let run_output = run_output(state);
+        state
+            .ctx
+            .finish(
+                entries,
+                logs,
+                vec![finished],
+                RunStatus::Succeeded,
+                Some(run_output),
+                None,
+            )
+            .await?;
+        myself.stop(None);
+        return Ok(());
+    }
+    if state.is_last() {
+        entries.extend(item_entry(state, Some(output.clone())));
+    }
+    state.ctx.checkpoint(entries, logs).await?;
+    state.outputs.0.insert(step_id, output);
+    state.ctx.emit(finished);
     state.next += 1;
     myself.send_message(SeqMsg::Next)?;
     Ok(())
@@ -717,31 +746,52 @@ pub(crate) async fn failed(
     };
     let duration = current.started.elapsed();
     state.current = None;
-    state.ctx.checkpoint(vec![(record, None)], logs).await?;
-    state.ctx.emit(RunEvent::StepFinished {
+    let finished = RunEvent::StepFinished {
         step_key: key.clone(),
         status: StepStatus::Failed,
         attempt,
         duration,
         error: Some(failure.message.clone()),
-    });
+    };
     match &state.scope {
         SeqScope::Top => {
-            let error = format!("step {key}: {}", failure.message);
+            // The step's record and the run's end in one durable write.
+            let error = format!("step {key:?}: {}", failure.message);
             state
                 .ctx
-                .finish(RunStatus::Failed, None, Some(error))
+                .finish(
+                    vec![(record, None)],
+                    logs,
+                    vec![finished],
+                    RunStatus::Failed,
+                    None,
+                    Some(error),
+                )
                 .await?;
         }
         SeqScope::Item { index, parent, .. } => {
+            state.ctx.checkpoint(vec![(record, None)], logs).await?;
+            state.ctx.emit(finished);
             let _ = parent.send_message(LoopMsg::ItemDone {
                 index: *index,
-                result: Err(format!("step {key}: {}", failure.message)),
+                result: Err(format!("step {key:?}: {}", failure.message)),
             });
         }
     }
     myself.stop(None);
     Ok(())
+}
+
+/// The run's output: its `output` template, or the last step's output.
+fn run_output(state: &SeqState) -> Value {
+    match &state.ctx.integration.output {
+        Some(template) => state.with_scope(|scope| template.render(scope)),
+        None => state
+            .steps()
+            .last()
+            .and_then(|s| state.outputs.0.get(s.id().as_str()))
+            .map_or(Value::Null, |v| (**v).clone()),
+    }
 }
 
 pub(crate) async fn finish_sequence(
@@ -754,13 +804,17 @@ pub(crate) async fn finish_sequence(
         .and_then(|s| state.outputs.0.get(s.id().as_str()).cloned());
     match &state.scope {
         SeqScope::Top => {
-            let output = match &state.ctx.integration.output {
-                Some(template) => state.with_scope(|scope| template.render(scope)),
-                None => last.map_or(Value::Null, |v| (*v).clone()),
-            };
+            let output = run_output(state);
             state
                 .ctx
-                .finish(RunStatus::Succeeded, Some(output), None)
+                .finish(
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                    RunStatus::Succeeded,
+                    Some(output),
+                    None,
+                )
                 .await?;
         }
         SeqScope::Item { index, .. } => {
