@@ -159,8 +159,8 @@ impl Gate {
         self.inner.released.send_replace(true);
     }
 
-    /// How many requests are held right now. A request whose client went
-    /// away stays held (and counted) until the gate is released.
+    /// How many requests are held right now. A held request whose client
+    /// has gone away (a killed process) may still be counted.
     pub fn waiting(&self) -> usize {
         self.inner.waiting.load(Ordering::SeqCst)
     }
