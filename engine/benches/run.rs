@@ -14,7 +14,9 @@
 //!
 //! The HTTP servers run in a child process (this binary with `--fixture`),
 //! so CPU and memory figures are the engine's alone. `--runs N` changes the
-//! number of sequential runs (default 1,000).
+//! number of sequential runs (default 1,000; twice as many run concurrently),
+//! `--sandbox-threads N` the number of isolate threads (default: the
+//! engine's).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use isoflow_engine::model::{self, Integration, Step};
 use isoflow_engine::run::{Engine, EngineConfig, RunOutcome, Secret, StaticCredentials};
-use isoflow_engine::sandbox::{Runtime, SandboxConfig};
+use isoflow_engine::sandbox::Runtime;
 use isoflow_engine::store::RunStatus;
 use isoflow_testkit::{HttpFixture, Reply, Responder};
 use serde_json::{Value, json};
@@ -36,12 +38,14 @@ fn main() {
     if args.iter().any(|a| a == "--fixture") {
         return serve_fixture();
     }
-    let runs = args
-        .iter()
-        .position(|a| a == "--runs")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1_000usize);
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|n| n.parse::<usize>().ok())
+    };
+    let runs = flag("--runs").unwrap_or(1_000);
+    let threads = flag("--sandbox-threads");
 
     let mut child = Command::new(std::env::current_exe().expect("own path"))
         .arg("--fixture")
@@ -59,7 +63,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(benchmarks(&base, runs));
+    runtime.block_on(benchmarks(&base, runs, threads));
     drop(child.stdin.take());
     let _ = child.kill();
     let _ = child.wait();
@@ -88,11 +92,14 @@ fn serve_fixture() {
     let _ = std::io::stdin().read_line(&mut sink);
 }
 
-async fn benchmarks(base: &str, runs: usize) {
+async fn benchmarks(base: &str, runs: usize, threads: Option<usize>) {
     let dir = std::env::temp_dir().join(format!("isoflow-run-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut config = EngineConfig::new(&dir);
-    config.sandbox = SandboxConfig::default();
+    if let Some(threads) = threads {
+        config.sandbox.threads = threads;
+    }
+    let threads = config.sandbox.threads;
     let mut credentials = StaticCredentials::default();
     credentials
         .0
@@ -102,7 +109,7 @@ async fn benchmarks(base: &str, runs: usize) {
     println!(
         "run benchmark: data in {}, WAL fsync on, {} sandbox threads",
         dir.display(),
-        SandboxConfig::default().threads
+        threads
     );
     let seed_text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -359,15 +359,26 @@ impl Engine {
                 continue;
             }
             let store = &self.shared.store;
-            let bad = |reason: String| EngineError::Definition {
-                run_id: run.run_id.clone(),
-                reason,
+            let definition = store.run_definition(&run.tenant, &run.run_id)?;
+            let integration = match definition.map(serde_json::from_value::<Integration>) {
+                Some(Ok(integration)) => integration,
+                // A run this engine cannot read (stored by a version that
+                // wrote another format) ends failed; the others resume.
+                unreadable => {
+                    let reason = match unreadable {
+                        Some(Err(e)) => e.to_string(),
+                        _ => "it is missing".to_owned(),
+                    };
+                    run.status = RunStatus::Failed;
+                    run.error = Some(format!(
+                        "cannot resume: the stored definition cannot be read: {reason}"
+                    ));
+                    run.updated_at_ms = crate::store::now_ms();
+                    tracing::error!(run_id = %run.run_id, "{}", run.error.as_deref().unwrap_or_default());
+                    store.update_run(&run, None)?;
+                    continue;
+                }
             };
-            let definition = store
-                .run_definition(&run.tenant, &run.run_id)?
-                .ok_or_else(|| bad("it is missing".into()))?;
-            let integration: Integration =
-                serde_json::from_value(definition).map_err(|e| bad(e.to_string()))?;
             let input = store
                 .run_input(&run.tenant, &run.run_id)?
                 .unwrap_or(Value::Null);

@@ -977,3 +977,44 @@ async fn malformed_javascript_fails_its_run_with_one_sentence_naming_the_step() 
     }
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_stored_definition_cannot_be_read_fails_and_the_others_resume() {
+    use isoflow_engine::store::{RunRecord, Store, StoreConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let (broken, fine) = {
+        let store = Store::open(&StoreConfig::new(dir.path())).unwrap();
+        let broken = RunRecord::new("acme", "old-format", 1);
+        store
+            .create_run(&broken, &json!({"steps": "not a list"}), &Value::Null)
+            .unwrap();
+        let fine = RunRecord::new("acme", "private", 1);
+        let definition = serde_json::to_value(integration(
+            "apiVersion: isoflow.dev/v1\nname: private\nversion: 1\nsteps:\n  - id: echo\n    \
+             type: code\n    source: \"export default (i) => i\"\n",
+        ))
+        .unwrap();
+        store.create_run(&fine, &definition, &json!(7)).unwrap();
+        (broken.run_id, fine.run_id)
+    };
+    let engine = engine(&dir).await;
+    let handles = engine.resume_unfinished().await.unwrap();
+    assert_eq!(handles.len(), 1);
+    let outcome = handles.into_iter().next().unwrap().wait().await.unwrap();
+    assert_eq!(outcome.output, Some(json!(7)));
+    let store = engine.store();
+    let failed = store.run("acme", &broken).unwrap().unwrap();
+    assert_eq!(failed.status, RunStatus::Failed);
+    assert!(
+        failed
+            .error
+            .unwrap()
+            .starts_with("cannot resume: the stored definition cannot be read")
+    );
+    assert_eq!(
+        store.run("acme", &fine).unwrap().unwrap().status,
+        RunStatus::Succeeded
+    );
+    assert!(store.unfinished_runs().unwrap().is_empty());
+    engine.shutdown(Duration::from_secs(5)).await;
+}
