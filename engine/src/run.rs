@@ -317,9 +317,7 @@ impl Engine {
                 run_id: run.run_id.clone(),
                 reason: e.to_string(),
             })?;
-        let size = serde_json::to_vec(&input)
-            .map(|v| v.len() as u64)
-            .unwrap_or(0);
+        let size = json_size(&input);
         if size > self.shared.max_payload_bytes {
             return Err(EngineError::InputTooLarge {
                 actual: size,
@@ -480,6 +478,24 @@ impl Engine {
             let _ = handle.await;
         }
     }
+}
+
+/// The size of a value as JSON text, without writing the text anywhere.
+fn json_size(value: &Value) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a JSON value to a counter cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// Replaces each code step's `file` by the file's text, read relative to

@@ -1018,3 +1018,69 @@ async fn a_run_whose_stored_definition_cannot_be_read_fails_and_the_others_resum
     assert!(store.unfinished_runs().unwrap().is_empty());
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_payload_limit_applies_to_inputs_outputs_and_responses() {
+    let fixture = HttpFixture::start();
+    fixture.route(
+        "GET",
+        "/big",
+        Responder::Fixed(Reply::text(200, &"x".repeat(10_000))),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EngineConfig::new(dir.path());
+    config.max_payload_bytes = 4096;
+    let engine = Engine::start(config).await.unwrap();
+    let echo = integration(
+        "apiVersion: isoflow.dev/v1\nname: echo\nversion: 1\nsteps:\n  - id: grow\n    type: code\n    \
+         source: \"export default (s) => s.repeat(2)\"\n",
+    );
+    let error = engine
+        .start_run("acme", &echo, json!("y".repeat(5000)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "run input is 5002 bytes, over the payload limit of 4096 bytes"
+    );
+    assert!(
+        engine.store().runs("acme", 10).unwrap().is_empty(),
+        "nothing stored"
+    );
+
+    let outcome = engine
+        .start_run("acme", &echo, json!("y".repeat(3000)))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, RunStatus::Failed);
+    assert!(
+        outcome
+            .error
+            .unwrap()
+            .contains("over the output limit of 4096 bytes")
+    );
+
+    let fetch = integration(&format!(
+        "apiVersion: isoflow.dev/v1\nname: fetch\nversion: 1\nsteps:\n  - id: get\n    type: http\n    \
+         url: \"{}\"\n",
+        fixture.url("/big")
+    ));
+    let outcome = engine
+        .start_run("acme", &fetch, Value::Null)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, RunStatus::Failed);
+    assert!(
+        outcome
+            .error
+            .unwrap()
+            .contains("over the limit of 4096 bytes")
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}

@@ -387,6 +387,40 @@ impl Template {
         go(&self.0, scope)
     }
 
+    /// [`render`](Self::render) straight to JSON text, without building
+    /// the value first: a large payload an expression points at is
+    /// serialised from where it is, not copied.
+    pub fn render_json(&self, scope: &Scope<'_>) -> String {
+        struct View<'a, 's> {
+            node: &'a Node,
+            scope: &'a Scope<'s>,
+        }
+        impl Serialize for View<'_, '_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let view = |node| View {
+                    node,
+                    scope: self.scope,
+                };
+                match self.node {
+                    Node::Literal(v) => v.serialize(serializer),
+                    Node::String(t) => match t.whole_expression() {
+                        Some(e) => expr::eval_ref(e, self.scope).serialize(serializer),
+                        None => serializer.serialize_str(&t.render_string(self.scope)),
+                    },
+                    Node::Array(items) => serializer.collect_seq(items.iter().map(view)),
+                    Node::Object(entries) => {
+                        serializer.collect_map(entries.iter().map(|(k, n)| (k, view(n))))
+                    }
+                }
+            }
+        }
+        serde_json::to_string(&View {
+            node: &self.0,
+            scope,
+        })
+        .expect("JSON values and strings always serialise")
+    }
+
     /// Every template string, depth first, in document order.
     pub fn strings(&self) -> impl Iterator<Item = &TemplateString> {
         fn go<'t>(node: &'t Node, out: &mut Vec<&'t TemplateString>) {
@@ -551,6 +585,7 @@ mod tests {
             json!({"id": 7, "fixed": {"a": [1, "{x}"]}, "list": [200, "s7"]})
         );
         assert_eq!(t.to_value(), source);
+        assert_eq!(t.render_json(&scope), t.render(&scope).to_string());
         assert_eq!(serde_json::to_value(&t).expect("serialises"), source);
         let ids: Vec<_> = t.references().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["fetch"]);
@@ -583,6 +618,28 @@ mod tests {
         #[test]
         fn parse_never_panics_on_template_like_text(text in r#"[a-z{}.\[\]()'"!=<> 0-9\\\n]{0,40}"#) {
             let _ = TemplateString::parse(&text);
+        }
+
+        #[test]
+        fn render_json_is_render_serialised(
+            value in prop::collection::vec((0u32..5, "[a-z ]{0,6}"), 0..8),
+        ) {
+            let input = json!({"n": 42, "s": "text", "list": [1, {"k": null}], "o": {"a": [true]}});
+            let steps = serde_json::Map::new();
+            let scope = scope_with(&input, &steps);
+            let exprs = ["{{ input.n }}", "{{ input.list }}", "x {{ input.s }} y", "{{ input.o }}", "{{ input.none }}"];
+            let source = Value::Object(
+                value
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (e, lit))| {
+                        let v = if lit.len() % 2 == 0 { json!(exprs[*e as usize]) } else { json!([lit, exprs[*e as usize]]) };
+                        (format!("k{i}"), v)
+                    })
+                    .collect(),
+            );
+            let t = Template::from_value(source).expect("parses");
+            prop_assert_eq!(t.render_json(&scope), t.render(&scope).to_string());
         }
 
         #[test]

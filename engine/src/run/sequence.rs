@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::context::RunCtx;
 use super::for_each::{LoopActor, LoopArgs, LoopMsg};
-use super::step::{Job, StepActor, StepArgs};
+use super::step::{CodeJob, Job, StepActor, StepArgs};
 use super::{Outputs, RunEvent, retry_delay};
 use crate::action::http;
 use crate::model::{self, CodeSource, HttpStep, LoopStep, Scope, Step};
@@ -460,15 +460,15 @@ pub(crate) async fn start_attempt(
                     .await;
                 }
             };
-            let input = state.with_scope(|scope| code.input.render(scope));
+            let input_json = state.with_scope(|scope| code.input.render_json(scope));
             let mut limits = state.ctx.shared.sandbox.config().limits;
             limits.timeout = code.timeout;
-            let job = Job::Code {
+            let job = Job::Code(CodeJob {
                 runtime: code.runtime,
                 script: Script::new(format!("{}.js", code.id.as_str()), source),
-                input,
+                input_json,
                 limits,
-            };
+            });
             spawn_step(myself, state, job, token, attempt, &key).await
         }
         Step::Http(h) => match render_http(state, h, &key) {

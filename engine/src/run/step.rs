@@ -15,13 +15,16 @@ use crate::sandbox::{Execution, Runtime, Script, StepError};
 use crate::store::LogRecord;
 
 pub(crate) enum Job {
-    Code {
-        runtime: Runtime,
-        script: Script,
-        input: Value,
-        limits: crate::sandbox::Limits,
-    },
+    Code(CodeJob),
     Http(Box<http::Request>),
+}
+
+pub(crate) struct CodeJob {
+    pub(crate) runtime: Runtime,
+    pub(crate) script: Script,
+    /// The rendered input, already JSON text.
+    pub(crate) input_json: String,
+    pub(crate) limits: crate::sandbox::Limits,
 }
 
 pub(crate) struct StepArgs {
@@ -65,22 +68,26 @@ impl Actor for StepActor {
         let Some(args) = state.take() else {
             return Ok(());
         };
-        let (result, logs) = match &args.job {
-            Job::Code {
-                runtime,
-                script,
-                input,
-                limits,
-            } => run_code(&args, *runtime, script.clone(), input, *limits).await,
+        let StepArgs {
+            shared,
+            timings,
+            job,
+            token,
+            attempt,
+            step_key,
+            reply,
+        } = args;
+        let (result, logs) = match job {
+            Job::Code(code) => run_code(&shared, &timings, code, &step_key, attempt).await,
             Job::Http(request) => {
                 let start = std::time::Instant::now();
-                let result = run_http(&args.shared, request).await;
-                args.timings.add_execution(start.elapsed());
+                let result = run_http(&shared, &request).await;
+                timings.add_execution(start.elapsed());
                 (result, Vec::new())
             }
         };
-        args.reply.send_message(SeqMsg::Done {
-            token: args.token,
+        reply.send_message(SeqMsg::Done {
+            token,
             result,
             logs,
         })?;
@@ -89,31 +96,18 @@ impl Actor for StepActor {
 }
 
 pub(crate) async fn run_code(
-    args: &StepArgs,
-    runtime: Runtime,
-    script: Script,
-    input: &Value,
-    limits: crate::sandbox::Limits,
+    shared: &Shared,
+    timings: &Timings,
+    code: CodeJob,
+    step_key: &str,
+    attempt: u32,
 ) -> (Result<Value, Failure>, Vec<LogRecord>) {
-    let StepArgs {
-        shared,
-        timings,
-        step_key,
-        attempt,
-        ..
-    } = args;
-    let attempt = *attempt;
-    let input_json = match serde_json::to_string(input) {
-        Ok(json) => json,
-        Err(e) => {
-            return (
-                Err(Failure::permanent(format!(
-                    "cannot serialise the step's input: {e}"
-                ))),
-                Vec::new(),
-            );
-        }
-    };
+    let CodeJob {
+        runtime,
+        script,
+        input_json,
+        limits,
+    } = code;
     let outcome = shared
         .sandbox
         .execute(Execution::new(runtime, script, input_json).limits(limits))
