@@ -7,9 +7,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 
 bash deploy/scripts/setup.sh
-# A debug build: it shares its dependencies (RocksDB's C++ above all) with
-# the test command and compiles in a fraction of a release build's time.
-cargo build -p isoflow-node
+# The test command's own build (debug, dev-dependencies included), so that
+# RocksDB's C++, the longest part of it, is compiled once for both commands.
+cargo build --workspace --tests
 
 target="${CARGO_TARGET_DIR:-$root/target}"
 work="$target/seed"
