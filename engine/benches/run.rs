@@ -306,10 +306,24 @@ output: "{{{{ steps.measure.output.length }}}}"
         let before = current_rss_kb();
         reset_peak_rss();
         let t = Instant::now();
-        let outcome = one(engine, &integration, &Value::Null).await;
+        let outcome = engine
+            .start_run("bench", &integration, Value::Null)
+            .await
+            .expect("run starts")
+            .wait()
+            .await
+            .expect("run ends");
         let wall = t.elapsed();
-        assert_eq!(outcome.output, Some(json!(BIG)));
         let added = peak_rss_kb().saturating_sub(before);
+        if outcome.status != RunStatus::Succeeded {
+            println!(
+                "100 MB payload, 3 steps ({runtime}): FAILED after {}: {}",
+                ms(wall),
+                outcome.error.unwrap_or_default()
+            );
+            continue;
+        }
+        assert_eq!(outcome.output, Some(json!(BIG)));
         println!(
             "100 MB payload, 3 steps ({runtime}): {}  (steps {}, durable writes {})  \
              peak RSS +{} MB = {:.1}x the payload",
