@@ -89,6 +89,17 @@ impl RunCtx {
         Ok(())
     }
 
+    /// Ends the run with no checkpoint to write alongside.
+    pub(crate) async fn end(
+        self: &Arc<Self>,
+        status: RunStatus,
+        output: Option<Value>,
+        error: Option<String>,
+    ) -> Result<(), ActorProcessingErr> {
+        self.finish(Vec::new(), Vec::new(), Vec::new(), status, output, error)
+            .await
+    }
+
     /// Ends the run: `steps` (its last checkpoints, if any) and the run's
     /// end in one durable write; then `events`, then [`RunEvent::Finished`].
     pub(crate) async fn finish(

@@ -125,17 +125,7 @@ impl Actor for Root {
             tracing::error!(run_id = %ctx.run.run_id, "{message}");
             // If the store itself failed, this write may fail too; the run
             // then stays unfinished and is resumed at the next start.
-            if let Err(e) = ctx
-                .finish(
-                    Vec::new(),
-                    Vec::new(),
-                    Vec::new(),
-                    RunStatus::Failed,
-                    None,
-                    Some(message),
-                )
-                .await
-            {
+            if let Err(e) = ctx.end(RunStatus::Failed, None, Some(message)).await {
                 tracing::error!(run_id = %ctx.run.run_id, "cannot record the failure: {e}");
             }
         }

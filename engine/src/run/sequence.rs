@@ -245,17 +245,7 @@ impl Actor for Sequence {
                         .map(|s| state.key(s.id().as_str()));
                     myself.stop_children(None);
                     let error = key.map(|k| format!("cancelled during step {k:?}"));
-                    state
-                        .ctx
-                        .finish(
-                            Vec::new(),
-                            Vec::new(),
-                            Vec::new(),
-                            RunStatus::Cancelled,
-                            None,
-                            error,
-                        )
-                        .await?;
+                    state.ctx.end(RunStatus::Cancelled, None, error).await?;
                     myself.stop(Some("cancelled".into()));
                 }
                 Ok(())
@@ -798,27 +788,20 @@ pub(crate) async fn finish_sequence(
     myself: &ActorRef<SeqMsg>,
     state: &mut SeqState,
 ) -> Result<(), ActorProcessingErr> {
-    let last = state
-        .steps()
-        .last()
-        .and_then(|s| state.outputs.0.get(s.id().as_str()).cloned());
     match &state.scope {
         SeqScope::Top => {
             let output = run_output(state);
             state
                 .ctx
-                .finish(
-                    Vec::new(),
-                    Vec::new(),
-                    Vec::new(),
-                    RunStatus::Succeeded,
-                    Some(output),
-                    None,
-                )
+                .end(RunStatus::Succeeded, Some(output), None)
                 .await?;
         }
         SeqScope::Item { index, .. } => {
             let index = *index;
+            let last = state
+                .steps()
+                .last()
+                .and_then(|s| state.outputs.0.get(s.id().as_str()).cloned());
             if !state.item_recorded {
                 let entry = item_entry(state, last.clone());
                 state
