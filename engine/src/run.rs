@@ -58,11 +58,15 @@ use crate::store::{RunRecord, RunStatus, StepStatus, Store, StoreConfig, StoreEr
 
 mod context;
 mod for_each;
+pub mod journal;
 mod retry;
 mod root;
 mod sequence;
 mod step;
 
+pub use journal::{
+    Journal, JournalError, JournalFuture, JournalWrite, Restored, StoreJournal, WriteKind,
+};
 pub use retry::retry_delay;
 
 /// Everything an engine needs.
@@ -152,6 +156,8 @@ pub enum EngineError {
     InputTooLarge { actual: u64, limit: u64 },
     #[error("stored definition of run {run_id} cannot be read: {reason}")]
     Definition { run_id: String, reason: String },
+    #[error("this engine has no store: it only executes runs it is given")]
+    NoStore,
 }
 
 /// What happens in a run, in order, for whoever watches it.
@@ -232,7 +238,8 @@ impl RunHandle {
 
 /// What every actor of every run shares.
 pub(crate) struct Shared {
-    pub(crate) store: Store,
+    /// `None` on a stateless executor (a cluster's worker).
+    pub(crate) store: Option<Arc<Store>>,
     pub(crate) sandbox: Sandbox,
     pub(crate) http: http::Client,
     pub(crate) credentials: Arc<dyn Credentials>,
@@ -253,7 +260,10 @@ pub struct Engine {
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("store", &self.shared.store)
+            .field(
+                "store",
+                &self.shared.store.as_ref().map(|s| s.path().to_owned()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -263,7 +273,18 @@ impl Engine {
     /// called inside a multi-threaded tokio runtime. Unfinished runs are not
     /// resumed until [`Engine::resume_unfinished`].
     pub async fn start(config: EngineConfig) -> Result<Engine, EngineError> {
-        let store = Store::open(&config.store)?;
+        let store = Arc::new(Store::open(&config.store)?);
+        Engine::with_store(config, Some(store)).await
+    }
+
+    /// An engine on a store that is already open (`config.store` is not
+    /// used), or with no store at all: a stateless executor that only runs
+    /// what [`Engine::execute`] gives it, checkpointing through each run's
+    /// own journal.
+    pub async fn with_store(
+        config: EngineConfig,
+        store: Option<Arc<Store>>,
+    ) -> Result<Engine, EngineError> {
         let mut sandbox_config = config.sandbox.clone();
         let cap = usize::try_from(config.max_payload_bytes).unwrap_or(usize::MAX);
         sandbox_config.limits.output_bytes = sandbox_config.limits.output_bytes.min(cap);
@@ -296,8 +317,13 @@ impl Engine {
         })
     }
 
-    pub fn store(&self) -> &Store {
-        &self.shared.store
+    /// The engine's store; `None` on a stateless executor.
+    pub fn store(&self) -> Option<&Store> {
+        self.shared.store.as_deref()
+    }
+
+    fn local_store(&self) -> Result<&Arc<Store>, EngineError> {
+        self.shared.store.as_ref().ok_or(EngineError::NoStore)
     }
 
     /// Stores a new run of `integration` for `tenant` and starts it. Code
@@ -324,25 +350,54 @@ impl Engine {
                 limit: self.shared.max_payload_bytes,
             });
         }
-        let shared = self.shared.clone();
+        let store = self.local_store()?.clone();
         let stored = run.clone();
         let input = Arc::new(input);
         let input2 = input.clone();
         let created = std::time::Instant::now();
-        tokio::task::spawn_blocking(move || shared.store.create_run(&stored, &definition, &input2))
+        let journal = Arc::new(StoreJournal::new(store.clone(), tenant, &run.run_id));
+        tokio::task::spawn_blocking(move || store.create_run(&stored, &definition, &input2))
             .await
             .map_err(|e| EngineError::Actor(e.to_string()))??;
         let store_time = created.elapsed();
         run.status = RunStatus::Running;
-        self.launch(run, Arc::new(integration.clone()), input, false, store_time)
+        self.launch(
+            run,
+            Arc::new(integration.clone()),
+            input,
+            journal,
+            false,
+            store_time,
+        )
+        .await
+    }
+
+    /// Runs a run whose state lives elsewhere (a worker given a run by its
+    /// coordinator): `journal` takes its checkpoints and knows the steps it
+    /// finished before; when `resumed`, those are not run again.
+    pub async fn execute(
+        &self,
+        run: RunRecord,
+        integration: Arc<Integration>,
+        input: Arc<Value>,
+        journal: Arc<dyn Journal>,
+        resumed: bool,
+    ) -> Result<RunHandle, EngineError> {
+        if self.shared.draining.load(Ordering::Acquire) {
+            return Err(EngineError::ShuttingDown);
+        }
+        let mut run = run;
+        run.status = RunStatus::Running;
+        self.launch(run, integration, input, journal, resumed, Duration::ZERO)
             .await
     }
 
     /// Starts every unfinished run in the store again, from its last
     /// checkpoint.
     pub async fn resume_unfinished(&self) -> Result<Vec<RunHandle>, EngineError> {
-        let shared = self.shared.clone();
-        let runs = tokio::task::spawn_blocking(move || shared.store.unfinished_runs())
+        let store = self.local_store()?.clone();
+        let store2 = store.clone();
+        let runs = tokio::task::spawn_blocking(move || store2.unfinished_runs())
             .await
             .map_err(|e| EngineError::Actor(e.to_string()))??;
         let mut handles = Vec::new();
@@ -356,7 +411,6 @@ impl Engine {
             {
                 continue;
             }
-            let store = &self.shared.store;
             let definition = store.run_definition(&run.tenant, &run.run_id)?;
             let integration = match definition.map(serde_json::from_value::<Integration>) {
                 Some(Ok(integration)) => integration,
@@ -381,11 +435,13 @@ impl Engine {
                 .run_input(&run.tenant, &run.run_id)?
                 .unwrap_or(Value::Null);
             run.status = RunStatus::Running;
+            let journal = Arc::new(StoreJournal::new(store.clone(), &run.tenant, &run.run_id));
             handles.push(
                 self.launch(
                     run,
                     Arc::new(integration),
                     Arc::new(input),
+                    journal,
                     true,
                     Duration::ZERO,
                 )
@@ -400,6 +456,7 @@ impl Engine {
         run: RunRecord,
         integration: Arc<Integration>,
         input: Arc<Value>,
+        journal: Arc<dyn Journal>,
         resumed: bool,
         store_time: Duration,
     ) -> Result<RunHandle, EngineError> {
@@ -416,6 +473,7 @@ impl Engine {
                 integration,
                 input,
                 events,
+                journal,
                 resumed,
                 store_time,
                 reply,
@@ -433,9 +491,23 @@ impl Engine {
     pub fn cancel(&self, tenant: &str, run_id: &str) -> bool {
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         match running.get(&(tenant.to_owned(), run_id.to_owned())) {
-            Some(run) => run.send_message(sequence::SeqMsg::Cancel).is_ok(),
+            Some((run, _)) => run.send_message(sequence::SeqMsg::Cancel).is_ok(),
             None => false,
         }
+    }
+
+    /// Stops a run at once without ending it: nothing more is written to
+    /// its journal, its events stop. For a worker whose run was taken back
+    /// by its coordinator; the run goes on elsewhere. False when no such run
+    /// is running here.
+    pub fn abort(&self, tenant: &str, run_id: &str) -> bool {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((actor, ctx)) = running.get(&(tenant.to_owned(), run_id.to_owned())) else {
+            return false;
+        };
+        ctx.aborted.store(true, Ordering::Release);
+        kill_tree(&actor.get_cell());
+        true
     }
 
     /// Ids of the runs in progress here.
@@ -451,7 +523,7 @@ impl Engine {
     pub async fn shutdown(&self, grace: Duration) {
         self.shared.draining.store(true, Ordering::Release);
         let deadline = tokio::time::Instant::now() + grace;
-        for run in self
+        for (run, _) in self
             .running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -480,6 +552,14 @@ impl Engine {
     }
 }
 
+/// Kills an actor and everything under it.
+fn kill_tree(cell: &ractor::ActorCell) {
+    for child in cell.get_children() {
+        kill_tree(&child);
+    }
+    cell.kill();
+}
+
 /// The size of a value as JSON text, without writing the text anywhere.
 fn json_size(value: &Value) -> u64 {
     struct Count(u64);
@@ -505,29 +585,41 @@ fn json_size(value: &Value) -> u64 {
 /// # Errors
 /// One sentence naming the step and the file that cannot be read.
 pub fn inline_code_files(integration: &mut Integration, base_dir: &Path) -> Result<(), String> {
-    fn visit(steps: &mut [Step], base_dir: &Path) -> Result<(), String> {
+    inline_code(integration, |file| {
+        let path = base_dir.join(file);
+        std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    })
+}
+
+/// Replaces each code step's `file` by what `read` returns for it (the
+/// API's deploy call takes the files beside the definition).
+///
+/// # Errors
+/// `step "id": ` and `read`'s sentence.
+pub fn inline_code(
+    integration: &mut Integration,
+    mut read: impl FnMut(&Path) -> Result<String, String>,
+) -> Result<(), String> {
+    fn visit(
+        steps: &mut [Step],
+        read: &mut dyn FnMut(&Path) -> Result<String, String>,
+    ) -> Result<(), String> {
         for step in steps {
             match step {
                 Step::Code(code) => {
                     if let CodeSource::File(file) = &code.code {
-                        let path = base_dir.join(file);
-                        let text = std::fs::read_to_string(&path).map_err(|e| {
-                            format!(
-                                "step {:?}: cannot read {}: {e}",
-                                code.id.as_str(),
-                                path.display()
-                            )
-                        })?;
+                        let text =
+                            read(file).map_err(|e| format!("step {:?}: {e}", code.id.as_str()))?;
                         code.code = CodeSource::Source(text);
                     }
                 }
-                Step::Loop(l) => visit(&mut l.steps, base_dir)?,
+                Step::Loop(l) => visit(&mut l.steps, read)?,
                 Step::Http(_) => {}
             }
         }
         Ok(())
     }
-    visit(&mut integration.steps, base_dir)
+    visit(&mut integration.steps, &mut read)
 }
 
 /// Step outputs of one sequence, shared with loops without copying.

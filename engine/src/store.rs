@@ -15,6 +15,7 @@
 //! | `steps` | tenant · run id · step key | [`StepRecord`] (JSON) |
 //! | `blobs` | tenant · run id · step key, `#input`, `#output` or `#definition` | a payload: its JSON, or the name of its file |
 //! | `logs` | tenant · run id · step key · attempt · sequence | [`LogRecord`] (JSON) |
+//! | `integrations` | tenant · name · version (big-endian `u32`) | [`IntegrationRecord`] (JSON) |
 //!
 //! `·` is a 0 byte, which tenant ids, run ids and step keys cannot contain;
 //! attempt and sequence are big-endian `u32`s. Run ids are UUIDv7,
@@ -49,7 +50,8 @@ const ACTIVE: &str = "active";
 const STEPS: &str = "steps";
 const BLOBS: &str = "blobs";
 const LOGS: &str = "logs";
-const FAMILIES: [&str; 5] = [RUNS, ACTIVE, STEPS, BLOBS, LOGS];
+const INTEGRATIONS: &str = "integrations";
+const FAMILIES: [&str; 6] = [RUNS, ACTIVE, STEPS, BLOBS, LOGS, INTEGRATIONS];
 
 /// Where and how durably to store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +190,27 @@ pub struct LogRecord {
     pub level: String,
     pub message: String,
     pub time_ms: u64,
+}
+
+/// A deployed version of an integration: what runs of it run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IntegrationRecord {
+    pub name: String,
+    pub version: u32,
+    pub deployed_at_ms: u64,
+    /// The definition with its code inlined, as JSON.
+    pub definition: Value,
+}
+
+/// What [`Store::put_integration`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Deployed {
+    /// The version is new and now stored.
+    Created(IntegrationRecord),
+    /// The same definition was deployed before under this version.
+    Unchanged(IntegrationRecord),
+    /// Another definition holds this version; nothing was stored.
+    Conflict(IntegrationRecord),
 }
 
 /// The run store. Cheap to share behind an `Arc`; RocksDB is thread-safe.
@@ -565,6 +588,86 @@ impl Store {
             .map_err(|source| StoreError::Db { operation, source })
     }
 
+    /// Stores a version of an integration. Versions are immutable: the same
+    /// definition again is accepted, another definition is a conflict.
+    pub fn put_integration(
+        &self,
+        tenant: &str,
+        record: IntegrationRecord,
+    ) -> Result<Deployed, StoreError> {
+        let key = integration_key(tenant, &record.name, record.version)?;
+        if let Some(existing) = self.get(INTEGRATIONS, &key)? {
+            let existing: IntegrationRecord = from_json(&existing, "integration")?;
+            return Ok(if existing.definition == record.definition {
+                Deployed::Unchanged(existing)
+            } else {
+                Deployed::Conflict(existing)
+            });
+        }
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(INTEGRATIONS), &key, to_json(&record));
+        self.write(batch, "put_integration")?;
+        Ok(Deployed::Created(record))
+    }
+
+    /// A version of an integration; its latest when `version` is `None`.
+    pub fn integration(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<IntegrationRecord>, StoreError> {
+        if let Some(version) = version {
+            let key = integration_key(tenant, name, version)?;
+            return self
+                .get(INTEGRATIONS, &key)?
+                .map(|v| from_json(&v, "integration"))
+                .transpose();
+        }
+        Ok(self.integration_versions(tenant, Some(name))?.pop())
+    }
+
+    /// The latest version of each of a tenant's integrations, by name.
+    pub fn integrations(&self, tenant: &str) -> Result<Vec<IntegrationRecord>, StoreError> {
+        let mut latest: Vec<IntegrationRecord> = Vec::new();
+        for record in self.integration_versions(tenant, None)? {
+            match latest.last_mut() {
+                Some(last) if last.name == record.name => *last = record,
+                _ => latest.push(record),
+            }
+        }
+        Ok(latest)
+    }
+
+    /// Every version of a tenant's integrations (of one, given `name`),
+    /// in name and version order.
+    fn integration_versions(
+        &self,
+        tenant: &str,
+        name: Option<&str>,
+    ) -> Result<Vec<IntegrationRecord>, StoreError> {
+        let prefix = match name {
+            Some(name) => prefix(&[tenant, name])?,
+            None => prefix(&[tenant])?,
+        };
+        let iter = self.db.iterator_cf(
+            self.cf(INTEGRATIONS),
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        let mut records = Vec::new();
+        for item in iter {
+            let (key, value) = item.map_err(|source| StoreError::Db {
+                operation: "list integrations",
+                source,
+            })?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            records.push(from_json(&value, "integration")?);
+        }
+        Ok(records)
+    }
+
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         self.db
             .cf_handle(name)
@@ -669,6 +772,13 @@ fn prefix(parts: &[&str]) -> Result<Vec<u8>, StoreError> {
 fn run_key(tenant: &str, run_id: &str) -> Result<Vec<u8>, StoreError> {
     let mut key = prefix(&[tenant, run_id])?;
     key.pop();
+    Ok(key)
+}
+
+fn integration_key(tenant: &str, name: &str, version: u32) -> Result<Vec<u8>, StoreError> {
+    check("integration name", name)?;
+    let mut key = prefix(&[tenant, name])?;
+    key.extend_from_slice(&version.to_be_bytes());
     Ok(key)
 }
 

@@ -98,7 +98,7 @@ async fn the_seed_integration_runs_end_to_end_and_every_step_is_checkpointed() {
         Some(format!("{run_id}/post").as_str())
     );
 
-    let store = engine.store();
+    let store = engine.store().expect("a local engine has a store");
     let steps = store.steps("acme", &run_id).unwrap();
     let keys: Vec<_> = steps.iter().map(|s| s.step_key.as_str()).collect();
     let mut expected = vec!["aggregate", "enrich", "fetch", "filter", "parse", "post"];
@@ -176,6 +176,7 @@ steps:
     );
     let step = engine
         .store()
+        .expect("a local engine has a store")
         .step("acme", &run_id, "fetch")
         .unwrap()
         .unwrap();
@@ -221,7 +222,7 @@ steps:
     );
     assert_eq!(fixture.count("POST", "/orders"), 1);
     // What was done before the failure is kept.
-    let store = engine.store();
+    let store = engine.store().expect("a local engine has a store");
     assert_eq!(
         store.step_output("acme", &run_id, "build").unwrap(),
         Some(json!({"qty": 1}))
@@ -259,6 +260,7 @@ steps:
     assert_eq!(fixture.count("GET", "/down"), 3);
     let step = engine
         .store()
+        .expect("a local engine has a store")
         .step("acme", &run_id, "fetch")
         .unwrap()
         .unwrap();
@@ -293,7 +295,11 @@ steps:
         error.starts_with("step \"check\": uncaught Error: sku X-1 is unknown"),
         "{error}"
     );
-    let logs = engine.store().logs("acme", &run_id).unwrap();
+    let logs = engine
+        .store()
+        .expect("a local engine has a store")
+        .logs("acme", &run_id)
+        .unwrap();
     let attempts: Vec<u32> = logs.iter().map(|l| l.attempt).collect();
     assert_eq!(attempts, [1, 2], "{logs:?}");
     assert!(logs.iter().all(|l| l.message == "checking X-1"));
@@ -359,6 +365,7 @@ output:
         let skipped = if amount > 1000 { "small" } else { "big" };
         let record = engine
             .store()
+            .expect("a local engine has a store")
             .step("acme", &run_id, skipped)
             .unwrap()
             .unwrap();
@@ -419,7 +426,7 @@ steps:
         );
     }
     assert_eq!(fixture.count("POST", "/items/*"), 13);
-    let store = engine.store();
+    let store = engine.store().expect("a local engine has a store");
     let odd = store
         .step("acme", &run_id, "each/00000003/post")
         .unwrap()
@@ -646,6 +653,7 @@ steps:
     );
     let inspect = engine
         .store()
+        .expect("a local engine has a store")
         .step_output("acme", &run_id, "inspect")
         .unwrap();
     assert_eq!(inspect, Some(json!(false)));
@@ -696,7 +704,7 @@ steps:
         Some("cancelled during step \"wait\"")
     );
     gate.release();
-    let store = engine.store();
+    let store = engine.store().expect("a local engine has a store");
     assert_eq!(
         store.run("acme", &run_id).unwrap().unwrap().status,
         RunStatus::Cancelled
@@ -755,7 +763,7 @@ output: "{{{{ steps.second.output.body.body }}}}"
         shutdown.await.unwrap();
         assert_eq!(handle.wait().await, None, "the run did not finish");
         assert_eq!(fixture.count("POST", "/second"), 0);
-        let store = engine.store();
+        let store = engine.store().expect("a local engine has a store");
         let unfinished = store.unfinished_runs().unwrap();
         assert_eq!(unfinished.len(), 1);
         let first = store.step("acme", &unfinished[0].run_id, "first").unwrap();
@@ -807,7 +815,7 @@ steps:
         .unwrap();
     let run_id = handle.run_id.clone();
     assert_eq!(handle.wait().await.unwrap().status, RunStatus::Succeeded);
-    let store = engine.store();
+    let store = engine.store().expect("a local engine has a store");
     assert!(store.run("acme", &run_id).unwrap().is_none());
     assert!(store.runs("acme", 10).unwrap().is_empty());
     assert!(
@@ -873,12 +881,14 @@ output:
     // The stored output is the whole payload, read back from its file.
     let stored = engine
         .store()
+        .expect("a local engine has a store")
         .step_output("acme", &run_id, "fetch")
         .unwrap()
         .unwrap();
     assert_eq!(stored["body"].as_str().map(str::len), Some(SIZE));
     let record = engine
         .store()
+        .expect("a local engine has a store")
         .step("acme", &run_id, "fetch")
         .unwrap()
         .unwrap();
@@ -920,7 +930,15 @@ async fn runs_go_on_concurrently() {
         "every run gives the same output: {outputs:?}"
     );
     assert_eq!(fixture.count("POST", "/erp/orders"), 20);
-    assert_eq!(engine.store().runs("acme", 100).unwrap().len(), 20);
+    assert_eq!(
+        engine
+            .store()
+            .expect("a local engine has a store")
+            .runs("acme", 100)
+            .unwrap()
+            .len(),
+        20
+    );
     engine.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -1002,7 +1020,7 @@ async fn a_run_whose_stored_definition_cannot_be_read_fails_and_the_others_resum
     assert_eq!(handles.len(), 1);
     let outcome = handles.into_iter().next().unwrap().wait().await.unwrap();
     assert_eq!(outcome.output, Some(json!(7)));
-    let store = engine.store();
+    let store = engine.store().expect("a local engine has a store");
     let failed = store.run("acme", &broken).unwrap().unwrap();
     assert_eq!(failed.status, RunStatus::Failed);
     assert!(
@@ -1044,7 +1062,12 @@ async fn the_payload_limit_applies_to_inputs_outputs_and_responses() {
         "run input is 5002 bytes, over the payload limit of 4096 bytes"
     );
     assert!(
-        engine.store().runs("acme", 10).unwrap().is_empty(),
+        engine
+            .store()
+            .expect("a local engine has a store")
+            .runs("acme", 10)
+            .unwrap()
+            .is_empty(),
         "nothing stored"
     );
 

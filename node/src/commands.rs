@@ -139,7 +139,11 @@ pub async fn run(env: Env, file: &Path, input: &str) -> anyhow::Result<ExitCode>
     let input = read_input(input)?;
     let tenant = env.tenant.clone();
     let engine = Engine::start(env.engine_config()).await?;
-    let unfinished = engine.store().unfinished_runs()?.len();
+    let unfinished = engine
+        .store()
+        .expect("a local engine has a store")
+        .unfinished_runs()?
+        .len();
     if unfinished > 0 {
         eprintln!(
             "note: {unfinished} unfinished run(s) in this data directory; `isoflow resume` continues them"

@@ -10,12 +10,14 @@ use ractor::{ActorProcessingErr, ActorRef};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use super::journal::{Journal, JournalWrite, WriteKind};
 use super::sequence::SeqMsg;
 use super::{RunEvent, RunOutcome, RunTimings, Shared};
 use crate::model::Integration;
 use crate::store::{LogRecord, RunRecord, RunStatus, StepRecord, now_ms};
 
-pub(crate) type Running = Arc<Mutex<HashMap<(String, String), ActorRef<SeqMsg>>>>;
+/// The runs in progress: their top sequence and context, by (tenant, run id).
+pub(crate) type Running = Arc<Mutex<HashMap<(String, String), (ActorRef<SeqMsg>, Arc<RunCtx>)>>>;
 
 /// What a run's actors share.
 pub(crate) struct RunCtx {
@@ -24,8 +26,13 @@ pub(crate) struct RunCtx {
     pub(crate) integration: Arc<Integration>,
     pub(crate) input: Arc<Value>,
     pub(crate) events: mpsc::UnboundedSender<RunEvent>,
+    /// Where its checkpoints go.
+    pub(crate) journal: Arc<dyn Journal>,
     /// Started again after a restart: look for checkpoints before each step.
     pub(crate) resumed: bool,
+    /// Set by [`crate::run::Engine::abort`]: the run stops without a word
+    /// to its journal.
+    pub(crate) aborted: std::sync::atomic::AtomicBool,
     pub(crate) timings: Arc<Timings>,
 }
 
@@ -59,6 +66,9 @@ fn nanos(d: Duration) -> u64 {
 
 impl RunCtx {
     pub(crate) fn emit(&self, event: RunEvent) {
+        if self.aborted.load(Ordering::Acquire) {
+            return;
+        }
         let _ = self.events.send(event);
     }
 
@@ -69,29 +79,49 @@ impl RunCtx {
         run
     }
 
+    async fn write(
+        &self,
+        run: RunRecord,
+        steps: Vec<(StepRecord, Option<Arc<Value>>)>,
+        logs: Vec<LogRecord>,
+        kind: WriteKind,
+    ) -> Result<(), ActorProcessingErr> {
+        if self.aborted.load(Ordering::Acquire) {
+            return Err("the run was aborted on this node".into());
+        }
+        let start = Instant::now();
+        let written = self
+            .journal
+            .write(JournalWrite {
+                run,
+                steps,
+                logs,
+                kind,
+            })
+            .await;
+        self.timings.add_store(start.elapsed());
+        Ok(written?)
+    }
+
+    /// Makes finished steps durable; returns once they are.
     pub(crate) async fn checkpoint(
-        self: &Arc<Self>,
+        &self,
         steps: Vec<(StepRecord, Option<Arc<Value>>)>,
         logs: Vec<LogRecord>,
     ) -> Result<(), ActorProcessingErr> {
-        let ctx = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let steps = steps
-                .iter()
-                .map(|(record, output)| (record.clone(), output.as_deref()))
-                .collect();
-            let start = Instant::now();
-            let written = ctx.shared.store.checkpoint(&ctx.record(), steps, &logs);
-            ctx.timings.add_store(start.elapsed());
-            written
-        })
-        .await??;
-        Ok(())
+        self.write(self.record(), steps, logs, WriteKind::Checkpoint)
+            .await
+    }
+
+    /// Records the logs of an attempt that will be retried.
+    pub(crate) async fn append_logs(&self, logs: Vec<LogRecord>) -> Result<(), ActorProcessingErr> {
+        self.write(self.record(), Vec::new(), logs, WriteKind::Logs)
+            .await
     }
 
     /// Ends the run with no checkpoint to write alongside.
     pub(crate) async fn end(
-        self: &Arc<Self>,
+        &self,
         status: RunStatus,
         output: Option<Value>,
         error: Option<String>,
@@ -103,7 +133,7 @@ impl RunCtx {
     /// Ends the run: `steps` (its last checkpoints, if any) and the run's
     /// end in one durable write; then `events`, then [`RunEvent::Finished`].
     pub(crate) async fn finish(
-        self: &Arc<Self>,
+        &self,
         steps: Vec<(StepRecord, Option<Arc<Value>>)>,
         logs: Vec<LogRecord>,
         events: Vec<RunEvent>,
@@ -114,21 +144,18 @@ impl RunCtx {
         let mut run = self.record();
         run.status = status;
         run.error.clone_from(&error);
-        let ctx = self.clone();
-        let output = tokio::task::spawn_blocking(move || {
-            let steps = steps
-                .iter()
-                .map(|(record, output)| (record.clone(), output.as_deref()))
-                .collect();
-            let start = Instant::now();
-            let written = ctx
-                .shared
-                .store
-                .finish_run(&run, steps, &logs, output.as_ref());
-            ctx.timings.add_store(start.elapsed());
-            written.map(|()| output)
-        })
-        .await??;
+        let output = output.map(Arc::new);
+        self.write(
+            run,
+            steps,
+            logs,
+            WriteKind::Finish {
+                output: output.clone(),
+            },
+        )
+        .await?;
+        // The journal has let go of its reference once the write is done.
+        let output = output.map(|o| Arc::try_unwrap(o).unwrap_or_else(|shared| (*shared).clone()));
         for event in events {
             self.emit(event);
         }

@@ -61,18 +61,10 @@ impl Actor for LoopActor {
             .id()
             .as_str()
             .to_owned();
-        let store = &ctx.shared.store;
         for (index, result) in results.iter_mut().enumerate() {
             let key = format!("{loop_id}/{index:08}");
-            if store
-                .step(&ctx.run.tenant, &ctx.run.run_id, &key)?
-                .is_some()
-            {
-                *result = Some(
-                    store
-                        .step_output(&ctx.run.tenant, &ctx.run.run_id, &key)?
-                        .unwrap_or(Value::Null),
-                );
+            if let Some(restored) = ctx.journal.restored(&key)? {
+                *result = Some(restored.output.unwrap_or(Value::Null));
             }
         }
         Ok(LoopState {

@@ -8,6 +8,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use super::context::{RunCtx, Running, Timings, lock};
+use super::journal::Journal;
 use super::sequence::{SeqArgs, SeqScope, Sequence};
 use super::{RunEvent, Shared};
 use crate::model::Integration;
@@ -19,6 +20,7 @@ pub(crate) enum RootMsg {
         integration: Arc<Integration>,
         input: Arc<Value>,
         events: mpsc::UnboundedSender<RunEvent>,
+        journal: Arc<dyn Journal>,
         resumed: bool,
         /// Time already spent storing the run.
         store_time: std::time::Duration,
@@ -67,6 +69,7 @@ impl Actor for Root {
             integration,
             input,
             events,
+            journal,
             resumed,
             store_time,
             reply,
@@ -78,7 +81,9 @@ impl Actor for Root {
             integration,
             input,
             events,
+            journal,
             resumed,
+            aborted: std::sync::atomic::AtomicBool::new(false),
             timings: Arc::new(Timings::default()),
         });
         ctx.timings.add_store(store_time);
@@ -94,8 +99,8 @@ impl Actor for Root {
         .await;
         match spawned {
             Ok((actor, _)) => {
-                state.runs.insert(actor.get_id(), ctx);
-                lock(&state.args.running).insert(key, actor);
+                state.runs.insert(actor.get_id(), ctx.clone());
+                lock(&state.args.running).insert(key, (actor, ctx));
                 let _ = reply.send(Ok(()));
             }
             Err(e) => {
@@ -120,6 +125,9 @@ impl Actor for Root {
             return Ok(());
         };
         lock(&state.args.running).remove(&(ctx.run.tenant.clone(), ctx.run.run_id.clone()));
+        if ctx.aborted.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
         if let Some(error) = failure {
             let message = format!("run failed inside the engine: {error}");
             tracing::error!(run_id = %ctx.run.run_id, "{message}");

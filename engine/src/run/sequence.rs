@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::context::RunCtx;
 use super::for_each::{LoopActor, LoopArgs, LoopMsg};
+use super::journal::Restored;
 use super::step::{CodeJob, Job, StepActor, StepArgs};
 use super::{Outputs, RunEvent, retry_delay};
 use crate::action::http;
@@ -326,21 +327,19 @@ pub(crate) async fn next(
     let key = state.key(step.id().as_str());
     let ctx = state.ctx.clone();
     if ctx.resumed {
-        let store = &ctx.shared.store;
-        let record = store.step(&ctx.run.tenant, &ctx.run.run_id, &key)?;
-        match record.map(|r| r.status) {
-            Some(StepStatus::Succeeded) => {
-                let output = store
-                    .step_output(&ctx.run.tenant, &ctx.run.run_id, &key)?
-                    .unwrap_or(Value::Null);
-                state
-                    .outputs
-                    .0
-                    .insert(step.id().as_str().to_owned(), Arc::new(output));
+        let restored_step = ctx.journal.restored(&key)?;
+        match restored_step {
+            Some(Restored { record, output }) if record.status == StepStatus::Succeeded => {
+                state.outputs.0.insert(
+                    step.id().as_str().to_owned(),
+                    Arc::new(output.unwrap_or(Value::Null)),
+                );
                 return restored(myself, state, key);
             }
-            Some(StepStatus::Skipped) => return restored(myself, state, key),
-            Some(StepStatus::Failed) | None => {}
+            Some(Restored { record, .. }) if record.status == StepStatus::Skipped => {
+                return restored(myself, state, key);
+            }
+            Some(_) | None => {}
         }
     }
     if let Some(when) = step.when() {
@@ -708,10 +707,7 @@ pub(crate) async fn failed(
         let token = current.token;
         current.child = None;
         if !logs.is_empty() {
-            let ctx = state.ctx.clone();
-            let run = ctx.record();
-            tokio::task::spawn_blocking(move || ctx.shared.store.append_logs(&run, &logs))
-                .await??;
+            state.ctx.append_logs(logs).await?;
         }
         state.ctx.emit(RunEvent::StepRetrying {
             step_key: key,
