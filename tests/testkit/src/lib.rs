@@ -23,7 +23,8 @@
 //!
 //! Also here: [`seed_orders_xml`] (`seed.rs`), the seed integration's order
 //! export, and [`process`], child processes for multi-process tests (the
-//! real `isoflow` binary, killed when the test lets go of it).
+//! real `isoflow` binary, killed when the test lets go of it), and
+//! [`etcd`], a real etcd server ([`Etcd`]) for cluster tests.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -42,9 +43,11 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
 
+pub mod etcd;
 pub mod process;
 mod seed;
 
+pub use etcd::Etcd;
 pub use seed::{SEED_EXPORTED, SeedExpected, seed_orders_expected, seed_orders_xml};
 
 /// How often the `wait_for_*` helpers look again.
