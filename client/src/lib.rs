@@ -1,4 +1,549 @@
-//! Rust client for Isoflow's API.
+//! Rust client for Isoflow's API (`isoflow.v1.Isoflow`, see
+//! `proto/isoflow/v1/api.proto`): deploy integrations, start runs, follow
+//! them and read their outputs.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), isoflow_client::Error> {
+//! let client = isoflow_client::Client::connect("http://127.0.0.1:7700", Some("acme-token")).await?;
+//! client.deploy_file("orders.yaml").await?;
+//! let run = client
+//!     .start_run("orders-to-erp", None, &serde_json::json!({"export_url": "http://shop/export"}))
+//!     .await?;
+//! let finished = client.wait(&run.run_id).await?;
+//! if finished.status() == isoflow_client::v1::RunStatus::Succeeded {
+//!     println!("{}", client.output(&run.run_id).await?);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Invariants: payloads (run inputs and outputs) travel in chunks of at most
+//! [`isoflow_proto::CHUNK_BYTES`], so no message comes near
+//! [`isoflow_proto::MAX_MESSAGE_BYTES`]; a server's refusal reaches the
+//! caller untouched as [`Error::Status`] (code and sentence).
 //!
 //! Depends on `isoflow-proto` only, never on the engine: a program that only
-//! calls the API must build in seconds, without V8 or RocksDB.
+//! calls the API must build in seconds, without V8 or RocksDB. The
+//! `isoflowctl` binary (`main.rs`, feature `cli`) is a thin shell over this
+//! client.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use isoflow_proto::v1::isoflow_client::IsoflowClient;
+use isoflow_proto::v1::run_update::Update;
+use isoflow_proto::v1::start_run_request::Part;
+use isoflow_proto::{CHUNK_BYTES, MAX_MESSAGE_BYTES};
+use tokio_stream::{Stream, StreamExt};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+mod auth;
+mod error;
+
+pub use error::Error;
+pub use isoflow_proto::v1;
+
+use auth::Bearer;
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How long opening the connection may take before `connect` gives up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection to an Isoflow server, as one tenant (the token's).
+///
+/// Cheap to clone: clones share the connection. Calls take `&self` and may
+/// run concurrently.
+#[derive(Clone)]
+pub struct Client {
+    inner: IsoflowClient<InterceptedService<Channel, Bearer>>,
+    server: String,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to `server` (`http://host:port`; a bare `host:port` means
+    /// `http://`). With a token, every call carries
+    /// `authorization: Bearer <token>`, and the server serves the token's
+    /// tenant.
+    ///
+    /// # Errors
+    /// [`Error::Address`], [`Error::InvalidToken`], or [`Error::Connect`]
+    /// when no connection opens within 10 seconds.
+    pub async fn connect(server: &str, token: Option<&str>) -> Result<Client> {
+        let bearer = Bearer::new(token)?;
+        let uri = server_uri(server);
+        let channel = Endpoint::from_shared(uri.clone())
+            .map_err(|error| Error::Address {
+                server: server.to_owned(),
+                error,
+            })?
+            .tcp_nodelay(true)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .connect()
+            .await
+            .map_err(|error| Error::Connect {
+                server: uri.clone(),
+                error,
+            })?;
+        let inner = IsoflowClient::with_interceptor(channel, bearer)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(Client { inner, server: uri })
+    }
+
+    /// The address this client is connected to.
+    #[must_use]
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Validates and stores a version of an integration. `source` is the
+    /// definition (YAML or JSON); `file_name` is how error messages name it;
+    /// `files` holds the code files it names (`file: ...`), by the path as
+    /// written in the definition.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` with the validator's sentences (one a line);
+    /// `ALREADY_EXISTS` when this version was deployed with another
+    /// definition.
+    pub async fn deploy(
+        &self,
+        source: &str,
+        file_name: &str,
+        files: HashMap<String, String>,
+    ) -> Result<v1::Integration> {
+        let request = v1::DeployIntegrationRequest {
+            source: source.to_owned(),
+            file_name: file_name.to_owned(),
+            files,
+        };
+        Ok(self
+            .inner
+            .clone()
+            .deploy_integration(request)
+            .await?
+            .into_inner())
+    }
+
+    /// Deploys the definition at `path`, named in error messages by `path`
+    /// as given.
+    ///
+    /// The definition is not parsed here: with it go all `*.js` files under
+    /// its folder, recursively, keyed by their path relative to that folder
+    /// with `/` separators (`transform.js`, `lib/util.js`). So a code step
+    /// should name its file that way: not `./transform.js`, and not a file
+    /// outside the folder. Hidden entries (`.git`), `node_modules` and
+    /// symbolic links to folders are skipped.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when a file cannot be read; [`Error::DeployTooLarge`]
+    /// when the definition and its folder's `.js` files exceed one message;
+    /// then as [`Client::deploy`].
+    pub async fn deploy_file(&self, path: impl AsRef<Path>) -> Result<v1::Integration> {
+        let path = path.as_ref().to_owned();
+        let file_name = path.display().to_string();
+        let (source, files) = tokio::task::spawn_blocking(move || read_definition(&path))
+            .await
+            .expect("reading a definition's files does not panic")?;
+        self.deploy(&source, &file_name, files).await
+    }
+
+    /// One version of an integration, its stored definition (code inlined)
+    /// in `definition_json`; `None`: the latest version.
+    ///
+    /// # Errors
+    /// `NOT_FOUND` when there is no such integration or version.
+    pub async fn integration(&self, name: &str, version: Option<u32>) -> Result<v1::Integration> {
+        let request = v1::GetIntegrationRequest {
+            name: name.to_owned(),
+            version: version.unwrap_or(0),
+        };
+        Ok(self
+            .inner
+            .clone()
+            .get_integration(request)
+            .await?
+            .into_inner())
+    }
+
+    /// The latest version of each integration, definitions left out.
+    ///
+    /// # Errors
+    /// A status from the server.
+    pub async fn integrations(&self) -> Result<Vec<v1::Integration>> {
+        Ok(self
+            .inner
+            .clone()
+            .list_integrations(v1::ListIntegrationsRequest {})
+            .await?
+            .into_inner()
+            .integrations)
+    }
+
+    /// Starts a run of `integration` (`None`: its latest version) with
+    /// `input`, and returns it as it started.
+    ///
+    /// # Errors
+    /// `NOT_FOUND` for an unknown integration; `INVALID_ARGUMENT` for an
+    /// input the integration does not accept; `RESOURCE_EXHAUSTED` for an
+    /// input over the server's payload limit.
+    pub async fn start_run(
+        &self,
+        integration: &str,
+        version: Option<u32>,
+        input: &serde_json::Value,
+    ) -> Result<v1::Run> {
+        let input = serde_json::to_vec(input)?;
+        self.start_run_json(integration, version, input).await
+    }
+
+    /// [`Client::start_run`] with the input as JSON text, sent as it is
+    /// (the server checks it): numbers keep every digit and keys their
+    /// order, with no parsing on this side.
+    ///
+    /// # Errors
+    /// As [`Client::start_run`]; `INVALID_ARGUMENT` for text that is not
+    /// JSON.
+    pub async fn start_run_json(
+        &self,
+        integration: &str,
+        version: Option<u32>,
+        input: Vec<u8>,
+    ) -> Result<v1::Run> {
+        let requests = tokio_stream::iter(start_requests(integration, version, input));
+        Ok(self.inner.clone().start_run(requests).await?.into_inner())
+    }
+
+    /// A run with its checkpointed steps.
+    ///
+    /// # Errors
+    /// `NOT_FOUND` when the tenant has no such run.
+    pub async fn run(&self, run_id: &str) -> Result<v1::Run> {
+        let request = v1::GetRunRequest {
+            run_id: run_id.to_owned(),
+        };
+        Ok(self.inner.clone().get_run(request).await?.into_inner())
+    }
+
+    /// The newest runs, newest first: at most `limit` (`None`: the server's
+    /// default, 100).
+    ///
+    /// # Errors
+    /// A status from the server.
+    pub async fn runs(&self, limit: Option<u32>) -> Result<Vec<v1::Run>> {
+        let request = v1::ListRunsRequest {
+            limit: limit.unwrap_or(0),
+        };
+        Ok(self
+            .inner
+            .clone()
+            .list_runs(request)
+            .await?
+            .into_inner()
+            .runs)
+    }
+
+    /// The output of a run that succeeded.
+    ///
+    /// # Errors
+    /// `NOT_FOUND`, or `FAILED_PRECONDITION` for a run that has not
+    /// succeeded; [`Error::Json`] if the joined chunks are not JSON.
+    pub async fn output(&self, run_id: &str) -> Result<serde_json::Value> {
+        let bytes = self.output_json(run_id).await?;
+        if bytes.is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    /// [`Client::output`] as the JSON text the server stored, chunks
+    /// joined, not parsed.
+    ///
+    /// # Errors
+    /// As [`Client::output`].
+    pub async fn output_json(&self, run_id: &str) -> Result<Vec<u8>> {
+        let request = v1::GetRunOutputRequest {
+            run_id: run_id.to_owned(),
+        };
+        let mut chunks = self
+            .inner
+            .clone()
+            .get_run_output(request)
+            .await?
+            .into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = chunks.message().await? {
+            bytes.extend_from_slice(&chunk.data);
+        }
+        Ok(bytes)
+    }
+
+    /// The run's updates: the steps that finished so far, then each as it
+    /// finishes (with log lines when `logs`), and last the run as it ended
+    /// ([`v1::run_update::Update::Finished`]), after which the stream ends.
+    ///
+    /// # Errors
+    /// `NOT_FOUND` when the tenant has no such run; the stream's items
+    /// carry the errors of a connection lost on the way.
+    pub async fn watch(
+        &self,
+        run_id: &str,
+        logs: bool,
+    ) -> Result<impl Stream<Item = Result<v1::RunUpdate>> + Send + Unpin + 'static> {
+        let request = v1::WatchRunRequest {
+            run_id: run_id.to_owned(),
+            logs,
+        };
+        let updates = self.inner.clone().watch_run(request).await?.into_inner();
+        Ok(updates.map(|update| update.map_err(Error::from)))
+    }
+
+    /// Waits for the run to end and returns it as it ended, steps included.
+    ///
+    /// # Errors
+    /// As [`Client::watch`]; [`Error::WatchEnded`] if the updates stop
+    /// before the run ends.
+    pub async fn wait(&self, run_id: &str) -> Result<v1::Run> {
+        let mut updates = self.watch(run_id, false).await?;
+        while let Some(update) = updates.next().await {
+            if let Some(Update::Finished(run)) = update?.update {
+                return Ok(run);
+            }
+        }
+        Err(Error::WatchEnded {
+            run_id: run_id.to_owned(),
+        })
+    }
+
+    /// Cancels a run: the steps in flight finish, no others start. Returns
+    /// the run as the server has it after the request.
+    ///
+    /// # Errors
+    /// `NOT_FOUND`; `FAILED_PRECONDITION` for a run that already ended.
+    pub async fn cancel(&self, run_id: &str) -> Result<v1::Run> {
+        let request = v1::CancelRunRequest {
+            run_id: run_id.to_owned(),
+        };
+        Ok(self.inner.clone().cancel_run(request).await?.into_inner())
+    }
+}
+
+/// `host:port` means `http://host:port`; anything with a scheme is kept.
+fn server_uri(server: &str) -> String {
+    if server.contains("://") {
+        server.to_owned()
+    } else {
+        format!("http://{server}")
+    }
+}
+
+/// A `StartRun` call's messages: the target, then the input in chunks of at
+/// most [`CHUNK_BYTES`], made one at a time as the call sends them.
+fn start_requests(
+    integration: &str,
+    version: Option<u32>,
+    input: Vec<u8>,
+) -> impl Iterator<Item = v1::StartRunRequest> + Send + 'static {
+    let target = Part::Target(v1::RunTarget {
+        integration: integration.to_owned(),
+        version: version.unwrap_or(0),
+    });
+    let chunks = input.len().div_ceil(CHUNK_BYTES);
+    let parts = (0..chunks).map(move |i| {
+        let start = i * CHUNK_BYTES;
+        let end = input.len().min(start + CHUNK_BYTES);
+        Part::InputChunk(input[start..end].to_vec())
+    });
+    std::iter::once(target)
+        .chain(parts)
+        .map(|part| v1::StartRunRequest { part: Some(part) })
+}
+
+/// The definition at `path` and the `*.js` files under its folder (see
+/// [`Client::deploy_file`]).
+fn read_definition(path: &Path) -> Result<(String, HashMap<String, String>)> {
+    let source = std::fs::read_to_string(path).map_err(io_error(path))?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let budget = MAX_MESSAGE_BYTES.saturating_sub(source.len());
+    let files = code_files(dir, budget)?;
+    Ok((source, files))
+}
+
+/// Every `*.js` file under `dir`, keyed by its `/`-separated path relative
+/// to `dir`; [`Error::DeployTooLarge`] once they add up to more than
+/// `budget` bytes.
+fn code_files(dir: &Path, budget: usize) -> Result<HashMap<String, String>> {
+    let mut files = HashMap::new();
+    let mut total = 0usize;
+    // Folders still to read, by their key prefix ("" for `dir` itself).
+    let mut pending = vec![String::new()];
+    while let Some(prefix) = pending.pop() {
+        let folder = dir.join(&prefix);
+        let entries = std::fs::read_dir(&folder).map_err(io_error(&folder))?;
+        for entry in entries {
+            let entry = entry.map_err(io_error(&folder))?;
+            let path = entry.path();
+            // A definition is UTF-8, so it cannot name a file whose name
+            // is not.
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if name.starts_with('.') || name == "node_modules" {
+                continue;
+            }
+            let key = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let file_type = entry.file_type().map_err(io_error(&path))?;
+            if file_type.is_dir() {
+                pending.push(key);
+                continue;
+            }
+            // A link to a file counts as the file; links to folders are
+            // not followed (they can loop).
+            if !key.ends_with(".js") || !(file_type.is_file() || path.is_file()) {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).map_err(io_error(&path))?;
+            total += key.len() + text.len();
+            if total > budget {
+                return Err(Error::DeployTooLarge {
+                    dir: dir.to_owned(),
+                });
+            }
+            files.insert(key, text);
+        }
+    }
+    Ok(files)
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |error| Error::Io {
+        path: PathBuf::from(path),
+        error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(requests: impl Iterator<Item = v1::StartRunRequest>) -> Vec<Part> {
+        requests
+            .map(|r| r.part.expect("every message has a part"))
+            .collect()
+    }
+
+    #[test]
+    fn the_target_goes_first_then_the_input_in_bounded_chunks() {
+        // Two and a half chunks, each byte telling where it was.
+        let input: Vec<u8> = (0..CHUNK_BYTES * 5 / 2).map(|i| (i % 251) as u8).collect();
+        let parts = parts(start_requests("orders", Some(3), input.clone()));
+        assert_eq!(
+            parts[0],
+            Part::Target(v1::RunTarget {
+                integration: "orders".to_owned(),
+                version: 3,
+            })
+        );
+        let chunks: Vec<&[u8]> = parts[1..]
+            .iter()
+            .map(|part| match part {
+                Part::InputChunk(chunk) => chunk.as_slice(),
+                Part::Target(_) => panic!("a second target"),
+            })
+            .collect();
+        assert_eq!(chunks.len(), 3);
+        assert!(
+            chunks
+                .iter()
+                .all(|c| !c.is_empty() && c.len() <= CHUNK_BYTES)
+        );
+        assert_eq!(chunks.concat(), input);
+    }
+
+    #[test]
+    fn an_input_of_exactly_one_chunk_is_one_chunk() {
+        let parts = parts(start_requests("orders", None, vec![b' '; CHUNK_BYTES]));
+        assert_eq!(parts.len(), 2);
+        assert!(matches!(&parts[0], Part::Target(t) if t.version == 0));
+        assert!(matches!(&parts[1], Part::InputChunk(c) if c.len() == CHUNK_BYTES));
+    }
+
+    #[test]
+    fn no_input_bytes_is_the_target_alone() {
+        let parts = parts(start_requests("orders", None, Vec::new()));
+        assert_eq!(parts.len(), 1);
+    }
+
+    #[test]
+    fn a_bare_host_and_port_means_http() {
+        assert_eq!(server_uri("127.0.0.1:7700"), "http://127.0.0.1:7700");
+        assert_eq!(server_uri("http://node-1:7700"), "http://node-1:7700");
+        assert_eq!(
+            server_uri("https://isoflow.example"),
+            "https://isoflow.example"
+        );
+    }
+
+    #[test]
+    fn deploy_file_sends_the_js_files_under_the_definitions_folder() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path();
+        let write = |rel: &str, text: &str| {
+            let path = root.join(rel);
+            std::fs::create_dir_all(path.parent().expect("has a parent")).expect("mkdir");
+            std::fs::write(path, text).expect("write");
+        };
+        write("orders.yaml", "name: orders\n");
+        write("transform.js", "export default () => 1;");
+        write("lib/deep/util.js", "export const x = 2;");
+        write("notes.txt", "not code");
+        write("lib/data.json", "{}");
+        write(".git/hooks/pre-commit.js", "hidden");
+        write("node_modules/left-pad/index.js", "vendored");
+
+        let (source, files) = read_definition(&root.join("orders.yaml")).expect("readable");
+        assert_eq!(source, "name: orders\n");
+        let mut keys: Vec<&str> = files.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["lib/deep/util.js", "transform.js"]);
+        assert_eq!(files["lib/deep/util.js"], "export const x = 2;");
+    }
+
+    #[test]
+    fn code_files_over_one_message_are_refused_before_sending() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("big.js"), "x".repeat(100)).expect("write");
+        assert!(matches!(
+            code_files(dir.path(), 50),
+            Err(Error::DeployTooLarge { .. })
+        ));
+        assert_eq!(code_files(dir.path(), 200).expect("fits").len(), 1);
+    }
+
+    #[test]
+    fn a_missing_definition_names_its_path() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let missing = dir.path().join("nope.yaml");
+        let error = read_definition(&missing).expect_err("missing");
+        assert!(matches!(&error, Error::Io { path, .. } if *path == missing));
+        assert!(error.to_string().contains("nope.yaml"), "{error}");
+    }
+}

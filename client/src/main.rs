@@ -1,0 +1,558 @@
+//! `isoflowctl`: Isoflow's API from a shell, over [`isoflow_client::Client`].
+//!
+//! Output is plain lines, one item a line: tables with a header row, a run
+//! id alone where a script wants one (`RUN=$(isoflowctl start orders)`), a
+//! run's output as JSON on stdout (so `| jq` works) and progress on stderr.
+//!
+//! Exit codes: 0 done (a followed run succeeded); 1 a followed run
+//! (`start --wait`, `watch`) failed or was cancelled; 2 the command itself
+//! failed (bad flags, no connection, or the server refused it), after one
+//! line `error: <sentence>` on stderr.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow};
+use clap::{Parser, Subcommand};
+use isoflow_client::v1::run_update::Update;
+use isoflow_client::v1::{self, RunStatus, StepStatus};
+use isoflow_client::{Client, Error};
+use serde_json::Value;
+use tokio_stream::StreamExt;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "isoflowctl",
+    version,
+    about = "Talks to an Isoflow server: deploy integrations, start runs and follow them"
+)]
+struct Cli {
+    /// The server's gRPC address
+    #[arg(
+        long,
+        env = "ISOFLOW_SERVER",
+        default_value = "http://127.0.0.1:7700",
+        global = true
+    )]
+    server: String,
+    /// The API token; it names the tenant
+    #[arg(long, env = "ISOFLOW_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Deploy an integration definition, with every .js file under its folder
+    Deploy {
+        /// The definition (YAML or JSON)
+        file: PathBuf,
+    },
+    /// List integrations: the latest version of each
+    Integrations,
+    /// Start a run and print its id (with --wait: follow it, print its output)
+    Start {
+        integration: String,
+        /// The version to run [default: the latest]
+        #[arg(long)]
+        version: Option<u32>,
+        /// The input: JSON text, @path to read it from a file, @- from stdin
+        #[arg(long, default_value = "null")]
+        input: String,
+        /// Follow the run: steps on stderr as they finish, then the output
+        /// on stdout; exit 1 if the run fails or is cancelled
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List runs, newest first
+    Runs {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Show a run: status, error and steps
+    Show { run_id: String },
+    /// Follow a run until it ends; exit 1 if it fails or is cancelled
+    Watch {
+        run_id: String,
+        /// Print the steps' log lines too
+        #[arg(long)]
+        logs: bool,
+    },
+    /// Print the output of a run that succeeded, as JSON
+    Output { run_id: String },
+    /// Cancel a run: steps in flight finish, no others start
+    Cancel { run_id: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match result {
+        Ok(code) => code,
+        // `isoflowctl runs | head`: the reader has all it wants.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Every error here is one sentence that says its cause.
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // An empty ISOFLOW_TOKEN is no token, as an unset one.
+    let token = cli.token.as_deref().filter(|token| !token.is_empty());
+    let client = Client::connect(&cli.server, token).await?;
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Deploy { file } => {
+            let integration = client.deploy_file(&file).await?;
+            deployed(&mut out, &integration)?;
+        }
+        Command::Integrations => {
+            let integrations = client.integrations().await?;
+            if integrations.is_empty() {
+                eprintln!("no integrations");
+            } else {
+                integrations_table(&mut out, &integrations)?;
+            }
+        }
+        Command::Start {
+            integration,
+            version,
+            input,
+            wait,
+        } => {
+            let input = read_input(&input)?;
+            let run = client.start_run_json(&integration, version, input).await?;
+            if !wait {
+                writeln!(out, "{}", run.run_id)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!(
+                "run {} of {} version {}",
+                run.run_id, run.integration, run.version
+            );
+            let run = follow(&client, &run.run_id, false, &mut std::io::stderr()).await?;
+            if run.status() == RunStatus::Succeeded {
+                let output = client.output(&run.run_id).await?;
+                writeln!(out, "{}", pretty(&output))?;
+            }
+            return Ok(outcome(&run));
+        }
+        Command::Runs { limit } => {
+            let runs = client.runs(Some(limit)).await?;
+            if runs.is_empty() {
+                eprintln!("no runs");
+            } else {
+                runs_table(&mut out, &runs)?;
+            }
+        }
+        Command::Show { run_id } => {
+            let run = client.run(&run_id).await?;
+            show(&mut out, &run)?;
+        }
+        Command::Watch { run_id, logs } => {
+            let run = follow(&client, &run_id, logs, &mut out).await?;
+            return Ok(outcome(&run));
+        }
+        Command::Output { run_id } => {
+            let output = client.output(&run_id).await?;
+            writeln!(out, "{}", pretty(&output))?;
+        }
+        Command::Cancel { run_id } => {
+            let run = client.cancel(&run_id).await?;
+            writeln!(out, "run {} {}", run.run_id, status_word(run.status()))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--input`: JSON text, `@path` for a file holding it, `@-` for stdin.
+/// Checked here, so that a typo is caught before a run starts, and sent as
+/// written.
+fn read_input(arg: &str) -> anyhow::Result<Vec<u8>> {
+    let (bytes, origin) = match arg.strip_prefix('@') {
+        Some("-") => {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)
+                .map_err(|e| anyhow!("cannot read the input from stdin: {e}"))?;
+            (bytes, "the input on stdin".to_owned())
+        }
+        Some(path) => (
+            std::fs::read(path).map_err(|e| anyhow!("cannot read input file {path}: {e}"))?,
+            format!("input file {path}"),
+        ),
+        None => (arg.as_bytes().to_vec(), "--input".to_owned()),
+    };
+    serde_json::from_slice::<Value>(&bytes)
+        .map_err(|e| anyhow!("{origin} is not valid JSON: {e}"))?;
+    Ok(bytes)
+}
+
+/// Prints a run's updates to `out` until it ends (the steps so far first),
+/// and returns it as it ended. The run's error, if any, goes to stderr.
+async fn follow(
+    client: &Client,
+    run_id: &str,
+    logs: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<v1::Run> {
+    let mut updates = client.watch(run_id, logs).await?;
+    while let Some(update) = updates.next().await {
+        match update?.update {
+            Some(Update::Step(step)) => writeln!(out, "{}", step_line(&step))?,
+            Some(Update::Log(log)) => writeln!(out, "{}", log_line(&log))?,
+            Some(Update::Finished(run)) => {
+                writeln!(
+                    out,
+                    "run {} {} in {}",
+                    run.run_id,
+                    status_word(run.status()),
+                    millis(run.updated_at_ms.saturating_sub(run.created_at_ms))
+                )?;
+                if !run.error.is_empty() {
+                    eprintln!("error: {}", run.error);
+                }
+                return Ok(run);
+            }
+            None => {}
+        }
+    }
+    Err(Error::WatchEnded {
+        run_id: run_id.to_owned(),
+    }
+    .into())
+}
+
+fn outcome(run: &v1::Run) -> ExitCode {
+    if run.status() == RunStatus::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn step_line(step: &v1::Step) -> String {
+    let mut line = format!("step {:<24} {:<9}", step.step_key, step_word(step.status()));
+    if step.status() != StepStatus::Skipped {
+        line.push_str(&format!(" {:>10}", step_duration(step)));
+    }
+    if step.attempts > 1 {
+        line.push_str(&format!("  attempt {}", step.attempts));
+    }
+    if !step.error.is_empty() {
+        line.push_str(&format!("  {}", step.error));
+    }
+    line
+}
+
+fn log_line(log: &v1::LogLine) -> String {
+    format!(
+        "log  {:<24} {:<5} {}  {}",
+        log.step_key,
+        log.level,
+        timestamp(log.time_ms),
+        log.message
+    )
+}
+
+fn deployed(out: &mut impl Write, integration: &v1::Integration) -> std::io::Result<()> {
+    if integration.created {
+        writeln!(
+            out,
+            "deployed {} version {}",
+            integration.name, integration.version
+        )
+    } else {
+        writeln!(
+            out,
+            "unchanged {} version {}: already deployed with this definition",
+            integration.name, integration.version
+        )
+    }
+}
+
+fn integrations_table(
+    out: &mut impl Write,
+    integrations: &[v1::Integration],
+) -> std::io::Result<()> {
+    writeln!(out, "{:<32} {:>7}  {:<24}", "NAME", "VERSION", "DEPLOYED")?;
+    for integration in integrations {
+        writeln!(
+            out,
+            "{:<32} {:>7}  {:<24}",
+            integration.name,
+            integration.version,
+            timestamp(integration.deployed_at_ms)
+        )?;
+    }
+    Ok(())
+}
+
+fn runs_table(out: &mut impl Write, runs: &[v1::Run]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<36}  {:<24} {:>7}  {:<9}  {:<24} {:>10}",
+        "RUN", "INTEGRATION", "VERSION", "STATUS", "CREATED", "DURATION"
+    )?;
+    for run in runs {
+        let duration = if is_finished(run.status()) {
+            millis(run.updated_at_ms.saturating_sub(run.created_at_ms))
+        } else {
+            "-".to_owned()
+        };
+        writeln!(
+            out,
+            "{:<36}  {:<24} {:>7}  {:<9}  {:<24} {:>10}",
+            run.run_id,
+            run.integration,
+            run.version,
+            status_word(run.status()),
+            timestamp(run.created_at_ms),
+            duration
+        )?;
+    }
+    Ok(())
+}
+
+fn show(out: &mut impl Write, run: &v1::Run) -> std::io::Result<()> {
+    writeln!(out, "run         {}", run.run_id)?;
+    writeln!(
+        out,
+        "integration {} version {}",
+        run.integration, run.version
+    )?;
+    writeln!(out, "status      {}", status_word(run.status()))?;
+    writeln!(out, "created     {}", timestamp(run.created_at_ms))?;
+    writeln!(out, "updated     {}", timestamp(run.updated_at_ms))?;
+    if !run.error.is_empty() {
+        writeln!(out, "error       {}", run.error)?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<32} {:<9} {:>8} {:>10} {:>12}",
+        "STEP", "STATUS", "ATTEMPTS", "DURATION", "OUTPUT"
+    )?;
+    for step in &run.steps {
+        let output = step
+            .output_bytes
+            .map_or_else(|| "-".to_owned(), |b| format!("{b} B"));
+        writeln!(
+            out,
+            "{:<32} {:<9} {:>8} {:>10} {:>12}",
+            step.step_key,
+            step_word(step.status()),
+            step.attempts,
+            step_duration(step),
+            output
+        )?;
+    }
+    for step in run.steps.iter().filter(|step| !step.error.is_empty()) {
+        writeln!(out, "  {}: {}", step.step_key, step.error)?;
+    }
+    Ok(())
+}
+
+fn pretty(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+}
+
+fn is_finished(status: RunStatus) -> bool {
+    matches!(
+        status,
+        RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled
+    )
+}
+
+fn status_word(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::Unspecified => "unknown",
+        RunStatus::Pending => "pending",
+        RunStatus::Running => "running",
+        RunStatus::Succeeded => "succeeded",
+        RunStatus::Failed => "failed",
+        RunStatus::Cancelled => "cancelled",
+    }
+}
+
+fn step_word(status: StepStatus) -> &'static str {
+    match status {
+        StepStatus::Unspecified => "unknown",
+        StepStatus::Succeeded => "ok",
+        StepStatus::Failed => "failed",
+        StepStatus::Skipped => "skipped",
+    }
+}
+
+fn step_duration(step: &v1::Step) -> String {
+    millis(step.finished_at_ms.saturating_sub(step.started_at_ms))
+}
+
+fn millis(ms: u64) -> String {
+    format!("{ms} ms")
+}
+
+fn timestamp(ms: u64) -> String {
+    if ms == 0 {
+        return "-".to_owned();
+    }
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn start_takes_a_version_beside_the_binarys_own_version_flag() {
+        let cli = Cli::try_parse_from([
+            "isoflowctl",
+            "--server",
+            "http://node:7700",
+            "start",
+            "orders",
+            "--version",
+            "3",
+            "--input",
+            r#"{"a":1}"#,
+            "--wait",
+        ])
+        .expect("valid command line");
+        assert_eq!(cli.server, "http://node:7700");
+        let Command::Start {
+            integration,
+            version,
+            input,
+            wait,
+        } = cli.command
+        else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(
+            (integration.as_str(), version, input.as_str(), wait),
+            ("orders", Some(3), r#"{"a":1}"#, true)
+        );
+    }
+
+    #[test]
+    fn input_is_checked_and_sent_as_written() {
+        assert_eq!(
+            read_input(r#"{"n": 12345678901234567890123}"#).expect("valid"),
+            br#"{"n": 12345678901234567890123}"#
+        );
+        let error = read_input("{oops").expect_err("not JSON");
+        assert!(
+            error.to_string().starts_with("--input is not valid JSON"),
+            "{error}"
+        );
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("input.json");
+        std::fs::write(&path, "[1, 2]").expect("write");
+        assert_eq!(
+            read_input(&format!("@{}", path.display())).expect("valid"),
+            b"[1, 2]"
+        );
+        let missing = format!("@{}", dir.path().join("nope.json").display());
+        let error = read_input(&missing).expect_err("missing");
+        assert!(
+            error.to_string().starts_with("cannot read input file"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn show_prints_status_error_and_one_line_per_step() {
+        let run = v1::Run {
+            run_id: "r-1".to_owned(),
+            integration: "orders".to_owned(),
+            version: 2,
+            status: RunStatus::Failed.into(),
+            created_at_ms: 1_700_000_000_000,
+            updated_at_ms: 1_700_000_000_500,
+            error: "step \"post\": HTTP 500".to_owned(),
+            steps: vec![
+                v1::Step {
+                    step_key: "fetch".to_owned(),
+                    status: StepStatus::Succeeded.into(),
+                    attempts: 1,
+                    started_at_ms: 1_700_000_000_000,
+                    finished_at_ms: 1_700_000_000_120,
+                    output_bytes: Some(42),
+                    ..v1::Step::default()
+                },
+                v1::Step {
+                    step_key: "post".to_owned(),
+                    status: StepStatus::Failed.into(),
+                    attempts: 3,
+                    error: "HTTP 500".to_owned(),
+                    ..v1::Step::default()
+                },
+            ],
+            ..v1::Run::default()
+        };
+        let mut out = Vec::new();
+        show(&mut out, &run).expect("writes to memory");
+        let text = String::from_utf8(out).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[2], "status      failed");
+        assert!(lines.contains(&"error       step \"post\": HTTP 500"));
+        let fetch = lines
+            .iter()
+            .find(|l| l.starts_with("fetch "))
+            .expect("a fetch row");
+        assert!(
+            fetch.contains(" ok ") && fetch.contains("120 ms") && fetch.ends_with("42 B"),
+            "{fetch}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("post ") && l.contains(" failed "))
+        );
+        assert_eq!(lines.last(), Some(&"  post: HTTP 500"));
+    }
+
+    #[test]
+    fn a_step_line_says_attempts_and_error_only_when_there_are_some() {
+        let ok = v1::Step {
+            step_key: "fetch".to_owned(),
+            status: StepStatus::Succeeded.into(),
+            attempts: 1,
+            started_at_ms: 10,
+            finished_at_ms: 25,
+            ..v1::Step::default()
+        };
+        assert_eq!(
+            step_line(&ok).split_whitespace().collect::<Vec<_>>(),
+            ["step", "fetch", "ok", "15", "ms"]
+        );
+        let failed = v1::Step {
+            status: StepStatus::Failed.into(),
+            attempts: 3,
+            error: "timed out".to_owned(),
+            ..ok
+        };
+        assert!(step_line(&failed).ends_with("attempt 3  timed out"));
+    }
+}
