@@ -7,6 +7,10 @@
 //! store in the data directory (`--data-dir`, `ISOFLOW_DATA_DIR`, or
 //! `~/.local/share/isoflow`).
 //!
+//! `serve` runs a node: `--role all` (the default) is everything in one
+//! process with a gRPC API; `coordinator` and `worker` make a cluster with
+//! etcd (see `server.rs`).
+//!
 //! `main` reads the environment once (data directory, credentials) and
 //! passes it down. Where to look next: `commands.rs` for the run commands,
 //! `eval.rs` for `eval`, and the `isoflow-engine` crate for everything they
@@ -18,7 +22,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod commands;
+mod config;
 mod eval;
+mod server;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -78,6 +84,8 @@ enum Command {
     },
     /// Run one code step's JavaScript in the sandbox and print its output
     Eval(eval::Args),
+    /// Serve the API as a coordinator, a worker, or both in one process
+    Serve(config::Flags),
 }
 
 fn main() -> ExitCode {
@@ -99,6 +107,7 @@ fn main() -> ExitCode {
             let env = commands::Env::from_process(store.data_dir, store.tenant)?;
             commands::resume(env).await
         }),
+        Command::Serve(flags) => serve(&flags),
     };
     match result {
         Ok(code) => code,
@@ -107,6 +116,39 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `isoflow serve`: until SIGINT or SIGTERM, then a graceful stop.
+fn serve(flags: &config::Flags) -> anyhow::Result<ExitCode> {
+    let env: std::collections::HashMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("ISOFLOW_"))
+        .collect();
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let config = config::Config::load(flags, &env)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    with_runtime(|| async move {
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("a SIGTERM handler can be installed");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("stopping: in-flight steps finish and are checkpointed");
+            let _ = stop_tx.send(true);
+        });
+        server::serve(config, home, stop).await?;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn with_runtime<F, Fut>(f: F) -> anyhow::Result<ExitCode>

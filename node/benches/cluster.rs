@@ -1,0 +1,300 @@
+//! Cluster benchmark: the seed integration through real processes.
+//!
+//! `cargo bench -p isoflow-node --bench cluster` prints, for an `all` node
+//! (one process, no etcd) and for a cluster (etcd + 1 coordinator + 2
+//! workers), all on this machine and driven through the public API with the
+//! Rust client:
+//! - sequential runs (start, then wait for the end): p50, p99, runs/s;
+//! - 16 runs in flight: runs/s, p50, p99;
+//! - failover: a run held inside an http step, its worker SIGKILLed, the
+//!   time until the step runs again on the other worker (5 times).
+//!
+//! The HTTP endpoints run in this process (loopback). `--runs N` changes
+//! the number of sequential runs (default 300; twice as many concurrently).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use isoflow_client::Client;
+use isoflow_proto::v1;
+use isoflow_testkit::etcd::Etcd;
+use isoflow_testkit::process::Process;
+use isoflow_testkit::{Gate, HttpFixture, Reply, Responder, free_port};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "bench-api-token-0123456789";
+const CLUSTER_TOKEN: &str = "bench-cluster-token-0123456789";
+const ERP_TOKEN: &str = "erp-bench-token";
+const LONG: Duration = Duration::from_secs(120);
+
+const HELD: &str = r#"
+apiVersion: isoflow.dev/v1
+name: held
+version: 1
+steps:
+  - id: hold
+    type: http
+    method: POST
+    url: "{{ input.base }}/hold"
+    body: { "x": 1 }
+    timeout: 300s
+"#;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let runs = args
+        .iter()
+        .position(|a| a == "--runs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(300);
+    let fixture = HttpFixture::start();
+    fixture.serve_seed(ERP_TOKEN);
+    let seed = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/integrations/seed.yaml"),
+    )
+    .expect("the seed integration");
+    let input = json!({
+        "export_url": fixture.url("/orders.xml"),
+        "target_url": fixture.url("/erp/orders"),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+
+    {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let port = free_port();
+        let config = write(
+            dir.path(),
+            "all",
+            &format!(
+                "role = \"all\"\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n[[credentials]]\ntenant = \"local\"\nname = \"erp-api\"\ntoken = \"{ERP_TOKEN}\"\n",
+                dir.path().join("data").display()
+            ),
+        );
+        let mut node = spawn(&config);
+        node.wait_for_stderr_line(LONG, |l| l.contains("listening on"));
+        runtime.block_on(async {
+            let client = Client::connect(&format!("http://127.0.0.1:{port}"), None)
+                .await
+                .expect("connects");
+            measure("all (1 process)", &client, &seed, &input, runs).await;
+        });
+    }
+
+    let etcd = Etcd::start().expect("etcd starts");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let port = free_port();
+    let common = format!(
+        "[auth]\ncluster_token = \"{CLUSTER_TOKEN}\"\n[etcd]\nendpoints = [\"{}\"]\nlease_ttl = \"2s\"\n[cluster]\nheartbeat_interval = \"200ms\"\nheartbeat_timeout = \"1s\"\n",
+        etcd.endpoint()
+    );
+    let coordinator_config = write(
+        dir.path(),
+        "coordinator",
+        &format!(
+            "role = \"coordinator\"\nnode_id = \"coordinator\"\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n{common}[[auth.tokens]]\ntenant = \"local\"\ntoken = \"{TOKEN}\"\n",
+            dir.path().join("data").display()
+        ),
+    );
+    let mut coordinator = spawn(&coordinator_config);
+    coordinator.wait_for_stderr_line(LONG, |l| l.contains("listening on"));
+    let mut workers = Vec::new();
+    let spawn_worker = |i: usize| {
+        let config = write(
+            dir.path(),
+            &format!("worker-{i}"),
+            &format!(
+                "role = \"worker\"\nnode_id = \"worker-{i}\"\n{common}[worker]\ncapacity = 16\n[[credentials]]\ntenant = \"local\"\nname = \"erp-api\"\ntoken = \"{ERP_TOKEN}\"\n"
+            ),
+        );
+        let mut worker = spawn(&config);
+        worker.wait_for_stderr_line(LONG, |l| l.contains("connected"));
+        worker
+    };
+    workers.push(spawn_worker(1));
+    workers.push(spawn_worker(2));
+    let api = format!("http://127.0.0.1:{port}");
+    runtime.block_on(async {
+        let client = Client::connect(&api, Some(TOKEN)).await.expect("connects");
+        measure(
+            "cluster (1 coordinator + 2 workers)",
+            &client,
+            &seed,
+            &input,
+            runs,
+        )
+        .await;
+    });
+
+    // Failover: a held run, its worker killed, until the step runs again.
+    let gate = Gate::new();
+    fixture.route(
+        "POST",
+        "/hold",
+        Responder::Hold(gate.clone(), Reply::json(200, &json!({}))),
+    );
+    let mut next_worker = 3;
+    let mut times = Vec::new();
+    runtime.block_on(async {
+        let client = Client::connect(&api, Some(TOKEN)).await.expect("connects");
+        client
+            .deploy(HELD, "held.yaml", Default::default())
+            .await
+            .expect("deploys");
+        for _ in 0..5 {
+            let before = fixture.count("POST", "/hold");
+            client
+                .start_run("held", None, &json!({ "base": fixture.url("") }))
+                .await
+                .expect("starts");
+            assert!(fixture.wait_for_count("POST", "/hold", before + 1, LONG));
+            let victim = workers.remove(0);
+            let killed = Instant::now();
+            drop(victim.kill());
+            assert!(
+                fixture.wait_for_count("POST", "/hold", before + 2, LONG),
+                "the run did not resume"
+            );
+            times.push(killed.elapsed());
+            // Keep two workers: start a fresh one for the next round.
+            workers.push(spawn_worker(next_worker));
+            next_worker += 1;
+        }
+    });
+    // A hung worker (SIGSTOP): its connection stays open, so only the
+    // heartbeat time-out (or the lease) tells the coordinator.
+    let mut hung = Vec::new();
+    runtime.block_on(async {
+        let client = Client::connect(&api, Some(TOKEN)).await.expect("connects");
+        for _ in 0..3 {
+            let before = fixture.count("POST", "/hold");
+            client
+                .start_run("held", None, &json!({ "base": fixture.url("") }))
+                .await
+                .expect("starts");
+            assert!(fixture.wait_for_count("POST", "/hold", before + 1, LONG));
+            let victim = workers.remove(0);
+            let stopped = Instant::now();
+            victim.signal("STOP");
+            assert!(
+                fixture.wait_for_count("POST", "/hold", before + 2, LONG),
+                "the run did not resume"
+            );
+            hung.push(stopped.elapsed());
+            drop(victim.kill());
+            workers.push(spawn_worker(next_worker));
+            next_worker += 1;
+        }
+    });
+    gate.release();
+    times.sort();
+    hung.sort();
+    println!(
+        "failover after SIGKILL of a worker (5 times): median {}  max {}  \
+         (from the kill to the held step starting again on another worker; the closed connection tells the coordinator)",
+        ms(times[times.len() / 2]),
+        ms(times[times.len() - 1]),
+    );
+    println!(
+        "failover after SIGSTOP of a worker (3 times, heartbeat 200 ms, time-out 1 s, lease TTL 2 s): median {}  max {}",
+        ms(hung[hung.len() / 2]),
+        ms(hung[hung.len() - 1]),
+    );
+    drop(workers);
+    drop(coordinator);
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("write a config");
+    path
+}
+
+fn spawn(config: &Path) -> Process {
+    Process::spawn(
+        Command::new(env!("CARGO_BIN_EXE_isoflow"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn,isoflow_node=info"),
+    )
+}
+
+async fn one_run(client: &Client, input: &Value) -> Duration {
+    let start = Instant::now();
+    let run = client
+        .start_run("orders-to-erp", None, input)
+        .await
+        .expect("starts");
+    let ended = client.wait(&run.run_id).await.expect("ends");
+    assert_eq!(
+        ended.status,
+        v1::RunStatus::Succeeded as i32,
+        "{}",
+        ended.error
+    );
+    start.elapsed()
+}
+
+async fn measure(label: &str, client: &Client, seed: &str, input: &Value, runs: usize) {
+    client
+        .deploy(seed, "seed.yaml", Default::default())
+        .await
+        .expect("deploys");
+    for _ in 0..20 {
+        one_run(client, input).await;
+    }
+    let mut times = Vec::with_capacity(runs);
+    let start = Instant::now();
+    for _ in 0..runs {
+        times.push(one_run(client, input).await);
+    }
+    let wall = start.elapsed();
+    report(&format!("{label}, sequential"), runs, &mut times, wall);
+
+    let in_flight = 16;
+    let total = runs * 2;
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    let mut started = 0;
+    let mut times = Vec::with_capacity(total);
+    while started < in_flight.min(total) {
+        let (client, input) = (client.clone(), input.clone());
+        set.spawn(async move { one_run(&client, &input).await });
+        started += 1;
+    }
+    while let Some(done) = set.join_next().await {
+        times.push(done.expect("a run task"));
+        if started < total {
+            let (client, input) = (client.clone(), input.clone());
+            set.spawn(async move { one_run(&client, &input).await });
+            started += 1;
+        }
+    }
+    let wall = start.elapsed();
+    report(
+        &format!("{label}, {in_flight} in flight"),
+        total,
+        &mut times,
+        wall,
+    );
+}
+
+fn report(label: &str, runs: usize, times: &mut [Duration], wall: Duration) {
+    times.sort();
+    let p = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+    println!(
+        "seed 6 steps, {label}, {runs} runs: p50 {}  p99 {}  {:.0} runs/s",
+        ms(p(0.50)),
+        ms(p(0.99)),
+        runs as f64 / wall.as_secs_f64()
+    );
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}

@@ -1,0 +1,474 @@
+//! `isoflow serve`'s configuration: one serde tree, filled in layers:
+//! defaults → TOML file (`--config`) → `ISOFLOW_`-prefixed environment →
+//! command-line flags. `main` reads the environment once and passes it here
+//! as a map, so tests never touch the process environment.
+//!
+//! ```toml
+//! role = "coordinator"            # coordinator | worker | all
+//! node_id = "coordinator-a"
+//! data_dir = "/var/lib/isoflow"   # the coordinator's run store
+//!
+//! [api]
+//! listen = "0.0.0.0:7700"         # gRPC: the public API and the workers' API
+//! advertise = "http://10.0.0.5:7700"
+//!
+//! [auth]
+//! cluster_token = "..."           # what workers present to the coordinator
+//! [[auth.tokens]]                 # public API tokens, one tenant each
+//! tenant = "acme"
+//! token = "..."
+//!
+//! [etcd]
+//! endpoints = ["http://127.0.0.1:2379"]
+//! lease_ttl = "3s"
+//!
+//! [cluster]
+//! heartbeat_interval = "500ms"
+//! heartbeat_timeout = "2s"
+//!
+//! [worker]
+//! capacity = 16                   # runs at once
+//! # coordinator = "http://10.0.0.5:7700"   # instead of asking etcd
+//!
+//! [[credentials]]                 # what http steps' `credential` names
+//! tenant = "acme"
+//! name = "erp-api"
+//! token = "..."
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// What a node does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Owns the run store, serves the API, assigns runs to workers.
+    Coordinator,
+    /// Runs what the coordinator assigns; keeps no state.
+    Worker,
+    /// Everything in one process, no etcd: the embedded default.
+    All,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub role: Role,
+    /// This node's name in the cluster [default: the host name and process id].
+    pub node_id: Option<String>,
+    /// The run store's folder (coordinator and all).
+    pub data_dir: Option<PathBuf>,
+    pub api: Api,
+    pub auth: Auth,
+    pub etcd: Etcd,
+    pub cluster: Cluster,
+    pub worker: Worker,
+    pub credentials: Vec<Credential>,
+    /// The largest payload a run may take or produce.
+    pub max_payload_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            role: Role::All,
+            node_id: None,
+            data_dir: None,
+            api: Api::default(),
+            auth: Auth::default(),
+            etcd: Etcd::default(),
+            cluster: Cluster::default(),
+            worker: Worker::default(),
+            credentials: Vec::new(),
+            max_payload_bytes: 1 << 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Api {
+    /// Where the gRPC server listens (coordinator and all).
+    pub listen: SocketAddr,
+    /// The address other nodes reach this one at [default: http://<listen>].
+    pub advertise: Option<String>,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Api {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            advertise: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Public API tokens. With none, role `all` serves every caller as
+    /// tenant `local`; a coordinator refuses to start without one.
+    pub tokens: Vec<ApiToken>,
+    /// The token workers present to the coordinator (required in a cluster).
+    pub cluster_token: Option<String>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiToken {
+    pub tenant: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiToken")
+            .field("tenant", &self.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Etcd {
+    pub endpoints: Vec<String>,
+    /// Where this cluster's keys live, so clusters can share an etcd.
+    pub prefix: String,
+    /// How long a node's registration outlives its last keep-alive: a
+    /// killed worker's runs move to another worker after about this long
+    /// (or at once, when its connection to the coordinator drops).
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+}
+
+impl Default for Etcd {
+    fn default() -> Self {
+        Etcd {
+            endpoints: vec!["http://127.0.0.1:2379".to_owned()],
+            prefix: "/isoflow".to_owned(),
+            lease_ttl: Duration::from_secs(3),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// How often workers and coordinator tell each other they are there.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Silence after which the other side is taken for gone.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            heartbeat_interval: Duration::from_millis(500),
+            heartbeat_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Worker {
+    /// Runs a worker (or an `all` node) runs at once; more wait in order.
+    pub capacity: u32,
+    /// The coordinator's address; without it, the elected leader in etcd.
+    pub coordinator: Option<String>,
+}
+
+impl Default for Worker {
+    fn default() -> Self {
+        Worker {
+            capacity: 16,
+            coordinator: None,
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credential {
+    pub tenant: String,
+    pub name: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("tenant", &self.tenant)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `serve`'s flags: the last layer.
+#[derive(Debug, Default, clap::Args)]
+pub struct Flags {
+    /// A TOML configuration file
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// coordinator, worker or all [default: all]
+    #[arg(long, value_enum)]
+    pub role: Option<Role>,
+    /// Where the gRPC server listens, e.g. 127.0.0.1:7700
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// etcd endpoints, comma-separated
+    #[arg(long, value_delimiter = ',')]
+    pub etcd: Option<Vec<String>>,
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// The run store's folder
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Builds the configuration from its layers; `env` is the process
+    /// environment (only `ISOFLOW_*` variables are read).
+    pub fn load(flags: &Flags, env: &HashMap<String, String>) -> anyhow::Result<Config> {
+        let mut config = match &flags.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply_env(env)?;
+        if let Some(role) = flags.role {
+            config.role = role;
+        }
+        if let Some(listen) = flags.listen {
+            config.api.listen = listen;
+        }
+        if let Some(endpoints) = &flags.etcd {
+            config.etcd.endpoints.clone_from(endpoints);
+        }
+        if let Some(id) = &flags.node_id {
+            config.node_id = Some(id.clone());
+        }
+        if let Some(dir) = &flags.data_dir {
+            config.data_dir = Some(dir.clone());
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+        toml::from_str(&text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|span| {
+                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    format!(":{line}")
+                })
+                .unwrap_or_default();
+            anyhow::anyhow!("{}{at}: {}", path.display(), e.message())
+        })
+    }
+
+    fn apply_env(&mut self, env: &HashMap<String, String>) -> anyhow::Result<()> {
+        let get = |name: &str| env.get(name).filter(|v| !v.is_empty());
+        if let Some(role) = get("ISOFLOW_ROLE") {
+            self.role = match role.as_str() {
+                "coordinator" => Role::Coordinator,
+                "worker" => Role::Worker,
+                "all" => Role::All,
+                other => bail!("ISOFLOW_ROLE is {other:?}: it must be coordinator, worker or all"),
+            };
+        }
+        if let Some(id) = get("ISOFLOW_NODE_ID") {
+            self.node_id = Some(id.clone());
+        }
+        if let Some(dir) = get("ISOFLOW_DATA_DIR") {
+            self.data_dir = Some(PathBuf::from(dir));
+        }
+        if let Some(listen) = get("ISOFLOW_LISTEN") {
+            self.api.listen = listen
+                .parse()
+                .with_context(|| format!("ISOFLOW_LISTEN is {listen:?}: not host:port"))?;
+        }
+        if let Some(advertise) = get("ISOFLOW_ADVERTISE") {
+            self.api.advertise = Some(advertise.clone());
+        }
+        if let Some(endpoints) = get("ISOFLOW_ETCD_ENDPOINTS") {
+            self.etcd.endpoints = endpoints.split(',').map(str::to_owned).collect();
+        }
+        if let Some(token) = get("ISOFLOW_CLUSTER_TOKEN") {
+            self.auth.cluster_token = Some(token.clone());
+        }
+        if let Some(tokens) = get("ISOFLOW_API_TOKENS") {
+            // tenant=token,tenant=token
+            for pair in tokens.split(',') {
+                let Some((tenant, token)) = pair.split_once('=') else {
+                    bail!("ISOFLOW_API_TOKENS must be tenant=token pairs separated by commas");
+                };
+                self.auth.tokens.push(ApiToken {
+                    tenant: tenant.to_owned(),
+                    token: token.to_owned(),
+                });
+            }
+        }
+        if let Some(coordinator) = get("ISOFLOW_COORDINATOR") {
+            self.worker.coordinator = Some(coordinator.clone());
+        }
+        if let Some(capacity) = get("ISOFLOW_WORKER_CAPACITY") {
+            self.worker.capacity = capacity.parse().with_context(|| {
+                format!("ISOFLOW_WORKER_CAPACITY is {capacity:?}: not a whole number")
+            })?;
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.worker.capacity == 0 {
+            bail!("worker.capacity is 0: a node must take at least one run at a time");
+        }
+        if self.cluster.heartbeat_timeout <= self.cluster.heartbeat_interval {
+            bail!("cluster.heartbeat_timeout must be longer than cluster.heartbeat_interval");
+        }
+        if self.role != Role::All {
+            if self.auth.cluster_token.as_deref().is_none_or(str::is_empty) {
+                bail!(
+                    "a {} needs auth.cluster_token (or ISOFLOW_CLUSTER_TOKEN): every call between nodes is authenticated",
+                    self.role_name()
+                );
+            }
+            if self.etcd.endpoints.is_empty() && self.worker.coordinator.is_none() {
+                bail!("etcd.endpoints is empty: a cluster node needs etcd");
+            }
+        }
+        if self.role == Role::Coordinator && self.auth.tokens.is_empty() {
+            bail!(
+                "a coordinator needs at least one API token (auth.tokens or ISOFLOW_API_TOKENS): every API call in a cluster is authenticated"
+            );
+        }
+        for token in &self.auth.tokens {
+            if token.token.len() < 16 {
+                bail!(
+                    "the API token of tenant {:?} is shorter than 16 characters",
+                    token.tenant
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn role_name(&self) -> &'static str {
+        match self.role {
+            Role::Coordinator => "coordinator",
+            Role::Worker => "worker",
+            Role::All => "all-in-one node",
+        }
+    }
+
+    /// This node's id: configured, or host name and process id.
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "node".to_owned());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+
+    /// How other nodes reach this one.
+    pub fn advertise(&self) -> String {
+        self.api
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.api.listen))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("isoflow.toml");
+        std::fs::write(
+            &file,
+            "role = \"worker\"\nnode_id = \"from-file\"\n[auth]\ncluster_token = \"file-token\"\n[worker]\ncapacity = 4\n[cluster]\nheartbeat_interval = \"250ms\"\n",
+        )
+        .expect("write");
+        let flags = Flags {
+            config: Some(file),
+            node_id: Some("from-flag".into()),
+            ..Flags::default()
+        };
+        let config = Config::load(
+            &flags,
+            &env(&[
+                ("ISOFLOW_WORKER_CAPACITY", "8"),
+                ("ISOFLOW_NODE_ID", "from-env"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(config.role, Role::Worker);
+        assert_eq!(config.worker.capacity, 8, "env beats the file");
+        assert_eq!(
+            config.node_id.as_deref(),
+            Some("from-flag"),
+            "flags beat env"
+        );
+        assert_eq!(
+            config.cluster.heartbeat_interval,
+            Duration::from_millis(250)
+        );
+        assert_eq!(config.auth.cluster_token.as_deref(), Some("file-token"));
+    }
+
+    #[test]
+    fn bad_files_and_values_say_what_and_where() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("isoflow.toml");
+        std::fs::write(&file, "role = \"all\"\n\n[worker]\ncapacty = 4\n").expect("write");
+        let flags = Flags {
+            config: Some(file),
+            ..Flags::default()
+        };
+        let error = Config::load(&flags, &HashMap::new())
+            .expect_err("unknown field")
+            .to_string();
+        assert!(
+            error.contains("isoflow.toml:4: unknown field `capacty`"),
+            "{error}"
+        );
+
+        let error = Config::load(&Flags::default(), &env(&[("ISOFLOW_ROLE", "boss")]))
+            .expect_err("bad role")
+            .to_string();
+        assert!(error.contains("ISOFLOW_ROLE is \"boss\""), "{error}");
+
+        let error = Config::load(
+            &Flags::default(),
+            &env(&[
+                ("ISOFLOW_ROLE", "coordinator"),
+                ("ISOFLOW_CLUSTER_TOKEN", "x"),
+            ]),
+        )
+        .expect_err("no api token")
+        .to_string();
+        assert!(error.contains("at least one API token"), "{error}");
+    }
+}

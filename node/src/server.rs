@@ -1,0 +1,223 @@
+//! `isoflow serve`: a node of a cluster, or the whole of one.
+//!
+//! - `all`: one process, no etcd. The coordinator's API with this process's
+//!   own engine as its only worker.
+//! - `coordinator`: registers in etcd and campaigns; once it leads, opens
+//!   the run store, serves the public API and the workers' API, queues and
+//!   assigns runs, and stores every checkpoint workers report. A standby
+//!   waits in the election and opens the store only when it leads.
+//! - `worker`: registers in etcd, finds the leader, takes runs.
+//!
+//! Where to look next: `server/coordinator.rs` (assignments, checkpoints),
+//! `server/cluster.rs` (the coordinator's side of a worker's stream),
+//! `server/worker.rs` (the worker's side), `server/api.rs` (the public API),
+//! `server/etcd.rs` (membership and election).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use isoflow_engine::run::{Engine, EngineConfig, Secret, StaticCredentials};
+use isoflow_engine::store::{Store, StoreConfig};
+use isoflow_proto::MAX_MESSAGE_BYTES;
+use isoflow_proto::v1::cluster_server::ClusterServer;
+use isoflow_proto::v1::isoflow_server::IsoflowServer;
+use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
+
+use crate::config::{Config, Role};
+
+pub mod api;
+pub mod auth;
+pub mod cluster;
+pub mod convert;
+pub mod coordinator;
+pub mod etcd;
+pub mod payload;
+pub mod worker;
+
+use coordinator::Coordinator;
+
+/// How long in-flight steps get to finish when a node is asked to stop.
+const GRACE: Duration = Duration::from_secs(10);
+
+fn engine_config(config: &Config, data_dir: &std::path::Path) -> EngineConfig {
+    let mut engine = EngineConfig::new(data_dir);
+    let mut credentials = StaticCredentials::default();
+    for credential in &config.credentials {
+        credentials.0.insert(
+            (credential.tenant.clone(), credential.name.clone()),
+            Secret::new(credential.token.clone()),
+        );
+    }
+    engine.credentials = Arc::new(credentials);
+    engine.max_payload_bytes = config.max_payload_bytes;
+    engine
+}
+
+fn data_dir(config: &Config, home: Option<&std::path::Path>) -> anyhow::Result<std::path::PathBuf> {
+    match (&config.data_dir, home) {
+        (Some(dir), _) => Ok(dir.clone()),
+        (None, Some(home)) => Ok(home.join(".local/share/isoflow")),
+        (None, None) => {
+            anyhow::bail!("neither data_dir, --data-dir, ISOFLOW_DATA_DIR nor HOME is set")
+        }
+    }
+}
+
+/// Serves until `stop` turns true.
+pub async fn serve(
+    config: Config,
+    home: Option<std::path::PathBuf>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let id = config.node_id();
+    match config.role {
+        Role::All => {
+            let dir = data_dir(&config, home.as_deref())?;
+            let store = Arc::new(Store::open(&StoreConfig::new(&dir))?);
+            let coordinator = Coordinator::new(id, store.clone(), config.max_payload_bytes)?;
+            let engine = Engine::with_store(engine_config(&config, &dir), Some(store)).await?;
+            coordinator.add_local(config.worker.capacity, engine.clone());
+            let served = serve_grpc(&config, coordinator, None, stop).await;
+            engine.shutdown(GRACE).await;
+            served
+        }
+        Role::Coordinator => {
+            let etcd = etcd::Etcd::connect(
+                &config.etcd.endpoints,
+                &config.etcd.prefix,
+                config.etcd.lease_ttl,
+            )
+            .await;
+            let address = config.advertise();
+            let mut lease = etcd.register(etcd.coordinator_key(&id), address.clone());
+            let granted = loop {
+                if let Some(lease) = *lease.borrow_and_update() {
+                    break lease;
+                }
+                lease.changed().await.context("etcd registration stopped")?;
+            };
+            tracing::info!(node = %id, "waiting to lead");
+            etcd.campaign(&address, granted).await?;
+            tracing::info!(node = %id, %address, "leading: opening the run store");
+            let dir = data_dir(&config, home.as_deref())?;
+            let store = Arc::new(Store::open(&StoreConfig::new(&dir))?);
+            let coordinator = Coordinator::new(id.clone(), store, config.max_payload_bytes)?;
+            etcd.watch_workers(coordinator.clone());
+            let cluster_token = config.auth.cluster_token.clone().unwrap_or_default();
+            let lost = async move {
+                // Leadership lasts as long as the lease it was won with.
+                loop {
+                    if lease.changed().await.is_err() {
+                        return;
+                    }
+                    if *lease.borrow() != Some(granted) {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                served = serve_grpc(&config, coordinator, Some(cluster_token), stop) => served,
+                () = lost => anyhow::bail!("lost leadership: the etcd lease it was won with expired; stopping so that a restart campaigns again"),
+            }
+        }
+        Role::Worker => {
+            let dir = std::env::temp_dir();
+            let engine = Engine::with_store(engine_config(&config, &dir), None).await?;
+            let discovery: Box<dyn worker::Discovery> = match &config.worker.coordinator {
+                Some(address) => Box::new(worker::Fixed(address.clone())),
+                None => {
+                    let etcd = etcd::Etcd::connect(
+                        &config.etcd.endpoints,
+                        &config.etcd.prefix,
+                        config.etcd.lease_ttl,
+                    )
+                    .await;
+                    let _registered = etcd.register(
+                        etcd.worker_key(&id),
+                        format!("{{\"capacity\":{}}}", config.worker.capacity),
+                    );
+                    Box::new(EtcdDiscovery(etcd))
+                }
+            };
+            let node = worker::WorkerNode {
+                id,
+                capacity: config.worker.capacity,
+                engine,
+                token: auth::AddToken::new(
+                    config.auth.cluster_token.as_deref().unwrap_or_default(),
+                )?,
+                discovery,
+                max_payload_bytes: config.max_payload_bytes,
+                heartbeat_timeout: config.cluster.heartbeat_timeout,
+            };
+            node.run(stop).await;
+            Ok(())
+        }
+    }
+}
+
+struct EtcdDiscovery(etcd::Etcd);
+
+#[tonic::async_trait]
+impl worker::Discovery for EtcdDiscovery {
+    async fn coordinator(&self) -> anyhow::Result<String> {
+        self.0.leader().await
+    }
+}
+
+async fn serve_grpc(
+    config: &Config,
+    coordinator: Arc<Coordinator>,
+    cluster_token: Option<String>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.api.listen))?;
+    let address = listener.local_addr()?;
+    let tokens = config
+        .auth
+        .tokens
+        .iter()
+        .map(|t| (t.tenant.clone(), t.token.clone()));
+    let api = InterceptedService::new(
+        IsoflowServer::new(api::Api {
+            coordinator: coordinator.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        auth::ApiAuth::new(tokens),
+    );
+    let cluster = cluster_token.map(|token| {
+        InterceptedService::new(
+            ClusterServer::new(cluster::ClusterService {
+                coordinator: coordinator.clone(),
+                heartbeat_interval: config.cluster.heartbeat_interval,
+                heartbeat_timeout: config.cluster.heartbeat_timeout,
+            })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            auth::ClusterAuth::new(&token),
+        )
+    });
+    // The line scripts and tests wait for.
+    eprintln!(
+        "isoflow: {} {} listening on {address}",
+        config.role_name(),
+        coordinator.id
+    );
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(api)
+        .add_optional_service(cluster)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            },
+        )
+        .await?;
+    Ok(())
+}

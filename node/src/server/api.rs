@@ -1,0 +1,438 @@
+//! The public API (`isoflow.v1.Isoflow`), served by the coordinator (and by
+//! an `all` node). Every call runs as the tenant its token names.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use isoflow_engine::model;
+use isoflow_engine::run::inline_code;
+use isoflow_engine::store::{Deployed, IntegrationRecord, RunRecord, RunStatus, now_ms};
+use isoflow_proto::v1;
+use isoflow_proto::v1::isoflow_server::Isoflow;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::auth::Tenant;
+use super::convert;
+use super::coordinator::{CancelOutcome, Coordinator, UpdateKind};
+use super::payload;
+
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub coordinator: Arc<Coordinator>,
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<v1::PayloadChunk, Status>> + Send>>;
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<v1::RunUpdate, Status>> + Send>>;
+
+fn tenant<T>(request: &Request<T>) -> Result<String, Status> {
+    request
+        .extensions()
+        .get::<Tenant>()
+        .map(|t| t.0.clone())
+        .ok_or_else(|| Status::unauthenticated("the call carries no valid token"))
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    tracing::error!("{e}");
+    Status::internal(e.to_string())
+}
+
+/// Runs store calls off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(internal)?
+        .map_err(internal)
+}
+
+fn check_run_id(run_id: &str) -> Result<(), Status> {
+    if run_id.is_empty() {
+        return Err(Status::invalid_argument("run_id is empty"));
+    }
+    if run_id.contains('\0') {
+        return Err(Status::invalid_argument("run_id contains a NUL character"));
+    }
+    Ok(())
+}
+
+fn integration_message(
+    record: &IntegrationRecord,
+    with_definition: bool,
+    created: bool,
+) -> v1::Integration {
+    v1::Integration {
+        name: record.name.clone(),
+        version: record.version,
+        deployed_at_ms: record.deployed_at_ms,
+        definition_json: if with_definition {
+            record.definition.to_string()
+        } else {
+            String::new()
+        },
+        created,
+    }
+}
+
+impl Api {
+    fn run_or_not_found(&self, tenant: &str, run_id: &str) -> Result<RunRecord, Status> {
+        self.coordinator
+            .store
+            .run(tenant, run_id)
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("run {run_id} does not exist")))
+    }
+}
+
+#[tonic::async_trait]
+impl Isoflow for Api {
+    async fn deploy_integration(
+        &self,
+        request: Request<v1::DeployIntegrationRequest>,
+    ) -> Result<Response<v1::Integration>, Status> {
+        let tenant = tenant(&request)?;
+        let request = request.into_inner();
+        let file_name = if request.file_name.is_empty() {
+            "definition".to_owned()
+        } else {
+            request.file_name
+        };
+        let mut integration = model::load(&file_name, &request.source)
+            .map_err(|errors| Status::invalid_argument(errors.to_string()))?;
+        let files = request.files;
+        inline_code(&mut integration, |path| {
+            let name = path.to_string_lossy();
+            files
+                .get(name.as_ref())
+                .or_else(|| files.get(name.trim_start_matches("./")))
+                .cloned()
+                .ok_or_else(|| format!("code file {name:?} was not sent with the definition"))
+        })
+        .map_err(|e| Status::invalid_argument(format!("{file_name}: {e}")))?;
+        let record = IntegrationRecord {
+            name: integration.name.as_str().to_owned(),
+            version: integration.version.get(),
+            deployed_at_ms: now_ms(),
+            definition: serde_json::to_value(&integration).map_err(internal)?,
+        };
+        let store = self.coordinator.store.clone();
+        let tenant2 = tenant.clone();
+        let deployed = blocking(move || Ok(store.put_integration(&tenant2, record)?)).await?;
+        match deployed {
+            Deployed::Created(record) => {
+                tracing::info!(%tenant, name = %record.name, version = record.version, "integration deployed");
+                Ok(Response::new(integration_message(&record, true, true)))
+            }
+            Deployed::Unchanged(record) => {
+                Ok(Response::new(integration_message(&record, true, false)))
+            }
+            Deployed::Conflict(record) => Err(Status::already_exists(format!(
+                "integration {:?} version {} is already deployed with another definition: give the new definition a higher version",
+                record.name, record.version
+            ))),
+        }
+    }
+
+    async fn get_integration(
+        &self,
+        request: Request<v1::GetIntegrationRequest>,
+    ) -> Result<Response<v1::Integration>, Status> {
+        let tenant = tenant(&request)?;
+        let request = request.into_inner();
+        if request.name.is_empty() || request.name.contains('\0') {
+            return Err(Status::invalid_argument(
+                "name is empty or holds a NUL character",
+            ));
+        }
+        let version = (request.version != 0).then_some(request.version);
+        let store = self.coordinator.store.clone();
+        let name = request.name.clone();
+        let found = blocking(move || Ok(store.integration(&tenant, &name, version)?)).await?;
+        match found {
+            Some(record) => Ok(Response::new(integration_message(&record, true, false))),
+            None => Err(Status::not_found(match version {
+                Some(v) => format!("integration {:?} has no version {v}", request.name),
+                None => format!("integration {:?} is not deployed", request.name),
+            })),
+        }
+    }
+
+    async fn list_integrations(
+        &self,
+        request: Request<v1::ListIntegrationsRequest>,
+    ) -> Result<Response<v1::ListIntegrationsResponse>, Status> {
+        let tenant = tenant(&request)?;
+        let store = self.coordinator.store.clone();
+        let records = blocking(move || Ok(store.integrations(&tenant)?)).await?;
+        Ok(Response::new(v1::ListIntegrationsResponse {
+            integrations: records
+                .iter()
+                .map(|r| integration_message(r, false, false))
+                .collect(),
+        }))
+    }
+
+    async fn start_run(
+        &self,
+        request: Request<Streaming<v1::StartRunRequest>>,
+    ) -> Result<Response<v1::Run>, Status> {
+        let tenant = tenant(&request)?;
+        let mut stream = request.into_inner();
+        let target = match stream.message().await? {
+            Some(v1::StartRunRequest {
+                part: Some(v1::start_run_request::Part::Target(target)),
+            }) => target,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of StartRun must name the integration (target)",
+                ));
+            }
+        };
+        let limit = self.coordinator.max_payload_bytes;
+        let mut input = Vec::new();
+        while let Some(message) = stream.message().await? {
+            match message.part {
+                Some(v1::start_run_request::Part::InputChunk(chunk)) => {
+                    if (input.len() + chunk.len()) as u64 > limit {
+                        return Err(Status::resource_exhausted(format!(
+                            "the run's input is over the payload limit of {limit} bytes"
+                        )));
+                    }
+                    input.extend_from_slice(&chunk);
+                }
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "after the target, StartRun takes only input chunks",
+                    ));
+                }
+            }
+        }
+        let input: serde_json::Value = if input.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&input).map_err(|e| {
+                Status::invalid_argument(format!("the run's input is not JSON: {e}"))
+            })?
+        };
+        if target.integration.is_empty() || target.integration.contains('\0') {
+            return Err(Status::invalid_argument(
+                "target.integration is empty or holds a NUL character",
+            ));
+        }
+        let version = (target.version != 0).then_some(target.version);
+        let store = self.coordinator.store.clone();
+        let tenant2 = tenant.clone();
+        let name = target.integration.clone();
+        let run = blocking(move || {
+            let Some(integration) = store.integration(&tenant2, &name, version)? else {
+                return Ok(None);
+            };
+            let run = RunRecord::new(&tenant2, &integration.name, integration.version);
+            store.create_run(&run, &integration.definition, &input)?;
+            Ok(Some(run))
+        })
+        .await?;
+        let Some(run) = run else {
+            return Err(Status::not_found(match version {
+                Some(v) => format!("integration {:?} has no version {v}", target.integration),
+                None => format!("integration {:?} is not deployed", target.integration),
+            }));
+        };
+        self.coordinator.enqueue((tenant, run.run_id.clone()));
+        Ok(Response::new(convert::run(&run, &[])))
+    }
+
+    async fn get_run(
+        &self,
+        request: Request<v1::GetRunRequest>,
+    ) -> Result<Response<v1::Run>, Status> {
+        let tenant = tenant(&request)?;
+        let run_id = request.into_inner().run_id;
+        check_run_id(&run_id)?;
+        let run = self.run_or_not_found(&tenant, &run_id)?;
+        let steps = self
+            .coordinator
+            .store
+            .steps(&tenant, &run_id)
+            .map_err(internal)?;
+        Ok(Response::new(convert::run(&run, &steps)))
+    }
+
+    async fn list_runs(
+        &self,
+        request: Request<v1::ListRunsRequest>,
+    ) -> Result<Response<v1::ListRunsResponse>, Status> {
+        let tenant = tenant(&request)?;
+        let limit = match request.into_inner().limit {
+            0 => 100,
+            n => n as usize,
+        };
+        let store = self.coordinator.store.clone();
+        let runs = blocking(move || Ok(store.runs(&tenant, limit)?)).await?;
+        Ok(Response::new(v1::ListRunsResponse {
+            runs: runs.iter().map(|r| convert::run(r, &[])).collect(),
+        }))
+    }
+
+    type GetRunOutputStream = ChunkStream;
+
+    async fn get_run_output(
+        &self,
+        request: Request<v1::GetRunOutputRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let tenant = tenant(&request)?;
+        let run_id = request.into_inner().run_id;
+        check_run_id(&run_id)?;
+        let run = self.run_or_not_found(&tenant, &run_id)?;
+        if run.status != RunStatus::Succeeded {
+            return Err(Status::failed_precondition(format!(
+                "run {run_id} has no output: its status is {}",
+                convert::status_word(run.status)
+            )));
+        }
+        let store = self.coordinator.store.clone();
+        let output = blocking(move || Ok(store.run_output(&tenant, &run_id)?)).await?;
+        let chunks: Vec<_> = payload::chunks(0, &output.unwrap_or(serde_json::Value::Null))
+            .map(|c| Ok(v1::PayloadChunk { data: c.data }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    type WatchRunStream = UpdateStream;
+
+    async fn watch_run(
+        &self,
+        request: Request<v1::WatchRunRequest>,
+    ) -> Result<Response<UpdateStream>, Status> {
+        let tenant = tenant(&request)?;
+        let request = request.into_inner();
+        let run_id = request.run_id;
+        check_run_id(&run_id)?;
+        // Subscribe before reading what is stored, so nothing falls between.
+        let mut updates = self.coordinator.subscribe();
+        self.run_or_not_found(&tenant, &run_id)?;
+        let (tx, rx) = mpsc::channel(64);
+        let coordinator = self.coordinator.clone();
+        let with_logs = request.logs;
+        tokio::spawn(async move {
+            let mut sent = HashSet::new();
+            // What is stored so far; again after falling behind.
+            let catch_up =
+                |sent: &mut HashSet<String>| -> Result<(Vec<v1::RunUpdate>, bool), Status> {
+                    let store = &coordinator.store;
+                    let run = store
+                        .run(&tenant, &run_id)
+                        .map_err(internal)?
+                        .ok_or_else(|| Status::not_found(format!("run {run_id} does not exist")))?;
+                    let steps = store.steps(&tenant, &run_id).map_err(internal)?;
+                    let mut out = Vec::new();
+                    for step in &steps {
+                        if sent.insert(step.step_key.clone()) {
+                            out.push(v1::RunUpdate {
+                                update: Some(v1::run_update::Update::Step(convert::step(step))),
+                            });
+                        }
+                    }
+                    if with_logs && sent.insert("#logs".to_owned()) {
+                        for line in store.logs(&tenant, &run_id).map_err(internal)? {
+                            out.push(v1::RunUpdate {
+                                update: Some(v1::run_update::Update::Log(convert::log(&line))),
+                            });
+                        }
+                    }
+                    let finished = run.status.is_finished();
+                    if finished {
+                        out.push(v1::RunUpdate {
+                            update: Some(v1::run_update::Update::Finished(convert::run(
+                                &run, &steps,
+                            ))),
+                        });
+                    }
+                    Ok((out, finished))
+                };
+            let mut catch = catch_up(&mut sent);
+            loop {
+                match catch {
+                    Ok((out, finished)) => {
+                        for update in out {
+                            if tx.send(Ok(update)).await.is_err() {
+                                return;
+                            }
+                        }
+                        if finished {
+                            return;
+                        }
+                    }
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                }
+                catch = loop {
+                    match updates.recv().await {
+                        Ok(update) => {
+                            if update.tenant != tenant || update.run_id != run_id {
+                                continue;
+                            }
+                            let message = match &update.kind {
+                                UpdateKind::Step(step) => {
+                                    if !sent.insert(step.step_key.clone()) {
+                                        continue;
+                                    }
+                                    v1::run_update::Update::Step(step.clone())
+                                }
+                                UpdateKind::Log(line) if with_logs => {
+                                    v1::run_update::Update::Log(line.clone())
+                                }
+                                UpdateKind::Log(_) => continue,
+                                // The end, with every step, as stored.
+                                UpdateKind::Finished => break catch_up(&mut sent),
+                            };
+                            if tx
+                                .send(Ok(v1::RunUpdate {
+                                    update: Some(message),
+                                }))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Err(RecvError::Lagged(_)) => break catch_up(&mut sent),
+                        Err(RecvError::Closed) => return,
+                    }
+                };
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn cancel_run(
+        &self,
+        request: Request<v1::CancelRunRequest>,
+    ) -> Result<Response<v1::Run>, Status> {
+        let tenant = tenant(&request)?;
+        let run_id = request.into_inner().run_id;
+        check_run_id(&run_id)?;
+        match self
+            .coordinator
+            .cancel(&(tenant, run_id.clone()))
+            .map_err(internal)?
+        {
+            CancelOutcome::NotFound => {
+                Err(Status::not_found(format!("run {run_id} does not exist")))
+            }
+            CancelOutcome::AlreadyEnded(run) => Err(Status::failed_precondition(format!(
+                "run {run_id} already ended: its status is {}",
+                convert::status_word(run.status)
+            ))),
+            CancelOutcome::Cancelling(run) => Ok(Response::new(convert::run(&run, &[]))),
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The coordinator's side of the workers' API (`isoflow.v1.Cluster`): one
+//! Work stream per connected worker.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use isoflow_engine::run::{JournalWrite, WriteKind};
+use isoflow_proto::v1;
+use isoflow_proto::v1::cluster_server::Cluster;
+use isoflow_proto::v1::coordinator_message::Kind as Out;
+use isoflow_proto::v1::worker_message::Kind as In;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert;
+use super::coordinator::{ApplyError, Coordinator, Outbound};
+use super::payload::{self, Assembler};
+
+#[derive(Debug, Clone)]
+pub struct ClusterService {
+    pub coordinator: Arc<Coordinator>,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+}
+
+type OutStream = Pin<Box<dyn Stream<Item = Result<v1::CoordinatorMessage, Status>> + Send>>;
+
+fn message(kind: Out) -> Result<v1::CoordinatorMessage, Status> {
+    Ok(v1::CoordinatorMessage { kind: Some(kind) })
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    type WorkStream = OutStream;
+
+    async fn work(
+        &self,
+        request: Request<Streaming<v1::WorkerMessage>>,
+    ) -> Result<Response<OutStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(self.heartbeat_timeout, inbound.message()).await {
+            Ok(Ok(Some(v1::WorkerMessage {
+                kind: Some(In::Hello(hello)),
+            }))) => hello,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a Work stream must start with Hello",
+                ));
+            }
+        };
+        if hello.worker_id.is_empty() || hello.capacity == 0 {
+            return Err(Status::invalid_argument(
+                "Hello needs a worker_id and a capacity of at least 1",
+            ));
+        }
+        let coordinator = self.coordinator.clone();
+        let (out_tx, out_rx) = mpsc::channel(32);
+        let (link_tx, link_rx) = mpsc::unbounded_channel();
+        let worker = hello.worker_id.clone();
+        let connection = coordinator.add_worker(&worker, hello.capacity, link_tx.clone());
+        let _ = out_tx
+            .send(message(Out::Welcome(v1::Welcome {
+                coordinator_id: coordinator.id.clone(),
+                heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64,
+                heartbeat_timeout_ms: self.heartbeat_timeout.as_millis() as u64,
+            })))
+            .await;
+        tokio::spawn(write_loop(
+            coordinator.clone(),
+            link_rx,
+            out_tx,
+            self.heartbeat_interval,
+        ));
+        let timeout = self.heartbeat_timeout;
+        tokio::spawn(async move {
+            let why = read_loop(&coordinator, &mut inbound, link_tx, timeout).await;
+            coordinator.remove_worker(&worker, Some(connection), &why);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+}
+
+/// Sends what the coordinator has for this worker, and heartbeats. Ends
+/// when the worker's slot is gone (its link dropped) or the stream closed.
+async fn write_loop(
+    coordinator: Arc<Coordinator>,
+    mut link: mpsc::UnboundedReceiver<Outbound>,
+    out: mpsc::Sender<Result<v1::CoordinatorMessage, Status>>,
+    heartbeat: Duration,
+) {
+    let mut tick = tokio::time::interval(heartbeat);
+    loop {
+        let next = tokio::select! {
+            next = link.recv() => next,
+            _ = tick.tick() => Some(Outbound::Message(Out::Heartbeat(v1::Heartbeat {
+                time_ms: isoflow_engine::store::now_ms(),
+            }))),
+        };
+        let Some(next) = next else {
+            return;
+        };
+        match next {
+            Outbound::Close => return,
+            Outbound::Message(kind) => {
+                if out.send(message(kind)).await.is_err() {
+                    return;
+                }
+            }
+            Outbound::Assign(id, key) => {
+                let loader = coordinator.clone();
+                let loaded = tokio::task::spawn_blocking(move || loader.load_run(&key)).await;
+                let loaded = match loaded {
+                    Ok(Ok(loaded)) => loaded,
+                    Ok(Err(e)) => {
+                        tracing::error!(assignment = id, "cannot load the run: {e:#}");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(assignment = id, "cannot load the run: {e}");
+                        continue;
+                    }
+                };
+                let mut messages = Vec::new();
+                let definition = coordinator.next_id();
+                messages.extend(payload::chunks(definition, &loaded.definition).map(Out::Chunk));
+                let input = coordinator.next_id();
+                messages.extend(payload::chunks(input, &loaded.input).map(Out::Chunk));
+                let mut restored = Vec::new();
+                for (record, output) in &loaded.restored {
+                    let output_payload = match output {
+                        Some(output) => {
+                            let id = coordinator.next_id();
+                            messages.extend(payload::chunks(id, output).map(Out::Chunk));
+                            id
+                        }
+                        None => 0,
+                    };
+                    restored.push(v1::StepCheckpoint {
+                        record: Some(convert::step(record)),
+                        output_payload,
+                    });
+                }
+                messages.push(Out::Assign(v1::Assign {
+                    assignment_id: id,
+                    run: Some(convert::run(&loaded.run, &[])),
+                    definition_payload: definition,
+                    input_payload: input,
+                    restored,
+                }));
+                for kind in messages {
+                    if out.send(message(kind)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads the worker's messages until its stream ends or it falls silent.
+/// Returns why it stopped.
+async fn read_loop(
+    coordinator: &Arc<Coordinator>,
+    inbound: &mut Streaming<v1::WorkerMessage>,
+    link: mpsc::UnboundedSender<Outbound>,
+    timeout: Duration,
+) -> String {
+    let mut payloads = Assembler::default();
+    loop {
+        let message = match tokio::time::timeout(timeout, inbound.message()).await {
+            Ok(Ok(Some(message))) => message,
+            Ok(Ok(None)) => return "it closed its stream".to_owned(),
+            Ok(Err(status)) => return format!("its stream broke: {}", status.message()),
+            Err(_) => return format!("it was silent for {}", humantime::format_duration(timeout)),
+        };
+        match message.kind {
+            Some(In::Heartbeat(_)) | Some(In::Hello(_)) | None => {}
+            Some(In::Chunk(chunk)) => {
+                if let Err(e) = payloads.add(chunk, coordinator.max_payload_bytes) {
+                    return e;
+                }
+            }
+            Some(In::Released(released)) => coordinator.released(released.assignment_id),
+            Some(In::Checkpoint(checkpoint)) => {
+                let id = checkpoint.assignment_id;
+                let seq = checkpoint.seq;
+                let write = match journal_write(checkpoint, &mut payloads) {
+                    Ok(write) => write,
+                    Err(e) => return format!("it sent a checkpoint that cannot be read: {e}"),
+                };
+                // Checkpoints of different runs are stored concurrently; a
+                // run sends its next one only after this one's Ack.
+                let coordinator = coordinator.clone();
+                let link = link.clone();
+                tokio::spawn(async move {
+                    let reply = match coordinator.apply(id, seq, write).await {
+                        Ok(()) => Out::Ack(v1::Ack {
+                            assignment_id: id,
+                            seq,
+                        }),
+                        Err(e @ ApplyError::Stale(_)) => Out::Revoke(v1::Revoke {
+                            assignment_id: id,
+                            reason: e.to_string(),
+                        }),
+                        Err(e) => {
+                            tracing::error!(assignment = id, "{e}");
+                            Out::Revoke(v1::Revoke {
+                                assignment_id: id,
+                                reason: e.to_string(),
+                            })
+                        }
+                    };
+                    let _ = link.send(Outbound::Message(reply));
+                });
+            }
+        }
+    }
+}
+
+fn journal_write(
+    checkpoint: v1::Checkpoint,
+    payloads: &mut Assembler,
+) -> Result<JournalWrite, String> {
+    let run = checkpoint
+        .run
+        .as_ref()
+        .and_then(convert::run_from)
+        .ok_or("the run is missing or has no status")?;
+    let mut steps = Vec::new();
+    for step in &checkpoint.steps {
+        let record = step
+            .record
+            .as_ref()
+            .and_then(convert::step_from)
+            .ok_or("a step is missing its record or status")?;
+        let output = payloads.take(step.output_payload)?.map(Arc::new);
+        steps.push((record, output));
+    }
+    let logs = checkpoint.logs.iter().map(convert::log_from).collect();
+    let kind = match v1::CheckpointKind::try_from(checkpoint.kind) {
+        Ok(v1::CheckpointKind::Steps) => WriteKind::Checkpoint,
+        Ok(v1::CheckpointKind::Logs) => WriteKind::Logs,
+        Ok(v1::CheckpointKind::Finish) => WriteKind::Finish {
+            output: payloads.take(checkpoint.output_payload)?.map(Arc::new),
+        },
+        _ => return Err("its kind is not known".to_owned()),
+    };
+    Ok(JournalWrite {
+        run,
+        steps,
+        logs,
+        kind,
+    })
+}

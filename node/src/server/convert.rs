@@ -1,0 +1,116 @@
+//! Between the engine's records and the API's messages.
+
+use isoflow_engine::store::{LogRecord, RunRecord, RunStatus, StepRecord, StepStatus};
+use isoflow_proto::v1;
+
+pub fn run_status(status: RunStatus) -> v1::RunStatus {
+    match status {
+        RunStatus::Pending => v1::RunStatus::Pending,
+        RunStatus::Running => v1::RunStatus::Running,
+        RunStatus::Succeeded => v1::RunStatus::Succeeded,
+        RunStatus::Failed => v1::RunStatus::Failed,
+        RunStatus::Cancelled => v1::RunStatus::Cancelled,
+    }
+}
+
+/// A status as a word for messages.
+pub fn status_word(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::Pending => "pending",
+        RunStatus::Running => "running",
+        RunStatus::Succeeded => "succeeded",
+        RunStatus::Failed => "failed",
+        RunStatus::Cancelled => "cancelled",
+    }
+}
+
+pub fn run_status_from(status: i32) -> Option<RunStatus> {
+    Some(match v1::RunStatus::try_from(status).ok()? {
+        v1::RunStatus::Pending => RunStatus::Pending,
+        v1::RunStatus::Running => RunStatus::Running,
+        v1::RunStatus::Succeeded => RunStatus::Succeeded,
+        v1::RunStatus::Failed => RunStatus::Failed,
+        v1::RunStatus::Cancelled => RunStatus::Cancelled,
+        v1::RunStatus::Unspecified => return None,
+    })
+}
+
+pub fn run(record: &RunRecord, steps: &[StepRecord]) -> v1::Run {
+    v1::Run {
+        run_id: record.run_id.clone(),
+        tenant: record.tenant.clone(),
+        integration: record.integration.clone(),
+        version: record.version,
+        status: run_status(record.status) as i32,
+        created_at_ms: record.created_at_ms,
+        updated_at_ms: record.updated_at_ms,
+        error: record.error.clone().unwrap_or_default(),
+        steps: steps.iter().map(step).collect(),
+    }
+}
+
+pub fn run_from(run: &v1::Run) -> Option<RunRecord> {
+    Some(RunRecord {
+        tenant: run.tenant.clone(),
+        run_id: run.run_id.clone(),
+        integration: run.integration.clone(),
+        version: run.version,
+        status: run_status_from(run.status)?,
+        created_at_ms: run.created_at_ms,
+        updated_at_ms: run.updated_at_ms,
+        error: (!run.error.is_empty()).then(|| run.error.clone()),
+    })
+}
+
+pub fn step(record: &StepRecord) -> v1::Step {
+    v1::Step {
+        step_key: record.step_key.clone(),
+        status: match record.status {
+            StepStatus::Succeeded => v1::StepStatus::Succeeded,
+            StepStatus::Failed => v1::StepStatus::Failed,
+            StepStatus::Skipped => v1::StepStatus::Skipped,
+        } as i32,
+        attempts: record.attempts,
+        started_at_ms: record.started_at_ms,
+        finished_at_ms: record.finished_at_ms,
+        output_bytes: record.output_bytes,
+        error: record.error.clone().unwrap_or_default(),
+    }
+}
+
+pub fn step_from(step: &v1::Step) -> Option<StepRecord> {
+    Some(StepRecord {
+        step_key: step.step_key.clone(),
+        status: match v1::StepStatus::try_from(step.status).ok()? {
+            v1::StepStatus::Succeeded => StepStatus::Succeeded,
+            v1::StepStatus::Failed => StepStatus::Failed,
+            v1::StepStatus::Skipped => StepStatus::Skipped,
+            v1::StepStatus::Unspecified => return None,
+        },
+        attempts: step.attempts,
+        started_at_ms: step.started_at_ms,
+        finished_at_ms: step.finished_at_ms,
+        output_bytes: step.output_bytes,
+        error: (!step.error.is_empty()).then(|| step.error.clone()),
+    })
+}
+
+pub fn log(record: &LogRecord) -> v1::LogLine {
+    v1::LogLine {
+        step_key: record.step_key.clone(),
+        attempt: record.attempt,
+        level: record.level.clone(),
+        message: record.message.clone(),
+        time_ms: record.time_ms,
+    }
+}
+
+pub fn log_from(line: &v1::LogLine) -> LogRecord {
+    LogRecord {
+        step_key: line.step_key.clone(),
+        attempt: line.attempt,
+        level: line.level.clone(),
+        message: line.message.clone(),
+        time_ms: line.time_ms,
+    }
+}

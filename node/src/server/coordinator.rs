@@ -1,0 +1,599 @@
+//! The coordinator: owns the run store, queues runs, assigns each to a
+//! worker with a free slot, and makes every checkpoint a worker reports
+//! durable before acknowledging it.
+//!
+//! # Assignments
+//!
+//! A run is given to one worker at a time under an assignment id. A
+//! checkpoint is applied only while its assignment is current, and only
+//! once (a worker numbers its checkpoints; a repeated number is
+//! acknowledged again without a write). When a worker goes (its stream
+//! ends, it falls silent for longer than the heartbeat time-out, or its
+//! etcd lease expires) its assignments are revoked and their runs queued
+//! again at the front: the next worker resumes them from their last
+//! checkpoint. A revoked assignment whose checkpoint is being written is
+//! queued once that write is over, so two workers never write one run at
+//! once.
+//!
+//! # Fairness
+//!
+//! Runs wait in one queue in the order they were started (resumed runs
+//! first); the next run goes to the worker with the most free slots, so no
+//! worker is flooded while another idles, and no worker takes more than its
+//! capacity.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use isoflow_engine::run::{
+    Engine, Journal, JournalError, JournalFuture, JournalWrite, StoreJournal, WriteKind,
+};
+use isoflow_engine::store::{RunRecord, RunStatus, Store};
+use isoflow_proto::v1;
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc};
+
+use super::convert;
+
+pub type RunKey = (String, String);
+
+/// Something that happened to a run, for whoever watches it.
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub tenant: String,
+    pub run_id: String,
+    pub kind: UpdateKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum UpdateKind {
+    Step(v1::Step),
+    Log(v1::LogLine),
+    /// The run ended; what it ended with is in the store.
+    Finished,
+}
+
+/// What the coordinator tells a connected worker's stream.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Send this run (its definition, input and checkpoints) under this
+    /// assignment.
+    Assign(u64, RunKey),
+    Message(v1::coordinator_message::Kind),
+    /// The worker's slot is gone: end its stream, so that it connects again.
+    Close,
+}
+
+/// How a worker slot reaches its worker.
+enum Link {
+    Remote(mpsc::UnboundedSender<Outbound>),
+    /// This process's own engine (role `all`).
+    Local(Engine),
+}
+
+struct WorkerSlot {
+    /// Which connection of this worker: a reconnection replaces the slot.
+    connection: u64,
+    capacity: u32,
+    assignments: HashSet<u64>,
+    /// Runs given since it joined: among equally free workers the one
+    /// given the fewest goes first, so idle workers take turns.
+    given: u64,
+    link: Link,
+}
+
+struct Assignment {
+    key: RunKey,
+    worker: String,
+    /// Highest checkpoint number applied.
+    applied: u64,
+    /// Checkpoint writes in progress.
+    writing: u32,
+    revoked: bool,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<RunKey>,
+    queued: HashSet<RunKey>,
+    assignments: HashMap<u64, Assignment>,
+    by_run: HashMap<RunKey, u64>,
+    workers: HashMap<String, WorkerSlot>,
+}
+
+/// Why a checkpoint was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("assignment {0} is no longer current: the run was given to another worker")]
+    Stale(u64),
+    #[error("cannot store the checkpoint: {0}")]
+    Store(#[from] JournalError),
+}
+
+pub struct Coordinator {
+    pub id: String,
+    pub store: Arc<Store>,
+    pub max_payload_bytes: u64,
+    state: Mutex<State>,
+    next_id: AtomicU64,
+    updates: broadcast::Sender<Arc<Update>>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Coordinator {
+    /// A coordinator over `store`, with every unfinished run in it queued.
+    pub fn new(id: String, store: Arc<Store>, max_payload_bytes: u64) -> anyhow::Result<Arc<Self>> {
+        let (updates, _) = broadcast::channel(4096);
+        let coordinator = Arc::new(Coordinator {
+            id,
+            store,
+            max_payload_bytes,
+            state: Mutex::new(State::default()),
+            next_id: AtomicU64::new(1),
+            updates,
+        });
+        let unfinished = coordinator.store.unfinished_runs()?;
+        {
+            let mut state = lock(&coordinator.state);
+            for run in unfinished {
+                let key = (run.tenant, run.run_id);
+                state.queued.insert(key.clone());
+                state.queue.push_back(key);
+            }
+            if !state.queue.is_empty() {
+                tracing::info!(runs = state.queue.len(), "unfinished runs queued to resume");
+            }
+        }
+        Ok(coordinator)
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Update>> {
+        self.updates.subscribe()
+    }
+
+    fn publish(&self, tenant: &str, run_id: &str, kind: UpdateKind) {
+        let _ = self.updates.send(Arc::new(Update {
+            tenant: tenant.to_owned(),
+            run_id: run_id.to_owned(),
+            kind,
+        }));
+    }
+
+    /// Queues a run that was just stored.
+    pub fn enqueue(self: &Arc<Self>, key: RunKey) {
+        {
+            let mut state = lock(&self.state);
+            if state.by_run.contains_key(&key) || !state.queued.insert(key.clone()) {
+                return;
+            }
+            state.queue.push_back(key);
+        }
+        self.dispatch();
+    }
+
+    /// A worker connected (again): it replaces any earlier connection of the
+    /// same worker, whose runs are queued again.
+    pub fn add_worker(
+        self: &Arc<Self>,
+        worker: &str,
+        capacity: u32,
+        link: mpsc::UnboundedSender<Outbound>,
+    ) -> u64 {
+        self.add_slot(worker, capacity, Link::Remote(link))
+    }
+
+    /// This process's own engine as a worker (role `all`).
+    pub fn add_local(self: &Arc<Self>, capacity: u32, engine: Engine) {
+        self.add_slot("local", capacity, Link::Local(engine));
+    }
+
+    fn add_slot(self: &Arc<Self>, worker: &str, capacity: u32, link: Link) -> u64 {
+        let connection = self.next_id();
+        let old = lock(&self.state).workers.insert(
+            worker.to_owned(),
+            WorkerSlot {
+                connection,
+                capacity,
+                assignments: HashSet::new(),
+                given: 0,
+                link,
+            },
+        );
+        if let Some(old) = old {
+            if let Link::Remote(link) = &old.link {
+                let _ = link.send(Outbound::Close);
+            }
+            self.revoke_all(old.assignments, "the worker connected again");
+        }
+        tracing::info!(worker, capacity, "worker joined");
+        self.dispatch();
+        connection
+    }
+
+    /// A worker's connection ended (or its lease expired: `connection`
+    /// `None` removes whichever connection it has).
+    pub fn remove_worker(self: &Arc<Self>, worker: &str, connection: Option<u64>, why: &str) {
+        let slot = {
+            let mut state = lock(&self.state);
+            match state.workers.get(worker) {
+                Some(slot) if connection.is_none_or(|c| c == slot.connection) => {
+                    state.workers.remove(worker)
+                }
+                _ => None,
+            }
+        };
+        if let Some(slot) = slot {
+            tracing::warn!(worker, runs = slot.assignments.len(), "worker left: {why}");
+            if let Link::Remote(link) = &slot.link {
+                let _ = link.send(Outbound::Close);
+            }
+            self.revoke_all(slot.assignments, why);
+            self.dispatch();
+        }
+    }
+
+    fn revoke_all(self: &Arc<Self>, assignments: HashSet<u64>, why: &str) {
+        let mut state = lock(&self.state);
+        let mut requeue = Vec::new();
+        for id in assignments {
+            let Some(assignment) = state.assignments.get_mut(&id) else {
+                continue;
+            };
+            assignment.revoked = true;
+            tracing::info!(run_id = %assignment.key.1, assignment = id, "run taken back: {why}");
+            if assignment.writing == 0 {
+                requeue.push(id);
+            }
+        }
+        for id in requeue {
+            requeue_locked(&mut state, id);
+        }
+    }
+
+    /// Gives queued runs to workers with free slots.
+    pub fn dispatch(self: &Arc<Self>) {
+        let mut local = Vec::new();
+        {
+            let mut guard = lock(&self.state);
+            let state = &mut *guard;
+            while !state.queue.is_empty() {
+                let Some((worker, _)) = state
+                    .workers
+                    .iter()
+                    .map(|(id, slot)| {
+                        let free = (slot.capacity as usize).saturating_sub(slot.assignments.len());
+                        (id, (free, std::cmp::Reverse(slot.given)))
+                    })
+                    .filter(|(_, (free, _))| *free > 0)
+                    .max_by_key(|(_, rank)| *rank)
+                else {
+                    break;
+                };
+                let worker = worker.clone();
+                let Some(key) = state.queue.pop_front() else {
+                    break;
+                };
+                state.queued.remove(&key);
+                let id = self.next_id();
+                state.assignments.insert(
+                    id,
+                    Assignment {
+                        key: key.clone(),
+                        worker: worker.clone(),
+                        applied: 0,
+                        writing: 0,
+                        revoked: false,
+                    },
+                );
+                state.by_run.insert(key.clone(), id);
+                tracing::info!(run_id = %key.1, %worker, assignment = id, "run assigned");
+                let Some(slot) = state.workers.get_mut(&worker) else {
+                    continue;
+                };
+                slot.assignments.insert(id);
+                slot.given += 1;
+                match &slot.link {
+                    Link::Remote(link) => {
+                        let _ = link.send(Outbound::Assign(id, key));
+                    }
+                    Link::Local(engine) => local.push((id, key, engine.clone())),
+                }
+            }
+        }
+        for (id, key, engine) in local {
+            let coordinator = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = coordinator.run_locally(id, &key, &engine).await {
+                    tracing::error!(run_id = %key.1, "cannot start the run: {e:#}");
+                    coordinator.fail_assignment(id, &key, &format!("cannot start the run: {e:#}"));
+                }
+            });
+        }
+    }
+
+    /// What a worker needs to run a run: its record, definition, input and
+    /// the steps it finished before (with outputs).
+    pub fn load_run(&self, key: &RunKey) -> anyhow::Result<LoadedRun> {
+        let (tenant, run_id) = key;
+        let store = &self.store;
+        let run = store
+            .run(tenant, run_id)?
+            .ok_or_else(|| anyhow::anyhow!("run {run_id} is not in the store"))?;
+        let definition = store
+            .run_definition(tenant, run_id)?
+            .ok_or_else(|| anyhow::anyhow!("run {run_id} has no stored definition"))?;
+        let input = store.run_input(tenant, run_id)?.unwrap_or(Value::Null);
+        let mut restored = Vec::new();
+        for record in store.steps(tenant, run_id)? {
+            let output = match record.output_bytes {
+                Some(_) => store.step_output(tenant, run_id, &record.step_key)?,
+                None => None,
+            };
+            restored.push((record, output));
+        }
+        Ok(LoadedRun {
+            run,
+            definition,
+            input,
+            restored,
+        })
+    }
+
+    async fn run_locally(
+        self: &Arc<Self>,
+        id: u64,
+        key: &RunKey,
+        engine: &Engine,
+    ) -> anyhow::Result<()> {
+        let this = self.clone();
+        let key2 = key.clone();
+        let loaded = tokio::task::spawn_blocking(move || this.load_run(&key2)).await??;
+        let integration = serde_json::from_value(loaded.definition)
+            .map_err(|e| anyhow::anyhow!("the stored definition cannot be read: {e}"))?;
+        let resumed = loaded.run.status != RunStatus::Pending;
+        let journal = Arc::new(LocalJournal {
+            coordinator: self.clone(),
+            assignment: id,
+            seq: AtomicU64::new(0),
+            store: StoreJournal::new(self.store.clone(), &key.0, &key.1),
+        });
+        let mut run = loaded.run;
+        run.status = RunStatus::Running;
+        let mut handle = engine
+            .execute(
+                run,
+                Arc::new(integration),
+                Arc::new(loaded.input),
+                journal,
+                resumed,
+            )
+            .await?;
+        // The run reports through its journal; its events are not needed
+        // here, but their channel is drained.
+        tokio::spawn(async move { while handle.next_event().await.is_some() {} });
+        Ok(())
+    }
+
+    /// Ends a run that cannot be started at all (its definition is
+    /// unreadable): failed, with the reason.
+    fn fail_assignment(self: &Arc<Self>, id: u64, key: &RunKey, error: &str) {
+        let Ok(Some(mut run)) = self.store.run(&key.0, &key.1) else {
+            return;
+        };
+        run.status = RunStatus::Failed;
+        run.error = Some(error.to_owned());
+        run.updated_at_ms = isoflow_engine::store::now_ms();
+        if let Err(e) = self.store.update_run(&run, None) {
+            tracing::error!(run_id = %key.1, "cannot record the failure: {e}");
+            return;
+        }
+        self.finish_assignment(id);
+        self.publish(&key.0, &key.1, UpdateKind::Finished);
+        self.dispatch();
+    }
+
+    fn finish_assignment(&self, id: u64) {
+        let mut state = lock(&self.state);
+        if let Some(assignment) = state.assignments.remove(&id) {
+            state.by_run.remove(&assignment.key);
+            if let Some(slot) = state.workers.get_mut(&assignment.worker) {
+                slot.assignments.remove(&id);
+            }
+        }
+    }
+
+    /// Applies checkpoint `seq` of assignment `id`: stores it (once) and
+    /// tells watchers. Returns once it is durable.
+    pub async fn apply(
+        self: &Arc<Self>,
+        id: u64,
+        seq: u64,
+        mut write: JournalWrite,
+    ) -> Result<(), ApplyError> {
+        {
+            let mut state = lock(&self.state);
+            let Some(assignment) = state.assignments.get_mut(&id) else {
+                return Err(ApplyError::Stale(id));
+            };
+            if assignment.revoked {
+                return Err(ApplyError::Stale(id));
+            }
+            if seq <= assignment.applied {
+                // Sent twice: it was stored the first time.
+                return Ok(());
+            }
+            assignment.writing += 1;
+            // A worker writes only to the run it was given.
+            write.run.tenant.clone_from(&assignment.key.0);
+            write.run.run_id.clone_from(&assignment.key.1);
+        }
+        let store = self.store.clone();
+        let write = Arc::new(write);
+        let stored = write.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            isoflow_engine::run::journal::apply(&store, &stored)
+        })
+        .await
+        .map_err(|e| JournalError::Unavailable(e.to_string()))
+        .and_then(|r| r);
+        let finished = matches!(write.kind, WriteKind::Finish { .. }) && written.is_ok();
+        {
+            let mut state = lock(&self.state);
+            if let Some(assignment) = state.assignments.get_mut(&id) {
+                assignment.writing -= 1;
+                if written.is_ok() {
+                    assignment.applied = assignment.applied.max(seq);
+                }
+                if assignment.revoked && assignment.writing == 0 && !finished {
+                    requeue_locked(&mut state, id);
+                }
+            }
+        }
+        written?;
+        let (tenant, run_id) = (&write.run.tenant, &write.run.run_id);
+        for (record, _) in &write.steps {
+            self.publish(tenant, run_id, UpdateKind::Step(convert::step(record)));
+        }
+        for line in &write.logs {
+            self.publish(tenant, run_id, UpdateKind::Log(convert::log(line)));
+        }
+        if finished {
+            self.finish_assignment(id);
+            self.publish(tenant, run_id, UpdateKind::Finished);
+            self.dispatch();
+        }
+        Ok(())
+    }
+
+    /// Cancels a run: a queued one ends at once, an assigned one is stopped
+    /// by its worker and ends `cancelled` through its journal. Returns the
+    /// run as it is now.
+    pub fn cancel(self: &Arc<Self>, key: &RunKey) -> anyhow::Result<CancelOutcome> {
+        let Some(mut run) = self.store.run(&key.0, &key.1)? else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        if run.status.is_finished() {
+            return Ok(CancelOutcome::AlreadyEnded(run));
+        }
+        let mut state = lock(&self.state);
+        if state.queued.remove(key) {
+            state.queue.retain(|k| k != key);
+            drop(state);
+            run.status = RunStatus::Cancelled;
+            run.error = Some("cancelled before it started".to_owned());
+            run.updated_at_ms = isoflow_engine::store::now_ms();
+            self.store.update_run(&run, None)?;
+            self.publish(&key.0, &key.1, UpdateKind::Finished);
+            return Ok(CancelOutcome::Cancelling(run));
+        }
+        if let Some(id) = state.by_run.get(key).copied() {
+            let worker = state.assignments.get(&id).map(|a| a.worker.clone());
+            if let Some(slot) = worker.and_then(|w| state.workers.get(&w)) {
+                match &slot.link {
+                    Link::Remote(link) => {
+                        let _ =
+                            link.send(Outbound::Message(v1::coordinator_message::Kind::Cancel(
+                                v1::CancelRun { assignment_id: id },
+                            )));
+                    }
+                    Link::Local(engine) => {
+                        engine.cancel(&key.0, &key.1);
+                    }
+                }
+            }
+        }
+        Ok(CancelOutcome::Cancelling(run))
+    }
+
+    /// A worker gave a run back unfinished (it is shutting down).
+    pub fn released(self: &Arc<Self>, id: u64) {
+        let mut state = lock(&self.state);
+        if let Some(assignment) = state.assignments.get_mut(&id) {
+            assignment.revoked = true;
+            if assignment.writing == 0 {
+                requeue_locked(&mut state, id);
+            }
+        }
+        drop(state);
+        self.dispatch();
+    }
+}
+
+/// Takes a revoked assignment off its worker and queues its run at the
+/// front, to resume first.
+fn requeue_locked(state: &mut State, id: u64) {
+    let Some(assignment) = state.assignments.remove(&id) else {
+        return;
+    };
+    state.by_run.remove(&assignment.key);
+    if let Some(slot) = state.workers.get_mut(&assignment.worker) {
+        slot.assignments.remove(&id);
+    }
+    if state.queued.insert(assignment.key.clone()) {
+        state.queue.push_front(assignment.key);
+    }
+}
+
+pub enum CancelOutcome {
+    NotFound,
+    AlreadyEnded(RunRecord),
+    Cancelling(RunRecord),
+}
+
+/// A run as it is handed to a worker.
+#[derive(Debug)]
+pub struct LoadedRun {
+    pub run: RunRecord,
+    pub definition: Value,
+    pub input: Value,
+    pub restored: Vec<(isoflow_engine::store::StepRecord, Option<Value>)>,
+}
+
+/// The journal of a run this process's own engine runs: checkpoints go
+/// through [`Coordinator::apply`] like a remote worker's.
+struct LocalJournal {
+    coordinator: Arc<Coordinator>,
+    assignment: u64,
+    seq: AtomicU64,
+    store: StoreJournal,
+}
+
+impl Journal for LocalJournal {
+    fn restored(
+        &self,
+        step_key: &str,
+    ) -> Result<Option<isoflow_engine::run::Restored>, JournalError> {
+        self.store.restored(step_key)
+    }
+
+    fn write(&self, write: JournalWrite) -> JournalFuture {
+        let coordinator = self.coordinator.clone();
+        let id = self.assignment;
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        Box::pin(async move {
+            coordinator
+                .apply(id, seq, write)
+                .await
+                .map_err(|e| match e {
+                    ApplyError::Store(e) => e,
+                    stale @ ApplyError::Stale(_) => JournalError::Unavailable(stale.to_string()),
+                })
+        })
+    }
+}

@@ -1,0 +1,419 @@
+//! A worker: a stateless executor. It finds the leading coordinator (in
+//! etcd, or at a configured address), opens a Work stream, runs what it is
+//! assigned on its engine and reports every checkpoint, starting a run's
+//! next step only once the coordinator acknowledged the last one.
+//!
+//! When the coordinator cannot be reached (its stream breaks or falls
+//! silent past the heartbeat time-out) the worker stops every run it has
+//! without another word: the coordinator gives them to other workers, from
+//! their last acknowledged checkpoint. It takes no work until it reaches a
+//! coordinator again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use isoflow_engine::model::Integration;
+use isoflow_engine::run::{
+    Engine, Journal, JournalError, JournalFuture, JournalWrite, Restored, WriteKind,
+};
+use isoflow_proto::v1;
+use isoflow_proto::v1::cluster_client::ClusterClient;
+use isoflow_proto::v1::coordinator_message::Kind as In;
+use isoflow_proto::v1::worker_message::Kind as Out;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::auth::AddToken;
+use super::convert;
+use super::payload::{self, Assembler};
+
+/// Where to find the coordinator.
+#[tonic::async_trait]
+pub trait Discovery: Send + Sync {
+    async fn coordinator(&self) -> anyhow::Result<String>;
+}
+
+/// A fixed address.
+#[derive(Debug)]
+pub struct Fixed(pub String);
+
+#[tonic::async_trait]
+impl Discovery for Fixed {
+    async fn coordinator(&self) -> anyhow::Result<String> {
+        Ok(self.0.clone())
+    }
+}
+
+pub struct WorkerNode {
+    pub id: String,
+    pub capacity: u32,
+    pub engine: Engine,
+    pub token: AddToken,
+    pub discovery: Box<dyn Discovery>,
+    pub max_payload_bytes: u64,
+    /// How long to wait for a coordinator to answer a connection.
+    pub heartbeat_timeout: Duration,
+}
+
+impl std::fmt::Debug for WorkerNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerNode")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One run this worker is running.
+struct Active {
+    tenant: String,
+    run_id: String,
+    journal: Arc<RemoteJournal>,
+}
+
+impl WorkerNode {
+    /// Connects, works, reconnects; returns only when `stop` fires.
+    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let session = async {
+                let address = self.discovery.coordinator().await?;
+                self.session(&address, &mut stop.clone()).await
+            };
+            match session.await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(worker = %self.id, "not connected to a coordinator: {e:#}");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.changed() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// One connection to a coordinator: Ok when asked to stop, an error
+    /// when the connection is lost.
+    async fn session(
+        &self,
+        address: &str,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let channel = tonic::transport::Endpoint::from_shared(address.to_owned())?
+            .connect_timeout(self.heartbeat_timeout)
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        let mut client = ClusterClient::with_interceptor(channel, self.token.clone())
+            .max_decoding_message_size(isoflow_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(isoflow_proto::MAX_MESSAGE_BYTES);
+        let (out_tx, out_rx) = mpsc::channel::<v1::WorkerMessage>(32);
+        out_tx
+            .send(worker_message(Out::Hello(v1::Hello {
+                worker_id: self.id.clone(),
+                capacity: self.capacity,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })))
+            .await?;
+        let mut inbound = client.work(ReceiverStream::new(out_rx)).await?.into_inner();
+        let welcome = match tokio::time::timeout(self.heartbeat_timeout, inbound.message()).await {
+            Ok(Ok(Some(v1::CoordinatorMessage {
+                kind: Some(In::Welcome(welcome)),
+            }))) => welcome,
+            _ => anyhow::bail!("the coordinator at {address} did not answer Hello"),
+        };
+        let interval = Duration::from_millis(welcome.heartbeat_interval_ms.max(10));
+        let timeout = Duration::from_millis(welcome.heartbeat_timeout_ms.max(50));
+        tracing::info!(worker = %self.id, coordinator = %welcome.coordinator_id, %address, "connected");
+
+        let mut active: HashMap<u64, Active> = HashMap::new();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u64>();
+        let mut payloads = Assembler::default();
+        let payload_ids = Arc::new(AtomicU64::new(1));
+        let mut tick = tokio::time::interval(interval);
+        let result = loop {
+            tokio::select! {
+                _ = stop.changed() => {
+                    // Graceful: in-flight steps finish and are checkpointed
+                    // while the stream is still up; then the runs go back.
+                    self.engine.shutdown(Duration::from_secs(10)).await;
+                    for (id, _) in active.drain() {
+                        let _ = out_tx.send(worker_message(Out::Released(v1::Released {
+                            assignment_id: id,
+                            reason: "the worker is shutting down".to_owned(),
+                        }))).await;
+                    }
+                    break Ok(());
+                }
+                _ = tick.tick() => {
+                    if out_tx.send(worker_message(Out::Heartbeat(v1::Heartbeat {
+                        time_ms: isoflow_engine::store::now_ms(),
+                    }))).await.is_err() {
+                        break Err(anyhow::anyhow!("the stream to the coordinator closed"));
+                    }
+                }
+                Some(id) = done_rx.recv() => {
+                    active.remove(&id);
+                }
+                message = tokio::time::timeout(timeout, inbound.message()) => {
+                    let message = match message {
+                        Ok(Ok(Some(message))) => message,
+                        Ok(Ok(None)) => break Err(anyhow::anyhow!("the coordinator closed the stream")),
+                        Ok(Err(status)) => break Err(anyhow::anyhow!("the stream broke: {}", status.message())),
+                        Err(_) => break Err(anyhow::anyhow!(
+                            "the coordinator was silent for {}", humantime::format_duration(timeout)
+                        )),
+                    };
+                    match message.kind {
+                        Some(In::Chunk(chunk)) => {
+                            if let Err(e) = payloads.add(chunk, self.max_payload_bytes.saturating_mul(4)) {
+                                break Err(anyhow::anyhow!(e));
+                            }
+                        }
+                        Some(In::Assign(assign)) => {
+                            let id = assign.assignment_id;
+                            match self.start(assign, &mut payloads, &out_tx, &payload_ids, &done_tx).await {
+                                Ok(run) => {
+                                    active.insert(id, run);
+                                }
+                                Err(e) => {
+                                    tracing::error!(assignment = id, "cannot start the run: {e:#}");
+                                    let _ = out_tx.send(worker_message(Out::Released(v1::Released {
+                                        assignment_id: id,
+                                        reason: format!("{e:#}"),
+                                    }))).await;
+                                }
+                            }
+                        }
+                        Some(In::Ack(ack)) => {
+                            if let Some(run) = active.get(&ack.assignment_id) {
+                                run.journal.settle(ack.seq, Ok(()));
+                            }
+                        }
+                        Some(In::Revoke(revoke)) => {
+                            if let Some(run) = active.remove(&revoke.assignment_id) {
+                                tracing::info!(run_id = %run.run_id, "run taken back: {}", revoke.reason);
+                                run.journal.close(&revoke.reason);
+                                self.engine.abort(&run.tenant, &run.run_id);
+                            }
+                        }
+                        Some(In::Cancel(cancel)) => {
+                            if let Some(run) = active.get(&cancel.assignment_id) {
+                                self.engine.cancel(&run.tenant, &run.run_id);
+                            }
+                        }
+                        Some(In::Heartbeat(_)) | Some(In::Welcome(_)) | None => {}
+                    }
+                }
+            }
+        };
+        if result.is_err() {
+            // Unacknowledged work is the coordinator's to give to another
+            // worker: stop every run here now.
+            for (_, run) in active.drain() {
+                run.journal.close("the coordinator is unreachable");
+                self.engine.abort(&run.tenant, &run.run_id);
+            }
+        }
+        result
+    }
+
+    async fn start(
+        &self,
+        assign: v1::Assign,
+        payloads: &mut Assembler,
+        out: &mpsc::Sender<v1::WorkerMessage>,
+        payload_ids: &Arc<AtomicU64>,
+        done: &mpsc::UnboundedSender<u64>,
+    ) -> anyhow::Result<Active> {
+        let id = assign.assignment_id;
+        let run = assign
+            .run
+            .as_ref()
+            .and_then(convert::run_from)
+            .ok_or_else(|| anyhow::anyhow!("the assignment has no run"))?;
+        let definition = payloads
+            .take(assign.definition_payload)
+            .map_err(anyhow::Error::msg)?
+            .ok_or_else(|| anyhow::anyhow!("the assignment has no definition"))?;
+        let input = payloads
+            .take(assign.input_payload)
+            .map_err(anyhow::Error::msg)?
+            .unwrap_or(serde_json::Value::Null);
+        let integration: Integration = serde_json::from_value(definition)
+            .map_err(|e| anyhow::anyhow!("the definition cannot be read: {e}"))?;
+        let mut restored = HashMap::new();
+        for step in &assign.restored {
+            let record = step
+                .record
+                .as_ref()
+                .and_then(convert::step_from)
+                .ok_or_else(|| anyhow::anyhow!("a restored step has no record"))?;
+            let output = payloads
+                .take(step.output_payload)
+                .map_err(anyhow::Error::msg)?;
+            restored.insert(record.step_key.clone(), Restored { record, output });
+        }
+        let resumed = !restored.is_empty();
+        let journal = Arc::new(RemoteJournal {
+            assignment: id,
+            out: out.clone(),
+            payload_ids: payload_ids.clone(),
+            seq: AtomicU64::new(0),
+            pending: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            restored,
+        });
+        let (tenant, run_id) = (run.tenant.clone(), run.run_id.clone());
+        let mut handle = self
+            .engine
+            .execute(
+                run,
+                Arc::new(integration),
+                Arc::new(input),
+                journal.clone(),
+                resumed,
+            )
+            .await?;
+        let done = done.clone();
+        tokio::spawn(async move {
+            while handle.next_event().await.is_some() {}
+            let _ = done.send(id);
+        });
+        Ok(Active {
+            tenant,
+            run_id,
+            journal,
+        })
+    }
+}
+
+fn worker_message(kind: Out) -> v1::WorkerMessage {
+    v1::WorkerMessage { kind: Some(kind) }
+}
+
+/// A run's journal on a worker: each write travels to the coordinator and
+/// is durable once it is acknowledged.
+struct RemoteJournal {
+    assignment: u64,
+    out: mpsc::Sender<v1::WorkerMessage>,
+    payload_ids: Arc<AtomicU64>,
+    seq: AtomicU64,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Result<(), String>>>>,
+    closed: AtomicBool,
+    restored: HashMap<String, Restored>,
+}
+
+impl RemoteJournal {
+    fn settle(&self, seq: u64, result: Result<(), String>) {
+        let waiter = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&seq);
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(result);
+        }
+    }
+
+    /// No more writes: the run is no longer this worker's.
+    fn close(&self, why: &str) {
+        self.closed.store(true, Ordering::Release);
+        let waiters: Vec<_> = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain()
+            .collect();
+        for (_, waiter) in waiters {
+            let _ = waiter.send(Err(why.to_owned()));
+        }
+    }
+}
+
+impl Journal for RemoteJournal {
+    fn restored(&self, step_key: &str) -> Result<Option<Restored>, JournalError> {
+        Ok(self.restored.get(step_key).cloned())
+    }
+
+    fn write(&self, write: JournalWrite) -> JournalFuture {
+        if self.closed.load(Ordering::Acquire) {
+            return Box::pin(async {
+                Err(JournalError::Unavailable(
+                    "the run is no longer this worker's".to_owned(),
+                ))
+            });
+        }
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(seq, tx);
+        let out = self.out.clone();
+        let ids = self.payload_ids.clone();
+        let assignment = self.assignment;
+        Box::pin(async move {
+            let mut messages = Vec::new();
+            let mut steps = Vec::new();
+            for (record, output) in &write.steps {
+                let output_payload = match output {
+                    Some(output) => {
+                        let id = ids.fetch_add(1, Ordering::Relaxed);
+                        messages.extend(payload::chunks(id, output).map(Out::Chunk));
+                        id
+                    }
+                    None => 0,
+                };
+                steps.push(v1::StepCheckpoint {
+                    record: Some(convert::step(record)),
+                    output_payload,
+                });
+            }
+            let (kind, output_payload) = match &write.kind {
+                WriteKind::Checkpoint => (v1::CheckpointKind::Steps, 0),
+                WriteKind::Logs => (v1::CheckpointKind::Logs, 0),
+                WriteKind::Finish { output } => {
+                    let id = match output {
+                        Some(output) => {
+                            let id = ids.fetch_add(1, Ordering::Relaxed);
+                            messages.extend(payload::chunks(id, output).map(Out::Chunk));
+                            id
+                        }
+                        None => 0,
+                    };
+                    (v1::CheckpointKind::Finish, id)
+                }
+            };
+            messages.push(Out::Checkpoint(v1::Checkpoint {
+                assignment_id: assignment,
+                seq,
+                kind: kind as i32,
+                run: Some(convert::run(&write.run, &[])),
+                steps,
+                logs: write.logs.iter().map(convert::log).collect(),
+                output_payload,
+            }));
+            for kind in messages {
+                if out.send(worker_message(kind)).await.is_err() {
+                    return Err(JournalError::Unavailable(
+                        "the coordinator is unreachable".to_owned(),
+                    ));
+                }
+            }
+            match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(why)) => Err(JournalError::Unavailable(why)),
+                Err(_) => Err(JournalError::Unavailable(
+                    "the coordinator is unreachable".to_owned(),
+                )),
+            }
+        })
+    }
+}

@@ -1,0 +1,965 @@
+//! The cluster, as real processes: a real etcd, one coordinator and three
+//! workers of the real binary, all on loopback ports chosen here, killed
+//! with SIGKILL where a test says so. Runs are started and read through the
+//! Rust client, against the coordinator's public API; an [`HttpFixture`]
+//! counts what reached the outside world, by `Idempotency-Key`
+//! (`<run id>/<step key>`), so a repeated step is seen.
+//!
+//! What the cluster promises, and so what these tests hold it to: every run
+//! completes with the output an uninterrupted run has; a step the
+//! coordinator acknowledged is never run again, whatever dies; the step in
+//! flight when its worker (or the coordinator) died runs again, with the
+//! same key.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use isoflow_client::Client;
+use isoflow_proto::v1;
+use isoflow_testkit::etcd::Etcd;
+use isoflow_testkit::process::Process;
+use isoflow_testkit::{Gate, HttpFixture, Reply, Responder, free_port, seed_orders_expected};
+use serde_json::{Value, json};
+
+/// Bounds every wait (debug builds, a busy machine).
+const LONG: Duration = Duration::from_secs(120);
+const TOKEN: &str = "acme-token-0123456789abcdef";
+const OTHER_TOKEN: &str = "globex-token-0123456789abcdef";
+const CLUSTER_TOKEN: &str = "cluster-secret-0123456789";
+const ERP_TOKEN: &str = "erp-t0ken";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn seed_yaml() -> String {
+    std::fs::read_to_string(repo().join("examples/integrations/seed.yaml")).expect("the seed")
+}
+
+/// A step that waits on the fixture's `/hold` between two counted steps.
+const HELD: &str = r#"
+apiVersion: isoflow.dev/v1
+name: held
+version: 1
+steps:
+  - id: before
+    type: http
+    method: GET
+    url: "{{ input.base }}/before"
+  - id: double
+    type: code
+    input: "{{ steps.before.output.body }}"
+    source: |
+      export default function (body) { return { n: body.n * 2 }; }
+  - id: hold
+    type: http
+    method: POST
+    url: "{{ input.base }}/hold"
+    body: "{{ steps.double.output }}"
+    timeout: 120s
+  - id: after
+    type: http
+    method: GET
+    url: "{{ input.base }}/after"
+"#;
+
+/// etcd, a coordinator and workers, each with its config file in a temp
+/// folder. Every process is killed when this is dropped.
+struct Cluster {
+    dir: tempfile::TempDir,
+    etcd: Etcd,
+    api_port: u16,
+    coordinator: Option<Process>,
+    workers: BTreeMap<String, Process>,
+    /// Stderr of processes that were killed, for failure messages.
+    history: Vec<String>,
+}
+
+impl Cluster {
+    fn start(workers: usize) -> Cluster {
+        let etcd = Etcd::start().expect("etcd starts");
+        let mut cluster = Cluster {
+            dir: tempfile::tempdir().expect("a temp dir"),
+            etcd,
+            api_port: free_port(),
+            coordinator: None,
+            workers: BTreeMap::new(),
+            history: Vec::new(),
+        };
+        cluster.start_coordinator();
+        for i in 1..=workers {
+            cluster.start_worker(&format!("worker-{i}"), None);
+        }
+        cluster
+    }
+
+    fn common(&self) -> String {
+        format!(
+            r#"
+[auth]
+cluster_token = "{CLUSTER_TOKEN}"
+[etcd]
+endpoints = ["{}"]
+prefix = "/isoflow-test"
+lease_ttl = "3s"
+[cluster]
+heartbeat_interval = "250ms"
+heartbeat_timeout = "3s"
+"#,
+            self.etcd.endpoint()
+        )
+    }
+
+    fn config(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).expect("write a config");
+        path
+    }
+
+    fn spawn(&self, config: &Path) -> Process {
+        Process::spawn(
+            Command::new(env!("CARGO_BIN_EXE_isoflow"))
+                .args(["serve", "--config"])
+                .arg(config)
+                .env("RUST_LOG", "info"),
+        )
+    }
+
+    fn start_coordinator(&mut self) {
+        let config = self.config(
+            "coordinator",
+            &format!(
+                r#"
+role = "coordinator"
+node_id = "coordinator"
+data_dir = "{}"
+[api]
+listen = "127.0.0.1:{}"
+{}
+[[auth.tokens]]
+tenant = "acme"
+token = "{TOKEN}"
+[[auth.tokens]]
+tenant = "globex"
+token = "{OTHER_TOKEN}"
+"#,
+                self.dir.path().join("coordinator-data").display(),
+                self.api_port,
+                self.common()
+            ),
+        );
+        let mut process = self.spawn(&config);
+        process.wait_for_stderr_line(LONG, |l| l.contains("listening on"));
+        self.coordinator = Some(process);
+    }
+
+    /// A worker; `coordinator` overrides finding the leader in etcd.
+    fn start_worker(&mut self, id: &str, coordinator: Option<&str>) {
+        let fixed = coordinator
+            .map(|c| format!("coordinator = \"{c}\"\n"))
+            .unwrap_or_default();
+        let config = self.config(
+            id,
+            &format!(
+                r#"
+role = "worker"
+node_id = "{id}"
+{}
+[worker]
+capacity = 8
+{fixed}
+[[credentials]]
+tenant = "acme"
+name = "erp-api"
+token = "{ERP_TOKEN}"
+"#,
+                self.common()
+            ),
+        );
+        let mut process = self.spawn(&config);
+        process.wait_for_stderr_line(LONG, |l| l.contains("connected"));
+        self.workers.insert(id.to_owned(), process);
+    }
+
+    fn api(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    fn coordinator_log(&self) -> String {
+        let mut log = self.history.join("\n");
+        if let Some(c) = &self.coordinator {
+            log.push_str(&c.stderr());
+        }
+        log
+    }
+
+    /// The worker the coordinator last gave `run_id` to, from its log.
+    fn worker_of(&self, run_id: &str) -> Option<String> {
+        self.coordinator_log()
+            .lines()
+            .rev()
+            .filter(|l| l.contains("run assigned") && l.contains(run_id))
+            .find_map(|l| field(l, "worker"))
+    }
+
+    fn kill_worker(&mut self, id: &str) {
+        let process = self.workers.remove(id).expect("a running worker");
+        let finished = process.kill();
+        self.history.push(format!("[{id}]\n{}", finished.stderr));
+    }
+
+    fn kill_coordinator(&mut self) {
+        let process = self.coordinator.take().expect("a running coordinator");
+        let finished = process.kill();
+        self.history
+            .push(format!("[coordinator]\n{}", finished.stderr));
+    }
+
+    fn describe(&self) -> String {
+        let mut out = self.coordinator_log();
+        for (id, worker) in &self.workers {
+            out.push_str(&format!("\n[{id}]\n{}", worker.stderr()));
+        }
+        out
+    }
+}
+
+/// `key=value` from a log line.
+fn field(line: &str, key: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .map(|v| v.trim_matches('"').to_owned())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+async fn client(cluster: &Cluster, token: &str) -> Client {
+    Client::connect(&cluster.api(), Some(token))
+        .await
+        .expect("the coordinator answers")
+}
+
+async fn deploy(client: &Client, yaml: &str, name: &str) {
+    client
+        .deploy(yaml, name, HashMap::new())
+        .await
+        .expect("deploys");
+}
+
+/// Waits for a run to end, bounded.
+async fn wait(client: &Client, run_id: &str) -> v1::Run {
+    tokio::time::timeout(LONG, client.wait(run_id))
+        .await
+        .unwrap_or_else(|_| panic!("run {run_id} did not end in time"))
+        .expect("watching the run")
+}
+
+fn status(run: &v1::Run) -> v1::RunStatus {
+    v1::RunStatus::try_from(run.status).expect("a known status")
+}
+
+/// Requests to `path` by Idempotency-Key.
+fn by_key(fixture: &HttpFixture, method: &str, path: &str) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for request in fixture.requests(method, path) {
+        let key = request
+            .headers
+            .get("idempotency-key")
+            .cloned()
+            .unwrap_or_default();
+        *counts.entry(key).or_default() += 1;
+    }
+    counts
+}
+
+fn held_fixture() -> (HttpFixture, Gate) {
+    let fixture = HttpFixture::start();
+    let gate = Gate::new();
+    fixture.route(
+        "GET",
+        "/before",
+        Responder::Fixed(Reply::json(200, &json!({"n": 21}))),
+    );
+    fixture.route(
+        "POST",
+        "/hold",
+        Responder::Hold(gate.clone(), Reply::json(200, &json!({"held": true}))),
+    );
+    fixture.route(
+        "GET",
+        "/after",
+        Responder::Fixed(Reply::json(200, &json!({"done": true}))),
+    );
+    (fixture, gate)
+}
+
+#[test]
+fn two_hundred_seed_runs_spread_over_three_workers() {
+    let cluster = Cluster::start(3);
+    let fixture = HttpFixture::start();
+    fixture.serve_seed(ERP_TOKEN);
+    let expected = seed_orders_expected(100);
+    let input = json!({
+        "export_url": fixture.url("/orders.xml"),
+        "target_url": fixture.url("/erp/orders"),
+    });
+    runtime().block_on(async {
+        let client = client(&cluster, TOKEN).await;
+        deploy(&client, &seed_yaml(), "seed.yaml").await;
+        let mut ids = Vec::new();
+        for _ in 0..200 {
+            let run = client
+                .start_run("orders-to-erp", None, &input)
+                .await
+                .expect("starts");
+            ids.push(run.run_id);
+        }
+        for id in &ids {
+            let run = wait(&client, id).await;
+            assert_eq!(
+                status(&run),
+                v1::RunStatus::Succeeded,
+                "{}\n{}",
+                run.error,
+                cluster.describe()
+            );
+            assert_eq!(run.steps.len(), 6);
+            let output = client.output(id).await.expect("an output");
+            assert_eq!(output["orders"], expected.open);
+            assert_eq!(output["status"], 201);
+        }
+    });
+    let mut per_worker: BTreeMap<String, usize> = BTreeMap::new();
+    for line in cluster
+        .coordinator_log()
+        .lines()
+        .filter(|l| l.contains("run assigned"))
+    {
+        if let Some(worker) = field(line, "worker") {
+            *per_worker.entry(worker).or_default() += 1;
+        }
+    }
+    let log = cluster.coordinator_log();
+    let trouble: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("taken back") || l.contains("worker left") || l.contains("ERROR"))
+        .collect();
+    assert!(trouble.is_empty(), "{}", trouble.join("\n"));
+    assert_eq!(per_worker.values().sum::<usize>(), 200, "{per_worker:?}");
+    assert_eq!(
+        per_worker.len(),
+        3,
+        "every worker took runs: {per_worker:?}"
+    );
+    for (worker, runs) in &per_worker {
+        assert!(
+            *runs >= 20,
+            "{worker} took only {runs} of 200: {per_worker:?}"
+        );
+    }
+    // Each run posted once.
+    let posts = by_key(&fixture, "POST", "/erp/orders");
+    assert_eq!(posts.len(), 200);
+    assert!(posts.values().all(|n| *n == 1), "{posts:?}");
+    eprintln!("runs per worker: {per_worker:?}");
+}
+
+#[test]
+fn a_killed_workers_run_completes_on_another_without_repeating_steps() {
+    let mut cluster = Cluster::start(3);
+    let (fixture, gate) = held_fixture();
+    let input = json!({ "base": fixture.url("") });
+    runtime().block_on(async {
+        let client = client(&cluster, TOKEN).await;
+        deploy(&client, HELD, "held.yaml").await;
+        let run = client
+            .start_run("held", None, &input)
+            .await
+            .expect("starts");
+        assert!(
+            fixture.wait_for_count("POST", "/hold", 1, LONG),
+            "the run never reached /hold"
+        );
+        let victim = cluster
+            .worker_of(&run.run_id)
+            .expect("the run was assigned");
+        let killed = Instant::now();
+        cluster.kill_worker(&victim);
+        assert!(
+            fixture.wait_for_count("POST", "/hold", 2, LONG),
+            "the run did not resume\n{}",
+            cluster.describe()
+        );
+        eprintln!(
+            "from SIGKILL of {victim} to the step running again elsewhere: {:?}",
+            killed.elapsed()
+        );
+        let resumed_on = cluster.worker_of(&run.run_id).expect("assigned again");
+        assert_ne!(resumed_on, victim);
+        gate.release();
+        let ended = wait(&client, &run.run_id).await;
+        assert_eq!(status(&ended), v1::RunStatus::Succeeded, "{}", ended.error);
+    });
+    assert_eq!(
+        fixture.count("GET", "/before"),
+        1,
+        "an acknowledged step ran again"
+    );
+    assert_eq!(fixture.count("GET", "/after"), 1);
+    let holds = by_key(&fixture, "POST", "/hold");
+    assert_eq!(holds.len(), 1, "the repeat carries the same key: {holds:?}");
+    assert_eq!(holds.values().next(), Some(&2));
+}
+
+#[test]
+fn runs_survive_a_killed_and_restarted_coordinator() {
+    let mut cluster = Cluster::start(3);
+    let (fixture, gate) = held_fixture();
+    let input = json!({ "base": fixture.url("") });
+    let rt = runtime();
+    let ids: Vec<String> = rt.block_on(async {
+        let client = client(&cluster, TOKEN).await;
+        deploy(&client, HELD, "held.yaml").await;
+        let mut ids = Vec::new();
+        for _ in 0..6 {
+            ids.push(
+                client
+                    .start_run("held", None, &input)
+                    .await
+                    .expect("starts")
+                    .run_id,
+            );
+        }
+        ids
+    });
+    assert!(
+        fixture.wait_for_count("POST", "/hold", 6, LONG),
+        "runs never reached /hold"
+    );
+    cluster.kill_coordinator();
+    cluster.start_coordinator();
+    // Workers lost the coordinator and stopped their runs; the new one
+    // reassigns them from the store.
+    assert!(
+        fixture.wait_for_count("POST", "/hold", 12, LONG),
+        "runs did not resume\n{}",
+        cluster.describe()
+    );
+    gate.release();
+    rt.block_on(async {
+        let client = client(&cluster, TOKEN).await;
+        for id in &ids {
+            let run = wait(&client, id).await;
+            assert_eq!(status(&run), v1::RunStatus::Succeeded, "{}", run.error);
+            assert_eq!(run.steps.len(), 4);
+        }
+    });
+    assert_eq!(
+        fixture.count("GET", "/before"),
+        6,
+        "an acknowledged step ran again"
+    );
+    assert_eq!(fixture.count("GET", "/after"), 6);
+    let holds = by_key(&fixture, "POST", "/hold");
+    assert_eq!(holds.len(), 6, "{holds:?}");
+    assert!(holds.values().all(|n| *n == 2), "{holds:?}");
+}
+
+#[test]
+fn runs_go_on_while_etcd_is_away_and_nodes_register_again() {
+    let mut cluster = Cluster::start(3);
+    let (fixture, gate) = held_fixture();
+    let input = json!({ "base": fixture.url("") });
+    let rt = runtime();
+    let first: Vec<String> = rt.block_on(async {
+        let client = client(&cluster, TOKEN).await;
+        deploy(&client, HELD, "held.yaml").await;
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            ids.push(
+                client
+                    .start_run("held", None, &input)
+                    .await
+                    .expect("starts")
+                    .run_id,
+            );
+        }
+        ids
+    });
+    assert!(fixture.wait_for_count("POST", "/hold", 4, LONG));
+    cluster.etcd.kill();
+    let away = Instant::now();
+    // In-flight runs finish while etcd is gone, and new ones start and run.
+    gate.release();
+    rt.block_on(async {
+        let client = client(&cluster, TOKEN).await;
+        for id in &first {
+            let run = wait(&client, id).await;
+            assert_eq!(status(&run), v1::RunStatus::Succeeded, "{}", run.error);
+        }
+        let during = client
+            .start_run("held", None, &input)
+            .await
+            .expect("starts");
+        let run = wait(&client, &during.run_id).await;
+        assert_eq!(status(&run), v1::RunStatus::Succeeded, "{}", run.error);
+    });
+    // Away for a few seconds in all, longer than the nodes' lease TTL:
+    // their keep-alives fail meanwhile and must be taken up again.
+    while away.elapsed() < Duration::from_secs(4) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.etcd.restart().expect("etcd starts again");
+    // Every node is registered again.
+    let registered = poll(LONG, || {
+        let workers = etcd_keys(&cluster.etcd, "/isoflow-test/workers/");
+        let coordinators = etcd_keys(&cluster.etcd, "/isoflow-test/coordinators/");
+        workers.len() == 3 && coordinators.len() == 1
+    });
+    assert!(
+        registered,
+        "nodes did not register again\n{}",
+        cluster.describe()
+    );
+    rt.block_on(async {
+        let client = client(&cluster, TOKEN).await;
+        let after = client
+            .start_run("held", None, &input)
+            .await
+            .expect("starts");
+        let run = wait(&client, &after.run_id).await;
+        assert_eq!(status(&run), v1::RunStatus::Succeeded, "{}", run.error);
+        let runs = client.runs(Some(100)).await.expect("lists");
+        assert_eq!(runs.len(), 6, "no run lost");
+        assert!(runs.iter().all(|r| status(r) == v1::RunStatus::Succeeded));
+    });
+    assert_eq!(fixture.count("GET", "/before"), 6);
+    cluster.workers.clear();
+}
+
+#[test]
+fn a_worker_cut_off_from_the_coordinator_stops_and_rejoins() {
+    let mut cluster = Cluster::start(1);
+    let proxy = Proxy::start(cluster.api_port);
+    cluster.start_worker(
+        "worker-cut",
+        Some(&format!("http://127.0.0.1:{}", proxy.port)),
+    );
+    let (fixture, gate) = held_fixture();
+    let input = json!({ "base": fixture.url("") });
+    let rt = runtime();
+    rt.block_on(async {
+        let client = client(&cluster, TOKEN).await;
+        deploy(&client, HELD, "held.yaml").await;
+        // 16 runs fill both workers' 8 slots.
+        let mut ids = Vec::new();
+        for _ in 0..16 {
+            ids.push(
+                client
+                    .start_run("held", None, &input)
+                    .await
+                    .expect("starts")
+                    .run_id,
+            );
+        }
+        assert!(fixture.wait_for_count("POST", "/hold", 16, LONG));
+        let on_cut: Vec<_> = ids
+            .iter()
+            .filter(|id| cluster.worker_of(id).as_deref() == Some("worker-cut"))
+            .cloned()
+            .collect();
+        assert!(!on_cut.is_empty(), "the cut worker took no run");
+        proxy.cut();
+        // The coordinator takes the cut worker's runs back; they run on the
+        // other worker once it has room.
+        assert!(
+            poll(LONG, || cluster.coordinator_log().lines().any(|l| l
+                .contains("worker left")
+                && l.contains("worker-cut"))),
+            "the coordinator did not notice\n{}",
+            cluster.describe()
+        );
+        gate.release();
+        for id in &ids {
+            let run = wait(&client, id).await;
+            assert_eq!(status(&run), v1::RunStatus::Succeeded, "{}", run.error);
+        }
+        for id in &on_cut {
+            assert_eq!(cluster.worker_of(id).as_deref(), Some("worker-1"));
+        }
+        // While cut off, it takes nothing.
+        let late = client
+            .start_run("held", None, &input)
+            .await
+            .expect("starts");
+        wait(&client, &late.run_id).await;
+        assert_eq!(cluster.worker_of(&late.run_id).as_deref(), Some("worker-1"));
+
+        proxy.restore();
+        let joins = |log: &str| {
+            log.lines()
+                .filter(|l| l.contains("worker joined") && l.contains("worker-cut"))
+                .count()
+        };
+        assert!(
+            poll(LONG, || joins(&cluster.coordinator_log()) >= 2),
+            "the worker did not rejoin\n{}",
+            cluster.describe()
+        );
+        let mut rejoined_work = false;
+        for _ in 0..16 {
+            let run = client
+                .start_run("held", None, &input)
+                .await
+                .expect("starts");
+            rejoined_work |= cluster.worker_of(&run.run_id).as_deref() == Some("worker-cut");
+            wait(&client, &run.run_id).await;
+        }
+        assert!(rejoined_work, "the rejoined worker took no work");
+    });
+    assert_eq!(fixture.count("GET", "/after"), 33);
+}
+
+#[test]
+fn payloads_larger_than_a_message_cross_the_cluster_in_chunks() {
+    let cluster = Cluster::start(1);
+    let yaml = r#"
+apiVersion: isoflow.dev/v1
+name: big
+version: 1
+steps:
+  - id: grow
+    type: code
+    input: "{{ input }}"
+    source: |
+      export default function (input) {
+        return { text: input.text + input.text, length: input.text.length };
+      }
+"#;
+    runtime().block_on(async {
+        let client = client(&cluster, TOKEN).await;
+        deploy(&client, yaml, "big.yaml").await;
+        let text = "abcdefgh".repeat(1 << 20); // 8 MiB, twice the message limit
+        let run = client
+            .start_run("big", None, &json!({ "text": text }))
+            .await
+            .expect("starts");
+        let ended = wait(&client, &run.run_id).await;
+        assert_eq!(status(&ended), v1::RunStatus::Succeeded, "{}", ended.error);
+        let output = client.output(&run.run_id).await.expect("the output");
+        assert_eq!(output["length"], 8 << 20);
+        assert_eq!(output["text"].as_str().map(str::len), Some(16 << 20));
+    });
+}
+
+#[test]
+fn bad_requests_get_their_code_and_one_sentence() {
+    let cluster = Cluster::start(1);
+    runtime().block_on(async {
+        // No token, a wrong token.
+        let anonymous = Client::connect(&cluster.api(), None)
+            .await
+            .expect("connects");
+        let error = anonymous.runs(Some(10)).await.expect_err("needs a token");
+        assert_eq!(code(&error), tonic::Code::Unauthenticated, "{error}");
+        let wrong = Client::connect(&cluster.api(), Some("not-a-token-0123456789"))
+            .await
+            .expect("connects");
+        assert_eq!(
+            code(&wrong.runs(Some(10)).await.expect_err("bad token")),
+            tonic::Code::Unauthenticated
+        );
+
+        let client = client(&cluster, TOKEN).await;
+        // A definition with a mistake: the validator's sentence.
+        let broken = HELD.replace("type: code", "type: cod");
+        let error = client
+            .deploy(&broken, "held.yaml", HashMap::new())
+            .await
+            .expect_err("invalid");
+        assert_eq!(code(&error), tonic::Code::InvalidArgument);
+        assert!(message(&error).starts_with("held.yaml:"), "{error}");
+        assert!(
+            message(&error).contains("double"),
+            "names the step: {error}"
+        );
+
+        // A code file the definition names but the request does not carry.
+        let with_file = HELD.replace(
+            "source: |\n      export default function (body) { return { n: body.n * 2 }; }",
+            "file: steps/double.js",
+        );
+        let error = client
+            .deploy(&with_file, "held.yaml", HashMap::new())
+            .await
+            .expect_err("missing file");
+        assert_eq!(code(&error), tonic::Code::InvalidArgument);
+        assert!(message(&error).contains("steps/double.js"), "{error}");
+
+        deploy(&client, HELD, "held.yaml").await;
+        // The same version with another definition.
+        let changed = HELD.replace("/after", "/later");
+        let error = client
+            .deploy(&changed, "held.yaml", HashMap::new())
+            .await
+            .expect_err("conflict");
+        assert_eq!(code(&error), tonic::Code::AlreadyExists, "{error}");
+
+        let error = client
+            .start_run("nope", None, &Value::Null)
+            .await
+            .expect_err("unknown");
+        assert_eq!(code(&error), tonic::Code::NotFound);
+        assert!(message(&error).contains("\"nope\""), "{error}");
+        let error = client
+            .start_run("held", Some(7), &Value::Null)
+            .await
+            .expect_err("unknown version");
+        assert_eq!(code(&error), tonic::Code::NotFound);
+
+        let error = client
+            .run("0190aaaa-0000-7000-8000-000000000000")
+            .await
+            .expect_err("none");
+        assert_eq!(code(&error), tonic::Code::NotFound);
+        let error = client.run("").await.expect_err("empty");
+        assert_eq!(code(&error), tonic::Code::InvalidArgument);
+
+        // A run that fails at once (nothing listens there), then cancelled.
+        let run = client
+            .start_run("held", None, &json!({ "base": "http://127.0.0.1:1" }))
+            .await
+            .expect("starts");
+        let ended = wait(&client, &run.run_id).await;
+        assert_eq!(status(&ended), v1::RunStatus::Failed);
+        assert!(
+            ended.error.starts_with("step \"before\""),
+            "{}",
+            ended.error
+        );
+        let error = client.cancel(&run.run_id).await.expect_err("ended");
+        assert_eq!(code(&error), tonic::Code::FailedPrecondition, "{error}");
+        let error = client.output(&run.run_id).await.expect_err("no output");
+        assert_eq!(code(&error), tonic::Code::FailedPrecondition, "{error}");
+
+        // Another tenant sees none of it.
+        let other = client_for(&cluster, OTHER_TOKEN).await;
+        let error = other.run(&run.run_id).await.expect_err("not theirs");
+        assert_eq!(code(&error), tonic::Code::NotFound);
+        assert!(other.runs(Some(10)).await.expect("lists").is_empty());
+        assert!(other.integrations().await.expect("lists").is_empty());
+        let error = other
+            .start_run("held", None, &Value::Null)
+            .await
+            .expect_err("not theirs");
+        assert_eq!(code(&error), tonic::Code::NotFound);
+    });
+    // The workers' API wants the cluster token.
+    runtime().block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(cluster.api())
+            .expect("an address")
+            .connect()
+            .await
+            .expect("connects");
+        let mut raw = v1::cluster_client::ClusterClient::new(channel);
+        let hello = v1::WorkerMessage {
+            kind: Some(v1::worker_message::Kind::Hello(v1::Hello {
+                worker_id: "intruder".into(),
+                capacity: 1,
+                version: String::new(),
+            })),
+        };
+        let error = raw
+            .work(tokio_stream::iter([hello]))
+            .await
+            .expect_err("no cluster token");
+        assert_eq!(error.code(), tonic::Code::Unauthenticated);
+    });
+}
+
+async fn client_for(cluster: &Cluster, token: &str) -> Client {
+    client(cluster, token).await
+}
+
+fn code(error: &isoflow_client::Error) -> tonic::Code {
+    match error {
+        isoflow_client::Error::Status(status) => status.code(),
+        other => panic!("not a status: {other}"),
+    }
+}
+
+fn message(error: &isoflow_client::Error) -> String {
+    match error {
+        isoflow_client::Error::Status(status) => status.message().to_owned(),
+        other => panic!("not a status: {other}"),
+    }
+}
+
+fn poll(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    done()
+}
+
+/// Keys under `prefix`, read through etcd's JSON gateway.
+fn etcd_keys(etcd: &Etcd, prefix: &str) -> Vec<String> {
+    use base64_lite as b64;
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    let body = format!(
+        "{{\"key\":\"{}\",\"range_end\":\"{}\",\"keys_only\":true}}",
+        b64::encode(prefix.as_bytes()),
+        b64::encode(&end)
+    );
+    let Ok((200, text)) = etcd.request("POST", "/v3/kv/range", body.as_bytes()) else {
+        return Vec::new();
+    };
+    let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    value["kvs"]
+        .as_array()
+        .map(|kvs| {
+            kvs.iter()
+                .filter_map(|kv| kv["key"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Base64 for the few bytes of an etcd key.
+mod base64_lite {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub fn encode(bytes: &[u8]) -> String {
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A TCP proxy in front of the coordinator that can be cut (every
+/// connection dropped, new ones refused) and restored.
+struct Proxy {
+    port: u16,
+    open: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<TcpStream>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    fn start(target: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a port");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let port = listener.local_addr().expect("bound").port();
+        let open = Arc::new(AtomicBool::new(true));
+        let connections: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (open2, connections2, stop2) = (open.clone(), connections.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Acquire) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        if !open2.load(Ordering::Acquire) {
+                            drop(client);
+                            continue;
+                        }
+                        let _ = client.set_nonblocking(false);
+                        let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                            continue;
+                        };
+                        let mut held = connections2.lock().unwrap_or_else(|e| e.into_inner());
+                        for stream in [&client, &server] {
+                            if let Ok(clone) = stream.try_clone() {
+                                held.push(clone);
+                            }
+                        }
+                        pipe(
+                            client.try_clone().expect("clone"),
+                            server.try_clone().expect("clone"),
+                        );
+                        pipe(server, client);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Proxy {
+            port,
+            open,
+            connections,
+            stop,
+        }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, Ordering::Release);
+        for stream in self
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.open.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.cut();
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buffer[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
+}
