@@ -633,6 +633,52 @@ fn a_worker_cut_off_from_the_coordinator_stops_and_rejoins() {
 }
 
 #[test]
+fn a_cancelled_run_stops_on_its_worker_and_a_queued_one_never_starts() {
+    let mut cluster = Cluster::start(0);
+    cluster.start_worker("worker-1", None);
+    let (fixture, _gate) = held_fixture();
+    let input = json!({ "base": fixture.url("") });
+    runtime().block_on(async {
+        let client = client(&cluster, TOKEN).await;
+        deploy(&client, HELD, "held.yaml").await;
+        // 8 slots: 8 runs hold, the ninth waits in the queue.
+        let mut ids = Vec::new();
+        for _ in 0..9 {
+            ids.push(
+                client
+                    .start_run("held", None, &input)
+                    .await
+                    .expect("starts")
+                    .run_id,
+            );
+        }
+        assert!(fixture.wait_for_count("POST", "/hold", 8, LONG));
+        let queued = ids.pop().expect("nine");
+        assert_eq!(cluster.worker_of(&queued), None, "the ninth run waits");
+        client.cancel(&queued).await.expect("cancels");
+        let run = wait(&client, &queued).await;
+        assert_eq!(status(&run), v1::RunStatus::Cancelled);
+        assert!(run.steps.is_empty(), "it never started");
+
+        let running = &ids[0];
+        client.cancel(running).await.expect("cancels");
+        let run = wait(&client, running).await;
+        assert_eq!(status(&run), v1::RunStatus::Cancelled, "{}", run.error);
+        // Its slot is free again: a new run starts while the others hold.
+        let next = client
+            .start_run("held", None, &input)
+            .await
+            .expect("starts");
+        assert!(
+            fixture.wait_for_count("POST", "/hold", 9, LONG),
+            "the slot was not freed"
+        );
+        assert_eq!(cluster.worker_of(&next.run_id).as_deref(), Some("worker-1"));
+    });
+    assert_eq!(fixture.count("GET", "/after"), 0);
+}
+
+#[test]
 fn payloads_larger_than_a_message_cross_the_cluster_in_chunks() {
     let cluster = Cluster::start(1);
     let yaml = r#"

@@ -269,7 +269,7 @@ impl Config {
             let at = e
                 .span()
                 .map(|span| {
-                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
                     format!(":{line}")
                 })
                 .unwrap_or_default();

@@ -1,0 +1,149 @@
+//! `isoflowctl` against a real `isoflow serve` (role `all`, no etcd): the
+//! seed integration deployed, run and read back through the CLI, as a user
+//! does it. The server binary is the workspace's own `isoflow`, built
+//! beside `isoflowctl` by `cargo build --workspace --tests` (the test
+//! command builds both).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use isoflow_testkit::process::Process;
+use isoflow_testkit::{HttpFixture, free_port, seed_orders_expected};
+use serde_json::{Value, json};
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn server_binary() -> PathBuf {
+    let ctl = Path::new(env!("CARGO_BIN_EXE_isoflowctl"));
+    let server = ctl.with_file_name("isoflow");
+    assert!(
+        server.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace --tests)",
+        server.display()
+    );
+    server
+}
+
+fn ctl(server: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_isoflowctl"))
+        .args(["--server", server])
+        .args(args)
+        .output()
+        .expect("isoflowctl runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn deploys_runs_and_shows_the_seed_integration() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let port = free_port();
+    let config = dir.path().join("isoflow.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "role = \"all\"\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n\
+             [[credentials]]\ntenant = \"local\"\nname = \"erp-api\"\ntoken = \"erp-t0ken\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .expect("write the config");
+    let mut node = Process::spawn(
+        Command::new(server_binary())
+            .args(["serve", "--config"])
+            .arg(&config),
+    );
+    node.wait_for_stderr_line(LONG, |l| l.contains("listening on"));
+    let server = format!("http://127.0.0.1:{port}");
+    let fixture = HttpFixture::start();
+    fixture.serve_seed("erp-t0ken");
+
+    let seed = repo().join("examples/integrations/seed.yaml");
+    let deployed = ctl(&server, &["deploy", seed.to_str().expect("utf-8 path")]);
+    assert!(deployed.status.success(), "{}", text(&deployed.stderr));
+    assert!(
+        text(&deployed.stdout).contains("orders-to-erp"),
+        "{}",
+        text(&deployed.stdout)
+    );
+
+    let input = json!({
+        "export_url": fixture.url("/orders.xml"),
+        "target_url": fixture.url("/erp/orders"),
+    })
+    .to_string();
+    let started = ctl(
+        &server,
+        &["start", "orders-to-erp", "--input", &input, "--wait"],
+    );
+    assert_eq!(started.status.code(), Some(0), "{}", text(&started.stderr));
+    let output: Value = serde_json::from_slice(&started.stdout).expect("the output is JSON");
+    assert_eq!(output["orders"], seed_orders_expected(100).open);
+    let progress = text(&started.stderr);
+    for step in ["fetch", "parse", "filter", "enrich", "aggregate", "post"] {
+        assert!(
+            progress.contains(step),
+            "no progress for {step}:\n{progress}"
+        );
+    }
+    let run_id = progress
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("run ")
+                .and_then(|r| r.split_whitespace().next())
+        })
+        .expect("a `run <id> ...` line")
+        .to_owned();
+
+    let runs = ctl(&server, &["runs"]);
+    assert!(runs.status.success());
+    assert!(
+        text(&runs.stdout).contains(&run_id),
+        "{}",
+        text(&runs.stdout)
+    );
+    let shown = ctl(&server, &["show", &run_id]);
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    assert!(
+        text(&shown.stdout).contains("succeeded"),
+        "{}",
+        text(&shown.stdout)
+    );
+    let fetched = ctl(&server, &["output", &run_id]);
+    let again: Value = serde_json::from_slice(&fetched.stdout).expect("JSON");
+    assert_eq!(again, output);
+
+    // A finished run cannot be cancelled: one sentence, exit 2.
+    let cancelled = ctl(&server, &["cancel", &run_id]);
+    assert_eq!(cancelled.status.code(), Some(2));
+    let error = text(&cancelled.stderr);
+    assert!(
+        error.starts_with("error: ") && error.contains("already ended"),
+        "{error}"
+    );
+
+    // An integration with a mistake: the validator's sentence, exit 2.
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(
+        &broken,
+        std::fs::read_to_string(&seed)
+            .expect("the seed")
+            .replace("type: http", "type: htp"),
+    )
+    .expect("write");
+    let refused = ctl(&server, &["deploy", broken.to_str().expect("utf-8 path")]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        text(&refused.stderr).contains("broken.yaml:"),
+        "{}",
+        text(&refused.stderr)
+    );
+    drop(node);
+}
