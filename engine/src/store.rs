@@ -115,6 +115,18 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
+    /// The status as stored and shown: `pending`, `running`, `succeeded`,
+    /// `failed`, `cancelled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Pending => "pending",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
     pub fn is_finished(self) -> bool {
         matches!(
             self,

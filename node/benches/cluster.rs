@@ -103,7 +103,7 @@ fn main() {
     );
     let mut coordinator = spawn(&coordinator_config);
     coordinator.wait_for_stderr_line(LONG, |l| l.contains("listening on"));
-    let mut workers = Vec::new();
+    let mut workers = std::collections::BTreeMap::new();
     let spawn_worker = |i: usize| {
         let config = write(
             dir.path(),
@@ -116,8 +116,8 @@ fn main() {
         worker.wait_for_stderr_line(LONG, |l| l.contains("connected"));
         worker
     };
-    workers.push(spawn_worker(1));
-    workers.push(spawn_worker(2));
+    workers.insert("worker-1".to_owned(), spawn_worker(1));
+    workers.insert("worker-2".to_owned(), spawn_worker(2));
     let api = format!("http://127.0.0.1:{port}");
     runtime.block_on(async {
         let client = Client::connect(&api, Some(TOKEN)).await.expect("connects");
@@ -148,12 +148,13 @@ fn main() {
             .expect("deploys");
         for _ in 0..5 {
             let before = fixture.count("POST", "/hold");
-            client
+            let run = client
                 .start_run("held", None, &json!({ "base": fixture.url("") }))
                 .await
                 .expect("starts");
             assert!(fixture.wait_for_count("POST", "/hold", before + 1, LONG));
-            let victim = workers.remove(0);
+            let holder = worker_of(&coordinator, &run.run_id);
+            let victim = workers.remove(&holder).expect("a live worker");
             let killed = Instant::now();
             drop(victim.kill());
             assert!(
@@ -162,7 +163,7 @@ fn main() {
             );
             times.push(killed.elapsed());
             // Keep two workers: start a fresh one for the next round.
-            workers.push(spawn_worker(next_worker));
+            workers.insert(format!("worker-{next_worker}"), spawn_worker(next_worker));
             next_worker += 1;
         }
     });
@@ -173,12 +174,13 @@ fn main() {
         let client = Client::connect(&api, Some(TOKEN)).await.expect("connects");
         for _ in 0..3 {
             let before = fixture.count("POST", "/hold");
-            client
+            let run = client
                 .start_run("held", None, &json!({ "base": fixture.url("") }))
                 .await
                 .expect("starts");
             assert!(fixture.wait_for_count("POST", "/hold", before + 1, LONG));
-            let victim = workers.remove(0);
+            let holder = worker_of(&coordinator, &run.run_id);
+            let victim = workers.remove(&holder).expect("a live worker");
             let stopped = Instant::now();
             victim.signal("STOP");
             assert!(
@@ -187,7 +189,7 @@ fn main() {
             );
             hung.push(stopped.elapsed());
             drop(victim.kill());
-            workers.push(spawn_worker(next_worker));
+            workers.insert(format!("worker-{next_worker}"), spawn_worker(next_worker));
             next_worker += 1;
         }
     });
@@ -209,6 +211,21 @@ fn main() {
     drop(coordinator);
 }
 
+/// The worker the coordinator gave `run_id` to, from its log.
+fn worker_of(coordinator: &Process, run_id: &str) -> String {
+    coordinator
+        .stderr()
+        .lines()
+        .rev()
+        .filter(|l| l.contains("run assigned") && l.contains(run_id))
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("worker="))
+                .map(|w| w.trim_matches('"').to_owned())
+        })
+        .expect("the run was assigned")
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).expect("write a config");
@@ -220,7 +237,7 @@ fn spawn(config: &Path) -> Process {
         Command::new(env!("CARGO_BIN_EXE_isoflow"))
             .args(["serve", "--config"])
             .arg(config)
-            .env("RUST_LOG", "warn,isoflow_node=info"),
+            .env("RUST_LOG", "warn,isoflow=info"),
     )
 }
 

@@ -196,7 +196,7 @@ async fn follow(engine: &Engine, mut handle: RunHandle) -> Option<RunOutcome> {
                 RunEvent::Finished(outcome) => {
                     eprintln!(
                         "{} in {}",
-                        status_word(outcome.status),
+                        outcome.status.as_str(),
                         millis(start.elapsed())
                     );
                     return Some(outcome);
@@ -317,7 +317,7 @@ pub fn runs(env: &Env, limit: usize) -> anyhow::Result<ExitCode> {
             run.run_id,
             run.integration,
             run.version,
-            status_word(run.status),
+            run.status.as_str(),
             timestamp(run.created_at_ms),
             duration
         );
@@ -341,7 +341,7 @@ pub fn show(env: &Env, run_id: &str) -> anyhow::Result<ExitCode> {
 fn print_run(store: &Store, run: &RunRecord) -> anyhow::Result<()> {
     println!("run        {}", run.run_id);
     println!("integration {} version {}", run.integration, run.version);
-    println!("status     {}", status_word(run.status));
+    println!("status     {}", run.status.as_str());
     println!("created    {}", timestamp(run.created_at_ms));
     println!("updated    {}", timestamp(run.updated_at_ms));
     if let Some(error) = &run.error {
@@ -399,16 +399,6 @@ fn print_run(store: &Store, run: &RunRecord) -> anyhow::Result<()> {
 
 fn pretty(value: &Value) -> String {
     serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
-}
-
-fn status_word(status: RunStatus) -> &'static str {
-    match status {
-        RunStatus::Pending => "pending",
-        RunStatus::Running => "running",
-        RunStatus::Succeeded => "succeeded",
-        RunStatus::Failed => "failed",
-        RunStatus::Cancelled => "cancelled",
-    }
 }
 
 fn step_word(status: StepStatus) -> &'static str {

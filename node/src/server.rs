@@ -209,11 +209,12 @@ async fn serve_grpc(
         coordinator.id
     );
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(api)
         .add_optional_service(cluster)
+        // Nagle off on every accepted connection: small messages (an Ack,
+        // a step update) must not wait for the peer's delayed ACK.
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             async move {
                 let _ = stop.wait_for(|stop| *stop).await;
             },

@@ -293,7 +293,7 @@ impl Isoflow for Api {
         if run.status != RunStatus::Succeeded {
             return Err(Status::failed_precondition(format!(
                 "run {run_id} has no output: its status is {}",
-                convert::status_word(run.status)
+                run.status.as_str()
             )));
         }
         let store = self.coordinator.store.clone();
@@ -430,7 +430,7 @@ impl Isoflow for Api {
             }
             CancelOutcome::AlreadyEnded(run) => Err(Status::failed_precondition(format!(
                 "run {run_id} already ended: its status is {}",
-                convert::status_word(run.status)
+                run.status.as_str()
             ))),
             CancelOutcome::Cancelling(run) => Ok(Response::new(convert::run(&run, &[]))),
         }

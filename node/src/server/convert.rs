@@ -13,17 +13,6 @@ pub fn run_status(status: RunStatus) -> v1::RunStatus {
     }
 }
 
-/// A status as a word for messages.
-pub fn status_word(status: RunStatus) -> &'static str {
-    match status {
-        RunStatus::Pending => "pending",
-        RunStatus::Running => "running",
-        RunStatus::Succeeded => "succeeded",
-        RunStatus::Failed => "failed",
-        RunStatus::Cancelled => "cancelled",
-    }
-}
-
 pub fn run_status_from(status: i32) -> Option<RunStatus> {
     Some(match v1::RunStatus::try_from(status).ok()? {
         v1::RunStatus::Pending => RunStatus::Pending,
