@@ -424,6 +424,38 @@ fn a_killed_workers_run_completes_on_another_without_repeating_steps() {
 }
 
 #[test]
+fn a_stopped_worker_finishes_its_step_and_hands_the_run_back() {
+    let mut cluster = Cluster::start(2);
+    let (fixture, gate) = held_fixture();
+    let input = json!({ "base": fixture.url("") });
+    runtime().block_on(async {
+        let client = client(&cluster, TOKEN).await;
+        deploy(&client, HELD, "held.yaml").await;
+        let run = client
+            .start_run("held", None, &input)
+            .await
+            .expect("starts");
+        assert!(fixture.wait_for_count("POST", "/hold", 1, LONG));
+        let holder = cluster.worker_of(&run.run_id).expect("assigned");
+        cluster.workers[&holder].signal("TERM");
+        // The step in flight may finish; no new one starts there.
+        gate.release();
+        let ended = wait(&client, &run.run_id).await;
+        assert_eq!(status(&ended), v1::RunStatus::Succeeded, "{}", ended.error);
+        let finisher = cluster.worker_of(&run.run_id).expect("assigned");
+        assert_ne!(finisher, holder, "the rest ran on the other worker");
+        let stopped = cluster.workers.remove(&holder).expect("running");
+        stopped.wait(LONG).expect_code(0);
+    });
+    assert_eq!(
+        fixture.count("POST", "/hold"),
+        1,
+        "the finished step was checkpointed"
+    );
+    assert_eq!(fixture.count("GET", "/after"), 1);
+}
+
+#[test]
 fn runs_survive_a_killed_and_restarted_coordinator() {
     let mut cluster = Cluster::start(3);
     let (fixture, gate) = held_fixture();

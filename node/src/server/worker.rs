@@ -137,12 +137,23 @@ impl WorkerNode {
         let mut payloads = Assembler::default();
         let payload_ids = Arc::new(AtomicU64::new(1));
         let mut tick = tokio::time::interval(interval);
+        let mut draining = false;
+        let (drained_tx, mut drained_rx) = mpsc::unbounded_channel::<()>();
         let result = loop {
             tokio::select! {
-                _ = stop.changed() => {
+                _ = stop.changed(), if !draining => {
                     // Graceful: in-flight steps finish and are checkpointed
-                    // while the stream is still up; then the runs go back.
-                    self.engine.shutdown(Duration::from_secs(10)).await;
+                    // while this loop still carries their acknowledgements;
+                    // then the runs left go back to the coordinator.
+                    draining = true;
+                    let engine = self.engine.clone();
+                    let drained = drained_tx.clone();
+                    tokio::spawn(async move {
+                        engine.shutdown(Duration::from_secs(10)).await;
+                        let _ = drained.send(());
+                    });
+                }
+                Some(()) = drained_rx.recv() => {
                     for (id, _) in active.drain() {
                         let _ = out_tx.send(worker_message(Out::Released(v1::Released {
                             assignment_id: id,
