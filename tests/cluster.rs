@@ -270,6 +270,21 @@ fn status(run: &v1::Run) -> v1::RunStatus {
     v1::RunStatus::try_from(run.status).expect("a known status")
 }
 
+/// Starts `n` runs of the held integration; their ids.
+async fn start_held(client: &Client, input: &Value, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        ids.push(
+            client
+                .start_run("held", None, input)
+                .await
+                .expect("starts")
+                .run_id,
+        );
+    }
+    ids
+}
+
 /// Requests to `path` by Idempotency-Key.
 fn by_key(fixture: &HttpFixture, method: &str, path: &str) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -464,17 +479,7 @@ fn runs_survive_a_killed_and_restarted_coordinator() {
     let ids: Vec<String> = rt.block_on(async {
         let client = client(&cluster, TOKEN).await;
         deploy(&client, HELD, "held.yaml").await;
-        let mut ids = Vec::new();
-        for _ in 0..6 {
-            ids.push(
-                client
-                    .start_run("held", None, &input)
-                    .await
-                    .expect("starts")
-                    .run_id,
-            );
-        }
-        ids
+        start_held(&client, &input, 6).await
     });
     assert!(
         fixture.wait_for_count("POST", "/hold", 6, LONG),
@@ -518,17 +523,7 @@ fn runs_go_on_while_etcd_is_away_and_nodes_register_again() {
     let first: Vec<String> = rt.block_on(async {
         let client = client(&cluster, TOKEN).await;
         deploy(&client, HELD, "held.yaml").await;
-        let mut ids = Vec::new();
-        for _ in 0..4 {
-            ids.push(
-                client
-                    .start_run("held", None, &input)
-                    .await
-                    .expect("starts")
-                    .run_id,
-            );
-        }
-        ids
+        start_held(&client, &input, 4).await
     });
     assert!(fixture.wait_for_count("POST", "/hold", 4, LONG));
     cluster.etcd.kill();
@@ -596,16 +591,7 @@ fn a_worker_cut_off_from_the_coordinator_stops_and_rejoins() {
         let client = client(&cluster, TOKEN).await;
         deploy(&client, HELD, "held.yaml").await;
         // 16 runs fill both workers' 8 slots.
-        let mut ids = Vec::new();
-        for _ in 0..16 {
-            ids.push(
-                client
-                    .start_run("held", None, &input)
-                    .await
-                    .expect("starts")
-                    .run_id,
-            );
-        }
+        let ids = start_held(&client, &input, 16).await;
         assert!(fixture.wait_for_count("POST", "/hold", 16, LONG));
         let on_cut: Vec<_> = ids
             .iter()
@@ -674,16 +660,7 @@ fn a_cancelled_run_stops_on_its_worker_and_a_queued_one_never_starts() {
         let client = client(&cluster, TOKEN).await;
         deploy(&client, HELD, "held.yaml").await;
         // 8 slots: 8 runs hold, the ninth waits in the queue.
-        let mut ids = Vec::new();
-        for _ in 0..9 {
-            ids.push(
-                client
-                    .start_run("held", None, &input)
-                    .await
-                    .expect("starts")
-                    .run_id,
-            );
-        }
+        let mut ids = start_held(&client, &input, 9).await;
         assert!(fixture.wait_for_count("POST", "/hold", 8, LONG));
         let queued = ids.pop().expect("nine");
         assert_eq!(cluster.worker_of(&queued), None, "the ninth run waits");
