@@ -76,7 +76,7 @@ impl Cluster for ClusterService {
         ));
         let timeout = self.heartbeat_timeout;
         tokio::spawn(async move {
-            let why = read_loop(&coordinator, &mut inbound, link_tx, timeout).await;
+            let why = read_loop(&coordinator, &worker, &mut inbound, link_tx, timeout).await;
             coordinator.remove_worker(&worker, Some(connection), &why);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
@@ -164,6 +164,7 @@ async fn write_loop(
 /// Returns why it stopped.
 async fn read_loop(
     coordinator: &Arc<Coordinator>,
+    worker: &str,
     inbound: &mut Streaming<v1::WorkerMessage>,
     link: mpsc::UnboundedSender<Outbound>,
     timeout: Duration,
@@ -183,7 +184,9 @@ async fn read_loop(
                     return e;
                 }
             }
-            Some(In::Released(released)) => coordinator.released(released.assignment_id),
+            Some(In::Released(released)) => {
+                coordinator.released(worker, released.assignment_id);
+            }
             Some(In::Checkpoint(checkpoint)) => {
                 let id = checkpoint.assignment_id;
                 let seq = checkpoint.seq;
@@ -195,8 +198,9 @@ async fn read_loop(
                 // run sends its next one only after this one's Ack.
                 let coordinator = coordinator.clone();
                 let link = link.clone();
+                let worker = worker.to_owned();
                 tokio::spawn(async move {
-                    let reply = match coordinator.apply(id, seq, write).await {
+                    let reply = match coordinator.apply(&worker, id, seq, write).await {
                         Ok(()) => Out::Ack(v1::Ack {
                             assignment_id: id,
                             seq,

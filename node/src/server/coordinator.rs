@@ -38,6 +38,9 @@ use super::convert;
 
 pub type RunKey = (String, String);
 
+/// The worker id of an `all` node's own engine.
+const LOCAL_WORKER: &str = "local";
+
 /// Something that happened to a run, for whoever watches it.
 #[derive(Debug, Clone)]
 pub struct Update {
@@ -200,7 +203,7 @@ impl Coordinator {
 
     /// This process's own engine as a worker (role `all`).
     pub fn add_local(self: &Arc<Self>, capacity: u32, engine: Engine) {
-        self.add_slot("local", capacity, Link::Local(engine));
+        self.add_slot(LOCAL_WORKER, capacity, Link::Local(engine));
     }
 
     fn add_slot(self: &Arc<Self>, worker: &str, capacity: u32, link: Link) -> u64 {
@@ -418,10 +421,11 @@ impl Coordinator {
         }
     }
 
-    /// Applies checkpoint `seq` of assignment `id`: stores it (once) and
-    /// tells watchers. Returns once it is durable.
+    /// Applies checkpoint `seq` of assignment `id`, sent by `worker`:
+    /// stores it (once) and tells watchers. Returns once it is durable.
     pub async fn apply(
         self: &Arc<Self>,
+        worker: &str,
         id: u64,
         seq: u64,
         mut write: JournalWrite,
@@ -431,7 +435,8 @@ impl Coordinator {
             let Some(assignment) = state.assignments.get_mut(&id) else {
                 return Err(ApplyError::Stale(id));
             };
-            if assignment.revoked {
+            // Only the worker given the run writes to it.
+            if assignment.revoked || assignment.worker != worker {
                 return Err(ApplyError::Stale(id));
             }
             if seq <= assignment.applied {
@@ -521,10 +526,14 @@ impl Coordinator {
         Ok(CancelOutcome::Cancelling(run))
     }
 
-    /// A worker gave a run back unfinished (it is shutting down).
-    pub fn released(self: &Arc<Self>, id: u64) {
+    /// `worker` gave a run back unfinished (it is shutting down).
+    pub fn released(self: &Arc<Self>, worker: &str, id: u64) {
         let mut state = lock(&self.state);
-        if let Some(assignment) = state.assignments.get_mut(&id) {
+        if let Some(assignment) = state
+            .assignments
+            .get_mut(&id)
+            .filter(|a| a.worker == worker)
+        {
             assignment.revoked = true;
             if assignment.writing == 0 {
                 requeue_locked(&mut state, id);
@@ -588,12 +597,113 @@ impl Journal for LocalJournal {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         Box::pin(async move {
             coordinator
-                .apply(id, seq, write)
+                .apply(LOCAL_WORKER, id, seq, write)
                 .await
                 .map_err(|e| match e {
                     ApplyError::Store(e) => e,
                     stale @ ApplyError::Stale(_) => JournalError::Unavailable(stale.to_string()),
                 })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use isoflow_engine::store::{StepRecord, StepStatus, StoreConfig};
+
+    fn assigned(link: &mut mpsc::UnboundedReceiver<Outbound>) -> Vec<(u64, String)> {
+        let mut out = Vec::new();
+        while let Ok(message) = link.try_recv() {
+            if let Outbound::Assign(id, (_, run_id)) = message {
+                out.push((id, run_id));
+            }
+        }
+        out
+    }
+
+    fn checkpoint(run: &RunRecord, step: &str) -> JournalWrite {
+        JournalWrite {
+            run: run.clone(),
+            steps: vec![(
+                StepRecord {
+                    step_key: step.to_owned(),
+                    status: StepStatus::Succeeded,
+                    attempts: 1,
+                    started_at_ms: 1,
+                    finished_at_ms: 2,
+                    output_bytes: None,
+                    error: None,
+                },
+                Some(Arc::new(serde_json::json!({ "step": step }))),
+            )],
+            logs: Vec::new(),
+            kind: WriteKind::Checkpoint,
+        }
+    }
+
+    #[tokio::test]
+    async fn runs_go_to_free_slots_in_order_and_only_their_worker_writes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(Store::open(&StoreConfig::new(dir.path())).expect("store"));
+        let coordinator = Coordinator::new("c".into(), store.clone(), 1 << 20).expect("new");
+        let mut runs = Vec::new();
+        for _ in 0..5 {
+            let run = RunRecord::new("acme", "held", 1);
+            store
+                .create_run(&run, &serde_json::json!({}), &serde_json::Value::Null)
+                .expect("stored");
+            coordinator.enqueue(("acme".into(), run.run_id.clone()));
+            runs.push(run);
+        }
+        let (a_tx, mut a) = mpsc::unbounded_channel();
+        let (b_tx, mut b) = mpsc::unbounded_channel();
+        let a_connection = coordinator.add_worker("a", 2, a_tx);
+        coordinator.add_worker("b", 2, b_tx);
+        let to_a = assigned(&mut a);
+        let to_b = assigned(&mut b);
+        assert_eq!(to_a.len(), 2, "a fills its slots first: it was alone");
+        assert_eq!(to_b.len(), 2);
+        let first_four: Vec<_> = to_a.iter().chain(&to_b).map(|(_, r)| r.clone()).collect();
+        let expected: Vec<_> = runs[..4].iter().map(|r| r.run_id.clone()).collect();
+        assert_eq!(first_four, expected, "in start order");
+
+        // b cannot write to a's run; a can, once per checkpoint number.
+        let (a_first, a_run) = to_a[0].clone();
+        let run = runs.iter().find(|r| r.run_id == a_run).expect("a's run");
+        let stale = coordinator
+            .apply("b", a_first, 1, checkpoint(run, "one"))
+            .await;
+        assert!(matches!(stale, Err(ApplyError::Stale(_))));
+        coordinator
+            .apply("a", a_first, 1, checkpoint(run, "one"))
+            .await
+            .expect("stored");
+        coordinator
+            .apply("a", a_first, 1, checkpoint(run, "again"))
+            .await
+            .expect("acknowledged again");
+        let steps = store.steps("acme", &a_run).expect("steps");
+        assert_eq!(steps.len(), 1, "the repeat was not written: {steps:?}");
+
+        // a goes: its runs go to the front of the queue, before the fifth.
+        coordinator.remove_worker("a", Some(a_connection), "test");
+        assert!(matches!(a.try_recv(), Ok(Outbound::Close)));
+        let (c_tx, mut c) = mpsc::unbounded_channel();
+        coordinator.add_worker("c", 3, c_tx);
+        let to_c: Vec<_> = assigned(&mut c).into_iter().map(|(_, r)| r).collect();
+        assert_eq!(to_c.len(), 3);
+        assert_eq!(
+            to_c[2], runs[4].run_id,
+            "the fifth run after the requeued ones"
+        );
+        assert!(to_c[..2].contains(&a_run));
+        let stale = coordinator
+            .apply("a", a_first, 2, checkpoint(run, "two"))
+            .await;
+        assert!(
+            matches!(stale, Err(ApplyError::Stale(_))),
+            "a's assignment is over"
+        );
     }
 }
