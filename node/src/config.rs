@@ -3,38 +3,7 @@
 //! command-line flags. `main` reads the environment once and passes it here
 //! as a map, so tests never touch the process environment.
 //!
-//! ```toml
-//! role = "coordinator"            # coordinator | worker | all
-//! node_id = "coordinator-a"
-//! data_dir = "/var/lib/isoflow"   # the coordinator's run store
-//!
-//! [api]
-//! listen = "0.0.0.0:7700"         # gRPC: the public API and the workers' API
-//! advertise = "http://10.0.0.5:7700"
-//!
-//! [auth]
-//! cluster_token = "..."           # what workers present to the coordinator
-//! [[auth.tokens]]                 # public API tokens, one tenant each
-//! tenant = "acme"
-//! token = "..."
-//!
-//! [etcd]
-//! endpoints = ["http://127.0.0.1:2379"]
-//! lease_ttl = "3s"
-//!
-//! [cluster]
-//! heartbeat_interval = "500ms"
-//! heartbeat_timeout = "2s"
-//!
-//! [worker]
-//! capacity = 16                   # runs at once
-//! # coordinator = "http://10.0.0.5:7700"   # instead of asking etcd
-//!
-//! [[credentials]]                 # what http steps' `credential` names
-//! tenant = "acme"
-//! name = "erp-api"
-//! token = "..."
-//! ```
+//! Every key, with what it means: `deploy/isoflow.example.toml`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -436,6 +405,23 @@ mod tests {
             Duration::from_millis(250)
         );
         assert_eq!(config.auth.cluster_token.as_deref(), Some("file-token"));
+    }
+
+    #[test]
+    fn the_example_configuration_is_valid() {
+        let example = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/isoflow.example.toml"
+        );
+        let flags = Flags {
+            config: Some(PathBuf::from(example)),
+            ..Flags::default()
+        };
+        let config = Config::load(&flags, &HashMap::new()).expect("the example loads");
+        assert_eq!(config.role, Role::Coordinator);
+        assert_eq!(config.etcd.lease_ttl, Duration::from_secs(3));
+        assert_eq!(config.credentials.len(), 1);
+        assert_eq!(config.advertise(), "http://10.0.0.5:7700");
     }
 
     #[test]
