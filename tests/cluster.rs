@@ -5,6 +5,8 @@
 //! counts what reached the outside world, by `Idempotency-Key`
 //! (`<run id>/<step key>`), so a repeated step is seen.
 //!
+//! One test does the same to an `all` node (one process, no etcd).
+//!
 //! What the cluster promises, and so what these tests hold it to: every run
 //! completes with the output an uninterrupted run has; a step the
 //! coordinator acknowledged is never run again, whatever dies; the step in
@@ -685,6 +687,62 @@ fn a_cancelled_run_stops_on_its_worker_and_a_queued_one_never_starts() {
         assert_eq!(cluster.worker_of(&next.run_id).as_deref(), Some("worker-1"));
     });
     assert_eq!(fixture.count("GET", "/after"), 0);
+}
+
+#[test]
+fn an_all_node_resumes_its_runs_after_a_kill() {
+    // One process, no etcd: the embedded default behind the same API.
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let port = free_port();
+    let config = dir.path().join("all.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "role = \"all\"\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .expect("write the config");
+    let start = || {
+        let mut node = Process::spawn(
+            Command::new(env!("CARGO_BIN_EXE_isoflow"))
+                .args(["serve", "--config"])
+                .arg(&config),
+        );
+        node.wait_for_stderr_line(LONG, |l| l.contains("listening on"));
+        node
+    };
+    let api = format!("http://127.0.0.1:{port}");
+    let (fixture, gate) = held_fixture();
+    let input = json!({ "base": fixture.url("") });
+    let node = start();
+    let rt = runtime();
+    let ids = rt.block_on(async {
+        let client = Client::connect(&api, None).await.expect("connects");
+        deploy(&client, HELD, "held.yaml").await;
+        start_held(&client, &input, 3).await
+    });
+    assert!(fixture.wait_for_count("POST", "/hold", 3, LONG));
+    drop(node.kill());
+    let _node = start();
+    assert!(
+        fixture.wait_for_count("POST", "/hold", 6, LONG),
+        "the runs did not resume"
+    );
+    gate.release();
+    rt.block_on(async {
+        let client = Client::connect(&api, None).await.expect("connects");
+        for id in &ids {
+            let run = wait(&client, id).await;
+            assert_eq!(status(&run), v1::RunStatus::Succeeded, "{}", run.error);
+        }
+    });
+    assert_eq!(
+        fixture.count("GET", "/before"),
+        3,
+        "an acknowledged step ran again"
+    );
+    assert_eq!(fixture.count("GET", "/after"), 3);
 }
 
 #[test]
