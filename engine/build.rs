@@ -33,6 +33,14 @@ fn build_v8_bridge() {
     let lib = canonical(&lib);
     let include = canonical(&include);
 
+    // The library's absolute path ends up in the link line and the rpath.
+    // Cargo does not fingerprint a checkout's location, so a target folder
+    // shared by checkouts (CI's cache) would keep pointing at one that is
+    // gone: watching the file reruns this script when it disappears.
+    println!(
+        "cargo:rerun-if-changed={}",
+        lib.join("libnode.so.108").display()
+    );
     println!("cargo:rerun-if-changed=cpp/v8_bridge.cc");
     println!("cargo:rerun-if-changed=cpp/v8_bridge.h");
     cc::Build::new()
