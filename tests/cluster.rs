@@ -868,7 +868,7 @@ fn bad_requests_get_their_code_and_one_sentence() {
         assert_eq!(code(&error), tonic::Code::FailedPrecondition, "{error}");
 
         // Another tenant sees none of it.
-        let other = client_for(&cluster, OTHER_TOKEN).await;
+        let other = crate::client(&cluster, OTHER_TOKEN).await;
         let error = other.run(&run.run_id).await.expect_err("not theirs");
         assert_eq!(code(&error), tonic::Code::NotFound);
         assert!(other.runs(Some(10)).await.expect("lists").is_empty());
@@ -900,10 +900,6 @@ fn bad_requests_get_their_code_and_one_sentence() {
             .expect_err("no cluster token");
         assert_eq!(error.code(), tonic::Code::Unauthenticated);
     });
-}
-
-async fn client_for(cluster: &Cluster, token: &str) -> Client {
-    client(cluster, token).await
 }
 
 fn code(error: &isoflow_client::Error) -> tonic::Code {

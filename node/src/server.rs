@@ -123,6 +123,7 @@ pub async fn serve(
             }
         }
         Role::Worker => {
+            // A worker has no store: `with_store(.., None)` ignores the path.
             let dir = std::env::temp_dir();
             let engine = Engine::with_store(engine_config(&config, &dir), None).await?;
             let discovery: Box<dyn worker::Discovery> = match &config.worker.coordinator {

@@ -62,6 +62,13 @@ fn check_run_id(run_id: &str) -> Result<(), Status> {
     Ok(())
 }
 
+fn integration_not_found(name: &str, version: Option<u32>) -> Status {
+    Status::not_found(match version {
+        Some(v) => format!("integration {name:?} has no version {v}"),
+        None => format!("integration {name:?} is not deployed"),
+    })
+}
+
 fn integration_message(
     record: &IntegrationRecord,
     with_definition: bool,
@@ -156,10 +163,7 @@ impl Isoflow for Api {
         let found = blocking(move || Ok(store.integration(&tenant, &name, version)?)).await?;
         match found {
             Some(record) => Ok(Response::new(integration_message(&record, true, false))),
-            None => Err(Status::not_found(match version {
-                Some(v) => format!("integration {:?} has no version {v}", request.name),
-                None => format!("integration {:?} is not deployed", request.name),
-            })),
+            None => Err(integration_not_found(&request.name, version)),
         }
     }
 
@@ -239,10 +243,7 @@ impl Isoflow for Api {
         })
         .await?;
         let Some(run) = run else {
-            return Err(Status::not_found(match version {
-                Some(v) => format!("integration {:?} has no version {v}", target.integration),
-                None => format!("integration {:?} is not deployed", target.integration),
-            }));
+            return Err(integration_not_found(&target.integration, version));
         };
         self.coordinator.enqueue((tenant, run.run_id.clone()));
         Ok(Response::new(convert::run(&run, &[])))
@@ -322,41 +323,41 @@ impl Isoflow for Api {
         let with_logs = request.logs;
         tokio::spawn(async move {
             let mut sent = HashSet::new();
-            // What is stored so far; again after falling behind.
-            let catch_up =
-                |sent: &mut HashSet<String>| -> Result<(Vec<v1::RunUpdate>, bool), Status> {
-                    let store = &coordinator.store;
-                    let run = store
-                        .run(&tenant, &run_id)
-                        .map_err(internal)?
-                        .ok_or_else(|| Status::not_found(format!("run {run_id} does not exist")))?;
-                    let steps = store.steps(&tenant, &run_id).map_err(internal)?;
-                    let mut out = Vec::new();
-                    for step in &steps {
-                        if sent.insert(step.step_key.clone()) {
-                            out.push(v1::RunUpdate {
-                                update: Some(v1::run_update::Update::Step(convert::step(step))),
-                            });
-                        }
-                    }
-                    if with_logs && sent.insert("#logs".to_owned()) {
-                        for line in store.logs(&tenant, &run_id).map_err(internal)? {
-                            out.push(v1::RunUpdate {
-                                update: Some(v1::run_update::Update::Log(convert::log(&line))),
-                            });
-                        }
-                    }
-                    let finished = run.status.is_finished();
-                    if finished {
+            // What is stored so far (with the stored log lines the first
+            // time; later ones arrive as updates); again after falling behind.
+            let catch_up = |sent: &mut HashSet<String>,
+                            stored_logs: bool|
+             -> Result<(Vec<v1::RunUpdate>, bool), Status> {
+                let store = &coordinator.store;
+                let run = store
+                    .run(&tenant, &run_id)
+                    .map_err(internal)?
+                    .ok_or_else(|| Status::not_found(format!("run {run_id} does not exist")))?;
+                let steps = store.steps(&tenant, &run_id).map_err(internal)?;
+                let mut out = Vec::new();
+                for step in &steps {
+                    if sent.insert(step.step_key.clone()) {
                         out.push(v1::RunUpdate {
-                            update: Some(v1::run_update::Update::Finished(convert::run(
-                                &run, &steps,
-                            ))),
+                            update: Some(v1::run_update::Update::Step(convert::step(step))),
                         });
                     }
-                    Ok((out, finished))
-                };
-            let mut catch = catch_up(&mut sent);
+                }
+                if with_logs && stored_logs {
+                    for line in store.logs(&tenant, &run_id).map_err(internal)? {
+                        out.push(v1::RunUpdate {
+                            update: Some(v1::run_update::Update::Log(convert::log(&line))),
+                        });
+                    }
+                }
+                let finished = run.status.is_finished();
+                if finished {
+                    out.push(v1::RunUpdate {
+                        update: Some(v1::run_update::Update::Finished(convert::run(&run, &steps))),
+                    });
+                }
+                Ok((out, finished))
+            };
+            let mut catch = catch_up(&mut sent, true);
             loop {
                 match catch {
                     Ok((out, finished)) => {
@@ -392,7 +393,7 @@ impl Isoflow for Api {
                                 }
                                 UpdateKind::Log(_) => continue,
                                 // The end, with every step, as stored.
-                                UpdateKind::Finished => break catch_up(&mut sent),
+                                UpdateKind::Finished => break catch_up(&mut sent, false),
                             };
                             if tx
                                 .send(Ok(v1::RunUpdate {
@@ -404,7 +405,7 @@ impl Isoflow for Api {
                                 return;
                             }
                         }
-                        Err(RecvError::Lagged(_)) => break catch_up(&mut sent),
+                        Err(RecvError::Lagged(_)) => break catch_up(&mut sent, false),
                         Err(RecvError::Closed) => return,
                     }
                 };

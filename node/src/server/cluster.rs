@@ -111,8 +111,11 @@ async fn write_loop(
             }
             Outbound::Assign(id, key) => {
                 let loader = coordinator.clone();
-                let loaded = tokio::task::spawn_blocking(move || loader.load_run(&key)).await;
-                let loaded = match loaded {
+                let loaded = tokio::task::spawn_blocking(move || {
+                    Ok::<_, anyhow::Error>((loader.load_run(&key)?, loader.restored_steps(&key)?))
+                })
+                .await;
+                let (loaded, restored_steps) = match loaded {
                     Ok(Ok(loaded)) => loaded,
                     Ok(Err(e)) => {
                         tracing::error!(assignment = id, "cannot load the run: {e:#}");
@@ -129,7 +132,7 @@ async fn write_loop(
                 let input = coordinator.next_id();
                 messages.extend(payload::chunks(input, &loaded.input).map(Out::Chunk));
                 let mut restored = Vec::new();
-                for (record, output) in &loaded.restored {
+                for (record, output) in &restored_steps {
                     let output_payload = match output {
                         Some(output) => {
                             let id = coordinator.next_id();

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use isoflow_engine::run::{
     Engine, Journal, JournalError, JournalFuture, JournalWrite, StoreJournal, WriteKind,
 };
-use isoflow_engine::store::{RunRecord, RunStatus, Store};
+use isoflow_engine::store::{RunRecord, RunStatus, StepRecord, Store};
 use isoflow_proto::v1;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
@@ -330,8 +330,8 @@ impl Coordinator {
         }
     }
 
-    /// What a worker needs to run a run: its record, definition, input and
-    /// the steps it finished before (with outputs).
+    /// What an engine needs to start a run: its record, definition and
+    /// input.
     pub fn load_run(&self, key: &RunKey) -> anyhow::Result<LoadedRun> {
         let (tenant, run_id) = key;
         let store = &self.store;
@@ -342,20 +342,27 @@ impl Coordinator {
             .run_definition(tenant, run_id)?
             .ok_or_else(|| anyhow::anyhow!("run {run_id} has no stored definition"))?;
         let input = store.run_input(tenant, run_id)?.unwrap_or(Value::Null);
-        let mut restored = Vec::new();
-        for record in store.steps(tenant, run_id)? {
-            let output = match record.output_bytes {
-                Some(_) => store.step_output(tenant, run_id, &record.step_key)?,
-                None => None,
-            };
-            restored.push((record, output));
-        }
         Ok(LoadedRun {
             run,
             definition,
             input,
-            restored,
         })
+    }
+
+    /// The steps a run finished before, with their outputs: what a remote
+    /// worker is sent with the run (this process's own engine reads them
+    /// from the store as it needs them).
+    pub fn restored_steps(&self, key: &RunKey) -> anyhow::Result<Vec<(StepRecord, Option<Value>)>> {
+        let (tenant, run_id) = key;
+        let mut restored = Vec::new();
+        for record in self.store.steps(tenant, run_id)? {
+            let output = match record.output_bytes {
+                Some(_) => self.store.step_output(tenant, run_id, &record.step_key)?,
+                None => None,
+            };
+            restored.push((record, output));
+        }
+        Ok(restored)
     }
 
     async fn run_locally(
@@ -396,19 +403,31 @@ impl Coordinator {
     /// Ends a run that cannot be started at all (its definition is
     /// unreadable): failed, with the reason.
     fn fail_assignment(self: &Arc<Self>, id: u64, key: &RunKey, error: &str) {
-        let Ok(Some(mut run)) = self.store.run(&key.0, &key.1) else {
+        let Ok(Some(run)) = self.store.run(&key.0, &key.1) else {
             return;
         };
-        run.status = RunStatus::Failed;
-        run.error = Some(error.to_owned());
-        run.updated_at_ms = isoflow_engine::store::now_ms();
-        if let Err(e) = self.store.update_run(&run, None) {
+        if let Err(e) = self.end_unstarted(run, RunStatus::Failed, error) {
             tracing::error!(run_id = %key.1, "cannot record the failure: {e}");
             return;
         }
         self.finish_assignment(id);
-        self.publish(&key.0, &key.1, UpdateKind::Finished);
         self.dispatch();
+    }
+
+    /// Ends a run no engine is running (it never started, or could not):
+    /// stored with `status` and `error`, then watchers are told.
+    fn end_unstarted(
+        &self,
+        mut run: RunRecord,
+        status: RunStatus,
+        error: &str,
+    ) -> anyhow::Result<RunRecord> {
+        run.status = status;
+        run.error = Some(error.to_owned());
+        run.updated_at_ms = isoflow_engine::store::now_ms();
+        self.store.update_run(&run, None)?;
+        self.publish(&run.tenant, &run.run_id, UpdateKind::Finished);
+        Ok(run)
     }
 
     fn finish_assignment(&self, id: u64) {
@@ -490,7 +509,7 @@ impl Coordinator {
     /// by its worker and ends `cancelled` through its journal. Returns the
     /// run as it is now.
     pub fn cancel(self: &Arc<Self>, key: &RunKey) -> anyhow::Result<CancelOutcome> {
-        let Some(mut run) = self.store.run(&key.0, &key.1)? else {
+        let Some(run) = self.store.run(&key.0, &key.1)? else {
             return Ok(CancelOutcome::NotFound);
         };
         if run.status.is_finished() {
@@ -500,11 +519,8 @@ impl Coordinator {
         if state.queued.remove(key) {
             state.queue.retain(|k| k != key);
             drop(state);
-            run.status = RunStatus::Cancelled;
-            run.error = Some("cancelled before it started".to_owned());
-            run.updated_at_ms = isoflow_engine::store::now_ms();
-            self.store.update_run(&run, None)?;
-            self.publish(&key.0, &key.1, UpdateKind::Finished);
+            let run =
+                self.end_unstarted(run, RunStatus::Cancelled, "cancelled before it started")?;
             return Ok(CancelOutcome::Cancelling(run));
         }
         if let Some(id) = state.by_run.get(key).copied() {
@@ -571,7 +587,6 @@ pub struct LoadedRun {
     pub run: RunRecord,
     pub definition: Value,
     pub input: Value,
-    pub restored: Vec<(isoflow_engine::store::StepRecord, Option<Value>)>,
 }
 
 /// The journal of a run this process's own engine runs: checkpoints go
@@ -610,7 +625,7 @@ impl Journal for LocalJournal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use isoflow_engine::store::{StepRecord, StepStatus, StoreConfig};
+    use isoflow_engine::store::{StepStatus, StoreConfig};
 
     fn assigned(link: &mut mpsc::UnboundedReceiver<Outbound>) -> Vec<(u64, String)> {
         let mut out = Vec::new();

@@ -372,35 +372,27 @@ impl Journal for RemoteJournal {
         let assignment = self.assignment;
         Box::pin(async move {
             let mut messages = Vec::new();
-            let mut steps = Vec::new();
-            for (record, output) in &write.steps {
-                let output_payload = match output {
-                    Some(output) => {
-                        let id = ids.fetch_add(1, Ordering::Relaxed);
-                        messages.extend(payload::chunks(id, output).map(Out::Chunk));
-                        id
-                    }
-                    None => 0,
-                };
-                steps.push(v1::StepCheckpoint {
+            // Chunks of `output` ahead of the checkpoint; its payload id (0: none).
+            let mut attach = |output: &Option<Arc<serde_json::Value>>| match output {
+                Some(output) => {
+                    let id = ids.fetch_add(1, Ordering::Relaxed);
+                    messages.extend(payload::chunks(id, output).map(Out::Chunk));
+                    id
+                }
+                None => 0,
+            };
+            let steps: Vec<_> = write
+                .steps
+                .iter()
+                .map(|(record, output)| v1::StepCheckpoint {
                     record: Some(convert::step(record)),
-                    output_payload,
-                });
-            }
+                    output_payload: attach(output),
+                })
+                .collect();
             let (kind, output_payload) = match &write.kind {
                 WriteKind::Checkpoint => (v1::CheckpointKind::Steps, 0),
                 WriteKind::Logs => (v1::CheckpointKind::Logs, 0),
-                WriteKind::Finish { output } => {
-                    let id = match output {
-                        Some(output) => {
-                            let id = ids.fetch_add(1, Ordering::Relaxed);
-                            messages.extend(payload::chunks(id, output).map(Out::Chunk));
-                            id
-                        }
-                        None => 0,
-                    };
-                    (v1::CheckpointKind::Finish, id)
-                }
+                WriteKind::Finish { output } => (v1::CheckpointKind::Finish, attach(output)),
             };
             messages.push(Out::Checkpoint(v1::Checkpoint {
                 assignment_id: assignment,
