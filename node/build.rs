@@ -1,5 +1,5 @@
-//! Gives the `isoflow` binary an rpath to libnode when the engine was built
-//! with V8, so it runs without LD_LIBRARY_PATH (see engine/build.rs).
+//! Gives the `isoflow` binary an rpath to libnode when the sandbox crate was built
+//! with V8, so it runs without LD_LIBRARY_PATH (see sandbox/build.rs).
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_ISOFLOW_V8_LIBDIR");

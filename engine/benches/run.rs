@@ -97,9 +97,9 @@ async fn benchmarks(base: &str, runs: usize, threads: Option<usize>) {
     let _ = std::fs::remove_dir_all(&dir);
     let mut config = EngineConfig::new(&dir);
     if let Some(threads) = threads {
-        config.sandbox.threads = threads;
+        config.sandbox.concurrency = threads;
     }
-    let threads = config.sandbox.threads;
+    let threads = config.sandbox.concurrency;
     let mut credentials = StaticCredentials::default();
     credentials
         .0

@@ -1,23 +1,54 @@
-//! Sandbox benchmark: prints figures for both engines side by side.
+//! Sandbox benchmark: what code steps cost now that they run in sandbox
+//! processes. Prints figures; asserts nothing about time.
 //!
 //! `cargo bench -p isoflow-engine --bench sandbox` (add `-- --quick` for a
-//! shorter run). What it measures, per engine:
-//! - latency of a trivial step taken from a ready pool (p50, p99): the
-//!   caller's round trip, including the hand-off to the sandbox thread;
-//! - the same when every step pays for a fresh isolate on the spot
-//!   (one thread, no idle time to prepare the next one);
-//! - a 5 MB JSON transform (parse, map/filter, serialise) in a fresh isolate;
-//! - sustained fresh-isolate steps per second on all sandbox threads, with
-//!   the CPU time each step costs;
-//! - resident memory per live (ready) isolate.
+//! smoke run with fewer steps; `--profile dev` to skip the optimised build).
+//! Cargo builds the package's `isoflow-sandbox` binary with its benchmarks,
+//! next to them, where `SandboxConfig::default()` finds it.
 //!
-//! Nothing here asserts a time; docs/benchmarks.md records the figures.
+//! Per engine:
+//! - a trivial step and a ~20 KB-in, ~20 KB-out JSON step on a ready
+//!   process (paced, so the process has prepared its next isolate): the
+//!   caller's round trip (p50, p99), the time inside the sandbox process
+//!   (`Outcome::duration`: isolate taken to output serialised), and the
+//!   process boundary, per step round trip minus inside (p50, p99), against
+//!   a target of 100 µs;
+//! - a trivial step back to back on one process (each step also waits for
+//!   the previous isolate's disposal and the next one's creation);
+//! - a 5 MB JSON transform;
+//! - steps/s and CPU per step with `concurrency` steps in flight, the CPU
+//!   of the bench process and of every sandbox process counted (live ones
+//!   from `/proc/<pid>/stat`, reaped ones from `RUSAGE_CHILDREN`).
+//!
+//! Then: the cost of starting a process (time to ready, CPU), the pool's
+//! hits, spares and cold starts with 1, 10 and 100 tenants round-robin,
+//! private memory per idle process, and V8 with and without its JIT.
+//!
+//! docs/benchmarks.md records the figures.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use isoflow_engine::sandbox::{Execution, Limits, Runtime, Sandbox, SandboxConfig, Script};
+use isoflow_engine::sandbox::{
+    Execution, MemoryCap, Outcome, Program, Runtime, Sandbox, SandboxConfig, SandboxStats, Script,
+};
 
 const TRIVIAL: &str = "export default function (input) { return { n: input.n + 1 }; }";
+
+/// ~20 KB of orders in, about as much out.
+const ORDERS: &str = r#"
+export default function (orders) {
+  return orders.map((o) => ({
+    id: o.id,
+    sku: o.sku.toUpperCase(),
+    amount: o.qty * o.price,
+    status: o.status === "cancelled" ? "void" : "due",
+    note: o.note,
+  }));
+}
+"#;
 
 const TRANSFORM: &str = r#"
 export default function (orders) {
@@ -30,147 +61,958 @@ export default function (orders) {
 }
 "#;
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(at) = args.iter().position(|a| a == "--measure-memory") {
-        measure_memory(args.get(at + 1).map_or("none", String::as_str));
-        return;
+const FIB: &str = r#"
+function fib(n) { return n < 2 ? n : fib(n - 1) + fib(n - 2); }
+export default function (input) { return { fib: fib(input.n) }; }
+"#;
+
+/// The boundary's target per step.
+const BOUNDARY_TARGET: Duration = Duration::from_micros(100);
+
+/// Pause between paced steps: longer than a process needs to dispose of
+/// its last isolate and prepare the next (~2.5 ms for V8 when optimised).
+const PACE: Duration = Duration::from_millis(10);
+
+/// How many steps each part runs.
+struct Counts {
+    ready: usize,
+    back_to_back: usize,
+    transform: usize,
+    throughput_trivial: [usize; 2],
+    throughput_orders: [usize; 2],
+    starts: usize,
+    tenant_steps: usize,
+    jit: usize,
+}
+
+impl Counts {
+    fn new(quick: bool) -> Counts {
+        if quick {
+            Counts {
+                ready: 50,
+                back_to_back: 200,
+                transform: 2,
+                throughput_trivial: [300, 1_000],
+                throughput_orders: [200, 500],
+                starts: 6,
+                tenant_steps: 100,
+                jit: 30,
+            }
+        } else {
+            Counts {
+                ready: 500,
+                back_to_back: 2_000,
+                transform: 20,
+                throughput_trivial: [5_000, 20_000],
+                throughput_orders: [2_000, 5_000],
+                starts: 50,
+                tenant_steps: 1_000,
+                jit: 300,
+            }
+        }
     }
-    let quick = args.iter().any(|a| a == "--quick");
-    let scale = if quick { 10 } else { 1 };
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+
+    /// Index into the per-engine counts.
+    fn engine(runtime: Runtime) -> usize {
+        match runtime {
+            Runtime::V8 => 0,
+            Runtime::QuickJs => 1,
+        }
+    }
+}
+
+fn main() {
+    let began = Instant::now();
+    let quick = std::env::args().any(|a| a == "--quick");
+    let counts = Counts::new(quick);
+    let config = SandboxConfig::default();
+    let program = Program::beside_this_executable().path;
+    if !program.is_file() {
+        eprintln!(
+            "no sandbox program at {}: build it with `cargo build -p isoflow-engine --bin isoflow-sandbox` \
+             (cargo bench builds it for the profile it runs)",
+            program.display()
+        );
+        std::process::exit(1);
+    }
     println!(
-        "sandbox benchmark: {threads} sandbox threads, {} build",
-        profile()
+        "sandbox benchmark: {} build{}, {} cores, concurrency {}, processes {}, spare {}, \
+         {} clock ticks/s",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "optimised"
+        },
+        if quick { ", --quick" } else { "" },
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        config.concurrency,
+        config.processes,
+        config.spare,
+        ticks_per_second(),
     );
+    println!("sandbox program: {}", program.display());
     println!();
-    for runtime in Runtime::ALL.into_iter().filter(|r| r.is_available()) {
+
+    let engines: Vec<Runtime> = Runtime::ALL
+        .into_iter()
+        .filter(|r| r.is_available())
+        .collect();
+    for &runtime in &engines {
         println!("== {runtime}");
-        let single = pool(1, runtime);
-        // Paced so that the thread has prepared its next isolate before each
-        // step: the latency a step sees when the pool is not saturated.
-        let ready = sequential(
-            &single,
-            runtime,
-            1_000 / scale,
-            Some(Duration::from_millis(5)),
-        );
-        println!(
-            "trivial step, ready isolate:   p50 {}  p99 {}  (caller round trip, {} steps)",
-            ms(ready.p50),
-            ms(ready.p99),
-            ready.count
-        );
-        // Back to back: every step also waits for the previous isolate's
-        // disposal and the next one's creation.
-        let cold = sequential(&single, runtime, 2_000 / scale, None);
-        println!(
-            "trivial step, back to back:    p50 {}  p99 {}  (1 thread: dispose+create+run)",
-            ms(cold.p50),
-            ms(cold.p99)
-        );
-        drop(single);
-
-        let pooled = pool(threads, runtime);
-        let transform = json_transform(&pooled, runtime, 20 / scale.min(10));
-        println!(
-            "5 MB JSON transform:           p50 {}  p99 {}  ({} runs, output {} KB)",
-            ms(transform.0.p50),
-            ms(transform.0.p99),
-            transform.0.count,
-            transform.1 / 1024
-        );
-
-        let steps = match runtime {
-            Runtime::V8 => 20_000,
-            Runtime::QuickJs => 60_000,
-        } / scale;
-        let (per_sec, cpu_per_step) = throughput(&pooled, runtime, steps);
-        println!(
-            "throughput on {threads} threads:        {per_sec:.0} steps/s, {} CPU per step ({steps} steps)",
-            us(cpu_per_step)
-        );
-        drop(pooled);
-
-        let per_isolate = memory_per_isolate(runtime);
-        println!(
-            "memory per live isolate:       {:.0} KB RSS (measured over {LIVE} ready isolates)",
-            per_isolate / 1024.0
-        );
+        per_engine(runtime, &counts);
         println!();
     }
-}
 
-fn profile() -> &'static str {
-    if cfg!(debug_assertions) {
-        "debug"
-    } else {
-        "release"
+    println!("== process start (spare 0, processes 1, tenants alternating: a cold start per step)");
+    let mut warms = vec![engines.clone()];
+    if engines.len() > 1 {
+        warms.extend(engines.iter().map(|&r| vec![r]));
     }
+    for warm in warms {
+        process_start(&warm, counts.starts);
+    }
+    println!();
+
+    let pool_runtime = engines.first().copied().unwrap_or_default();
+    println!(
+        "== pool: tenants round-robin, default settings, {} in flight, trivial {pool_runtime} step",
+        config.concurrency
+    );
+    for tenants in [1, 10, 100] {
+        tenant_mix(pool_runtime, tenants, counts.tenant_steps);
+    }
+    println!();
+
+    println!("== memory per idle, ready sandbox process (/proc/<pid>/smaps_rollup)");
+    memory(&engines);
+    println!();
+
+    if engines.contains(&Runtime::V8) {
+        println!(
+            "== V8 with and without its JIT (1 process, paced {} ms)",
+            PACE.as_millis()
+        );
+        jit(counts.jit);
+        println!();
+    }
+    println!("took {:.0} s", began.elapsed().as_secs_f64());
 }
 
-fn pool(threads: usize, runtime: Runtime) -> Sandbox {
-    let sandbox = Sandbox::new(SandboxConfig {
-        threads,
-        limits: Limits::default(),
+/// Latency, boundary, a large transform and throughput for one engine.
+fn per_engine(runtime: Runtime, counts: &Counts) {
+    let trivial = Work::trivial(runtime);
+    let orders_input = orders_json(20 * 1024);
+    let orders = Work::new(runtime, "orders.js", ORDERS, &orders_input);
+
+    // One process serves every step (it is never recycled), so that it can
+    // be pinned to a CPU.
+    let single = sandbox(SandboxConfig {
+        concurrency: 1,
+        steps_per_process: u32::MAX,
         warm: vec![runtime],
-    })
-    .expect("sandbox starts");
-    // One step per thread so every thread has created its engine.
-    for _ in 0..threads * 4 {
-        step(&sandbox, runtime, 0);
+        ..SandboxConfig::default()
+    });
+    warm_up(&single, &trivial);
+    warm_up(&single, &orders);
+    for placement in Placement::ALL {
+        let Some(pinned) = placement.apply(&single) else {
+            continue;
+        };
+        let ready = paced(&single, &trivial, counts.ready);
+        print_boundary(&format!("trivial step, {placement}"), &ready);
+        let twenty = paced(&single, &orders, counts.ready);
+        print_boundary(
+            &format!(
+                "{} KB in, {} KB out, {placement}",
+                orders_input.len() / 1024,
+                twenty.output / 1024
+            ),
+            &twenty,
+        );
+        drop(pinned);
     }
+    let back = samples(
+        (0..counts.back_to_back)
+            .map(|_| trivial.run(&single))
+            .collect(),
+    );
+    row(
+        "trivial step, back to back",
+        format!(
+            "round trip p50 {}  p99 {}  inside p50 {}  (1 process: each step also waits for \
+             the last isolate's disposal and the next one's creation; {} steps)",
+            ms(back.round_trip.p50),
+            ms(back.round_trip.p99),
+            ms(back.inside.p50),
+            back.count,
+        ),
+    );
+    drop(single);
+
+    // How much of the boundary is setting the memory cap before each step.
+    let uncapped = sandbox(SandboxConfig {
+        concurrency: 1,
+        warm: vec![runtime],
+        memory: MemoryCap::Off,
+        ..SandboxConfig::default()
+    });
+    warm_up(&uncapped, &trivial);
+    let placement = Placement::ALL
+        .into_iter()
+        .rev()
+        .find_map(|p| Some((p, p.apply(&uncapped)?)));
+    let ready = paced(&uncapped, &trivial, counts.ready);
+    if let Some((placement, pinned)) = placement {
+        print_boundary(&format!("trivial step, no memory cap, {placement}"), &ready);
+        drop(pinned);
+    }
+    drop(uncapped);
+
+    let pooled = sandbox(SandboxConfig {
+        warm: vec![runtime],
+        ..SandboxConfig::default()
+    });
+    let input = orders_json(5 * 1024 * 1024);
+    let transform = Work::new(runtime, "transform.js", TRANSFORM, &input);
+    let big = samples(
+        (0..counts.transform)
+            .map(|_| transform.run(&pooled))
+            .collect(),
+    );
+    row(
+        "5 MB JSON transform",
+        format!(
+            "round trip p50 {}  p99 {}  inside p50 {}  ({} runs, output {} KB)",
+            ms(big.round_trip.p50),
+            ms(big.round_trip.p99),
+            ms(big.inside.p50),
+            big.count,
+            big.output / 1024
+        ),
+    );
+
+    let in_flight = pooled.config().concurrency;
+    let engine = Counts::engine(runtime);
+    for (name, work, steps) in [
+        ("trivial step", &trivial, counts.throughput_trivial[engine]),
+        ("20 KB step", &orders, counts.throughput_orders[engine]),
+    ] {
+        let load = load(&pooled, in_flight, steps, |_| work.clone());
+        row(
+            &format!("{name}, {in_flight} in flight"),
+            format!(
+                "{:.0} steps/s  CPU per step {} ({})  ({steps} steps)",
+                load.per_second(),
+                us(load.cpu.total() / steps as u32),
+                load.cpu.per_step(steps),
+            ),
+        );
+    }
+}
+
+/// One line of figures under a label.
+fn row(label: &str, figures: String) {
+    println!("{:<44}{figures}", format!("{label}:"));
+}
+
+/// Where the node's threads and the sandbox process run while a boundary
+/// is measured. As the scheduler likes, the process is as likely as not to
+/// share a CPU with the node's thread that waits for its answer; then that
+/// thread may wait behind the process disposing of the step's isolate and
+/// preparing the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    Scheduled,
+    /// This process on one CPU, the sandbox process on another.
+    Apart,
+    /// Both on one CPU.
+    Together,
+}
+
+impl Placement {
+    const ALL: [Placement; 3] = [Placement::Scheduled, Placement::Together, Placement::Apart];
+
+    /// Pins this process's threads and the threads of the process serving
+    /// `sandbox`'s anonymous tenant; `None` where the machine cannot.
+    fn apply(self, sandbox: &Sandbox) -> Option<Pinned> {
+        let allowed = affinity(0)?;
+        let process = sandbox
+            .stats()
+            .processes
+            .iter()
+            .find(|p| p.tenant.as_deref() == Some(""))
+            .map(|p| p.pid)?;
+        let (ours, theirs) = match self {
+            Placement::Scheduled => {
+                return Some(Pinned {
+                    process,
+                    allowed: allowed.clone(),
+                });
+            }
+            Placement::Apart if allowed.len() >= 2 => (&allowed[..1], &allowed[1..2]),
+            Placement::Apart => return None,
+            Placement::Together => (&allowed[..1], &allowed[..1]),
+        };
+        let pinned = Pinned {
+            process,
+            allowed: allowed.clone(),
+        };
+        (pin(std::process::id(), ours) && pin(process, theirs)).then_some(pinned)
+    }
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Placement::Scheduled => "ready process",
+            Placement::Apart => "pinned apart",
+            Placement::Together => "pinned to 1 CPU",
+        })
+    }
+}
+
+/// Undoes a [`Placement`] when dropped.
+struct Pinned {
+    process: u32,
+    allowed: Vec<usize>,
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        pin(std::process::id(), &self.allowed);
+        pin(self.process, &self.allowed);
+    }
+}
+
+/// The CPUs thread `tid` (0: the calling thread) may run on.
+fn affinity(tid: i32) -> Option<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel writes at most the size it is given into `set`.
+    let rc = unsafe { libc::sched_getaffinity(tid, std::mem::size_of_val(&set), &mut set) };
+    if rc != 0 {
+        return None;
+    }
+    let cpus = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET reads a bit of the set, below its size.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect();
+    Some(cpus)
+}
+
+/// Lets every thread of process `pid` run on `cpus` only.
+fn pin(pid: u32, cpus: &[usize]) -> bool {
+    // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: sets a bit of the set; `cpu` came from the kernel's own set.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks
+        .filter_map(|t| t.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .all(|tid| {
+            // SAFETY: the kernel reads the set of the size it is given.
+            unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) == 0 }
+        })
+}
+
+/// A step to run again and again, whose, and the output it must give
+/// (when known).
+#[derive(Clone)]
+struct Work {
+    tenant: Arc<str>,
+    runtime: Runtime,
+    script: Script,
+    input: Arc<str>,
+    expect: Option<Arc<str>>,
+}
+
+impl Work {
+    fn new(runtime: Runtime, filename: &str, source: &str, input: &str) -> Work {
+        Work {
+            tenant: Arc::from(""),
+            runtime,
+            script: Script::new(filename, source),
+            input: input.into(),
+            expect: None,
+        }
+    }
+
+    fn trivial(runtime: Runtime) -> Work {
+        Work {
+            expect: Some(r#"{"n":42}"#.into()),
+            ..Work::new(runtime, "trivial.js", TRIVIAL, r#"{"n":41}"#)
+        }
+    }
+
+    fn for_tenant(&self, tenant: &Arc<str>) -> Work {
+        Work {
+            tenant: tenant.clone(),
+            ..self.clone()
+        }
+    }
+
+    fn execution(&self) -> Execution {
+        Execution::new(self.runtime, self.script.clone(), self.input.clone())
+            .tenant(self.tenant.clone())
+    }
+
+    /// Runs once on `sandbox` and times the caller's round trip.
+    fn run(&self, sandbox: &Sandbox) -> Sample {
+        let start = Instant::now();
+        let outcome = sandbox.execute_blocking(self.execution());
+        let round_trip = start.elapsed();
+        Sample {
+            round_trip,
+            inside: outcome.duration,
+            output: self.check(&outcome),
+        }
+    }
+
+    /// The output's length, once checked.
+    fn check(&self, outcome: &Outcome) -> usize {
+        let output = match &outcome.result {
+            Ok(output) => output,
+            Err(error) => panic!("{} failed: {error}", self.script.filename),
+        };
+        if let Some(expect) = &self.expect {
+            assert_eq!(output.as_str(), &**expect, "{}", self.script.filename);
+        }
+        output.len()
+    }
+}
+
+fn sandbox(config: SandboxConfig) -> Sandbox {
+    let sandbox = Sandbox::new(config).expect("the sandbox starts");
+    settle(&sandbox);
     sandbox
 }
 
-fn step(sandbox: &Sandbox, runtime: Runtime, n: u64) -> Duration {
-    let exec = Execution::new(
-        runtime,
-        Script::new("bench.js", TRIVIAL),
-        format!("{{\"n\":{n}}}"),
-    );
-    let start = Instant::now();
-    let outcome = sandbox.execute_blocking(exec);
-    let elapsed = start.elapsed();
-    let output = outcome.result.expect("trivial step succeeds");
-    assert_eq!(output, format!("{{\"n\":{}}}", n + 1));
-    elapsed
+/// A few steps so that the process has compiled and cached the module.
+fn warm_up(sandbox: &Sandbox, work: &Work) {
+    for _ in 0..5 {
+        std::thread::sleep(PACE);
+        work.run(sandbox);
+    }
+}
+
+/// One step's times as the caller and the sandbox process saw them.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    round_trip: Duration,
+    inside: Duration,
+    /// The output's length in bytes.
+    output: usize,
+}
+
+impl Sample {
+    /// What the process boundary added: everything but the step itself.
+    fn boundary(&self) -> Duration {
+        self.round_trip.saturating_sub(self.inside)
+    }
 }
 
 struct Percentiles {
     p50: Duration,
     p99: Duration,
-    count: usize,
 }
 
 fn percentiles(mut samples: Vec<Duration>) -> Percentiles {
     samples.sort();
+    if samples.is_empty() {
+        return Percentiles {
+            p50: Duration::ZERO,
+            p99: Duration::ZERO,
+        };
+    }
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
     Percentiles {
         p50: at(0.50),
         p99: at(0.99),
-        count: samples.len(),
     }
 }
 
-fn sequential(
-    sandbox: &Sandbox,
-    runtime: Runtime,
+struct Samples {
     count: usize,
-    pace: Option<Duration>,
-) -> Percentiles {
-    percentiles(
-        (0..count as u64)
-            .map(|n| {
-                if let Some(pause) = pace {
-                    std::thread::sleep(pause);
-                }
-                step(sandbox, runtime, n)
+    output: usize,
+    round_trip: Percentiles,
+    inside: Percentiles,
+    boundary: Percentiles,
+}
+
+fn samples(all: Vec<Sample>) -> Samples {
+    Samples {
+        count: all.len(),
+        output: all.last().map_or(0, |s| s.output),
+        round_trip: percentiles(all.iter().map(|s| s.round_trip).collect()),
+        inside: percentiles(all.iter().map(|s| s.inside).collect()),
+        boundary: percentiles(all.iter().map(Sample::boundary).collect()),
+    }
+}
+
+/// `count` steps one at a time, `PACE` apart.
+fn paced(sandbox: &Sandbox, work: &Work, count: usize) -> Samples {
+    samples(
+        (0..count)
+            .map(|_| {
+                std::thread::sleep(PACE);
+                work.run(sandbox)
             })
             .collect(),
     )
 }
 
+fn print_boundary(name: &str, s: &Samples) {
+    let met = if s.boundary.p50 < BOUNDARY_TARGET {
+        "met"
+    } else {
+        "not met"
+    };
+    row(
+        name,
+        format!(
+            "round trip p50 {}  p99 {}  inside p50 {}  boundary p50 {}  p99 {}  \
+             (target p50 < {}: {met}; {} steps, {} ms apart)",
+            ms(s.round_trip.p50),
+            ms(s.round_trip.p99),
+            ms(s.inside.p50),
+            us(s.boundary.p50),
+            us(s.boundary.p99),
+            us(BOUNDARY_TARGET),
+            s.count,
+            PACE.as_millis(),
+        ),
+    );
+}
+
+/// What a load run measured.
+struct Load {
+    wall: Duration,
+    steps: usize,
+    round_trips: Vec<Duration>,
+    cpu: Cpu,
+}
+
+impl Load {
+    fn per_second(&self) -> f64 {
+        self.steps as f64 / self.wall.as_secs_f64()
+    }
+}
+
+/// Runs `steps` executions with `in_flight` callers, each sending its next
+/// step when its last one is answered. CPU is counted from a settled pool
+/// to a settled pool, so it includes preparing the next isolates and
+/// replacing processes the steps used up.
+fn load(
+    sandbox: &Sandbox,
+    in_flight: usize,
+    steps: usize,
+    work: impl Fn(usize) -> Work + Sync,
+) -> Load {
+    settle(sandbox);
+    let before = CpuSnapshot::take(sandbox);
+    let next = AtomicUsize::new(0);
+    let start = Instant::now();
+    let round_trips: Vec<Duration> = std::thread::scope(|scope| {
+        let callers: Vec<_> = (0..in_flight.max(1))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        if n >= steps {
+                            break mine;
+                        }
+                        mine.push(work(n).run(sandbox).round_trip);
+                    }
+                })
+            })
+            .collect();
+        callers
+            .into_iter()
+            .flat_map(|c| c.join().expect("caller thread"))
+            .collect()
+    });
+    let wall = start.elapsed();
+    settle(sandbox);
+    let cpu = CpuSnapshot::take(sandbox).since(&before);
+    Load {
+        wall,
+        steps,
+        round_trips,
+        cpu,
+    }
+}
+
+/// Starting a process: every step of a pool that holds one process and no
+/// spare, for tenants in turn, waits for a new process.
+fn process_start(warm: &[Runtime], count: usize) {
+    let runtime = warm.first().copied().unwrap_or_default();
+    let sandbox = sandbox(SandboxConfig {
+        concurrency: 1,
+        processes: 1,
+        spare: 0,
+        warm: warm.to_vec(),
+        ..SandboxConfig::default()
+    });
+    let trivial = Work::trivial(runtime);
+    let tenants = [
+        trivial.for_tenant(&Arc::from("a")),
+        trivial.for_tenant(&Arc::from("b")),
+    ];
+    // The first step takes the process the sandbox started with.
+    tenants[1].run(&sandbox);
+    settle(&sandbox);
+    let stats_before = sandbox.stats();
+    let cpu_before = CpuSnapshot::take(&sandbox);
+    let cold: Vec<Sample> = (0..count).map(|i| tenants[i % 2].run(&sandbox)).collect();
+    settle(&sandbox);
+    let cpu = CpuSnapshot::take(&sandbox).since(&cpu_before);
+    let stats = delta(&sandbox.stats(), &stats_before);
+    let cold = samples(cold);
+    let started = stats.started.max(1);
+    let names: Vec<String> = warm.iter().map(ToString::to_string).collect();
+    row(
+        &format!("warm {}", names.join("+")),
+        format!(
+            "time to ready {} (mean of {} starts)  cold step round trip p50 {}  CPU per start {} \
+             ({}; with one trivial step and stopping the process it replaced)",
+            ms(stats.start_time / started as u32),
+            stats.started,
+            ms(cold.round_trip.p50),
+            us(cpu.total() / started as u32),
+            cpu.per_step(started as usize),
+        ),
+    );
+}
+
+/// Hits, spares and cold starts with `tenants` tenants in turn.
+fn tenant_mix(runtime: Runtime, tenants: usize, steps: usize) {
+    let sandbox = sandbox(SandboxConfig::default());
+    let trivial = Work::trivial(runtime);
+    let work: Vec<Work> = (0..tenants)
+        .map(|i| trivial.for_tenant(&Arc::from(format!("tenant-{i}"))))
+        .collect();
+    let in_flight = sandbox.config().concurrency;
+    let before = sandbox.stats();
+    let load = load(&sandbox, in_flight, steps, |n| work[n % tenants].clone());
+    let stats = delta(&sandbox.stats(), &before);
+    let latency = percentiles(load.round_trips.clone());
+    row(
+        &format!("{tenants} tenant{}", if tenants == 1 { "" } else { "s" }),
+        format!(
+            "{:.0} steps/s  hits {}  spares taken {}  cold starts {}  processes started {}  \
+             evicted {}  p50 {}  p99 {}  CPU per step {}  ({steps} steps)",
+            load.per_second(),
+            stats.hits,
+            stats.spares_taken,
+            stats.cold_starts,
+            stats.started,
+            stats.evicted,
+            ms(latency.p50),
+            ms(latency.p99),
+            us(load.cpu.total() / steps as u32),
+        ),
+    );
+}
+
+/// The counters that grew from `before` to `after`.
+fn delta(after: &SandboxStats, before: &SandboxStats) -> SandboxStats {
+    SandboxStats {
+        steps: after.steps - before.steps,
+        hits: after.hits - before.hits,
+        spares_taken: after.spares_taken - before.spares_taken,
+        cold_starts: after.cold_starts - before.cold_starts,
+        started: after.started - before.started,
+        start_time: after.start_time.saturating_sub(before.start_time),
+        evicted: after.evicted - before.evicted,
+        recycled: after.recycled - before.recycled,
+        failed: after.failed - before.failed,
+        processes: after.processes.clone(),
+    }
+}
+
+/// Private memory of idle processes: spares that never ran a step, and
+/// processes that ran steps of both engines and prepared their next
+/// isolates.
+fn memory(engines: &[Runtime]) {
+    let sandbox = sandbox(SandboxConfig::default());
+    for tenant in 0..4 {
+        for &runtime in engines {
+            Work::trivial(runtime)
+                .for_tenant(&Arc::from(format!("memory-{tenant}")))
+                .run(&sandbox);
+        }
+    }
+    settle(&sandbox);
+    let mut groups: BTreeMap<&str, Vec<Smaps>> = BTreeMap::new();
+    let mut unreadable = 0;
+    for process in sandbox.stats().processes {
+        let group = if process.tenant.is_some() {
+            "idle after steps"
+        } else {
+            "spare, no step yet"
+        };
+        match Smaps::read(process.pid) {
+            Some(smaps) => groups.entry(group).or_default().push(smaps),
+            None => unreadable += 1,
+        }
+    }
+    for (group, all) in &groups {
+        let n = all.len() as u64;
+        let mean = |f: fn(&Smaps) -> u64| all.iter().map(f).sum::<u64>() / n.max(1);
+        let private = |s: &Smaps| s.private_clean + s.private_dirty;
+        let (low, high) = (
+            all.iter().map(private).min().unwrap_or(0),
+            all.iter().map(private).max().unwrap_or(0),
+        );
+        row(
+            group,
+            format!(
+                "private {} (range {}–{})  Pss {}  Rss {}  (mean of {n} processes)",
+                kb(mean(private)),
+                kb(low),
+                kb(high),
+                kb(mean(|s| s.pss)),
+                kb(mean(|s| s.rss)),
+            ),
+        );
+    }
+    if unreadable > 0 {
+        println!("({unreadable} processes' smaps_rollup could not be read)");
+    }
+}
+
+/// Memory figures from `/proc/<pid>/smaps_rollup`, in bytes.
+struct Smaps {
+    rss: u64,
+    pss: u64,
+    private_clean: u64,
+    private_dirty: u64,
+}
+
+impl Smaps {
+    fn read(pid: u32) -> Option<Smaps> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+        let field = |name: &str| -> Option<u64> {
+            let line = text.lines().find_map(|l| l.strip_prefix(name))?;
+            let kb: u64 = line.trim().trim_end_matches("kB").trim().parse().ok()?;
+            Some(kb * 1024)
+        };
+        Some(Smaps {
+            rss: field("Rss:")?,
+            pss: field("Pss:")?,
+            private_clean: field("Private_Clean:")?,
+            private_dirty: field("Private_Dirty:")?,
+        })
+    }
+}
+
+/// A trivial step and fib(25) on V8 with its JIT and with `jitless`.
+fn jit(count: usize) {
+    let trivial = Work::trivial(Runtime::V8);
+    let fib = Work {
+        expect: Some(r#"{"fib":75025}"#.into()),
+        ..Work::new(Runtime::V8, "fib.js", FIB, r#"{"n":25}"#)
+    };
+    let mut rows = Vec::new();
+    for jitless in [false, true] {
+        let sandbox = sandbox(SandboxConfig {
+            concurrency: 1,
+            jitless,
+            warm: vec![Runtime::V8],
+            ..SandboxConfig::default()
+        });
+        warm_up(&sandbox, &trivial);
+        warm_up(&sandbox, &fib);
+        let t = paced(&sandbox, &trivial, count);
+        let f = paced(&sandbox, &fib, count);
+        rows.push((jitless, t, f));
+    }
+    for (jitless, t, f) in rows {
+        row(
+            if jitless { "jitless" } else { "JIT" },
+            format!(
+                "trivial step p50 {} (inside {})  fib(25) p50 {} (inside {})  ({} steps each)",
+                ms(t.round_trip.p50),
+                ms(t.inside.p50),
+                ms(f.round_trip.p50),
+                ms(f.inside.p50),
+                t.count,
+            ),
+        );
+    }
+}
+
+/// Waits until the pool is at rest: every child process is one the pool
+/// lists (none starting, none waiting to be reaped), no step is running,
+/// the spares are there, and no process is using CPU (preparing its next
+/// isolate). Gives up after 10 s: a figure then includes some of that work.
+fn settle(sandbox: &Sandbox) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last: Option<u64> = None;
+    while Instant::now() < deadline {
+        let stats = sandbox.stats();
+        let listed: BTreeSet<u32> = stats.processes.iter().map(|p| p.pid).collect();
+        let spares = stats
+            .processes
+            .iter()
+            .filter(|p| p.tenant.is_none())
+            .count();
+        let at_rest = listed == children()
+            && stats.processes.iter().all(|p| !p.busy)
+            && spares >= sandbox.config().spare;
+        let ticks: u64 = listed.iter().filter_map(|&pid| proc_ticks(pid)).sum();
+        if at_rest && last == Some(ticks) {
+            return;
+        }
+        last = at_rest.then_some(ticks);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// CPU time used, split by who used it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    bench: Duration,
+    sandboxes: Duration,
+}
+
+impl Cpu {
+    fn total(&self) -> Duration {
+        self.bench + self.sandboxes
+    }
+
+    fn per_step(&self, steps: usize) -> String {
+        let steps = steps.max(1) as u32;
+        format!(
+            "bench process {} + sandbox processes {}",
+            us(self.bench / steps),
+            us(self.sandboxes / steps)
+        )
+    }
+}
+
+/// CPU time so far of this process, of its live child processes (the
+/// sandbox processes, by pid), and of the children it has reaped.
+struct CpuSnapshot {
+    own: Duration,
+    live: BTreeMap<u32, Duration>,
+    reaped: Duration,
+}
+
+impl CpuSnapshot {
+    fn take(sandbox: &Sandbox) -> CpuSnapshot {
+        loop {
+            let reaped = reaped_children_cpu();
+            // The pool's list, and every child besides: processes being
+            // started or waiting to be reaped are not in the pool's list.
+            let mut pids: BTreeSet<u32> = sandbox.stats().processes.iter().map(|p| p.pid).collect();
+            pids.extend(children());
+            let live = pids
+                .into_iter()
+                .filter_map(|pid| Some((pid, ticks(proc_ticks(pid)?))))
+                .collect();
+            let own = ticks(proc_ticks_self());
+            // A child reaped while the pids were read would count twice or
+            // not at all: read again.
+            if reaped_children_cpu() == reaped {
+                return CpuSnapshot { own, live, reaped };
+            }
+        }
+    }
+
+    fn since(&self, before: &CpuSnapshot) -> Cpu {
+        // A process live before and gone now was reaped in between: the
+        // reaped total holds its whole life, of which `before` held a part.
+        let gone: Duration = before
+            .live
+            .iter()
+            .filter(|(pid, _)| !self.live.contains_key(pid))
+            .map(|(_, &t)| t)
+            .sum();
+        // A process new now counts whole.
+        let live: Duration = self
+            .live
+            .iter()
+            .map(|(pid, &t)| t.saturating_sub(before.live.get(pid).copied().unwrap_or_default()))
+            .sum();
+        let reaped = self.reaped.saturating_sub(before.reaped);
+        Cpu {
+            bench: self.own.saturating_sub(before.own),
+            sandboxes: live + reaped.saturating_sub(gone),
+        }
+    }
+}
+
+/// The pids of this process's children (zombies included).
+fn children() -> BTreeSet<u32> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return BTreeSet::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            stat_fields(&format!("/proc/{pid}/stat")).and_then(|f| f.get(1)?.parse::<u32>().ok())
+                == Some(me)
+        })
+        .collect()
+}
+
+/// The fields of a `/proc/.../stat` after the command name (which may hold
+/// spaces, in parentheses): state is the first, utime the 12th.
+fn stat_fields(path: &str) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let rest = text.get(text.rfind(')')? + 1..)?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+fn ticks_from(path: &str) -> Option<u64> {
+    let fields = stat_fields(path)?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// utime + stime of a process, all its threads, in clock ticks.
+fn proc_ticks(pid: u32) -> Option<u64> {
+    ticks_from(&format!("/proc/{pid}/stat"))
+}
+
+fn proc_ticks_self() -> u64 {
+    ticks_from("/proc/self/stat").expect("this process's /proc/self/stat")
+}
+
+fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf with a constant argument.
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .expect("sysconf(_SC_CLK_TCK) is positive")
+        .max(1)
+}
+
+fn ticks(n: u64) -> Duration {
+    Duration::from_nanos(n * 1_000_000_000 / ticks_per_second())
+}
+
+/// User + system CPU time of the children this process has waited for.
+fn reaped_children_cpu() -> Duration {
+    // SAFETY: rusage is plain data; all zeroes is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct it is given, which we own.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    assert_eq!(rc, 0, "getrusage(RUSAGE_CHILDREN)");
+    let time = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// Orders as JSON text of about `target_bytes`.
 fn orders_json(target_bytes: usize) -> String {
     let mut out = String::with_capacity(target_bytes + 256);
     out.push('[');
@@ -193,149 +1035,14 @@ fn orders_json(target_bytes: usize) -> String {
     out
 }
 
-fn json_transform(sandbox: &Sandbox, runtime: Runtime, runs: usize) -> (Percentiles, usize) {
-    let input: std::sync::Arc<str> = orders_json(5 * 1024 * 1024).into();
-    let mut output_len = 0;
-    let samples = (0..runs.max(3))
-        .map(|_| {
-            let exec = Execution::new(
-                runtime,
-                Script::new("transform.js", TRANSFORM),
-                input.clone(),
-            );
-            let start = Instant::now();
-            let outcome = sandbox.execute_blocking(exec);
-            let elapsed = start.elapsed();
-            output_len = outcome.result.expect("transform succeeds").len();
-            elapsed
-        })
-        .collect();
-    (percentiles(samples), output_len)
-}
-
-fn throughput(sandbox: &Sandbox, runtime: Runtime, steps: usize) -> (f64, Duration) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .build()
-        .expect("tokio runtime");
-    let cpu_before = cpu_time();
-    let start = Instant::now();
-    rt.block_on(async {
-        let mut tasks = tokio::task::JoinSet::new();
-        let in_flight = 64;
-        for n in 0..steps as u64 {
-            if tasks.len() >= in_flight {
-                tasks.join_next().await;
-            }
-            let sandbox = sandbox.clone();
-            tasks.spawn(async move {
-                let exec = Execution::new(
-                    runtime,
-                    Script::new("bench.js", TRIVIAL),
-                    format!("{{\"n\":{n}}}"),
-                );
-                sandbox
-                    .execute(exec)
-                    .await
-                    .result
-                    .expect("trivial step succeeds")
-            });
-        }
-        while tasks.join_next().await.is_some() {}
-    });
-    let wall = start.elapsed();
-    let cpu = cpu_time() - cpu_before;
-    (steps as f64 / wall.as_secs_f64(), cpu / steps as u32)
-}
-
-/// User + system CPU time of the whole process.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("procfs");
-    // Fields after the command name, which is in parentheses.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .expect("stat has a command name")
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 =
-        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-    // Linux reports in USER_HZ, 100 on every architecture Isoflow targets.
-    Duration::from_millis(ticks * 10)
-}
-
-fn rss_bytes() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("procfs");
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kb * 1024.0
-}
-
-/// Ready isolates held by the memory measurement.
-const LIVE: usize = 32;
-
-/// RSS per live (ready) isolate: in fresh child processes, so that memory
-/// freed by earlier measurements cannot be reused and hide the growth.
-/// Threads holding an isolate minus the same threads holding none.
-fn memory_per_isolate(runtime: Runtime) -> f64 {
-    let child = |warm: &str| -> f64 {
-        let out = std::process::Command::new(std::env::current_exe().expect("own path"))
-            .args(["--measure-memory", warm])
-            .output()
-            .expect("child runs");
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("child prints bytes")
-    };
-    let with = child(&runtime.to_string());
-    let without = child("none");
-    (with - without) / LIVE as f64
-}
-
-/// In the child: RSS growth from starting a sandbox of LIVE threads that
-/// each prepare one isolate of `warm` (or none), printed in bytes.
-fn measure_memory(warm: &str) {
-    let warm = match warm {
-        "v8" => vec![Runtime::V8],
-        "quickjs" => vec![Runtime::QuickJs],
-        _ => vec![],
-    };
-    // Start the engines (V8's process-wide state) before the baseline.
-    drop(Sandbox::new(SandboxConfig {
-        threads: 1,
-        limits: Limits::default(),
-        warm: warm.clone(),
-    }));
-    let before = rss_bytes();
-    let sandbox = Sandbox::new(SandboxConfig {
-        threads: LIVE,
-        limits: Limits::default(),
-        warm,
-    })
-    .expect("sandbox starts");
-    // Every thread has its isolate once RSS stops growing.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut last = rss_bytes();
-    loop {
-        std::thread::sleep(Duration::from_millis(200));
-        let now = rss_bytes();
-        if (now - last).abs() < 16.0 * 1024.0 || Instant::now() > deadline {
-            break;
-        }
-        last = now;
-    }
-    println!("{}", rss_bytes() - before);
-    drop(sandbox);
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
 fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+fn kb(bytes: u64) -> String {
+    format!("{} KB", bytes / 1024)
 }

@@ -1,137 +1,56 @@
-//! The JavaScript sandbox: runs one code step in a fresh isolate and returns
-//! its JSON output and captured logs.
+//! Code steps, run in sandbox processes: the node's side of the sandbox.
 //!
 //! # Contract
 //!
 //! A step's source is an ES module whose default export is
 //! `function (input, ctx)`, returning a JSON value or a Promise of one. The
 //! engine hands it `input` (parsed from JSON text) and a `ctx` with
-//! `ctx.log(...)` and `ctx.xml.parse` / `ctx.xml.stringify` (see [`xml`]).
-//! `console.*` is captured like `ctx.log`. There is no network, filesystem,
-//! process, environment, timer or module loader: all I/O belongs to engine
-//! actions, so credentials never enter an isolate.
+//! `ctx.log(...)` and `ctx.xml.parse` / `ctx.xml.stringify`. `console.*` is
+//! captured like `ctx.log`. There is no network, filesystem, process,
+//! environment, timer or module loader: all I/O belongs to engine actions,
+//! so credentials never enter a sandbox.
 //!
 //! # Invariants
 //!
-//! - Isolation by construction: every execution gets a fresh V8 isolate or a
-//!   fresh QuickJS runtime, created before the job arrives (so taking one is
-//!   cheap) and disposed after it. An isolate that ran user code is never used
-//!   again, so nothing a step does to built-ins can reach another step.
-//! - Isolates live on the sandbox's own OS threads ([`pool`]), never on a
-//!   tokio worker; [`Sandbox::execute`] hands the job over and awaits it.
-//! - Every limit in [`Limits`] is enforced inside the engine: exceeding one
-//!   fails that step with an error naming the limit, and the process lives on.
-//!   Time limits are enforced by one shared watchdog thread ([`watchdog`]).
+//! - Customer JavaScript never runs in this process. [`Sandbox::execute`]
+//!   sends each step to a sandbox process (the `isoflow-sandbox` crate)
+//!   over a Unix socket: a locked-down process (seccomp, no network, an
+//!   empty root, a non-root uid) that runs it in a fresh isolate and
+//!   answers. A process that crashes, aborts, is killed or runs past its
+//!   step's deadline costs that one step, which fails with a [`StepError`]
+//!   saying so; the next step gets another process.
+//! - A sandbox process serves one tenant: the pool ([`pool`]) keeps idle
+//!   processes per tenant, recycles the least recently used first and every
+//!   process after [`SandboxConfig::steps_per_process`] steps, and starts
+//!   spare processes ahead of need.
+//! - Every limit is enforced twice: inside the process (the step's heap,
+//!   time, output and logs) and from outside (a memory cgroup or address
+//!   space limit, a CPU time limit, a deadline after which the node kills
+//!   the process). Nothing a process sends is trusted: every length is
+//!   checked against the step's limits and every text is bounded again.
 //!
 //! # Where to look next
 //!
-//! `prelude.js` is the JavaScript both engines run before the user's module
-//! (console capture, `ctx`, output checks); [`host`] is the Rust side of it;
-//! `v8` wraps the C++ bridge in `engine/cpp/`; `quickjs` wraps rquickjs.
+//! [`pool`] (runner threads, processes per tenant), [`process`] (one
+//! process: start, one step, diagnosing a death), [`memory`] (the memory
+//! cap); the `isoflow-sandbox` crate for what runs inside.
 
-use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+pub use isoflow_sandbox::lockdown::Lockdown;
+pub use isoflow_sandbox::{
+    ErrorKind, Limits, Location, LogLevel, LogLimitKind, LogLine, MAX_ERROR_TEXT, Runtime,
+    StepError,
+};
 
-mod host;
+mod memory;
 mod pool;
-#[cfg(feature = "quickjs")]
-mod quickjs;
-#[cfg(feature = "v8")]
-mod v8;
-// Only the V8 engine arms the watchdog; QuickJS polls its deadline itself.
-#[cfg_attr(not(feature = "v8"), allow(dead_code))]
-mod watchdog;
-pub mod xml;
+mod process;
 
-pub use pool::Sandbox;
-
-/// The JavaScript engine a code step runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Runtime {
-    /// V8 (Debian's libnode108, V8 10.2): JIT, `Intl`, fastest on real work.
-    #[default]
-    V8,
-    /// QuickJS-ng: tiny start-up cost, no JIT, no `Intl`.
-    #[serde(rename = "quickjs")]
-    QuickJs,
-}
-
-impl Runtime {
-    /// Every runtime, for iterating in tests and benchmarks.
-    pub const ALL: [Runtime; 2] = [Runtime::V8, Runtime::QuickJs];
-
-    /// Whether this build of the engine includes the runtime.
-    pub fn is_available(self) -> bool {
-        match self {
-            Runtime::V8 => cfg!(feature = "v8"),
-            Runtime::QuickJs => cfg!(feature = "quickjs"),
-        }
-    }
-}
-
-impl fmt::Display for Runtime {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Runtime::V8 => "v8",
-            Runtime::QuickJs => "quickjs",
-        })
-    }
-}
-
-/// Per-step limits. Exceeding any of them fails the step with a
-/// [`StepError`] that names the limit and its value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    /// Heap the step's JavaScript may use, in bytes (ArrayBuffers included).
-    pub heap_bytes: usize,
-    /// Wall-clock time from the start of the module's evaluation to the
-    /// serialised output.
-    #[serde(with = "duration_ms")]
-    pub timeout: Duration,
-    /// Size of the step's output as UTF-8 JSON text, in bytes.
-    pub output_bytes: usize,
-    /// Number of log lines (`console.*` and `ctx.log` together).
-    pub log_lines: usize,
-    /// Total size of the log lines' text, in bytes.
-    pub log_bytes: usize,
-}
-
-impl Limits {
-    /// A single log line longer than this is cut, with a marker saying how
-    /// much was cut; the cut line still counts against `log_bytes`.
-    pub const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            heap_bytes: 128 * 1024 * 1024,
-            timeout: Duration::from_secs(30),
-            output_bytes: 64 * 1024 * 1024,
-            log_lines: 1_000,
-            log_bytes: 1024 * 1024,
-        }
-    }
-}
-
-mod duration_ms {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
-    }
-}
+pub use memory::MemoryCap;
+pub use pool::{ProcessInfo, Sandbox, SandboxStats};
 
 /// A step's JavaScript source and the name it is reported under in errors
 /// and stack traces (usually the integration file or the step id).
@@ -150,9 +69,13 @@ impl Script {
     }
 }
 
-/// One execution of a code step: which engine, which script, what input.
+/// One execution of a code step: whose, which engine, which script, what
+/// input.
 #[derive(Debug, Clone)]
 pub struct Execution {
+    /// The tenant the step belongs to: it runs in a process that serves
+    /// this tenant only.
+    pub tenant: Arc<str>,
     pub runtime: Runtime,
     pub script: Script,
     /// The step's input as JSON text. Kept as text end to end: the isolate
@@ -163,9 +86,10 @@ pub struct Execution {
 }
 
 impl Execution {
-    /// An execution with the default limits.
+    /// An execution with the default limits, for the anonymous tenant `""`.
     pub fn new(runtime: Runtime, script: Script, input_json: impl Into<Arc<str>>) -> Self {
         Execution {
+            tenant: Arc::from(""),
             runtime,
             script,
             input_json: input_json.into(),
@@ -182,152 +106,10 @@ impl Execution {
         self.limits = Some(limits);
         self
     }
-}
 
-/// Severity of a captured log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogLevel {
-    Debug,
-    Info,
-    Warn,
-    Error,
-}
-
-impl LogLevel {
-    /// The level numbers `prelude.js` sends to the host.
-    pub(crate) fn from_code(code: i32) -> LogLevel {
-        match code {
-            0 => LogLevel::Debug,
-            2 => LogLevel::Warn,
-            3 => LogLevel::Error,
-            _ => LogLevel::Info,
-        }
-    }
-}
-
-/// One line a step logged through `console.*` or `ctx.log`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogLine {
-    pub level: LogLevel,
-    pub message: String,
-    pub time: SystemTime,
-}
-
-/// A position in the step's source, 1-based.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Location {
-    pub filename: String,
-    pub line: u32,
-    pub column: u32,
-}
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.filename, self.line, self.column)
-    }
-}
-
-/// Why a step failed. Every variant is one sentence that names what went
-/// wrong and where; none of them means the process is in trouble.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StepError {
-    #[error("syntax error at {location}: {message}")]
-    Syntax { message: String, location: Location },
-    #[error("uncaught {message}{}", at(.location))]
-    Exception {
-        message: String,
-        location: Option<Location>,
-        stack: Option<String>,
-    },
-    #[error("step timed out after {} ms", .limit.as_millis())]
-    Timeout { limit: Duration },
-    #[error(
-        "step returned a promise that never settled: nothing was left that could settle it \
-         (steps have no timers or I/O)"
-    )]
-    NeverSettled,
-    #[error("step exceeded its heap limit of {} MiB", .limit_bytes / (1024 * 1024))]
-    HeapLimit { limit_bytes: usize },
-    #[error("step output is {actual_bytes} bytes, over the output limit of {limit_bytes} bytes")]
-    OutputLimit {
-        limit_bytes: usize,
-        actual_bytes: usize,
-    },
-    #[error("step logged more than {limit} {what}, the log limit")]
-    LogLimit { what: LogLimitKind, limit: usize },
-    #[error("step output is not JSON-serialisable: {reason}")]
-    NotSerializable { reason: String },
-    #[error("{message}")]
-    Module { message: String },
-    #[error("step input could not be parsed: {message}")]
-    Input { message: String },
-    #[error("this build of isoflow has no {0} engine")]
-    Unavailable(Runtime),
-    #[error("sandbox is shut down")]
-    Shutdown,
-    #[error("sandbox failure: {message}")]
-    Internal { message: String },
-}
-
-fn at(location: &Option<Location>) -> String {
-    location
-        .as_ref()
-        .map(|l| format!(" at {l}"))
-        .unwrap_or_default()
-}
-
-/// Which log limit a step exceeded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogLimitKind {
-    Lines,
-    Bytes,
-}
-
-impl fmt::Display for LogLimitKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            LogLimitKind::Lines => "lines",
-            LogLimitKind::Bytes => "bytes",
-        })
-    }
-}
-
-/// Coarse class of a [`StepError`], for retry policies and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorKind {
-    /// The step's code is wrong (syntax, exception, module shape, output).
-    User,
-    /// A resource limit was hit (time, heap, output, logs).
-    Limit,
-    /// The input handed to the step was not JSON.
-    Input,
-    /// The sandbox could not run the step at all.
-    Sandbox,
-}
-
-impl StepError {
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            StepError::Syntax { .. }
-            | StepError::Exception { .. }
-            | StepError::NotSerializable { .. }
-            | StepError::Module { .. } => ErrorKind::User,
-            StepError::Timeout { .. }
-            | StepError::NeverSettled
-            | StepError::HeapLimit { .. }
-            | StepError::OutputLimit { .. }
-            | StepError::LogLimit { .. } => ErrorKind::Limit,
-            StepError::Input { .. } => ErrorKind::Input,
-            StepError::Unavailable(_) | StepError::Shutdown | StepError::Internal { .. } => {
-                ErrorKind::Sandbox
-            }
-        }
-    }
-
-    /// True for time-outs, including a promise that can never settle.
-    pub fn is_timeout(&self) -> bool {
-        matches!(self, StepError::Timeout { .. } | StepError::NeverSettled)
+    pub fn tenant(mut self, tenant: impl Into<Arc<str>>) -> Self {
+        self.tenant = tenant.into();
+        self
     }
 }
 
@@ -338,7 +120,8 @@ pub struct Outcome {
     /// The step's return value as JSON text.
     pub result: Result<String, StepError>,
     pub logs: Vec<LogLine>,
-    /// From taking the isolate to having the output serialised.
+    /// From taking the isolate to having the output serialised, as the
+    /// sandbox process measured it.
     pub duration: Duration,
 }
 
@@ -350,33 +133,115 @@ impl Outcome {
             message: format!("engine produced invalid JSON output: {e}"),
         })
     }
+
+    pub(crate) fn failed(error: StepError) -> Outcome {
+        Outcome {
+            result: Err(error),
+            logs: Vec::new(),
+            duration: Duration::ZERO,
+        }
+    }
+}
+
+/// The program a sandbox process runs: `path` with `args`, then the
+/// process's own options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Program {
+    pub path: PathBuf,
+    pub args: Vec<String>,
+}
+
+impl Program {
+    /// The name of the engine's sandbox binary.
+    pub const BINARY: &'static str = "isoflow-sandbox";
+
+    /// This very executable, run again with `args` (`isoflow` runs itself
+    /// as `isoflow sandbox-process`). `/proc/self/exe` is the running file
+    /// even if it was replaced on disk since, so node and sandbox always
+    /// speak the same protocol.
+    pub fn this_executable(args: &[&str]) -> Program {
+        Program {
+            path: PathBuf::from("/proc/self/exe"),
+            args: args.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    /// `isoflow-sandbox` next to the running executable or one folder up
+    /// (where cargo puts binaries relative to tests and benchmarks).
+    pub fn beside_this_executable() -> Program {
+        let exe = std::env::current_exe().unwrap_or_default();
+        let candidates = exe
+            .ancestors()
+            .skip(1)
+            .take(2)
+            .map(|dir| dir.join(Self::BINARY));
+        let path = candidates
+            .clone()
+            .find(|p| p.is_file())
+            .or_else(|| candidates.clone().next())
+            .unwrap_or_else(|| PathBuf::from(Self::BINARY));
+        Program {
+            path,
+            args: Vec::new(),
+        }
+    }
 }
 
 /// Sandbox-wide settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxConfig {
-    /// OS threads that run isolates. Each keeps one fresh isolate per engine
-    /// ready, so a step does not wait for isolate creation.
-    pub threads: usize,
+    /// What a sandbox process runs.
+    pub program: Program,
+    /// Steps that run at once (each on its own process).
+    pub concurrency: usize,
+    /// Processes kept per tenant and idle, in all: past it, the least
+    /// recently used is stopped.
+    pub processes: usize,
+    /// Processes started ahead of need, so that a tenant's first step, or a
+    /// process's replacement, rarely waits for one to start.
+    pub spare: usize,
+    /// Steps a process runs before it is replaced by a fresh one.
+    pub steps_per_process: u32,
     /// Limits for executions that do not set their own.
     pub limits: Limits,
-    /// Engines each thread prepares an instance of before the first step
-    /// (an engine not listed is started by its first step, then kept warm).
+    /// Engines each process starts before its first step.
     pub warm: Vec<Runtime>,
+    /// How the processes lock themselves down.
+    pub lockdown: Lockdown,
+    /// V8 without its JIT compilers (much slower, far less of V8 reachable).
+    pub jitless: bool,
+    /// How a process's memory is capped from outside.
+    pub memory: MemoryCap,
+    /// A process may use a step's heap limit plus its input plus this.
+    pub memory_margin: usize,
+    /// How long a new process may take to be ready.
+    pub start_timeout: Duration,
 }
 
 impl Default for SandboxConfig {
     fn default() -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         SandboxConfig {
-            threads: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
+            program: Program::beside_this_executable(),
+            concurrency: cores,
+            processes: (cores * 2).max(8),
+            spare: 2,
+            steps_per_process: 1000,
             limits: Limits::default(),
             warm: Runtime::ALL
                 .into_iter()
                 .filter(|r| r.is_available())
                 .collect(),
+            lockdown: Lockdown {
+                parent: Some(std::process::id()),
+                ..Lockdown::default()
+            },
+            jitless: false,
+            memory: MemoryCap::Auto,
+            memory_margin: 64 << 20,
+            start_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -71,7 +71,8 @@ fn one_thread_sandbox() -> &'static Sandbox {
     static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
     SANDBOX.get_or_init(|| {
         Sandbox::new(SandboxConfig {
-            threads: 1,
+            concurrency: 1,
+            processes: 1,
             ..SandboxConfig::default()
         })
         .expect("the sandbox starts")
@@ -116,11 +117,14 @@ fn assault(rt: Runtime, attack: &Attack) {
 }
 
 fn attack_once(sandbox: &Sandbox, rt: Runtime, attack: &Attack, worker: usize, round: usize) {
-    let outcome = sandbox.execute_blocking(execution(
-        rt,
-        attack.source,
-        &json!({ "tenant": "a", "worker": worker, "round": round }),
-    ));
+    let outcome = sandbox.execute_blocking(
+        execution(
+            rt,
+            attack.source,
+            &json!({ "tenant": "a", "worker": worker, "round": round }),
+        )
+        .tenant("a"),
+    );
     let name = attack.name;
     match &attack.own {
         Own::Output(expected, logs) => {

@@ -1,13 +1,14 @@
-//! Every per-step limit is enforced inside the engine and fails only that
-//! step, with an error naming the limit and its value, and the process and
-//! its sandbox threads live on: run-away loops (plain, in a regex, in
-//! microtasks, in serialisation) end as `Timeout`; a promise nothing can
-//! settle ends at once as `NeverSettled`; memory bombs end as `HeapLimit`
-//! (or, where the engine itself refuses one huge allocation with a catchable
-//! `RangeError` before the heap fills, as that exception); deep recursion is
-//! an ordinary `RangeError`. After each, a normal step on the same sandbox
-//! succeeds, and a final test mixes all of them with normal steps on two
-//! threads at once.
+//! Every per-step limit is enforced and fails only that step, with an error
+//! naming the limit and its value, and the node and its sandbox live on:
+//! run-away loops (plain, in a regex, in microtasks, in serialisation) end
+//! as `Timeout`; a promise nothing can settle ends at once as
+//! `NeverSettled`; memory bombs end as `HeapLimit` (or, where the engine
+//! itself refuses one huge allocation with a catchable `RangeError` before
+//! the heap fills, as that exception, or, where one allocation takes the
+//! sandbox process past its memory cap first, as `MemoryLimit`); deep
+//! recursion is an ordinary `RangeError`. After each, a normal step on the
+//! same sandbox succeeds, and a final test mixes all of them with normal
+//! steps on two runners at once.
 //!
 //! Steps that could hang if a limit were not enforced run under a generous
 //! hang guard ([`run_bounded`]): a broken limit fails the test instead of
@@ -232,14 +233,20 @@ fn assert_heap_limit(rt: Runtime, source: &str) {
 
 /// For bombs where the engine may refuse one oversized allocation with a
 /// catchable RangeError ("Invalid string length", "Array buffer allocation
-/// failed", "invalid array length") before the heap is full: the step must
-/// fail, as the heap limit or as that exception. Which one it was is
+/// failed", "invalid array length") before the heap is full, or where one
+/// allocation larger than the heap takes the sandbox process over its
+/// memory cap before V8 looks at its heap limit: the step must fail, as the
+/// heap limit, the memory limit or that exception. Which one it was is
 /// printed (`-- --nocapture`).
 fn assert_heap_limit_or_range_error(rt: Runtime, source: &str) {
     match bounded(rt, source, heap_64()) {
         Err(StepError::HeapLimit { limit_bytes }) => {
             assert_eq!(limit_bytes, 64 * MIB);
             println!("{rt}: heap limit for {source}");
+        }
+        Err(StepError::MemoryLimit { limit_bytes, .. }) => {
+            assert_eq!(limit_bytes, 64 * MIB);
+            println!("{rt}: memory limit for {source}");
         }
         Err(StepError::Exception { message, .. }) => {
             // QuickJS reports its maximum string length as an InternalError

@@ -23,7 +23,7 @@ const TOKEN: &str = "erp-secret-token";
 async fn engine(dir: &tempfile::TempDir) -> Engine {
     let mut config = EngineConfig::new(dir.path());
     config.sandbox = SandboxConfig {
-        threads: 2,
+        concurrency: 2,
         ..SandboxConfig::default()
     };
     let mut credentials = StaticCredentials::default();

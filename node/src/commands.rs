@@ -62,6 +62,7 @@ impl Env {
     fn engine_config(self) -> EngineConfig {
         let mut config = EngineConfig::new(&self.data_dir);
         config.credentials = Arc::new(self.credentials);
+        config.sandbox = crate::config::Sandbox::default().engine_config();
         config
     }
 

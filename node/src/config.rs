@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use isoflow_engine::sandbox::{MemoryCap, Program, SandboxConfig};
 use serde::Deserialize;
 
 /// What a node does.
@@ -38,6 +39,7 @@ pub struct Config {
     pub etcd: Etcd,
     pub cluster: Cluster,
     pub worker: Worker,
+    pub sandbox: Sandbox,
     pub credentials: Vec<Credential>,
     /// The largest payload a run may take or produce.
     pub max_payload_bytes: u64,
@@ -54,6 +56,7 @@ impl Default for Config {
             etcd: Etcd::default(),
             cluster: Cluster::default(),
             worker: Worker::default(),
+            sandbox: Sandbox::default(),
             credentials: Vec::new(),
             max_payload_bytes: 1 << 30,
         }
@@ -161,6 +164,88 @@ impl Default for Worker {
             capacity: 16,
             coordinator: None,
         }
+    }
+}
+
+/// The sandbox processes code steps run in (see the engine's `sandbox`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sandbox {
+    /// Code steps that run at once [default: the number of cores].
+    pub concurrency: Option<usize>,
+    /// Sandbox processes kept, idle and busy; each serves one tenant.
+    pub processes: Option<usize>,
+    /// Processes started ahead of need.
+    pub spare: usize,
+    /// Steps a process runs before a fresh one replaces it.
+    pub steps_per_process: u32,
+    /// The user and group sandbox processes run as when the node is root.
+    pub uid: u32,
+    pub gid: u32,
+    /// Network and mount namespaces for each process, where the machine
+    /// allows them.
+    pub namespaces: bool,
+    /// V8 without its JIT: much slower steps, far less of V8 reachable.
+    pub jitless: bool,
+    /// How a process's memory is capped: auto, cgroup or address-space.
+    pub memory: MemoryCapSetting,
+    /// What a process may use beyond a step's heap limit and input, in MiB.
+    pub memory_margin_mb: usize,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        let engine = SandboxConfig::default();
+        Sandbox {
+            concurrency: None,
+            processes: None,
+            spare: engine.spare,
+            steps_per_process: engine.steps_per_process,
+            uid: engine.lockdown.uid,
+            gid: engine.lockdown.gid,
+            namespaces: engine.lockdown.namespaces,
+            jitless: engine.jitless,
+            memory: MemoryCapSetting::Auto,
+            memory_margin_mb: engine.memory_margin >> 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemoryCapSetting {
+    Auto,
+    Cgroup,
+    AddressSpace,
+}
+
+impl Sandbox {
+    /// The engine's sandbox settings: processes are this very binary, run
+    /// as `isoflow sandbox-process`.
+    pub fn engine_config(&self) -> SandboxConfig {
+        let mut config = SandboxConfig {
+            program: Program::this_executable(&[crate::SANDBOX_SUBCOMMAND]),
+            spare: self.spare,
+            steps_per_process: self.steps_per_process,
+            jitless: self.jitless,
+            memory: match self.memory {
+                MemoryCapSetting::Auto => MemoryCap::Auto,
+                MemoryCapSetting::Cgroup => MemoryCap::Cgroup,
+                MemoryCapSetting::AddressSpace => MemoryCap::AddressSpace,
+            },
+            memory_margin: self.memory_margin_mb << 20,
+            ..SandboxConfig::default()
+        };
+        if let Some(concurrency) = self.concurrency {
+            config.concurrency = concurrency;
+        }
+        if let Some(processes) = self.processes {
+            config.processes = processes;
+        }
+        config.lockdown.uid = self.uid;
+        config.lockdown.gid = self.gid;
+        config.lockdown.namespaces = self.namespaces;
+        config
     }
 }
 
@@ -302,6 +387,12 @@ impl Config {
     fn check(&self) -> anyhow::Result<()> {
         if self.worker.capacity == 0 {
             bail!("worker.capacity is 0: a node must take at least one run at a time");
+        }
+        if self.sandbox.concurrency == Some(0) || self.sandbox.processes == Some(0) {
+            bail!("sandbox.concurrency and sandbox.processes must be at least 1");
+        }
+        if self.sandbox.uid == 0 || self.sandbox.gid == 0 {
+            bail!("sandbox.uid and sandbox.gid must not be 0: customer code never runs as root");
         }
         if self.cluster.heartbeat_timeout <= self.cluster.heartbeat_interval {
             bail!("cluster.heartbeat_timeout must be longer than cluster.heartbeat_interval");

@@ -47,9 +47,12 @@ pub fn eval(args: Args) -> anyhow::Result<ExitCode> {
     let source = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let sandbox = Sandbox::new(SandboxConfig {
-        threads: 1,
+        concurrency: 1,
+        processes: 1,
+        spare: 0,
         limits,
         warm: vec![runtime],
+        ..crate::config::Sandbox::default().engine_config()
     })?;
     let filename = args.file.display().to_string();
     let outcome = sandbox.execute_blocking(

@@ -26,6 +26,11 @@ mod config;
 mod eval;
 mod server;
 
+/// The hidden subcommand that makes this binary a sandbox process: the
+/// node runs itself as `isoflow sandbox-process <options>` (see the
+/// isoflow-sandbox crate). Not for people to type.
+pub const SANDBOX_SUBCOMMAND: &str = "sandbox-process";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "isoflow",
@@ -89,6 +94,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before anything else: a sandbox process must start with nothing of
+    // the node's (no runtime, no logging, no configuration).
+    let mut args = std::env::args();
+    if args.nth(1).as_deref() == Some(SANDBOX_SUBCOMMAND) {
+        return isoflow_sandbox::process::main(args);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate { files } => commands::validate(&files),

@@ -52,6 +52,7 @@ fn engine_config(config: &Config, data_dir: &std::path::Path) -> EngineConfig {
     }
     engine.credentials = Arc::new(credentials);
     engine.max_payload_bytes = config.max_payload_bytes;
+    engine.sandbox = config.sandbox.engine_config();
     engine
 }
 

@@ -453,6 +453,7 @@ pub(crate) async fn start_attempt(
             let mut limits = state.ctx.shared.sandbox.config().limits;
             limits.timeout = code.timeout;
             let job = Job::Code(CodeJob {
+                tenant: state.ctx.run.tenant.as_str().into(),
                 runtime: code.runtime,
                 script: Script::new(format!("{}.js", code.id.as_str()), source),
                 input_json,

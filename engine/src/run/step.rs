@@ -20,6 +20,8 @@ pub(crate) enum Job {
 }
 
 pub(crate) struct CodeJob {
+    /// Whose step it is: it runs in a sandbox process of this tenant only.
+    pub(crate) tenant: Arc<str>,
     pub(crate) runtime: Runtime,
     pub(crate) script: Script,
     /// The rendered input, already JSON text.
@@ -103,6 +105,7 @@ pub(crate) async fn run_code(
     attempt: u32,
 ) -> (Result<Value, Failure>, Vec<LogRecord>) {
     let CodeJob {
+        tenant,
         runtime,
         script,
         input_json,
@@ -110,7 +113,11 @@ pub(crate) async fn run_code(
     } = code;
     let outcome = shared
         .sandbox
-        .execute(Execution::new(runtime, script, input_json).limits(limits))
+        .execute(
+            Execution::new(runtime, script, input_json)
+                .limits(limits)
+                .tenant(tenant),
+        )
         .await;
     timings.add_execution(outcome.duration);
     let logs = outcome

@@ -1,47 +1,34 @@
-//! The sandbox's threads: a fixed set of OS threads, each of which keeps one
-//! fresh isolate per engine ready, takes jobs from a shared queue, runs each
-//! on its ready isolate, replies, and only then disposes of that isolate and
-//! prepares the next one (so disposal and creation stay off the latency
-//! path while the thread would otherwise be idle).
+//! The pool of sandbox processes, and the threads that use them.
 //!
-//! Isolates never leave the thread that created them, so V8 needs no
-//! `Locker` and QuickJS runtimes need not be `Send`.
+//! - `concurrency` runner threads take steps from one queue (first come,
+//!   first served, whatever the tenant), each runs its step on a process of
+//!   the step's tenant and replies.
+//! - A process is bound to the first tenant it runs a step for and serves
+//!   only that tenant until it is stopped. Idle processes wait in the pool
+//!   by tenant; past `processes` of them (busy ones included) the least
+//!   recently used is stopped. Every process is replaced after
+//!   `steps_per_process` steps, and at once after anything went wrong.
+//! - A keeper thread keeps `spare` unbound processes started and ready, so
+//!   that a tenant without an idle process takes a spare instead of waiting
+//!   for a start; it also stops and reaps retired processes, off the steps'
+//!   path.
+//!
+//! Processes are only started by the runner and keeper threads, which live
+//! as long as the sandbox: a process dies with the thread that started it
+//! (`PR_SET_PDEATHSIG`), so it must be a thread that does not come and go.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::host::{Control, Host};
-use super::watchdog::Watchdog;
-use super::{Execution, Limits, Outcome, Runtime, SandboxConfig, StepError};
+use super::memory;
+use super::process::{Process, RunError, Spawner};
+use super::{Execution, Limits, Outcome, SandboxConfig, StepError};
 
-/// A thread's state for one engine.
-pub(crate) trait Engine {
-    /// Runs `exec` on a fresh instance (the ready one if its heap limit
-    /// matches) and returns the output's JSON text. The used instance is
-    /// kept aside until [`Engine::recycle`]: it is never run again.
-    fn execute(
-        &mut self,
-        exec: &Execution,
-        limits: &Limits,
-        control: &Arc<Control>,
-        host: &mut Host,
-    ) -> Result<String, StepError>;
-
-    /// Disposes of the used instance and prepares the next fresh one.
-    fn recycle(&mut self);
-}
-
-struct Job {
-    exec: Execution,
-    reply: oneshot::Sender<Outcome>,
-}
-
-/// Runs code steps on a pool of isolate threads. Cheap to clone; the threads
-/// stop when the last clone is dropped.
+/// Runs code steps on sandbox processes. Cheap to clone; the threads and
+/// processes stop when the last clone is dropped.
 #[derive(Clone)]
 pub struct Sandbox {
     inner: Arc<Inner>,
@@ -49,8 +36,15 @@ pub struct Sandbox {
 
 struct Inner {
     queue: Option<crossbeam_channel::Sender<Job>>,
-    threads: Vec<JoinHandle<()>>,
+    runners: Vec<JoinHandle<()>>,
+    keeper: Option<JoinHandle<()>>,
+    pool: Arc<Pool>,
     config: SandboxConfig,
+}
+
+struct Job {
+    exec: Execution,
+    reply: oneshot::Sender<Outcome>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -61,39 +55,129 @@ impl std::fmt::Debug for Sandbox {
     }
 }
 
+/// What the pool did so far, and what it holds now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SandboxStats {
+    /// Steps run (whatever their outcome).
+    pub steps: u64,
+    /// Steps that found an idle process of their tenant.
+    pub hits: u64,
+    /// Steps that took a spare process.
+    pub spares_taken: u64,
+    /// Steps that had to wait for a process to start.
+    pub cold_starts: u64,
+    /// Processes started, and their time to become ready, in all.
+    pub started: u64,
+    pub start_time: Duration,
+    /// Processes stopped to make room for another tenant's.
+    pub evicted: u64,
+    /// Processes replaced after their quota of steps.
+    pub recycled: u64,
+    /// Processes that died or misbehaved during a step.
+    pub failed: u64,
+    /// The processes alive now.
+    pub processes: Vec<ProcessInfo>,
+}
+
+/// One live process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    /// `None` for a spare.
+    pub tenant: Option<String>,
+    pub busy: bool,
+    pub steps: u32,
+    /// The most memory its cgroup ever charged it (idle processes, where
+    /// memory is capped by a cgroup).
+    pub peak_memory: Option<u64>,
+}
+
 impl Sandbox {
-    /// Starts the isolate threads (and, for V8, initialises the engine once
-    /// per process).
+    /// Starts the runner and keeper threads and one process, which must
+    /// become ready: a sandbox that cannot start processes (a missing
+    /// program, a machine where the lockdown cannot be applied) fails here,
+    /// not at its first step.
     pub fn new(config: SandboxConfig) -> Result<Sandbox, StepError> {
-        let threads = config.threads.max(1);
-        let watchdog = Arc::new(Watchdog::start().map_err(|e| StepError::Internal {
-            message: format!("cannot start the watchdog thread: {e}"),
-        })?);
-        #[cfg(feature = "v8")]
-        super::v8::init().map_err(|message| StepError::Internal { message })?;
+        let memory = memory::Control::resolve(config.memory)
+            .map_err(|message| StepError::Internal { message })?;
+        let memory_described = memory.describe();
+        let spawner = Spawner {
+            program: config.program.clone(),
+            options: isoflow_sandbox::process::Options {
+                lockdown: config.lockdown.clone(),
+                jitless: config.jitless,
+                heap_bytes: config.limits.clamped().heap_bytes,
+                warm: config.warm.clone(),
+            },
+            memory,
+            margin: config.memory_margin,
+            start_timeout: config.start_timeout,
+        };
+        let pool = Arc::new(Pool {
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            spawner,
+            processes: config.processes.max(1),
+            spare: config.spare,
+            steps_per_process: config.steps_per_process.max(1),
+        });
+        let first = pool.start().map_err(|e| StepError::Internal {
+            message: format!("the sandbox cannot start a process: {e}"),
+        })?;
+        if let Some(hello) = first.hello() {
+            let layers = &hello.layers;
+            tracing::info!(
+                program = %config.program.path.display(),
+                seccomp = layers.seccomp,
+                uid = layers.uid,
+                gid = layers.gid,
+                network_namespace = layers.network_namespace,
+                empty_root = layers.empty_root,
+                jitless = layers.jitless,
+                memory = %memory_described,
+                "sandbox processes start locked down"
+            );
+            for missing in &layers.missing {
+                tracing::warn!("sandbox layer not available on this machine: {missing}");
+            }
+        }
+        pool.lock().spares.push(first);
 
         let (queue, jobs) = crossbeam_channel::unbounded::<Job>();
-        let mut handles = Vec::with_capacity(threads);
-        for i in 0..threads {
+        let mut runners = Vec::new();
+        let defaults = config.limits;
+        for i in 0..config.concurrency.max(1) {
             let jobs = jobs.clone();
-            let watchdog = watchdog.clone();
-            let limits = config.limits;
-            let warm = config.warm.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("isoflow-js-{i}"))
-                // V8 reserves ~1 MB of the stack for JavaScript; QuickJS is
-                // given 4 MB. The rest is headroom for native frames.
-                .stack_size(16 * 1024 * 1024)
-                .spawn(move || worker(&jobs, &watchdog, limits, &warm))
+            let pool = pool.clone();
+            let runner = std::thread::Builder::new()
+                .name(format!("isoflow-sandbox-{i}"))
+                .spawn(move || {
+                    while let Ok(Job { exec, reply }) = jobs.recv() {
+                        let outcome = pool.run(&exec, defaults);
+                        // The caller may have given up waiting; the step ran all the same.
+                        let _ = reply.send(outcome);
+                    }
+                })
                 .map_err(|e| StepError::Internal {
-                    message: format!("cannot start sandbox thread: {e}"),
+                    message: format!("cannot start a sandbox thread: {e}"),
                 })?;
-            handles.push(handle);
+            runners.push(runner);
         }
+        let keeper = std::thread::Builder::new()
+            .name("isoflow-sandbox-keeper".into())
+            .spawn({
+                let pool = pool.clone();
+                move || pool.keep()
+            })
+            .map_err(|e| StepError::Internal {
+                message: format!("cannot start the sandbox's keeper thread: {e}"),
+            })?;
         Ok(Sandbox {
             inner: Arc::new(Inner {
                 queue: Some(queue),
-                threads: handles,
+                runners,
+                keeper: Some(keeper),
+                pool,
                 config,
             }),
         })
@@ -103,12 +187,11 @@ impl Sandbox {
         &self.inner.config
     }
 
-    /// Runs one execution on a sandbox thread and waits for its outcome.
+    /// Runs one execution in a sandbox process and waits for its outcome.
     /// A step's failure is in `Outcome::result`; this never fails itself.
     pub async fn execute(&self, exec: Execution) -> Outcome {
-        let runtime = exec.runtime;
         match self.submit(exec) {
-            Ok(rx) => rx.await.unwrap_or_else(|_| lost(runtime)),
+            Ok(rx) => rx.await.unwrap_or_else(|_| lost()),
             Err(outcome) => outcome,
         }
     }
@@ -116,16 +199,15 @@ impl Sandbox {
     /// [`Sandbox::execute`] for synchronous callers. Must not be called from
     /// inside an async runtime.
     pub fn execute_blocking(&self, exec: Execution) -> Outcome {
-        let runtime = exec.runtime;
         match self.submit(exec) {
-            Ok(rx) => rx.blocking_recv().unwrap_or_else(|_| lost(runtime)),
+            Ok(rx) => rx.blocking_recv().unwrap_or_else(|_| lost()),
             Err(outcome) => outcome,
         }
     }
 
     fn submit(&self, exec: Execution) -> Result<oneshot::Receiver<Outcome>, Outcome> {
         if !exec.runtime.is_available() {
-            return Err(failed(StepError::Unavailable(exec.runtime)));
+            return Err(Outcome::failed(StepError::Unavailable(exec.runtime)));
         }
         let (reply, rx) = oneshot::channel();
         let queue = self
@@ -135,134 +217,311 @@ impl Sandbox {
             .expect("queue lives as long as the sandbox");
         queue
             .send(Job { exec, reply })
-            .map_err(|_| failed(StepError::Shutdown))?;
+            .map_err(|_| Outcome::failed(StepError::Shutdown))?;
         Ok(rx)
+    }
+
+    /// What the pool did so far and the processes it holds.
+    pub fn stats(&self) -> SandboxStats {
+        let state = self.inner.pool.lock();
+        let mut stats = state.stats.clone();
+        let info = |p: &Process, busy: bool| ProcessInfo {
+            pid: p.pid,
+            tenant: p.tenant.as_deref().map(str::to_owned),
+            busy,
+            steps: p.steps,
+            peak_memory: p.peak_memory(),
+        };
+        stats.processes = state
+            .idle
+            .iter()
+            .chain(&state.spares)
+            .map(|p| info(p, false))
+            .chain(state.busy.iter().map(|b| ProcessInfo {
+                pid: b.pid,
+                tenant: Some(b.tenant.to_string()),
+                busy: true,
+                steps: b.steps,
+                peak_memory: None,
+            }))
+            .collect();
+        stats
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Closing the queue ends every thread's loop once its job is done.
+        // Closing the queue ends every runner once its step is done.
         self.queue = None;
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
+        for runner in self.runners.drain(..) {
+            let _ = runner.join();
+        }
+        self.pool.lock().shutdown = true;
+        self.pool.changed.notify_all();
+        if let Some(keeper) = self.keeper.take() {
+            let _ = keeper.join();
         }
     }
 }
 
-fn failed(error: StepError) -> Outcome {
-    Outcome {
-        result: Err(error),
-        logs: Vec::new(),
-        duration: std::time::Duration::ZERO,
-    }
-}
-
-fn lost(runtime: Runtime) -> Outcome {
-    failed(StepError::Internal {
-        message: format!("the {runtime} thread running the step stopped before replying"),
+fn lost() -> Outcome {
+    Outcome::failed(StepError::Internal {
+        message: "the sandbox thread running the step stopped before replying".to_owned(),
     })
 }
 
-/// The engines one thread holds. Built lazily so that a thread only pays for
-/// an engine once a step uses it, then kept warm.
-struct Engines<'w> {
-    #[cfg_attr(not(feature = "v8"), allow(dead_code))]
-    watchdog: &'w Watchdog,
-    limits: Limits,
-    #[cfg(feature = "v8")]
-    v8: Option<super::v8::V8Engine<'w>>,
-    #[cfg(feature = "quickjs")]
-    quickjs: Option<super::quickjs::QuickJsEngine>,
+/// How often the keeper looks at idle processes' CPU time, and how much
+/// one may use between steps.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+const IDLE_CPU: Duration = Duration::from_millis(500);
+
+struct Pool {
+    state: Mutex<State>,
+    /// Wakes the keeper: a spare was taken, a process retired, shutdown.
+    changed: Condvar,
+    spawner: Spawner,
+    processes: usize,
+    spare: usize,
+    steps_per_process: u32,
 }
 
-impl<'w> Engines<'w> {
-    fn get(&mut self, runtime: Runtime) -> Option<&mut dyn Engine> {
-        match runtime {
-            #[cfg(feature = "v8")]
-            Runtime::V8 => Some(
-                self.v8
-                    .get_or_insert_with(|| super::v8::V8Engine::new(self.watchdog, self.limits)),
-            ),
-            #[cfg(feature = "quickjs")]
-            Runtime::QuickJs => Some(
-                self.quickjs
-                    .get_or_insert_with(|| super::quickjs::QuickJsEngine::new(self.limits)),
-            ),
-            #[allow(unreachable_patterns)]
-            _ => None,
+#[derive(Default)]
+struct State {
+    /// Bound to a tenant, waiting for its next step.
+    idle: Vec<Process>,
+    /// Unbound, started (ready or nearly).
+    spares: Vec<Process>,
+    /// Running a step on a runner thread.
+    busy: Vec<Busy>,
+    /// Spares the keeper is starting.
+    starting: usize,
+    /// To stop and reap, off the steps' path.
+    retired: Vec<Process>,
+    stats: SandboxStats,
+    shutdown: bool,
+}
+
+struct Busy {
+    pid: u32,
+    tenant: Arc<str>,
+    steps: u32,
+}
+
+impl Pool {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every change under the lock is a move between lists; a panic
+        // cannot leave one half made.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts a process and waits until it is ready.
+    fn start(&self) -> Result<Process, StepError> {
+        let begun = Instant::now();
+        let mut process = self.spawner.spawn().map_err(|e| StepError::Internal {
+            message: e.to_string(),
+        })?;
+        process.ready(&self.spawner)?;
+        process.idle_cpu = process.cpu_ticks();
+        let took = begun.elapsed();
+        let mut state = self.lock();
+        state.stats.started += 1;
+        state.stats.start_time += took;
+        Ok(process)
+    }
+
+    /// Runs `exec` on a process of its tenant: one more try on another
+    /// process if the step never reached the first.
+    fn run(&self, exec: &Execution, defaults: Limits) -> Outcome {
+        let mut limits = exec.limits.unwrap_or(defaults).clamped();
+        limits.output_bytes = limits.output_bytes.min(defaults.output_bytes.max(1));
+        let mut last = None;
+        for _ in 0..2 {
+            let mut process = match self.acquire(&exec.tenant) {
+                Ok(process) => process,
+                Err(error) => return Outcome::failed(error),
+            };
+            let result = process.run(exec, &limits, &self.spawner);
+            let pid = process.pid;
+            match result {
+                Ok(outcome) => {
+                    self.release(process, pid, true);
+                    return outcome;
+                }
+                Err(RunError::NotDelivered(error)) => {
+                    self.release(process, pid, false);
+                    last = Some(error);
+                }
+                Err(RunError::Failed(error)) => {
+                    self.lock().stats.failed += 1;
+                    self.release(process, pid, false);
+                    return Outcome::failed(error);
+                }
+            }
+        }
+        Outcome::failed(last.expect("the loop ran"))
+    }
+
+    /// An idle process of `tenant`, else a spare, else a new one.
+    fn acquire(&self, tenant: &Arc<str>) -> Result<Process, StepError> {
+        let mut state = self.lock();
+        state.stats.steps += 1;
+        loop {
+            let found = state
+                .idle
+                .iter()
+                .position(|p| p.tenant.as_deref() == Some(&**tenant));
+            let Some(index) = found else { break };
+            let mut process = state.idle.swap_remove(index);
+            if process.is_alive() {
+                state.stats.hits += 1;
+                return Ok(self.bind(state, process, tenant));
+            }
+            state.retired.push(process);
+        }
+        while let Some(mut process) = state.spares.pop() {
+            self.changed.notify_all();
+            if process.is_alive() {
+                state.stats.spares_taken += 1;
+                return Ok(self.bind(state, process, tenant));
+            }
+            state.retired.push(process);
+        }
+        state.stats.cold_starts += 1;
+        drop(state);
+        let process = self.start()?;
+        let state = self.lock();
+        Ok(self.bind(state, process, tenant))
+    }
+
+    /// Marks `process` busy for `tenant`, and makes room under the cap by
+    /// stopping the least recently used idle processes.
+    fn bind(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        mut process: Process,
+        tenant: &Arc<str>,
+    ) -> Process {
+        process.tenant = Some(tenant.clone());
+        state.busy.push(Busy {
+            pid: process.pid,
+            tenant: tenant.clone(),
+            steps: process.steps,
+        });
+        self.evict(&mut state);
+        process
+    }
+
+    fn evict(&self, state: &mut State) {
+        while state.idle.len() + state.busy.len() > self.processes && !state.idle.is_empty() {
+            let oldest = state
+                .idle
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, p)| p.last_used)
+                .map(|(i, _)| i)
+                .expect("idle is not empty");
+            let process = state.idle.swap_remove(oldest);
+            state.retired.push(process);
+            state.stats.evicted += 1;
+            self.changed.notify_all();
         }
     }
 
-    /// Forgets an engine whose state can no longer be trusted (it panicked).
-    fn reset(&mut self, runtime: Runtime) {
-        match runtime {
-            #[cfg(feature = "v8")]
-            Runtime::V8 => self.v8 = None,
-            #[cfg(feature = "quickjs")]
-            Runtime::QuickJs => self.quickjs = None,
-            #[allow(unreachable_patterns)]
-            _ => {}
+    /// Returns a process after a step: to the idle list if it can serve
+    /// more, else to be stopped.
+    fn release(&self, mut process: Process, pid: u32, healthy: bool) {
+        process.idle_cpu = process.cpu_ticks();
+        let mut state = self.lock();
+        state.busy.retain(|b| b.pid != pid);
+        if healthy && process.steps < self.steps_per_process && !state.shutdown {
+            state.idle.push(process);
+            self.evict(&mut state);
+        } else {
+            if healthy {
+                state.stats.recycled += 1;
+            }
+            state.retired.push(process);
+            self.changed.notify_all();
         }
     }
-}
 
-fn worker(
-    jobs: &crossbeam_channel::Receiver<Job>,
-    watchdog: &Watchdog,
-    limits: Limits,
-    warm: &[Runtime],
-) {
-    let mut engines = Engines {
-        watchdog,
-        limits,
-        #[cfg(feature = "v8")]
-        v8: None,
-        #[cfg(feature = "quickjs")]
-        quickjs: None,
-    };
-    for &runtime in warm {
-        let _ = engines.get(runtime);
-    }
-    while let Ok(Job { exec, reply }) = jobs.recv() {
-        let start = Instant::now();
-        let limits = exec.limits.unwrap_or(limits);
-        let control = Arc::new(Control::new(start + limits.timeout));
-        let mut host = Host::new(limits);
-        let runtime = exec.runtime;
-        let result = match engines.get(runtime) {
-            Some(engine) => catch_unwind(AssertUnwindSafe(|| {
-                engine.execute(&exec, &limits, &control, &mut host)
-            }))
-            .unwrap_or_else(|panic| {
-                engines.reset(runtime);
-                Err(StepError::Internal {
-                    message: format!("the {runtime} engine panicked: {}", panic_message(&panic)),
-                })
-            }),
-            None => Err(StepError::Unavailable(runtime)),
+    /// Stops idle processes that used CPU time while they had no step: an
+    /// honest one only disposes of an isolate and prepares the next, which
+    /// takes milliseconds. More means code that escaped its isolate kept
+    /// running between steps.
+    fn retire_busy_idlers(&self, state: &mut State) {
+        let allowed = IDLE_CPU.as_millis() as u64 * super::process::ticks_per_second() / 1000;
+        let busy = |p: &Process| match (p.idle_cpu, p.cpu_ticks()) {
+            (Some(then), Some(now)) => now.saturating_sub(then) > allowed,
+            _ => false,
         };
-        let outcome = Outcome {
-            result: result.map(super::host::well_formed_json),
-            logs: host.into_logs(),
-            duration: start.elapsed(),
-        };
-        // The caller may have given up waiting; the step ran all the same.
-        let _ = reply.send(outcome);
-        // The scheduler tends to queue the woken caller on this CPU, behind
-        // the milliseconds of disposal and creation that follow; yielding
-        // lets it run first (measured: p50 round trip 2.6 ms → ~0.3 ms).
-        std::thread::yield_now();
-        if let Some(engine) = engines.get(runtime) {
-            engine.recycle();
+        for list in [&mut state.idle, &mut state.spares] {
+            let mut i = 0;
+            while i < list.len() {
+                if busy(&list[i]) {
+                    let process = list.swap_remove(i);
+                    tracing::warn!(
+                        pid = process.pid,
+                        tenant = process.tenant.as_deref().unwrap_or(""),
+                        "a sandbox process used CPU time with no step to run: stopped"
+                    );
+                    state.retired.push(process);
+                    state.stats.failed += 1;
+                } else {
+                    i += 1;
+                }
+            }
         }
     }
-}
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_owned())
+    /// The keeper: keeps spares started, stops retired processes, watches
+    /// idle ones.
+    fn keep(&self) {
+        loop {
+            let (retired, wanted) = {
+                let mut state = self.lock();
+                loop {
+                    self.retire_busy_idlers(&mut state);
+                    let short = self.spare > state.spares.len() + state.starting;
+                    if state.shutdown || !state.retired.is_empty() || short {
+                        break;
+                    }
+                    state = self
+                        .changed
+                        .wait_timeout(state, IDLE_CHECK)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+                if state.shutdown {
+                    let mut all = std::mem::take(&mut state.retired);
+                    all.append(&mut state.idle);
+                    all.append(&mut state.spares);
+                    drop(state);
+                    // Dropping a process kills and reaps it.
+                    drop(all);
+                    return;
+                }
+                let wanted = self
+                    .spare
+                    .saturating_sub(state.spares.len() + state.starting);
+                state.starting += wanted;
+                (std::mem::take(&mut state.retired), wanted)
+            };
+            drop(retired);
+            for _ in 0..wanted {
+                let started = self.start();
+                let mut state = self.lock();
+                state.starting -= 1;
+                match started {
+                    Ok(process) => state.spares.push(process),
+                    Err(error) => {
+                        drop(state);
+                        tracing::warn!(%error, "cannot start a spare sandbox process");
+                        // Not in a tight loop: the next try waits a little.
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                }
+            }
+        }
+    }
 }

@@ -51,7 +51,7 @@ pub fn sandbox() -> &'static Sandbox {
     static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
     SANDBOX.get_or_init(|| {
         Sandbox::new(SandboxConfig {
-            threads: 2,
+            concurrency: 2,
             ..SandboxConfig::default()
         })
         .expect("the sandbox starts")
@@ -214,8 +214,8 @@ pub fn assert_pristine(runtime: Runtime, tenant: &str, after: &str) {
 
 /// [`assert_pristine`] on a given sandbox.
 pub fn assert_pristine_on(sandbox: &Sandbox, runtime: Runtime, tenant: &str, after: &str) {
-    let outcome =
-        sandbox.execute_blocking(execution(runtime, CANARY, &json!({ "tenant": tenant })));
+    let outcome = sandbox
+        .execute_blocking(execution(runtime, CANARY, &json!({ "tenant": tenant })).tenant(tenant));
     let seen = match outcome.value() {
         Ok(value) => value,
         Err(e) => panic!("{runtime}: canary failed after {after}: {e}"),

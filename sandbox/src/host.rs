@@ -8,7 +8,8 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Instant, SystemTime};
 
-use super::{Limits, LogLevel, LogLimitKind, LogLine, StepError, xml};
+use crate::step::{Limits, LogLevel, LogLimitKind, LogLine, StepError};
+use crate::xml;
 
 /// The JavaScript both engines evaluate in every fresh context before the
 /// step's module. It evaluates to a function that takes the host object and
@@ -91,9 +92,11 @@ impl Host {
         }
     }
 
-    /// Records a log line. Returns `false` once a log limit is exceeded: the
-    /// engine must then stop the step, which fails with [`Host::log_error`].
-    pub fn log(&mut self, level: i32, text: &str) -> bool {
+    /// Records a log line. `total_len` is the line's full length in bytes,
+    /// of which an engine may have handed over only the start. Returns
+    /// `false` once a log limit is exceeded: the engine must then stop the
+    /// step, which fails with [`Host::log_error`].
+    pub fn log(&mut self, level: i32, text: &str, total_len: usize) -> bool {
         if self.log_error.is_some() {
             return false;
         }
@@ -104,7 +107,7 @@ impl Host {
             });
             return false;
         }
-        let message = truncate_line(text);
+        let message = truncate_line(text, total_len.max(text.len()));
         self.log_bytes += message.len();
         if self.log_bytes > self.limits.log_bytes {
             self.log_error = Some(StepError::LogLimit {
@@ -146,20 +149,23 @@ impl Host {
     /// Runs a `ctx.xml` operation. `arg` is the XML text (parse) or the
     /// value's JSON text (stringify); `options` is the options' JSON text.
     /// The error is the message of the exception thrown to JavaScript.
+    ///
+    /// The work happens outside the JavaScript heap, so it is charged
+    /// against the step's heap limit here: neither the result nor what is
+    /// built on the way to it may take more than half of it, because the
+    /// argument is in the heap already and the result goes there next.
     pub fn xml(&self, op: XmlOp, arg: &str, options: &str) -> Result<String, String> {
+        let budget = self.limits.heap_bytes / 2;
         match op {
             XmlOp::Parse => {
                 let options: xml::ParseOptions = serde_json::from_str(options)
                     .map_err(|e| format!("ctx.xml.parse: invalid options: {e}"))?;
-                let value = xml::parse(arg, &options).map_err(|e| e.to_string())?;
-                Ok(value.to_string())
+                xml::parse_to_json(arg, &options, budget).map_err(|e| e.to_string())
             }
             XmlOp::Stringify => {
                 let options: xml::StringifyOptions = serde_json::from_str(options)
                     .map_err(|e| format!("ctx.xml.stringify: invalid options: {e}"))?;
-                let value: serde_json::Value = serde_json::from_str(arg)
-                    .map_err(|e| format!("ctx.xml.stringify: value is not JSON: {e}"))?;
-                xml::stringify(&value, &options).map_err(|e| e.to_string())
+                xml::stringify_json(arg, &options, budget).map_err(|e| e.to_string())
             }
         }
     }
@@ -216,17 +222,18 @@ pub(crate) fn well_formed_json(text: String) -> String {
     String::from_utf8(bytes).expect("only ASCII hex digits were replaced")
 }
 
-/// Cuts a log line to [`Limits::MAX_LOG_LINE_BYTES`] on a character boundary.
-fn truncate_line(text: &str) -> String {
+/// Cuts a log line to [`Limits::MAX_LOG_LINE_BYTES`] on a character
+/// boundary, noting how much was cut of its `total_len` bytes.
+fn truncate_line(text: &str, total_len: usize) -> String {
     let max = Limits::MAX_LOG_LINE_BYTES;
-    if text.len() <= max {
+    if total_len <= max && text.len() <= max {
         return text.to_owned();
     }
-    let mut end = max;
+    let mut end = max.min(text.len());
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}… ({} bytes cut)", &text[..end], text.len() - end)
+    format!("{}… ({} bytes cut)", &text[..end], total_len - end)
 }
 
 #[cfg(test)]
@@ -244,10 +251,13 @@ mod tests {
     #[test]
     fn log_lines_limit_is_reported_and_sticks() {
         let mut host = Host::new(limits(2, 1000));
-        assert!(host.log(1, "a"));
-        assert!(host.log(1, "b"));
-        assert!(!host.log(1, "c"));
-        assert!(!host.log(1, "d"), "after the limit nothing more is taken");
+        assert!(host.log(1, "a", 1));
+        assert!(host.log(1, "b", 1));
+        assert!(!host.log(1, "c", 1));
+        assert!(
+            !host.log(1, "d", 1),
+            "after the limit nothing more is taken"
+        );
         assert_eq!(
             host.log_error(),
             Some(&StepError::LogLimit {
@@ -261,8 +271,8 @@ mod tests {
     #[test]
     fn log_bytes_limit_counts_text() {
         let mut host = Host::new(limits(100, 10));
-        assert!(host.log(1, "12345"));
-        assert!(!host.log(1, "123456"));
+        assert!(host.log(1, "12345", 5));
+        assert!(!host.log(1, "123456", 6));
         assert!(matches!(
             host.log_error(),
             Some(StepError::LogLimit {
@@ -275,7 +285,7 @@ mod tests {
     #[test]
     fn long_lines_are_cut_on_a_char_boundary() {
         let long = "é".repeat(Limits::MAX_LOG_LINE_BYTES);
-        let cut = truncate_line(&long);
+        let cut = truncate_line(&long, long.len());
         assert!(cut.len() < Limits::MAX_LOG_LINE_BYTES + 40);
         assert!(cut.ends_with(&format!(
             "({} bytes cut)",
@@ -287,7 +297,7 @@ mod tests {
     fn levels_map_from_prelude_codes() {
         let mut host = Host::new(Limits::default());
         for code in 0..4 {
-            host.log(code, "x");
+            host.log(code, "x", 1);
         }
         let levels: Vec<_> = host.into_logs().into_iter().map(|l| l.level).collect();
         assert_eq!(

@@ -1,27 +1,33 @@
-//! The V8 engine: a safe wrapper over the C++ bridge in `engine/cpp/`.
+//! The V8 engine: a safe wrapper over the C++ bridge in `cpp/`.
 //!
-//! The unsafe surface is this file's `ffi` module and the [`Isolate`] type
-//! that owns one bridge handle. Its rules, checked here rather than trusted
-//! to callers:
+//! The unsafe surface is this file's `ffi` module, the [`Isolate`] type that
+//! owns one bridge handle, and the host callbacks. Their rules, checked here
+//! rather than trusted to callers:
 //! - an [`Isolate`] is created, run at most once and disposed on one thread:
-//!   it is neither `Send` nor `Sync`, and [`Isolate::run`] consumes nothing
-//!   but is only reachable through [`V8Engine`], which never runs one twice;
+//!   it is neither `Send` nor `Sync`, and [`V8Engine`] never runs one twice;
 //! - the watchdog may call `isoflow_v8_terminate` from its thread only while
-//!   the step's [`Armed`](super::watchdog::Armed) guard lives, and the guard
+//!   the step's [`Armed`](crate::watchdog::Armed) guard lives, and the guard
 //!   is dropped before the isolate is disposed;
 //! - host callbacks receive a pointer to a [`Call`] that outlives the
-//!   `isoflow_v8_run` call they happen in, and they never unwind into C++.
+//!   `isoflow_v8_run` call they happen in; each callback makes one `&mut`
+//!   to it and borrows the strings it is given separately, and none of them
+//!   unwinds into C++.
+//!
+//! Miri cannot check this file: it cannot run the C++ bridge or V8 (foreign
+//! code), and the toolchain here has no nightly Miri either. The pure-Rust
+//! parts the callbacks use (`host.rs`, `protocol.rs`, `xml.rs`) have no
+//! unsafe code.
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr::NonNull;
-use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
-use super::host::{Control, Host, PRELUDE, XmlOp};
-use super::pool::Engine;
-use super::watchdog::Watchdog;
-use super::{Execution, Limits, Location, Script, StepError};
+use crate::host::{Control, Host, PRELUDE, XmlOp};
+use crate::runner::{Engine, Hooks, Job, Settings};
+use crate::step::{Limits, Location, MAX_ERROR_TEXT, StepError};
+use crate::watchdog::Watchdog;
 
 /// V8 flags set once per process.
 /// - `--no-verify-snapshot-checksum`: otherwise V8 checksums the whole
@@ -48,7 +54,7 @@ mod ffi {
     #[repr(C)]
     pub struct HostCallbacks {
         pub data: *mut c_void,
-        pub log: unsafe extern "C" fn(*mut c_void, c_int, *const c_char, usize) -> c_int,
+        pub log: unsafe extern "C" fn(*mut c_void, c_int, *const c_char, usize, usize) -> c_int,
         pub xml: unsafe extern "C" fn(
             *mut c_void,
             c_int,
@@ -60,6 +66,19 @@ mod ffi {
         pub output: unsafe extern "C" fn(*mut c_void, usize) -> *mut c_char,
         pub text: unsafe extern "C" fn(*mut c_void, c_int, *const c_char, usize),
         pub code_cache: unsafe extern "C" fn(*mut c_void, *const c_char, usize),
+        pub test:
+            unsafe extern "C" fn(*mut c_void, *const c_char, usize, *const c_char, usize) -> Slice,
+        pub input_consumed: unsafe extern "C" fn(*mut c_void),
+    }
+
+    #[repr(C)]
+    pub struct Options {
+        pub flags: *const c_char,
+        pub prelude: *const c_char,
+        pub prelude_len: usize,
+        pub max_log_line: usize,
+        pub max_error_text: usize,
+        pub test_hooks: c_int,
     }
 
     #[repr(C)]
@@ -80,16 +99,13 @@ mod ffi {
     pub const NOT_SERIALIZABLE: c_int = 7;
     pub const NEVER_SETTLED: c_int = 8;
     pub const OUTPUT_LIMIT: c_int = 9;
-    pub const FATAL_OOM: c_int = 11;
 
     pub const FIELD_MESSAGE: c_int = 0;
     pub const FIELD_STACK: c_int = 1;
 
     unsafe extern "C" {
         pub fn isoflow_v8_init(
-            flags: *const c_char,
-            prelude: *const c_char,
-            prelude_len: usize,
+            options: *const Options,
             error: *mut c_char,
             error_len: usize,
         ) -> c_int;
@@ -115,23 +131,34 @@ mod ffi {
     }
 }
 
-/// Initialises V8 once per process. Later calls return the first result.
-pub(crate) fn init() -> Result<(), String> {
+/// Whether this process exposes test hooks to JavaScript: fixed by the
+/// first [`init`], because V8 builds every context's host object the same.
+static TEST_HOOKS: OnceLock<bool> = OnceLock::new();
+
+/// Initialises V8 once per process, with `--jitless` if asked. Later calls
+/// return the first result.
+pub(crate) fn init(jitless: bool, hooks: bool) -> Result<(), String> {
     static INIT: OnceLock<Result<(), String>> = OnceLock::new();
     INIT.get_or_init(|| {
-        let flags = std::ffi::CString::new(FLAGS).expect("flags have no NUL");
+        let _ = TEST_HOOKS.set(hooks);
+        let flags = if jitless {
+            format!("{FLAGS} --jitless")
+        } else {
+            FLAGS.to_owned()
+        };
+        let flags = std::ffi::CString::new(flags).expect("flags have no NUL");
+        let options = ffi::Options {
+            flags: flags.as_ptr(),
+            prelude: PRELUDE.as_ptr().cast(),
+            prelude_len: PRELUDE.len(),
+            max_log_line: Limits::MAX_LOG_LINE_BYTES,
+            max_error_text: MAX_ERROR_TEXT,
+            test_hooks: c_int::from(hooks),
+        };
         let mut error = [0 as c_char; 512];
         // SAFETY: all pointers are valid for the lengths given; the bridge
-        // copies the prelude and runs its initialisation once.
-        let status = unsafe {
-            ffi::isoflow_v8_init(
-                flags.as_ptr(),
-                PRELUDE.as_ptr().cast(),
-                PRELUDE.len(),
-                error.as_mut_ptr(),
-                error.len(),
-            )
-        };
+        // copies what it keeps and runs its initialisation once.
+        let status = unsafe { ffi::isoflow_v8_init(&options, error.as_mut_ptr(), error.len()) };
         if status == 0 {
             Ok(())
         } else {
@@ -160,7 +187,7 @@ impl Isolate {
     fn new(heap_limit: usize) -> Result<Isolate, StepError> {
         let mut error = [0 as c_char; 512];
         // SAFETY: `error` is valid for its length; V8 was initialised by
-        // `Sandbox::new` before any engine thread started.
+        // `init` before the step thread started.
         let bridge = unsafe { ffi::isoflow_v8_new(heap_limit, error.as_mut_ptr(), error.len()) };
         NonNull::new(bridge)
             .map(|bridge| Isolate { bridge, heap_limit })
@@ -173,7 +200,13 @@ impl Isolate {
         Terminator(self.bridge)
     }
 
-    fn run(&mut self, exec: &Execution, call: &mut Call<'_>) -> ffi::RunResult {
+    fn run(&mut self, job: &Job<'_>, cache: Option<&[u8]>, call: &mut Call<'_>) -> ffi::RunResult {
+        // Owned by `call` until the bridge says it has its copy.
+        call.input = Some(job.input.take());
+        let (input_ptr, input_len) = call
+            .input
+            .as_deref()
+            .map_or((std::ptr::null(), 0), |i| (i.as_ptr(), i.len()));
         let callbacks = ffi::HostCallbacks {
             data: std::ptr::from_mut(call).cast(),
             log: host_log,
@@ -181,73 +214,32 @@ impl Isolate {
             output: host_output,
             text: host_text,
             code_cache: host_code_cache,
+            test: host_test,
+            input_consumed: host_input_consumed,
         };
-        let cache = CODE_CACHES.get(&exec.script);
-        let (cache_ptr, cache_len) = cache
-            .as_deref()
-            .map_or((std::ptr::null(), 0), |c| (c.as_ptr().cast(), c.len()));
-        let source = exec.script.source.as_bytes();
-        let filename = exec.script.filename.as_bytes();
-        let input = exec.input_json.as_bytes();
+        let (cache_ptr, cache_len) =
+            cache.map_or((std::ptr::null(), 0), |c| (c.as_ptr().cast(), c.len()));
         // SAFETY: the bridge is alive and used on its creating thread (this
-        // type is !Send); every buffer outlives the call; `callbacks.data`
-        // points at `call`, which outlives the call and is only touched by the
-        // callbacks during it.
+        // type is !Send); every buffer outlives the call (the input until
+        // `input_consumed`, after which the bridge does not read it);
+        // `callbacks.data` points at `call`, which outlives the call and is
+        // only touched by the callbacks during it.
         unsafe {
             ffi::isoflow_v8_run(
                 self.bridge.as_ptr(),
                 &callbacks,
-                source.as_ptr().cast(),
-                source.len(),
-                filename.as_ptr().cast(),
-                filename.len(),
-                input.as_ptr().cast(),
-                input.len(),
+                job.source.as_ptr().cast(),
+                job.source.len(),
+                job.filename.as_ptr().cast(),
+                job.filename.len(),
+                input_ptr.cast(),
+                input_len,
                 cache_ptr,
                 cache_len,
             )
         }
     }
 }
-
-/// V8 code caches of step modules, shared by all sandbox threads: a step
-/// that ran once skips parsing and compiling in every later fresh isolate.
-/// A cache is derived from the source alone (no run-time state), so sharing
-/// one between runs, or tenants with identical code, reveals nothing. V8
-/// only checks a cache against the source's length, so the key is the full
-/// text (and file name, which stack traces show).
-struct CodeCaches {
-    caches: Mutex<HashMap<Script, Arc<[u8]>>>,
-}
-
-impl CodeCaches {
-    /// Steps whose caches are kept; past it the map starts again, which
-    /// costs each step one compilation.
-    const CAPACITY: usize = 1024;
-
-    fn get(&self, script: &Script) -> Option<Arc<[u8]>> {
-        self.lock().get(script).cloned()
-    }
-
-    fn put(&self, script: &Script, cache: &[u8]) {
-        let mut caches = self.lock();
-        if caches.len() >= Self::CAPACITY {
-            caches.clear();
-        }
-        caches.insert(script.clone(), cache.into());
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Script, Arc<[u8]>>> {
-        // A map of immutable byte strings is consistent even if a holder panicked.
-        self.caches
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-static CODE_CACHES: LazyLock<CodeCaches> = LazyLock::new(|| CodeCaches {
-    caches: Mutex::new(HashMap::new()),
-});
 
 impl Drop for Isolate {
     fn drop(&mut self) {
@@ -260,9 +252,9 @@ impl Drop for Isolate {
 /// Lets the watchdog stop a running isolate from its own thread.
 struct Terminator(NonNull<ffi::Bridge>);
 
-// SAFETY: `isoflow_v8_terminate` is V8's `TerminateExecution`, which is
-// documented as callable from any thread; the watchdog only calls it while
-// the isolate is alive (module docs).
+// SAFETY: `isoflow_v8_terminate` sets an atomic flag and calls V8's
+// `TerminateExecution`, which is documented as callable from any thread;
+// the watchdog only calls it while the isolate is alive (module docs).
 unsafe impl Send for Terminator {}
 
 impl Terminator {
@@ -274,48 +266,74 @@ impl Terminator {
 
 /// What the host callbacks of one run read and write.
 struct Call<'a> {
-    script: &'a Script,
     host: &'a mut Host,
     control: &'a Control,
+    hooks: Hooks,
     output_limit: usize,
     output: Vec<u8>,
     output_len: usize,
-    xml_result: String,
+    /// The text a callback hands back to V8 (`ctx.xml`, test hooks); it
+    /// stays valid until the next callback.
+    answer: String,
+    /// The step's input, until the bridge has made its string of it.
+    input: Option<String>,
     message: String,
     stack: Option<String>,
+    offered_cache: Option<Vec<u8>>,
 }
 
 /// # Safety
-/// `data` is the `Call` passed to `isoflow_v8_run`, and `text` is valid for `len` bytes.
-unsafe fn call_and_text<'a>(
-    data: *mut c_void,
-    text: *const c_char,
-    len: usize,
-) -> (&'a mut Call<'a>, std::borrow::Cow<'a, str>) {
+/// `data` is the `Call` passed to `isoflow_v8_run`, and no other reference
+/// to it is alive.
+unsafe fn call_mut<'a>(data: *mut c_void) -> &'a mut Call<'a> {
     // SAFETY: guaranteed by the caller.
-    let call = unsafe { &mut *data.cast::<Call<'a>>() };
+    unsafe { &mut *data.cast::<Call<'a>>() }
+}
+
+/// # Safety
+/// `text` is valid for `len` bytes for the duration of the callback.
+unsafe fn text<'a>(text: *const c_char, len: usize) -> std::borrow::Cow<'a, str> {
     let bytes = if len == 0 {
         &[][..]
     } else {
         // SAFETY: guaranteed by the caller.
         unsafe { std::slice::from_raw_parts(text.cast::<u8>(), len) }
     };
-    (call, String::from_utf8_lossy(bytes))
+    String::from_utf8_lossy(bytes)
+}
+
+fn answer(call: &mut Call<'_>, result: Result<String, String>) -> ffi::Slice {
+    let ok = c_int::from(result.is_ok());
+    call.answer = result.unwrap_or_else(|message| message);
+    ffi::Slice {
+        ptr: call.answer.as_ptr().cast(),
+        len: call.answer.len(),
+        ok,
+    }
+}
+
+fn failed_answer(what: &'static std::ffi::CStr) -> ffi::Slice {
+    ffi::Slice {
+        ptr: what.as_ptr(),
+        len: what.to_bytes().len(),
+        ok: 0,
+    }
 }
 
 unsafe extern "C" fn host_log(
     data: *mut c_void,
     level: c_int,
-    text: *const c_char,
+    line: *const c_char,
     len: usize,
+    total_len: usize,
 ) -> c_int {
     catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: called by the bridge with the run's `Call` and a valid string.
-        let (call, text) = unsafe { call_and_text(data, text, len) };
-        if call.host.log(level, &text) {
+        let (call, line) = unsafe { (call_mut(data), text(line, len)) };
+        if call.host.log(level, &line, total_len) {
             1
         } else {
-            call.control.abort(super::host::AbortReason::LogLimit);
+            call.control.abort(crate::host::AbortReason::LogLimit);
             0
         }
     }))
@@ -330,34 +348,56 @@ unsafe extern "C" fn host_xml(
     options: *const c_char,
     options_len: usize,
 ) -> ffi::Slice {
-    let result = catch_unwind(AssertUnwindSafe(|| {
+    catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: called by the bridge with the run's `Call` and valid strings.
-        let (call, arg) = unsafe { call_and_text(data, arg, arg_len) };
-        // SAFETY: as above.
-        let (_, options) = unsafe { call_and_text(data, options, options_len) };
-        let (text, ok) = match XmlOp::from_code(op).map(|op| call.host.xml(op, &arg, &options)) {
-            Some(Ok(text)) => (text, 1),
-            Some(Err(message)) => (message, 0),
-            None => (format!("ctx.xml: unknown operation {op}"), 0),
+        let (call, arg, options) = unsafe {
+            (
+                call_mut(data),
+                text(arg, arg_len),
+                text(options, options_len),
+            )
         };
-        call.xml_result = text;
-        ffi::Slice {
-            ptr: call.xml_result.as_ptr().cast(),
-            len: call.xml_result.len(),
-            ok,
-        }
+        let result = match XmlOp::from_code(op) {
+            Some(op) => call.host.xml(op, &arg, &options),
+            None => Err(format!("ctx.xml: unknown operation {op}")),
+        };
+        answer(call, result)
+    }))
+    .unwrap_or_else(|_| failed_answer(c"ctx.xml failed"))
+}
+
+unsafe extern "C" fn host_test(
+    data: *mut c_void,
+    name: *const c_char,
+    name_len: usize,
+    arg: *const c_char,
+    arg_len: usize,
+) -> ffi::Slice {
+    catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: called by the bridge with the run's `Call` and valid strings.
+        let (call, name, arg) =
+            unsafe { (call_mut(data), text(name, name_len), text(arg, arg_len)) };
+        let result = call
+            .hooks
+            .call(&name, &arg)
+            .ok_or_else(|| format!("no test hook named {name:?}"));
+        answer(call, result)
+    }))
+    .unwrap_or_else(|_| failed_answer(c"test hook failed"))
+}
+
+unsafe extern "C" fn host_input_consumed(data: *mut c_void) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: called by the bridge with the run's `Call`.
+        let call = unsafe { call_mut(data) };
+        call.input = None;
     }));
-    result.unwrap_or(ffi::Slice {
-        ptr: c"ctx.xml failed".as_ptr(),
-        len: "ctx.xml failed".len(),
-        ok: 0,
-    })
 }
 
 unsafe extern "C" fn host_output(data: *mut c_void, len: usize) -> *mut c_char {
     catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: called by the bridge with the run's `Call`.
-        let call = unsafe { &mut *data.cast::<Call<'_>>() };
+        let call = unsafe { call_mut(data) };
         call.output_len = len;
         if len > call.output_limit {
             return std::ptr::null_mut();
@@ -368,13 +408,13 @@ unsafe extern "C" fn host_output(data: *mut c_void, len: usize) -> *mut c_char {
     .unwrap_or(std::ptr::null_mut())
 }
 
-unsafe extern "C" fn host_text(data: *mut c_void, field: c_int, text: *const c_char, len: usize) {
+unsafe extern "C" fn host_text(data: *mut c_void, field: c_int, bytes: *const c_char, len: usize) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: called by the bridge with the run's `Call` and a valid string.
-        let (call, text) = unsafe { call_and_text(data, text, len) };
+        let (call, value) = unsafe { (call_mut(data), text(bytes, len)) };
         match field {
-            ffi::FIELD_MESSAGE => call.message = text.into_owned(),
-            ffi::FIELD_STACK => call.stack = Some(text.into_owned()),
+            ffi::FIELD_MESSAGE => call.message = value.into_owned(),
+            ffi::FIELD_STACK => call.stack = Some(value.into_owned()),
             _ => debug_assert!(false, "unknown text field {field}"),
         }
     }));
@@ -383,29 +423,44 @@ unsafe extern "C" fn host_text(data: *mut c_void, field: c_int, text: *const c_c
 unsafe extern "C" fn host_code_cache(data: *mut c_void, bytes: *const c_char, len: usize) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: called by the bridge with the run's `Call` and `len` valid bytes.
-        let call = unsafe { &mut *data.cast::<Call<'_>>() };
-        // SAFETY: as above.
-        let bytes = unsafe { std::slice::from_raw_parts(bytes.cast::<u8>(), len) };
-        CODE_CACHES.put(call.script, bytes);
+        let (call, bytes) = unsafe {
+            (
+                call_mut(data),
+                std::slice::from_raw_parts(bytes.cast::<u8>(), len),
+            )
+        };
+        call.offered_cache = Some(bytes.to_vec());
     }));
 }
 
-/// A sandbox thread's V8 state: the next fresh isolate, and the one the last
-/// step used, waiting to be disposed.
+/// The process's V8 state: the next fresh isolate, the one the last step
+/// used (waiting to be disposed), and the code caches of the steps this
+/// process ran.
 pub(crate) struct V8Engine<'w> {
     watchdog: &'w Watchdog,
-    default_heap: usize,
+    settings: Settings,
     ready: Option<Isolate>,
     spent: Option<Isolate>,
+    /// A step that ran once skips parsing and compiling in every later fresh
+    /// isolate of this process. The key is the full text (and file name,
+    /// which stack traces show): V8 only checks a cache against the
+    /// source's length. Caches never leave the process, so one tenant's
+    /// process cannot hand another a cache it forged.
+    caches: HashMap<(String, String), Arc<[u8]>>,
 }
 
 impl<'w> V8Engine<'w> {
-    pub fn new(watchdog: &'w Watchdog, limits: Limits) -> Self {
+    /// Steps whose caches are kept; past it the map starts again, which
+    /// costs each step one compilation.
+    const CACHE_CAPACITY: usize = 256;
+
+    pub fn new(watchdog: &'w Watchdog, settings: Settings) -> Self {
         let mut engine = V8Engine {
             watchdog,
-            default_heap: limits.heap_bytes,
+            settings,
             ready: None,
             spent: None,
+            caches: HashMap::new(),
         };
         engine.recycle();
         engine
@@ -415,11 +470,15 @@ impl<'w> V8Engine<'w> {
 impl Engine for V8Engine<'_> {
     fn execute(
         &mut self,
-        exec: &Execution,
+        job: &Job<'_>,
         limits: &Limits,
         control: &Arc<Control>,
         host: &mut Host,
     ) -> Result<String, StepError> {
+        debug_assert_eq!(
+            TEST_HOOKS.get().copied(),
+            Some(!self.settings.hooks.is_empty())
+        );
         let mut isolate = match self.ready.take() {
             Some(isolate) if isolate.heap_limit == limits.heap_bytes => isolate,
             other => {
@@ -428,27 +487,37 @@ impl Engine for V8Engine<'_> {
                 Isolate::new(limits.heap_bytes)?
             }
         };
+        let key = (job.filename.to_owned(), job.source.to_owned());
+        let cache = self.caches.get(&key).cloned();
         let mut call = Call {
-            script: &exec.script,
             host,
             control,
+            hooks: self.settings.hooks,
             output_limit: limits.output_bytes,
             output: Vec::new(),
             output_len: 0,
-            xml_result: String::new(),
+            answer: String::new(),
+            input: None,
             message: String::new(),
             stack: None,
+            offered_cache: None,
         };
         let result = {
             let terminator = isolate.terminator();
             let _armed = self
                 .watchdog
                 .arm(control.clone(), move || terminator.terminate());
-            isolate.run(exec, &mut call)
+            isolate.run(job, cache.as_deref(), &mut call)
         };
         // Never run again: disposed in `recycle`, after the reply is sent.
         self.spent = Some(isolate);
-        outcome(result, call, exec, limits)
+        if let Some(made) = call.offered_cache.take() {
+            if self.caches.len() >= Self::CACHE_CAPACITY {
+                self.caches.clear();
+            }
+            self.caches.insert(key, made.into());
+        }
+        outcome(result, call, job, limits)
     }
 
     fn recycle(&mut self) {
@@ -456,7 +525,7 @@ impl Engine for V8Engine<'_> {
         if self.ready.is_none() {
             // A failure here shows up again, with its message, when a step
             // needs the isolate.
-            self.ready = Isolate::new(self.default_heap).ok();
+            self.ready = Isolate::new(self.settings.heap_bytes).ok();
         }
     }
 }
@@ -464,12 +533,12 @@ impl Engine for V8Engine<'_> {
 fn outcome(
     result: ffi::RunResult,
     call: Call<'_>,
-    exec: &Execution,
+    job: &Job<'_>,
     limits: &Limits,
 ) -> Result<String, StepError> {
     let location = || {
         (result.line > 0).then(|| Location {
-            filename: exec.script.filename.to_string(),
+            filename: job.filename.to_owned(),
             line: u32::try_from(result.line).unwrap_or(0),
             column: u32::try_from(result.column.max(1)).unwrap_or(1),
         })
@@ -481,17 +550,6 @@ fn outcome(
         ffi::HEAP_LIMIT => Err(StepError::HeapLimit {
             limit_bytes: limits.heap_bytes,
         }),
-        ffi::FATAL_OOM => {
-            // Rare, and it leaks the abandoned isolate's memory: say so.
-            tracing::warn!(
-                file = %exec.script.filename,
-                "{}; the step's isolate was abandoned and its memory leaked",
-                call.message
-            );
-            Err(StepError::HeapLimit {
-                limit_bytes: limits.heap_bytes,
-            })
-        }
         ffi::TERMINATED => {
             Err(call
                 .host
@@ -503,7 +561,7 @@ fn outcome(
         ffi::SYNTAX => Err(StepError::Syntax {
             message: call.message,
             location: location().unwrap_or(Location {
-                filename: exec.script.filename.to_string(),
+                filename: job.filename.to_owned(),
                 line: 0,
                 column: 0,
             }),
@@ -541,34 +599,4 @@ fn strip_error_name(message: String) -> String {
         }
     }
     message
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sandbox::{Runtime, Sandbox, SandboxConfig};
-
-    #[test]
-    fn code_cache_is_made_once_and_keyed_by_the_whole_source() {
-        let sandbox = Sandbox::new(SandboxConfig {
-            threads: 1,
-            warm: vec![Runtime::V8],
-            ..SandboxConfig::default()
-        })
-        .unwrap();
-        let run = |source: &str, input: &str| {
-            let exec = Execution::new(Runtime::V8, Script::new("cache.js", source), input);
-            sandbox.execute_blocking(exec).result.unwrap()
-        };
-        // Same length, different code: V8 alone would accept one's cache for
-        // the other, which is why the key is the full text.
-        let double = "export default (x) => x * 2;";
-        let triple = "export default (x) => x * 3;";
-        assert_eq!(double.len(), triple.len());
-        assert_eq!(run(double, "5"), "10");
-        assert!(CODE_CACHES.get(&Script::new("cache.js", double)).is_some());
-        assert_eq!(run(triple, "5"), "15");
-        assert_eq!(run(double, "7"), "14", "second run, from the cache");
-        assert_eq!(run(triple, "7"), "21", "second run, from the cache");
-    }
 }

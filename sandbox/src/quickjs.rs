@@ -62,9 +62,9 @@ use rquickjs::{
     Context, Ctx, Exception, FromJs, Function, Module, Object, Persistent, Runtime, Value, qjs,
 };
 
-use super::host::{AbortReason, Control, Host, PRELUDE, XmlOp};
-use super::pool::Engine;
-use super::{Execution, Limits, Location, StepError};
+use crate::host::{AbortReason, Control, Host, PRELUDE, XmlOp};
+use crate::runner::{Engine, Hooks, Job, Settings};
+use crate::step::{Limits, Location, StepError};
 
 /// QuickJS's own limit on the native stack its interpreter may use. The
 /// sandbox threads have 16 MiB; the rest is headroom for native frames.
@@ -78,9 +78,10 @@ const NO_DEFAULT_EXPORT: &str = "export default function (input, ctx) { ... }";
 /// One thread's QuickJS state: the fresh runtime waiting for the next job
 /// and the used one waiting to be dropped.
 pub(crate) struct QuickJsEngine {
-    /// Limits for the runtime prepared ahead of a job (the sandbox's
-    /// defaults); a job with another heap limit gets a runtime of its own.
-    limits: Limits,
+    /// The heap limit of the runtime prepared ahead of a job (the process's
+    /// default); a job with another heap limit gets a runtime of its own.
+    heap_bytes: usize,
+    hooks: Hooks,
     ready: Option<Instance>,
     spent: Option<Instance>,
 }
@@ -88,7 +89,7 @@ pub(crate) struct QuickJsEngine {
 impl fmt::Debug for QuickJsEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("QuickJsEngine")
-            .field("limits", &self.limits)
+            .field("heap_bytes", &self.heap_bytes)
             .field("ready", &self.ready.is_some())
             .field("spent", &self.spent.is_some())
             .finish()
@@ -97,9 +98,10 @@ impl fmt::Debug for QuickJsEngine {
 
 impl QuickJsEngine {
     /// Creates the engine with a fresh runtime ready for the first job.
-    pub fn new(limits: Limits) -> Self {
+    pub fn new(settings: Settings) -> Self {
         let mut engine = QuickJsEngine {
-            limits,
+            heap_bytes: settings.heap_bytes,
+            hooks: settings.hooks,
             ready: None,
             spent: None,
         };
@@ -111,18 +113,16 @@ impl QuickJsEngine {
         if self.ready.is_some() {
             return;
         }
-        match Instance::new(self.limits.heap_bytes) {
-            Ok(instance) => self.ready = Some(instance),
-            // The job that arrives next will try again and report the error.
-            Err(error) => tracing::warn!(%error, "cannot prepare a quickjs runtime"),
-        }
+        // A failure shows up again, with its message, when the next job
+        // tries to make the runtime it needs.
+        self.ready = Instance::new(self.heap_bytes, self.hooks).ok();
     }
 }
 
 impl Engine for QuickJsEngine {
     fn execute(
         &mut self,
-        exec: &Execution,
+        job: &Job<'_>,
         limits: &Limits,
         control: &Arc<Control>,
         host: &mut Host,
@@ -132,10 +132,10 @@ impl Engine for QuickJsEngine {
             other => {
                 // Keep a runtime prepared for other limits for the next job.
                 self.ready = other;
-                Instance::new(limits.heap_bytes)?
+                Instance::new(limits.heap_bytes, self.hooks)?
             }
         };
-        let result = instance.run(exec, limits, control, host);
+        let result = instance.run(job, limits, control, host);
         self.spent = Some(instance);
         result.map_err(|mut error| {
             if let StepError::Syntax { location, .. }
@@ -144,7 +144,7 @@ impl Engine for QuickJsEngine {
                 ..
             } = &mut error
             {
-                utf16_column(&exec.script.source, location);
+                utf16_column(job.source, location);
             }
             error
         })
@@ -196,7 +196,7 @@ impl Drop for Instance {
 }
 
 impl Instance {
-    fn new(heap_bytes: usize) -> Result<Instance, StepError> {
+    fn new(heap_bytes: usize, hooks: Hooks) -> Result<Instance, StepError> {
         let bytecode = prelude_bytecode()?;
         let heap = Rc::new(HeapState {
             limit: Cell::new(heap_bytes),
@@ -217,7 +217,7 @@ impl Instance {
         let context = Context::full(&runtime)
             .map_err(|e| prepare_error(&heap, heap_bytes, "create a context", &e))?;
         let api = context
-            .with(|ctx| install(&ctx, &shared, bytecode))
+            .with(|ctx| install(&ctx, &shared, hooks, bytecode))
             .map_err(|e| prepare_error(&heap, heap_bytes, "run the prelude", &e))?;
         Ok(Instance {
             api,
@@ -231,14 +231,14 @@ impl Instance {
 
     fn run(
         &self,
-        exec: &Execution,
+        job: &Job<'_>,
         limits: &Limits,
         control: &Arc<Control>,
         host: &mut Host,
     ) -> Result<String, StepError> {
         let result = {
             let _session = SessionGuard::start(&self.shared, host, control.clone());
-            self.context.with(|ctx| self.run_step(&ctx, exec, control))
+            self.context.with(|ctx| self.run_step(&ctx, job, control))
         };
         if let Some(error) = host.abort_error(control, limits) {
             return Err(error);
@@ -273,10 +273,10 @@ impl Instance {
     fn run_step<'js>(
         &self,
         ctx: &Ctx<'js>,
-        exec: &Execution,
+        job: &Job<'_>,
         control: &Control,
     ) -> Result<String, StepError> {
-        let filename: &str = &exec.script.filename;
+        let filename: &str = job.filename;
         let restore = |e: rquickjs::Error| StepError::Internal {
             message: format!("cannot restore the prelude's functions: {e}"),
         };
@@ -284,35 +284,46 @@ impl Instance {
         let finish = self.api.finish.clone().restore(ctx).map_err(restore)?;
         let step_ctx = self.api.ctx.clone().restore(ctx).map_err(restore)?;
 
-        let input: Value =
-            parse_input
-                .call((&*exec.input_json,))
-                .map_err(|e| match self.failure(ctx, e) {
-                    Failure::Thrown(value) => StepError::Input {
-                        message: error_parts(&value).map_or_else(|| describe(ctx, &value), |p| p.1),
+        // The input as a JavaScript string, and the host's copy freed before
+        // anything else runs.
+        let text = {
+            let input = job.input.take();
+            rquickjs::String::from_str(ctx.clone(), &input).map_err(|e| {
+                match self.failure(ctx, e) {
+                    Failure::Thrown(_) => StepError::Input {
+                        message: format!("the input of {} bytes cannot be a string", input.len()),
                     },
                     Failure::Other(error) => error,
-                })?;
+                }
+            })?
+        };
+        let input: Value = parse_input
+            .call((text,))
+            .map_err(|e| match self.failure(ctx, e) {
+                Failure::Thrown(value) => StepError::Input {
+                    message: error_parts(&value).map_or_else(|| describe(ctx, &value), |p| p.1),
+                },
+                Failure::Other(error) => error,
+            })?;
 
         if filename.contains('\0') {
             return Err(StepError::Module {
                 message: "the step's filename contains a NUL character".to_owned(),
             });
         }
-        if let Some(location) = nul_location(&exec.script.source, filename) {
+        if let Some(location) = nul_location(job.source, filename) {
             return Err(StepError::Syntax {
                 message: "the source contains a NUL character (write it as \\0 inside a string)"
                     .to_owned(),
                 location,
             });
         }
-        let module =
-            Module::declare(ctx.clone(), filename, &*exec.script.source).map_err(|e| match self
-                .failure(ctx, e)
-            {
-                Failure::Thrown(value) => declare_error(&value, filename),
-                Failure::Other(error) => error,
-            })?;
+        let module = Module::declare(ctx.clone(), filename, job.source).map_err(|e| match self
+            .failure(ctx, e)
+        {
+            Failure::Thrown(value) => declare_error(&value, filename),
+            Failure::Other(error) => error,
+        })?;
         let (module, evaluated) = module
             .eval()
             .map_err(|e| self.exception(ctx, e, filename))?;
@@ -506,6 +517,7 @@ impl Drop for SessionGuard<'_> {
 fn install<'js>(
     ctx: &Ctx<'js>,
     shared: &Rc<Shared>,
+    hooks: Hooks,
     prelude_bytecode: &[u8],
 ) -> rquickjs::Result<Api> {
     ctx.globals().remove("performance")?;
@@ -513,6 +525,9 @@ fn install<'js>(
     let host = Object::new(ctx.clone())?;
     host.set("log", Function::new(ctx.clone(), host_log(shared.clone()))?)?;
     host.set("xml", Function::new(ctx.clone(), host_xml(shared.clone()))?)?;
+    if !hooks.is_empty() {
+        host.set("test", Function::new(ctx.clone(), host_test(hooks))?)?;
+    }
 
     let prelude = load_prelude(ctx, prelude_bytecode)?;
     let api: Object = prelude.call((host,))?;
@@ -521,6 +536,11 @@ fn install<'js>(
         parse_input: Persistent::save(ctx, api.get::<_, Function>("parseInput")?),
         finish: Persistent::save(ctx, api.get::<_, Function>("finish")?),
     })
+}
+
+/// Compiles the prelude, before the process is locked down.
+pub(crate) fn init() -> Result<(), StepError> {
+    prelude_bytecode().map(|_| ())
 }
 
 /// The prelude compiled to QuickJS bytecode, once per process: loading it
@@ -615,7 +635,7 @@ fn host_log<'js>(
         let Some(session) = slot.as_mut() else {
             return Err(Exception::throw_message(&ctx, "no step is running"));
         };
-        if session.host.log(level, &text) {
+        if session.host.log(level, &text, text.len()) {
             return Ok(());
         }
         session.control.abort(AbortReason::LogLimit);
@@ -626,6 +646,20 @@ fn host_log<'js>(
         drop(slot);
         // The interrupt handler stops whatever the step does next.
         Err(Exception::throw_message(&ctx, &message))
+    }
+}
+
+/// `host.test(name, arg)`: a test hook (test programs only).
+fn host_test<'js>(
+    hooks: Hooks,
+) -> impl Fn(Ctx<'js>, rquickjs::String<'js>, rquickjs::String<'js>) -> rquickjs::Result<String> + 'js
+{
+    move |ctx, name, arg| {
+        let name = js_string(&name)?;
+        let arg = js_string(&arg)?;
+        hooks
+            .call(&name, &arg)
+            .ok_or_else(|| Exception::throw_message(&ctx, &format!("no test hook named {name:?}")))
     }
 }
 
@@ -1016,7 +1050,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::sandbox::{LogLevel, LogLimitKind, Runtime as Engine_, Script};
+    use crate::step::{LogLevel, LogLimitKind, Runtime as Engine_};
 
     /// What one execution produced.
     struct Run {
@@ -1042,12 +1076,23 @@ mod tests {
         }
     }
 
+    fn settings(limits: Limits) -> Settings {
+        Settings {
+            heap_bytes: limits.heap_bytes,
+            hooks: Hooks::default(),
+        }
+    }
+
     fn run_on(engine: &mut QuickJsEngine, source: &str, input: &str, limits: Limits) -> Run {
-        let exec =
-            Execution::new(Engine_::QuickJs, Script::new("step.js", source), input).limits(limits);
+        let job = Job {
+            runtime: Engine_::QuickJs,
+            filename: "step.js",
+            source,
+            input: crate::runner::Input::new(input.to_owned()),
+        };
         let control = Arc::new(Control::new(Instant::now() + limits.timeout));
         let mut host = Host::new(limits);
-        let result = engine.execute(&exec, &limits, &control, &mut host);
+        let result = engine.execute(&job, &limits, &control, &mut host);
         engine.recycle();
         let logs = host
             .into_logs()
@@ -1069,7 +1114,14 @@ mod tests {
     }
 
     fn run_with(source: &'static str, input: &'static str, limits: Limits) -> Run {
-        on_sandbox_thread(move || run_on(&mut QuickJsEngine::new(limits), source, input, limits))
+        on_sandbox_thread(move || {
+            run_on(
+                &mut QuickJsEngine::new(settings(limits)),
+                source,
+                input,
+                limits,
+            )
+        })
     }
 
     fn run(source: &'static str, input: &'static str) -> Run {
@@ -1327,7 +1379,7 @@ mod tests {
                 heap_bytes: 32 * 1024 * 1024,
                 ..limits()
             };
-            let mut engine = QuickJsEngine::new(limits);
+            let mut engine = QuickJsEngine::new(settings(limits));
             let bombs = [
                 "export default function () { let a = []; while (true) a.push(new Array(1e5).fill(1)); }",
                 "let a = []; while (true) a.push(new Array(1e5).fill(1));\nexport default () => 1;",
@@ -1404,7 +1456,7 @@ mod tests {
     #[test]
     fn changes_to_builtins_do_not_leak_into_the_next_execution() {
         on_sandbox_thread(|| {
-            let mut engine = QuickJsEngine::new(limits());
+            let mut engine = QuickJsEngine::new(settings(limits()));
             let first = run_on(
                 &mut engine,
                 "export default function () { globalThis.JSON.parse = null; Object.prototype.polluted = 1; globalThis.leak = 1; return 1; }",
@@ -1454,7 +1506,7 @@ mod tests {
     #[test]
     fn heap_limit_differs_from_the_prepared_runtime() {
         on_sandbox_thread(|| {
-            let mut engine = QuickJsEngine::new(limits());
+            let mut engine = QuickJsEngine::new(settings(limits()));
             let small = Limits {
                 heap_bytes: 8 * 1024 * 1024,
                 ..limits()

@@ -5,20 +5,45 @@
 // reachable from the step's code.
 //
 // Everything the prelude needs later is captured now, so a step that patches
-// JSON, Object or Array only changes what its own code sees.
+// JSON, Object, Array, String or Function only changes what its own code
+// sees. Methods are captured "uncurried" (bound to Function.prototype.call
+// now), and the prelude uses no array methods at all: even an intrinsic
+// push writes through setters a step may define on Array.prototype. No
+// function of the prelude or the host is reachable from the step: they are
+// strict, and call sites never hand out functions (see the end).
 (function (host) {
   "use strict";
   const hostLog = host.log;
   const hostXml = host.xml;
+  const hostTest = host.test;
   const jsonStringify = JSON.stringify;
   const jsonParse = JSON.parse;
   const objectKeys = Object.keys;
+  const getPrototypeOf = Object.getPrototypeOf;
+  const getOwnPropertyDescriptor = Object.getOwnPropertyDescriptor;
+  const hasOwn = Object.prototype.hasOwnProperty;
   const isArray = Array.isArray;
   const freeze = Object.freeze;
   const defineProperty = Object.defineProperty;
   const StringCtor = String;
   const TypeErrorCtor = TypeError;
   const ErrorCtor = Error;
+  const uncurry = Function.prototype.bind.call(Function.prototype.bind, Function.prototype.call);
+  const stringSlice = uncurry(String.prototype.slice);
+  const symbolToString = uncurry(Symbol.prototype.toString);
+  const ownProperty = uncurry(hasOwn);
+
+  // A property that the step cannot change, defined without consulting
+  // anything the step could have put on Object.prototype.
+  function fixed(object, name, value) {
+    defineProperty(object, name, {
+      __proto__: null,
+      value,
+      writable: false,
+      enumerable: false,
+      configurable: false,
+    });
+  }
 
   // Log levels as the host numbers them: 0 debug, 1 info, 2 warn, 3 error.
   function describe(value) {
@@ -32,7 +57,7 @@
       case "bigint":
         return StringCtor(value) + "n";
       case "symbol":
-        return value.toString();
+        return symbolToString(value);
       case "object":
         if (value === null) return "null";
         if (value instanceof ErrorCtor) {
@@ -40,7 +65,8 @@
           const head = StringCtor(value);
           const stack = value.stack;
           if (typeof stack !== "string" || stack === "") return head;
-          return stack.startsWith(head) ? stack : head + "\n" + stack;
+          const starts = stack.length >= head.length && stringSlice(stack, 0, head.length) === head;
+          return starts ? stack : head + "\n" + stack;
         }
         try {
           const text = jsonStringify(value);
@@ -119,51 +145,47 @@
   // Output checks. The output is what JSON.stringify makes of the value, with
   // its usual rules (a property holding undefined or a function is left out);
   // only values JSON cannot carry at all fail the step, with a path.
-  function pathOf(path) {
-    let out = "output";
-    for (let i = 0; i < path.length; i++) {
-      const key = path[i];
-      out += typeof key === "number" ? "[" + key + "]" : "." + key;
+  // A path is a chain of links from the innermost key out: each link holds
+  // the key, the container it indexes, and the link of that container.
+  function pathOf(link) {
+    let out = "";
+    for (let l = link; l !== null; l = l.parent) {
+      out = (typeof l.key === "number" ? "[" + l.key + "]" : "." + l.key) + out;
     }
-    return out;
+    return "output" + out;
   }
 
   // Finds the first cycle or BigInt once JSON.stringify has failed, to say
   // where it is. Only runs on that failure path: walking every output would
   // cost more than serialising it.
   function findUnserialisable(root) {
-    const path = [];
-    const ancestors = [];
-    function visit(value) {
+    function visit(value, link) {
       const t = typeof value;
-      if (t === "bigint") return pathOf(path) + " is a BigInt (convert it to a string or a number)";
+      if (t === "bigint") return pathOf(link) + " is a BigInt (convert it to a string or a number)";
       if (t !== "object" || value === null) return null;
       if (typeof value.toJSON === "function") return null;
-      const at = ancestors.indexOf(value);
-      if (at !== -1) {
-        return pathOf(path) + " refers back to " + pathOf(path.slice(0, at)) + " (a cycle)";
+      for (let l = link; l !== null; l = l.parent) {
+        if (l.container === value) {
+          return pathOf(link) + " refers back to " + pathOf(l.parent) + " (a cycle)";
+        }
       }
-      ancestors.push(value);
-      let found = null;
+      const child = (key) => ({ __proto__: null, key, container: value, parent: link });
       if (isArray(value)) {
-        for (let i = 0; i < value.length && found === null; i++) {
-          path.push(i);
-          found = visit(value[i]);
-          path.pop();
+        for (let i = 0; i < value.length; i++) {
+          const found = visit(value[i], child(i));
+          if (found !== null) return found;
         }
       } else {
         const keys = objectKeys(value);
-        for (let i = 0; i < keys.length && found === null; i++) {
-          path.push(keys[i]);
-          found = visit(value[keys[i]]);
-          path.pop();
+        for (let i = 0; i < keys.length; i++) {
+          const found = visit(value[keys[i]], child(keys[i]));
+          if (found !== null) return found;
         }
       }
-      ancestors.pop();
-      return found;
+      return null;
     }
     try {
-      return visit(root);
+      return visit(root, null);
     } catch (_) {
       // Too deep to walk, or a getter threw: JSON.stringify has the last word.
       return null;
@@ -197,6 +219,46 @@
 
   function parseInput(text) {
     return jsonParse(text);
+  }
+
+  // Call sites (Error.prepareStackTrace's second argument) never hand out
+  // functions: on QuickJS getFunction would return any frame's function,
+  // the prelude's and the host's included (an error thrown by ctx.xml has
+  // the host's function in its trace), so there it answers undefined for
+  // every frame. V8's call site methods cannot be redefined, and need not
+  // be: V8 hides strict functions (the prelude's), and the host's functions
+  // never call back into the step's code, so they are never on its stack.
+  const previous = ownProperty(ErrorCtor, "prepareStackTrace");
+  let callSite = null;
+  try {
+    ErrorCtor.prepareStackTrace = (_, sites) => {
+      callSite = sites.length > 0 ? getPrototypeOf(sites[0]) : null;
+      return "";
+    };
+    // V8 prepares the trace when `stack` is read, QuickJS when the error is made.
+    void new ErrorCtor().stack;
+  } finally {
+    if (previous) {
+      ErrorCtor.prepareStackTrace = undefined;
+    } else {
+      delete ErrorCtor.prepareStackTrace;
+    }
+  }
+  if (callSite !== null) {
+    const hidden = function () {
+      return undefined;
+    };
+    for (const name of ["getFunction", "getThis"]) {
+      const descriptor = getOwnPropertyDescriptor(callSite, name);
+      if (descriptor !== undefined && descriptor.configurable) fixed(callSite, name, hidden);
+    }
+  }
+
+  // Test programs only: a way for a step to reach a test hook of the host.
+  if (typeof hostTest === "function") {
+    fixed(globalThis, "isoflowTestHook", function isoflowTestHook(name, arg) {
+      return hostTest(StringCtor(name), arg === undefined ? "" : StringCtor(arg));
+    });
   }
 
   return { ctx, parseInput, finish };

@@ -1,0 +1,720 @@
+//! One sandbox process, seen from the node: starting it, sending it a step,
+//! reading its answer without trusting it, and saying why it died.
+//!
+//! Everything here runs on the pool's own threads (a runner or the keeper),
+//! never on a tokio worker: the socket is used with blocking calls and
+//! timeouts.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use isoflow_sandbox::lockdown::{EXIT_FORBIDDEN_SYSCALL, EXIT_STARTUP};
+use isoflow_sandbox::process::{EXIT_FATAL, Options};
+use isoflow_sandbox::protocol::{self, DoneMeta, Hello, ProtocolError, RunMeta, Tag, VERSION};
+use isoflow_sandbox::step::cut_text;
+
+use super::memory::{self, Cgroup};
+use super::{Execution, Limits, Outcome, Program, StepError};
+
+/// How long a reply may stall once it has started, and a write to a
+/// process that is not reading: long enough for any honest process.
+const PROGRESS: Duration = Duration::from_secs(10);
+
+/// How long after a step's deadline the node waits for its answer before it
+/// kills the process: the process enforces the deadline itself, this is the
+/// backstop for code that does not check it (a long builtin) and for a
+/// process that stopped answering. Reading the input counts too.
+fn kill_after(limits: &Limits, input_len: usize) -> Duration {
+    let transfer = Duration::from_millis(u64::try_from(input_len >> 20).unwrap_or(u64::MAX) * 20);
+    limits.timeout + Duration::from_secs(1) + transfer
+}
+
+/// How a sandbox process is started.
+#[derive(Debug)]
+pub(crate) struct Spawner {
+    pub program: Program,
+    pub options: Options,
+    pub memory: memory::Control,
+    pub margin: usize,
+    pub start_timeout: Duration,
+}
+
+/// A step that did not complete on a process.
+#[derive(Debug)]
+pub(crate) enum RunError {
+    /// The step never reached the process (it had died, or never became
+    /// ready): another process may run it.
+    NotDelivered(StepError),
+    /// The process died, stalled or misbehaved during the step.
+    Failed(StepError),
+}
+
+/// Why the node stopped talking to a process.
+#[derive(Debug)]
+enum Ending {
+    /// Its socket closed or broke: it ended on its own.
+    Ended,
+    /// The step's deadline (plus grace) passed without an answer.
+    Deadline(Duration),
+    /// It sent something that is not a valid answer.
+    Misbehaved(String),
+}
+
+/// A running sandbox process.
+#[derive(Debug)]
+pub(crate) struct Process {
+    // Dropped last: `Drop` reaps the child before the cgroup goes.
+    child: Child,
+    socket: UnixStream,
+    stderr: Option<ChildStderr>,
+    pub pid: u32,
+    /// The tenant it serves, once it ran a step.
+    pub tenant: Option<Arc<str>>,
+    pub steps: u32,
+    pub last_used: Instant,
+    hello: Option<Hello>,
+    /// Whether it has died; then it is only ever dropped.
+    dead: bool,
+    cgroup: Option<Cgroup>,
+    /// `/proc/<pid>/stat`, kept open to read its CPU time per step.
+    stat: Option<File>,
+    /// Its CPU time (clock ticks) when it last became idle.
+    pub idle_cpu: Option<u64>,
+    /// The current step's heap limit and the memory cap set for it.
+    step_heap: usize,
+    step_cap: usize,
+    started: Instant,
+}
+
+impl Spawner {
+    /// Starts a process. It becomes ready (says Hello) on its own time;
+    /// [`Process::ready`] waits for that.
+    pub fn spawn(&self) -> io::Result<Process> {
+        let (ours, theirs) = UnixStream::pair()?;
+        let mut command = Command::new(&self.program.path);
+        command
+            .args(&self.program.args)
+            .args(self.options.to_args())
+            .env_clear()
+            .current_dir("/")
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            // Out of the node's process group: a Ctrl-C meant for the node
+            // must not kill steps a graceful stop lets finish.
+            .process_group(0);
+        let mut child = command.spawn().map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot start {}: {e}", self.program.path.display()),
+            )
+        })?;
+        let pid = child.id();
+        let stderr = child.stderr.take();
+        if let Some(stderr) = &stderr {
+            set_nonblocking(stderr)?;
+        }
+        let cgroup = match &self.memory {
+            memory::Control::Cgroup(tree) => match tree.adopt(pid) {
+                Ok(cgroup) => Some(cgroup),
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot put sandbox process {pid} in its memory cgroup: {e}"),
+                    ));
+                }
+            },
+            _ => None,
+        };
+        let now = Instant::now();
+        Ok(Process {
+            child,
+            socket: ours,
+            stderr,
+            pid,
+            tenant: None,
+            steps: 0,
+            last_used: now,
+            hello: None,
+            dead: false,
+            cgroup,
+            stat: File::open(format!("/proc/{pid}/stat")).ok(),
+            idle_cpu: None,
+            step_heap: 0,
+            step_cap: 0,
+            started: now,
+        })
+    }
+}
+
+impl Process {
+    /// Waits for the process's Hello (once), within the start time-out.
+    pub fn ready(&mut self, spawner: &Spawner) -> Result<&Hello, StepError> {
+        if self.hello.is_none() {
+            let hello = self.read_hello(spawner)?;
+            self.hello = Some(hello);
+        }
+        Ok(self.hello.as_ref().expect("set above"))
+    }
+
+    fn read_hello(&mut self, spawner: &Spawner) -> Result<Hello, StepError> {
+        let deadline = self.started + spawner.start_timeout;
+        let frame = {
+            let mut reader = Timed::new(&self.socket, deadline);
+            protocol::read_frame(&mut reader, 1 << 20)
+        };
+        let hello = frame
+            .and_then(|f| f.expect(Tag::Hello))
+            .and_then(|f| f.meta::<Hello>());
+        let hello = match hello {
+            Ok(hello) => hello,
+            Err(ProtocolError::Io(e)) if is_timeout(&e) => {
+                let error = self.death(Ending::Deadline(spawner.start_timeout));
+                return Err(not_started(error));
+            }
+            Err(ProtocolError::Malformed(m)) => {
+                return Err(not_started(self.death(Ending::Misbehaved(m))));
+            }
+            Err(ProtocolError::TooLarge { len, .. }) => {
+                let why = format!("it said hello in {len} bytes");
+                return Err(not_started(self.death(Ending::Misbehaved(why))));
+            }
+            Err(_) => return Err(not_started(self.death(Ending::Ended))),
+        };
+        if hello.version != VERSION || hello.pid != self.pid {
+            let why = format!(
+                "it speaks protocol {} as pid {}, not protocol {VERSION} as pid {} ({} is not this \
+                 node's sandbox program)",
+                hello.version,
+                hello.pid,
+                self.pid,
+                spawner.program.path.display()
+            );
+            return Err(not_started(self.death(Ending::Misbehaved(why))));
+        }
+        Ok(hello)
+    }
+
+    /// Whether the process is still running (it may have been killed while
+    /// it waited in the pool).
+    pub fn is_alive(&mut self) -> bool {
+        !self.dead && matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Runs one step. A step that fails inside the process (an exception, a
+    /// limit) is an `Ok` outcome: the process is fine and can run more.
+    pub fn run(
+        &mut self,
+        exec: &Execution,
+        limits: &Limits,
+        spawner: &Spawner,
+    ) -> Result<Outcome, RunError> {
+        self.ready(spawner).map_err(RunError::NotDelivered)?;
+        // What it said about the last step is old news.
+        let _ = self.drain_stderr();
+        let input = exec.input_json.as_bytes();
+        let address_space = self
+            .cap(limits, input.len(), spawner)
+            .map_err(|e| RunError::NotDelivered(self.death(Ending::Misbehaved(e))))?;
+        let meta = RunMeta {
+            runtime: exec.runtime,
+            limits: *limits,
+            address_space,
+            input_len: input.len() as u64,
+            filename_len: exec.script.filename.len() as u64,
+            source_len: exec.script.source.len() as u64,
+        };
+        let sections = [
+            input,
+            exec.script.filename.as_bytes(),
+            exec.script.source.as_bytes(),
+        ];
+        let sent = self
+            .socket
+            .set_write_timeout(Some(PROGRESS))
+            .map_err(ProtocolError::from)
+            .and_then(|()| protocol::write_frame(&mut &self.socket, Tag::Run, &meta, &sections));
+        if let Err(error) = sent {
+            let ending = match error {
+                ProtocolError::Io(e) if is_timeout(&e) => {
+                    Ending::Misbehaved("it stopped reading its step".to_owned())
+                }
+                _ => Ending::Ended,
+            };
+            return Err(RunError::NotDelivered(self.death(ending)));
+        }
+
+        let wait = kill_after(limits, input.len());
+        let frame = {
+            let mut reader = Timed::new(&self.socket, Instant::now() + wait);
+            let frame = protocol::read_frame(&mut reader, reply_limit(limits));
+            (frame, reader.waited_too_long)
+        };
+        let frame = match frame {
+            (Ok(frame), _) => frame,
+            (Err(_), true) => {
+                let error = self.death(Ending::Deadline(wait));
+                return Err(RunError::Failed(match error {
+                    StepError::MemoryLimit { .. } => error,
+                    _ => StepError::Timeout {
+                        limit: limits.timeout,
+                    },
+                }));
+            }
+            (Err(ProtocolError::TooLarge { len, limit }), _) => {
+                let why =
+                    format!("it answered with {len} bytes, over the {limit} its limits allow");
+                return Err(RunError::Failed(self.death(Ending::Misbehaved(why))));
+            }
+            (Err(ProtocolError::Malformed(why)), _) => {
+                return Err(RunError::Failed(self.death(Ending::Misbehaved(why))));
+            }
+            (Err(ProtocolError::Io(e)), _) if is_timeout(&e) => {
+                let why = "its answer stalled".to_owned();
+                return Err(RunError::Failed(self.death(Ending::Misbehaved(why))));
+            }
+            (Err(_), _) => return Err(RunError::Failed(self.death(Ending::Ended))),
+        };
+        self.steps += 1;
+        self.last_used = Instant::now();
+        let done = frame
+            .expect(Tag::Done)
+            .and_then(|f| Ok((f.meta::<DoneMeta>()?, f.body)));
+        match done
+            .map_err(|e| e.to_string())
+            .and_then(|(meta, body)| answer(meta, body, limits))
+        {
+            Ok(outcome) => Ok(outcome),
+            Err(why) => Err(RunError::Failed(self.death(Ending::Misbehaved(why)))),
+        }
+    }
+
+    /// Sets the process's memory cap for a step with `limits` and an input
+    /// of `input_len` bytes: its cgroup's limit, or the address space the
+    /// process is to allow itself (returned, for the step's meta).
+    fn cap(
+        &mut self,
+        limits: &Limits,
+        input_len: usize,
+        spawner: &Spawner,
+    ) -> Result<Option<u64>, String> {
+        let bytes = limits
+            .heap_bytes
+            .saturating_add(input_len)
+            .saturating_add(spawner.margin);
+        self.step_heap = limits.heap_bytes;
+        self.step_cap = bytes;
+        match (&spawner.memory, &mut self.cgroup) {
+            (memory::Control::Cgroup(_), Some(cgroup)) => {
+                cgroup
+                    .set_limit(bytes)
+                    .map_err(|e| format!("cannot set its memory cap: {e}"))?;
+                Ok(None)
+            }
+            // V8 reserves address space for each new isolate (its code
+            // range, semi-spaces): allow for one more of those.
+            (memory::Control::AddressSpace, _) => {
+                Ok(Some(bytes.saturating_add(ADDRESS_SPACE_RESERVE) as u64))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The process's CPU time so far (user + system, all threads), in
+    /// clock ticks, as the kernel counts it.
+    pub fn cpu_ticks(&self) -> Option<u64> {
+        self.stat.as_ref().and_then(cpu_ticks)
+    }
+
+    /// Ends the process (if it has not ended) and says what became of it,
+    /// as the error of the step it was running.
+    fn death(&mut self, ending: Ending) -> StepError {
+        self.dead = true;
+        let status = match ending {
+            Ending::Ended => wait_briefly(&mut self.child),
+            _ => None,
+        };
+        let status = status.or_else(|| {
+            let _ = self.child.kill();
+            self.child.wait().ok()
+        });
+        let (said, heap) = self.last_words();
+        let oom = self.cgroup.as_ref().is_some_and(Cgroup::oom_killed);
+        let fatal_oom =
+            status.and_then(|s| s.code()) == Some(EXIT_FATAL) && said.starts_with("out of memory");
+        if heap && (oom || fatal_oom) {
+            // V8 reached the step's heap limit and was unwinding the step
+            // when the memory cap (or V8 itself) ended the process.
+            return StepError::HeapLimit {
+                limit_bytes: self.step_heap,
+            };
+        }
+        let signal = status.and_then(|s| s.signal());
+        let code = status.and_then(|s| s.code());
+        if oom {
+            return StepError::MemoryLimit {
+                limit_bytes: self.step_heap,
+                cap_bytes: self.step_cap,
+            };
+        }
+        if let Ending::Deadline(waited) = ending {
+            return StepError::Crashed {
+                reason: format!(
+                    "it did not answer within {} ms, its time limit and grace, and was killed",
+                    waited.as_millis()
+                ),
+            }
+            .bounded();
+        }
+        let reason = match (ending, code, signal) {
+            (Ending::Misbehaved(why), _, _) => {
+                format!("it broke the protocol ({why}) and was stopped")
+            }
+            (_, Some(EXIT_FATAL), _) => with_words("V8 gave up", &said),
+            (_, Some(EXIT_FORBIDDEN_SYSCALL), _) => {
+                with_words("it made a system call the sandbox forbids", &said)
+            }
+            (_, Some(EXIT_STARTUP), _) => with_words("it could not start", &said),
+            (_, _, Some(libc::SIGXCPU)) => "it used more CPU time than its step may".to_owned(),
+            (_, _, Some(signal)) => {
+                with_words(&format!("killed by {}", signal_name(signal)), &said)
+            }
+            (_, Some(code), _) => with_words(&format!("it exited with code {code}"), &said),
+            (_, None, None) => "it ended for no reason it could give".to_owned(),
+        };
+        StepError::Crashed { reason }.bounded()
+    }
+
+    /// Reads what the process wrote to stderr since the last call (at most
+    /// 1 MiB; more is dropped unread) and returns its last 4 KiB. Called
+    /// before each step, so that a process cannot fill the pipe and stall.
+    fn drain_stderr(&mut self) -> String {
+        let Some(stderr) = self.stderr.as_mut() else {
+            return String::new();
+        };
+        let mut tail: Vec<u8> = Vec::new();
+        let mut buffer = [0u8; 8192];
+        let mut total = 0usize;
+        while total < 1 << 20 {
+            match stderr.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    total += n;
+                    tail.extend_from_slice(&buffer[..n]);
+                    if tail.len() > 4096 {
+                        tail.drain(..tail.len() - 4096);
+                    }
+                }
+            }
+        }
+        String::from_utf8_lossy(&tail).into_owned()
+    }
+
+    /// The last line the process wrote to stderr, made safe to quote, and
+    /// whether V8 said during this step that the heap limit was reached.
+    fn last_words(&mut self) -> (String, bool) {
+        let text = self.drain_stderr();
+        let heap = text.contains(HEAP_LIMIT_SAID);
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty() && !l.contains(HEAP_LIMIT_SAID))
+            .unwrap_or("");
+        let line = line.strip_prefix("isoflow-sandbox: ").unwrap_or(line);
+        let clean: String = line
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        (cut_text(clean, 512), heap)
+    }
+
+    /// The peak memory the cgroup charged to this process, when known.
+    pub fn peak_memory(&self) -> Option<u64> {
+        self.cgroup.as_ref().and_then(Cgroup::peak)
+    }
+
+    pub fn hello(&self) -> Option<&Hello> {
+        self.hello.as_ref()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // No state worth saving: the process holds nothing but isolates.
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The line V8's near-heap-limit callback writes (see the C++ bridge).
+const HEAP_LIMIT_SAID: &str = "isoflow-sandbox: heap limit reached";
+
+/// Room in the address space for one more isolate's reservations.
+const ADDRESS_SPACE_RESERVE: usize = 512 << 20;
+
+fn not_started(error: StepError) -> StepError {
+    match error {
+        StepError::Crashed { reason } => StepError::Crashed {
+            reason: format!("a new sandbox process did not become ready: {reason}"),
+        },
+        other => other,
+    }
+}
+
+fn with_words(what: &str, said: &str) -> String {
+    if said.is_empty() {
+        what.to_owned()
+    } else {
+        format!("{what}: {said}")
+    }
+}
+
+fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGILL => "SIGILL",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGSYS => "SIGSYS",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGTRAP => "SIGTRAP",
+        _ => return format!("signal {signal}"),
+    };
+    format!("signal {signal} ({name})")
+}
+
+/// The largest answer a process may send for a step with `limits`: the
+/// output, the logs as JSON (escaping can grow text sixfold), an error and
+/// some room.
+fn reply_limit(limits: &Limits) -> u64 {
+    let logs = limits
+        .log_bytes
+        .saturating_mul(6)
+        .saturating_add(limits.log_lines.saturating_mul(128));
+    (limits.output_bytes as u64)
+        .saturating_add(logs as u64)
+        .saturating_add(1 << 20)
+}
+
+/// Checks an answer against the step's limits and makes the outcome.
+fn answer(meta: DoneMeta, body: Vec<u8>, limits: &Limits) -> Result<Outcome, String> {
+    let result = match meta.error {
+        Some(_) if !body.is_empty() => {
+            return Err("it sent an output with an error".to_owned());
+        }
+        Some(error) => Err(error.bounded()),
+        None if body.len() > limits.output_bytes => Err(StepError::OutputLimit {
+            limit_bytes: limits.output_bytes,
+            actual_bytes: body.len(),
+        }),
+        None => Ok(String::from_utf8(body).map_err(|e| format!("its output is not UTF-8: {e}"))?),
+    };
+    let mut logs = meta.logs;
+    logs.truncate(limits.log_lines);
+    let mut total = 0usize;
+    for line in &mut logs {
+        let message = std::mem::take(&mut line.message);
+        line.message = cut_text(message, Limits::MAX_LOG_LINE_BYTES + 64);
+        total += line.message.len();
+        if total
+            > limits
+                .log_bytes
+                .saturating_add(limits.log_lines.saturating_mul(64))
+        {
+            return Err("its logs are over the step's log limit".to_owned());
+        }
+    }
+    Ok(Outcome {
+        result,
+        logs,
+        duration: Duration::from_micros(meta.duration_us),
+    })
+}
+
+/// Reads with a deadline for the first byte and a progress time-out after.
+struct Timed<'a> {
+    socket: &'a UnixStream,
+    first_by: Option<Instant>,
+    waited_too_long: bool,
+}
+
+impl<'a> Timed<'a> {
+    fn new(socket: &'a UnixStream, first_by: Instant) -> Self {
+        Timed {
+            socket,
+            first_by: Some(first_by),
+            waited_too_long: false,
+        }
+    }
+}
+
+impl Read for Timed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let timeout = match self.first_by {
+            Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+            None => PROGRESS,
+        };
+        // A zero time-out means "none" to the socket.
+        self.socket
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        match (&mut &*self.socket).read(buf) {
+            Ok(n) => {
+                if n > 0 {
+                    self.first_by = None;
+                }
+                Ok(n)
+            }
+            Err(e) => {
+                if self.first_by.is_some() && is_timeout(&e) {
+                    self.waited_too_long = true;
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+fn is_timeout(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Waits up to half a second for a process that closed its socket to exit.
+fn wait_briefly(child: &mut Child) -> Option<ExitStatus> {
+    let until = Instant::now() + Duration::from_millis(500);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(1)),
+            _ => return None,
+        }
+    }
+}
+
+fn set_nonblocking(stderr: &ChildStderr) -> io::Result<()> {
+    let fd = stderr.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this process owns, integer arguments.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A process's CPU time (user + system, all threads), in clock ticks, from
+/// its `/proc/<pid>/stat`.
+fn cpu_ticks(stat: &File) -> Option<u64> {
+    let mut buffer = [0u8; 1024];
+    let n = stat.read_at(&mut buffer, 0).ok()?;
+    let text = std::str::from_utf8(&buffer[..n]).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses:
+    // utime and stime are the 14th and 15th fields, 12th and 13th after it.
+    let rest = &text[text.rfind(')')? + 2..];
+    let mut fields = rest.split_ascii_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Clock ticks per second, for [`Process::cpu_ticks`].
+pub(crate) fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf with a constant argument.
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use isoflow_sandbox::{LogLevel, LogLine};
+
+    use super::*;
+
+    fn meta(error: Option<StepError>, logs: Vec<LogLine>) -> DoneMeta {
+        DoneMeta {
+            error,
+            logs,
+            duration_us: 5,
+            cpu_us: 0,
+        }
+    }
+
+    fn line(message: String) -> LogLine {
+        LogLine {
+            level: LogLevel::Info,
+            message,
+            time: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn answers_are_checked_against_the_limits() {
+        let limits = Limits {
+            output_bytes: 10,
+            log_lines: 2,
+            log_bytes: 100,
+            ..Limits::default()
+        };
+        let ok = answer(meta(None, vec![]), b"[1,2]".to_vec(), &limits).unwrap();
+        assert_eq!(ok.result.unwrap(), "[1,2]");
+        assert_eq!(ok.duration, Duration::from_micros(5));
+
+        let big = answer(meta(None, vec![]), vec![b'1'; 11], &limits).unwrap();
+        assert_eq!(
+            big.result.unwrap_err(),
+            StepError::OutputLimit {
+                limit_bytes: 10,
+                actual_bytes: 11
+            }
+        );
+        assert!(answer(meta(None, vec![]), vec![0xff], &limits).is_err());
+        let error = StepError::NeverSettled;
+        assert!(answer(meta(Some(error.clone()), vec![]), b"1".to_vec(), &limits).is_err());
+
+        let lines = vec![line("a".into()), line("b".into()), line("c".into())];
+        let kept = answer(meta(None, lines), b"1".to_vec(), &limits).unwrap();
+        assert_eq!(kept.logs.len(), 2, "lines past the limit are dropped");
+
+        let huge = vec![line("x".repeat(1 << 20)), line("y".repeat(1 << 20))];
+        assert!(answer(meta(None, huge), b"1".to_vec(), &limits).is_err());
+
+        let long = StepError::Module {
+            message: "m".repeat(1 << 20),
+        };
+        let bounded = answer(meta(Some(long), vec![]), Vec::new(), &limits).unwrap();
+        let StepError::Module { message } = bounded.result.unwrap_err() else {
+            panic!("same variant");
+        };
+        assert!(message.len() < isoflow_sandbox::MAX_ERROR_TEXT + 64);
+    }
+
+    #[test]
+    fn cpu_time_is_read_from_stat() {
+        let stat = File::open("/proc/self/stat").unwrap();
+        let before = cpu_ticks(&stat).unwrap();
+        let start = Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(200) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(cpu_ticks(&stat).unwrap() > before, "busy for 200 ms");
+    }
+}
