@@ -130,6 +130,33 @@ fn reported_restored(stderr: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// The child processes of `pid` (all its threads' children).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// Whether `pid` runs (a zombie waiting for its parent counts as gone).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let rest = stat.rsplit_once(')')?.1.trim_start().to_owned();
+            rest.chars().next()
+        })
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}
+
 fn idempotency_keys(fixture: &HttpFixture, method: &str, path: &str) -> Vec<Option<String>> {
     fixture
         .requests(method, path)
@@ -285,8 +312,22 @@ steps:
 
     let (mut run, _run_id) = case.start(&case.isoflow, &json!({"base": fixture.url("")}));
     run.wait_for_stderr_line(LONG, |l| reported_ok(l).contains("create"));
+    let sandboxes = children(run.pid());
+    assert!(
+        !sandboxes.is_empty(),
+        "the node runs its code in sandbox processes"
+    );
     let first = run.kill();
     killed(&first);
+    // They die with the node: none is left running customer code.
+    let start = std::time::Instant::now();
+    while sandboxes.iter().any(|pid| alive(*pid)) {
+        assert!(
+            start.elapsed() < LONG,
+            "sandbox processes outlived their node"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(
         !reported_ok(&first.stderr).contains("crunch"),
         "the kill came after the code step had finished, too late to test anything:\n{}",

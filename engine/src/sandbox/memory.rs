@@ -48,7 +48,23 @@ pub(crate) enum Control {
     Off,
 }
 
+/// Which kind of [`Control`] a process is under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Cgroup,
+    AddressSpace,
+    Off,
+}
+
 impl Control {
+    pub fn mode(&self) -> Mode {
+        match self {
+            Control::Cgroup(_) => Mode::Cgroup,
+            Control::AddressSpace => Mode::AddressSpace,
+            Control::Off => Mode::Off,
+        }
+    }
+
     pub fn resolve(cap: MemoryCap) -> Result<Control, String> {
         match cap {
             MemoryCap::Off => Ok(Control::Off),

@@ -87,6 +87,8 @@ pub(crate) struct Process {
     stat: Option<File>,
     /// Its CPU time (clock ticks) when it last became idle.
     pub idle_cpu: Option<u64>,
+    /// How its memory is capped.
+    memory_mode: memory::Mode,
     /// The current step's heap limit and the memory cap set for it.
     step_heap: usize,
     step_cap: usize,
@@ -149,6 +151,7 @@ impl Spawner {
             cgroup,
             stat: File::open(format!("/proc/{pid}/stat")).ok(),
             idle_cpu: None,
+            memory_mode: self.memory.mode(),
             step_heap: 0,
             step_cap: 0,
             started: now,
@@ -360,7 +363,12 @@ impl Process {
         }
         let signal = status.and_then(|s| s.signal());
         let code = status.and_then(|s| s.code());
-        if oom {
+        // Under an address space cap, V8 gives up ("out of memory") when an
+        // allocation fails: that is the cap, as the OOM killer is under a
+        // cgroup.
+        let capped_by_address_space =
+            fatal_oom && matches!(self.memory_mode, memory::Mode::AddressSpace);
+        if oom || capped_by_address_space {
             return StepError::MemoryLimit {
                 limit_bytes: self.step_heap,
                 cap_bytes: self.step_cap,

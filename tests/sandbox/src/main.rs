@@ -127,6 +127,13 @@ fn spin(_: &str) -> String {
     }
 }
 
+/// Leaves a thread spinning after the step has answered, as an exploit
+/// mining CPU between steps would.
+fn background(_: &str) -> String {
+    std::thread::spawn(|| spin(""));
+    "a thread spins in the background".to_owned()
+}
+
 /// The process's ids as the kernel reports them to it.
 fn ids(_: &str) -> String {
     // SAFETY: getters without arguments.
@@ -164,6 +171,7 @@ static HOOKS: &[(&str, isoflow_sandbox::runner::Hook)] = &[
     ("null", null),
     ("allocate", allocate),
     ("spin", spin),
+    ("background", background),
     ("ids", ids),
     ("exec-memory", exec_memory),
 ];

@@ -423,6 +423,39 @@ fn native_code_past_the_deadline_is_killed() {
 }
 
 #[test]
+fn a_process_that_keeps_computing_between_steps_is_stopped() {
+    let sandbox = sandbox();
+    let outcome =
+        sandbox.execute_blocking(hook_step(Runtime::QuickJs, "background", "").tenant("miner"));
+    assert_eq!(
+        outcome.value().map_err(|e| e.to_string()),
+        Ok(json!("a thread spins in the background"))
+    );
+    let pid = sandbox
+        .stats()
+        .processes
+        .iter()
+        .find(|p| p.tenant.as_deref() == Some("miner"))
+        .expect("the miner's idle process")
+        .pid;
+    let start = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "process {pid} still runs after computing for {:?} with no step",
+            start.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(sandbox.stats().failed >= 1);
+    let next = sandbox.execute_blocking(hook_step(Runtime::QuickJs, "ids", "").tenant("miner"));
+    assert!(
+        next.result.is_ok(),
+        "the tenant's next step gets a new process"
+    );
+}
+
+#[test]
 fn without_a_jit_no_memory_becomes_executable() {
     let jitless = Sandbox::new(SandboxConfig {
         jitless: true,
