@@ -1,8 +1,9 @@
 //! Isoflow's engine: everything that runs an integration on one node, with no
 //! knowledge of gRPC or etcd (the `node` crate wires it to the network).
 //!
-//! - [`sandbox`]: runs a step's JavaScript in a fresh V8 isolate or QuickJS
-//!   runtime, with limits, and throws the isolate away afterwards.
+//! - [`sandbox`]: runs a step's JavaScript in a locked-down sandbox process of
+//!   its tenant (the `isoflow-sandbox` crate), in a fresh V8 isolate or
+//!   QuickJS runtime, with limits enforced inside and outside the process.
 //! - [`model`]: integration definitions: their types, the YAML/JSON loader
 //!   that validates them, and the `{{ expression }}` language between steps.
 //! - [`action`]: the steps that do I/O on the engine's side (HTTP).

@@ -317,6 +317,11 @@ impl Engine {
         })
     }
 
+    /// What the engine's sandbox pool did so far and the processes it holds.
+    pub fn sandbox_stats(&self) -> crate::sandbox::SandboxStats {
+        self.shared.sandbox.stats()
+    }
+
     /// The engine's store; `None` on a stateless executor.
     pub fn store(&self) -> Option<&Store> {
         self.shared.store.as_deref()

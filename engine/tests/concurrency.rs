@@ -1,10 +1,10 @@
-//! Steps running at the same time on one two-thread sandbox never see each
-//! other: from many OS threads (`execute_blocking`) and from many tokio
+//! Steps running at the same time on one sandbox with two runners (so two
+//! sandbox processes at once) never see each other: from many OS threads (`execute_blocking`) and from many tokio
 //! tasks (`execute`), each step gets exactly its own output and exactly its
 //! own log lines, in order, including when its neighbours fail, time out or
 //! are abandoned by their caller; and both runtimes can be mixed freely.
-//! Finally, a process may exit while its sandbox threads are still busy
-//! (a worker stopping with steps just finished): it must exit cleanly.
+//! Finally, a node may exit while its sandbox is still busy (a worker
+//! stopping with steps just finished): it must exit cleanly.
 
 #[macro_use]
 mod common;

@@ -186,7 +186,7 @@ export default () => {
 fn atomics_wait_cannot_block_the_thread(rt: Runtime) {
     // Nothing can ever notify this wait. Either the engine refuses to block
     // (a TypeError) or the watchdog ends the wait as a timeout; blocking
-    // the sandbox thread for good would be a denial of service.
+    // its sandbox process for good would be a denial of service.
     let source = r#"
 export default () => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
 "#;

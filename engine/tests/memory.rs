@@ -110,7 +110,7 @@ fn heap_limit_failures_do_not_leak(rt: Runtime) {
         Err(StepError::HeapLimit { .. }) => {}
         other => panic!("{rt}: expected the heap limit, got {other:?}"),
     };
-    // Both sandbox threads have to have reached their peak once.
+    // Both runners' processes have to have reached their peak once.
     for _ in 0..4 {
         explode();
     }

@@ -513,6 +513,32 @@ mod tests {
         assert_eq!(config.etcd.lease_ttl, Duration::from_secs(3));
         assert_eq!(config.credentials.len(), 1);
         assert_eq!(config.advertise(), "http://10.0.0.5:7700");
+        let sandbox = config.sandbox.engine_config();
+        assert_eq!(
+            (sandbox.concurrency, sandbox.processes, sandbox.spare),
+            (4, 16, 2)
+        );
+        assert_eq!((sandbox.lockdown.uid, sandbox.lockdown.gid), (65534, 65534));
+        assert_eq!(sandbox.memory_margin, 64 << 20);
+        assert_eq!(sandbox.program.args, ["sandbox-process"]);
+    }
+
+    #[test]
+    fn a_sandbox_never_runs_as_root() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("isoflow.toml");
+        std::fs::write(&file, "[sandbox]\nuid = 0\n").expect("write");
+        let flags = Flags {
+            config: Some(file),
+            ..Flags::default()
+        };
+        let error = Config::load(&flags, &HashMap::new())
+            .expect_err("uid 0")
+            .to_string();
+        assert!(
+            error.contains("customer code never runs as root"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -42,7 +42,7 @@
 //!   `null`, which a step could also throw) and the interrupt handler stops
 //!   whatever code would run next: after an out-of-memory the runtime only
 //!   gets dropped.
-//! - Stack: 4 MiB of the sandbox thread's 16 MiB stack; deeper recursion is
+//! - Stack: 4 MiB of the step thread's 16 MiB stack; deeper recursion is
 //!   a `RangeError` the step can see.
 //! - Output: its UTF-8 length is checked against `limits.output_bytes`.
 //!
@@ -67,7 +67,7 @@ use crate::runner::{Engine, Hooks, Job, Settings};
 use crate::step::{Limits, Location, StepError};
 
 /// QuickJS's own limit on the native stack its interpreter may use. The
-/// sandbox threads have 16 MiB; the rest is headroom for native frames.
+/// process's step thread has 16 MiB; the rest is headroom for native frames.
 const MAX_STACK_BYTES: usize = 4 * 1024 * 1024;
 
 /// The name the prelude is compiled under (it shows in stack traces).
@@ -1102,7 +1102,7 @@ mod tests {
         Run { result, logs }
     }
 
-    /// Runs `f` on a thread with the sandbox threads' stack size, as the
+    /// Runs `f` on a thread with the step thread's stack size, as the
     /// pool does (QuickJS is allowed 4 MiB of it).
     fn on_sandbox_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
         std::thread::Builder::new()

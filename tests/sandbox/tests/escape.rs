@@ -351,6 +351,121 @@ fn a_thousand_crashes_do_not_grow_the_node() {
 }
 
 #[test]
+fn a_thousand_out_of_memory_deaths_do_not_grow_the_node() {
+    // A 16 MiB flat string made under a 4 MiB heap: V8 allocates it in one
+    // piece and, mostly, the kernel stops the process at its memory cap
+    // (4 MiB + a 16 MiB margin); now and then V8 notices its heap limit
+    // first and the process survives. A thousand of those in a row.
+    let sandbox = Sandbox::new(SandboxConfig {
+        memory_margin: 16 << 20,
+        spare: 4,
+        ..config()
+    })
+    .expect("the sandbox starts");
+    if !cgroup_capped(&sandbox) {
+        println!("no memory cgroup on this machine: the cap is RLIMIT_AS, which V8 survives here");
+        return;
+    }
+    let limits = Limits {
+        heap_bytes: 4 << 20,
+        ..Limits::default()
+    };
+    let bomb = || {
+        let outcome = sandbox.execute_blocking(
+            Execution::new(
+                Runtime::V8,
+                Script::new(
+                    "oom.js",
+                    "export default () => 'x'.repeat(2 ** 24).toUpperCase().length;",
+                ),
+                "null",
+            )
+            .limits(limits),
+        );
+        match outcome.result {
+            Err(
+                StepError::MemoryLimit { limit_bytes, .. } | StepError::HeapLimit { limit_bytes },
+            ) => assert_eq!(limit_bytes, 4 << 20),
+            other => panic!("expected the memory or heap limit, got {other:?}"),
+        }
+    };
+    for _ in 0..50 {
+        bomb();
+    }
+    let (before, failed_before) = (rss_bytes(), sandbox.stats().failed);
+    let start = Instant::now();
+    const BOMBS: u64 = 1_000;
+    for _ in 0..BOMBS {
+        bomb();
+    }
+    let took = start.elapsed();
+    let after = rss_bytes();
+    let died = sandbox.stats().failed - failed_before;
+    println!(
+        "{BOMBS} out-of-memory steps in {:.1} s, {died} of which ended their process: node RSS \
+         {:.1} -> {:.1} MiB",
+        took.as_secs_f64(),
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+    );
+    assert!(died >= BOMBS / 2, "only {died} ended their process");
+    assert!(
+        after.saturating_sub(before) < 16 << 20,
+        "the node's memory grew from {before} to {after} bytes"
+    );
+    assert_healthy(&sandbox, Runtime::V8, "a thousand memory-cap deaths");
+}
+
+/// Whether the sandbox caps memory with a cgroup: its idle processes have a
+/// cgroup's peak memory.
+fn cgroup_capped(sandbox: &Sandbox) -> bool {
+    sandbox
+        .stats()
+        .processes
+        .iter()
+        .any(|p| p.peak_memory.is_some())
+}
+
+#[test]
+fn v8s_fatal_out_of_memory_ends_the_process_not_the_node() {
+    // `new Array(1e9).fill(0)` grows a hash table inside a builtin until V8
+    // cannot allocate its next size: V8's fatal out-of-memory handler, which
+    // in the sandbox ends the process. Under an address space cap that
+    // happens before the kernel steps in.
+    let sandbox = Sandbox::new(SandboxConfig {
+        memory: MemoryCap::AddressSpace,
+        ..config()
+    })
+    .expect("the sandbox starts");
+    let limits = Limits {
+        heap_bytes: 16 << 20,
+        timeout: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    for _ in 0..3 {
+        let failed = sandbox.stats().failed;
+        let outcome = sandbox.execute_blocking(
+            Execution::new(
+                Runtime::V8,
+                Script::new(
+                    "fill.js",
+                    "export default () => new Array(1e9).fill(0).length;",
+                ),
+                "null",
+            )
+            .limits(limits),
+        );
+        assert_eq!(
+            outcome.result.map_err(|e| e.to_string()),
+            Err("step exceeded its heap limit of 16 MiB".to_owned()),
+            "V8 reached the heap limit, then gave up"
+        );
+        assert_eq!(sandbox.stats().failed, failed + 1, "the process ended");
+        assert_healthy(&sandbox, Runtime::V8, "V8's fatal out-of-memory");
+    }
+}
+
+#[test]
 fn memory_outside_the_heap_is_capped_from_outside() {
     let sandbox = sandbox();
     let limits = Limits {
