@@ -192,8 +192,13 @@ impl Program {
 pub struct SandboxConfig {
     /// What a sandbox process runs.
     pub program: Program,
-    /// Steps that run at once (each on its own process).
+    /// Steps that run at once (each on its own process). More than the
+    /// cores: the processes share the CPU, and a tenant whose steps spin
+    /// shares it with the others instead of holding every runner.
     pub concurrency: usize,
+    /// Steps one tenant may run at once [default: one fewer than
+    /// `concurrency`, so that another tenant's step always finds a runner].
+    pub tenant_concurrency: Option<usize>,
     /// Processes kept per tenant and idle, in all: past it, the least
     /// recently used is stopped.
     pub processes: usize,
@@ -225,7 +230,8 @@ impl Default for SandboxConfig {
             .unwrap_or(2);
         SandboxConfig {
             program: Program::beside_this_executable(),
-            concurrency: cores,
+            concurrency: (cores * 2).max(2),
+            tenant_concurrency: None,
             processes: (cores * 2).max(8),
             spare: 2,
             steps_per_process: 1000,

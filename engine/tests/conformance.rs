@@ -255,10 +255,12 @@ export default (input) => {
 fn raw_nul_in_source_and_logs(rt: Runtime) {
     // NUL in a string (written as an escape) reaches the output and the log
     // line whole: a bridge that passed C strings would cut both at the NUL.
+    // (In logs, control characters are shown escaped, so that a log line
+    // cannot drive a terminal.)
     let escaped = r#"export default () => { const s = "before\0after"; console.log(s, "|"); return [s, s.length]; }"#;
     let outcome = run(rt, escaped, &json!(null));
     assert_eq!(ok(&outcome), json!(["before\u{0}after", 12]));
-    assert_eq!(messages(&outcome), ["before\u{0}after |"]);
+    assert_eq!(messages(&outcome), ["before\\u{0}after |"]);
 
     // A raw NUL character in the source text, which JavaScript allows inside
     // a string literal.

@@ -320,7 +320,19 @@ fn logged(rt: Runtime, parts: &[String]) -> Result<(), TestCaseError> {
     if let Err(e) = &outcome.result {
         return Err(TestCaseError::fail(format!("{source:?} failed: {e}")));
     }
-    let line = parts.join(" ");
+    // Control characters other than line breaks and tabs come back shown as
+    // `\u{..}`, so that no log line can drive a terminal.
+    let line: String = parts
+        .join(" ")
+        .chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
     prop_assert_eq!(messages(&outcome), [line.as_str(), line.as_str()]);
     canary(rt, "logging")
 }

@@ -59,6 +59,9 @@ impl Default for Lockdown {
     }
 }
 
+/// The niceness sandbox processes run at.
+pub const NICE: i32 = 10;
+
 /// Exit code of a process whose seccomp filter refused a system call.
 pub const EXIT_FORBIDDEN_SYSCALL: i32 = 159;
 /// Exit code of a process that could not lock itself down or start.
@@ -72,17 +75,14 @@ pub const EXIT_STARTUP: i32 = 71;
 /// or user namespaces); an `Err` means the process must not go on.
 pub(crate) fn before_threads(lockdown: &Lockdown, layers: &mut Layers) -> Result<(), String> {
     close_other_descriptors();
-    if let Some(parent) = lockdown.parent {
-        let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-        // The node may have died between starting us and the line above.
-        if nix::unistd::getppid().as_raw() != i32::try_from(parent).unwrap_or(-1) {
-            // SAFETY: _exit ends the process at once; nothing is shared yet.
-            unsafe { libc::_exit(0) };
-        }
-    }
     let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
-    let _ = nix::sys::prctl::set_dumpable(false);
     let _ = STATM.set(std::fs::File::open("/proc/self/statm").ok());
+    // Customer code yields to the node: on a busy CPU the node's threads
+    // (the one waiting for this process's answer, above all) run first,
+    // while this process disposes of the isolate it used and makes the
+    // next. Every thread started from here on inherits it.
+    // SAFETY: setpriority with integer arguments, for this process only.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, NICE) };
 
     let root = Uid::effective().is_root();
     let mut user_namespace = false;
@@ -109,6 +109,23 @@ pub(crate) fn before_threads(lockdown: &Lockdown, layers: &mut Layers) -> Result
             .push("namespaces: turned off in the configuration".to_owned());
     }
     drop_privileges(lockdown, root && !user_namespace)?;
+    // Only now: a process that is not dumpable cannot write its own
+    // /proc/self/uid_map (so an unprivileged node never got its namespaces
+    // and empty root), and a uid change resets the flag to
+    // fs.suid_dumpable anyway.
+    nix::sys::prctl::set_dumpable(false).map_err(|e| format!("set_dumpable: {e}"))?;
+    // After the uid change too: the kernel clears the parent-death signal
+    // whenever the effective uid or gid changes, so set before it, it was
+    // gone by the time a root node's sandbox ran steps.
+    if let Some(parent) = lockdown.parent {
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+            .map_err(|e| format!("set_pdeathsig: {e}"))?;
+        // The node may have died before the line above.
+        if nix::unistd::getppid().as_raw() != i32::try_from(parent).unwrap_or(-1) {
+            // SAFETY: _exit ends the process at once; nothing is shared yet.
+            unsafe { libc::_exit(0) };
+        }
+    }
     layers.uid = Uid::current().as_raw();
     layers.gid = Gid::current().as_raw();
     layers.capabilities_dropped = capabilities_are_empty();
@@ -162,11 +179,12 @@ pub(crate) fn before_steps(lockdown: &Lockdown, layers: &mut Layers) -> Result<(
 static STATM: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
 
 /// Limits the address space this process may add from now on to
-/// `allowance` bytes (`RLIMIT_AS`, soft). The node asks for it before each
-/// step when it has no memory cgroup; an allocation over it fails, and V8
-/// then ends the process. Only the soft limit moves: the process cannot
-/// raise its hard limit, and code that escaped its isolate could raise the
-/// soft one up to it, which is why a cgroup is preferred.
+/// `allowance` bytes (`RLIMIT_AS`). The node asks for it before each step
+/// when it has no memory cgroup; an allocation over it fails, and V8 then
+/// ends the process. The first call also lowers the hard limit to that
+/// cap, for good: nothing in the process, not even code that escaped its
+/// isolate, can raise it again, and a later step that needs more gets
+/// another process (the node keeps track).
 pub(crate) fn cap_address_space(allowance: u64) {
     let Some(Some(statm)) = STATM.get() else {
         return;
@@ -182,9 +200,15 @@ pub(crate) fn cap_address_space(allowance: u64) {
     // SAFETY: sysconf with a constant argument.
     let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
     if let Some(pages) = pages {
-        let soft = pages.saturating_mul(page).saturating_add(allowance);
-        let (_, hard) = nix::sys::resource::getrlimit(Resource::RLIMIT_AS).unwrap_or((0, u64::MAX));
-        let _ = setrlimit(Resource::RLIMIT_AS, soft.min(hard), hard);
+        let cap = pages.saturating_mul(page).saturating_add(allowance);
+        let (_, hard) =
+            nix::sys::resource::getrlimit(Resource::RLIMIT_AS).unwrap_or((0, libc::RLIM_INFINITY));
+        let hard = if hard == libc::RLIM_INFINITY {
+            cap
+        } else {
+            hard
+        };
+        let _ = setrlimit(Resource::RLIMIT_AS, cap.min(hard), hard);
     }
 }
 
@@ -438,21 +462,15 @@ pub(crate) mod filter {
         libc::SYS_pread64,
         libc::SYS_write,
         libc::SYS_writev,
-        libc::SYS_recvfrom,
-        libc::SYS_recvmsg,
-        libc::SYS_sendto,
-        libc::SYS_sendmsg,
         libc::SYS_close,
         libc::SYS_fstat,
         libc::SYS_newfstatat,
         libc::SYS_lseek,
-        libc::SYS_fcntl,
         libc::SYS_munmap,
         libc::SYS_mremap,
         libc::SYS_madvise,
         libc::SYS_brk,
         libc::SYS_mincore,
-        libc::SYS_rt_sigaction,
         libc::SYS_rt_sigprocmask,
         libc::SYS_rt_sigreturn,
         libc::SYS_sigaltstack,
@@ -548,6 +566,46 @@ pub(crate) mod filter {
         rules.insert(
             libc::SYS_kill,
             vec![rule(vec![condition(0, SeccompCmpOp::Eq, pid)?])?],
+        );
+        // The socket is read with recv(2) and no flags: no MSG_OOB, no
+        // MSG_PEEK tricks; sendto/sendmsg/recvmsg (SCM_RIGHTS, MSG_OOB)
+        // are not allowed at all (frames go out with writev).
+        rules.insert(
+            libc::SYS_recvfrom,
+            vec![rule(vec![condition(3, SeccompCmpOp::Eq, 0)?])?],
+        );
+        // fcntl for reading and setting descriptor flags only: never
+        // F_SETOWN/F_SETOWN_EX/F_SETSIG or O_ASYNC, which make the kernel
+        // signal any process of the same uid (another tenant's sandbox, or
+        // the node itself when it is not root), nor leases, dnotify or pipe
+        // sizes.
+        let o_async = libc::O_ASYNC as u64;
+        rules.insert(
+            libc::SYS_fcntl,
+            vec![
+                rule(vec![condition(1, SeccompCmpOp::Eq, libc::F_GETFD as u64)?])?,
+                rule(vec![condition(1, SeccompCmpOp::Eq, libc::F_SETFD as u64)?])?,
+                rule(vec![condition(1, SeccompCmpOp::Eq, libc::F_GETFL as u64)?])?,
+                rule(vec![condition(
+                    1,
+                    SeccompCmpOp::Eq,
+                    libc::F_DUPFD_CLOEXEC as u64,
+                )?])?,
+                rule(vec![
+                    condition(1, SeccompCmpOp::Eq, libc::F_SETFL as u64)?,
+                    condition(2, SeccompCmpOp::MaskedEq(o_async), 0)?,
+                ])?,
+            ],
+        );
+        // Signal handlers, but never for SIGSYS: code that escaped its
+        // isolate would otherwise catch the trap and carry on probing.
+        rules.insert(
+            libc::SYS_rt_sigaction,
+            vec![rule(vec![condition(
+                0,
+                SeccompCmpOp::Ne,
+                libc::SIGSYS as u64,
+            )?])?],
         );
         // New threads of this process, never new processes.
         let thread = libc::CLONE_THREAD as u64;

@@ -98,7 +98,8 @@ pub struct RunMeta {
     pub limits: Limits,
     /// When the node caps memory by address space: how much address space
     /// the process may add for this step (its `RLIMIT_AS` is set to what
-    /// it has plus this before the step runs).
+    /// it has plus this before the step runs; the first step's cap is also
+    /// the hard limit, for the rest of the process's life).
     pub address_space: Option<u64>,
     /// Body sections, in order: the input JSON, the file name, the source.
     /// The input comes first so that the process can keep it as a buffer
@@ -159,7 +160,65 @@ pub enum ProtocolError {
     Malformed(String),
 }
 
-const HEADER: usize = 8 + 1 + 4;
+/// The length of a frame's fixed header.
+pub const HEADER: usize = 8 + 1 + 4;
+
+/// What a frame's header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub tag: Tag,
+    pub meta_len: usize,
+    pub body_len: usize,
+}
+
+/// Reads a header, refusing a frame of more than `limit` bytes before
+/// anything is allocated for it.
+pub fn decode_header(header: &[u8; HEADER], limit: u64) -> Result<Header, ProtocolError> {
+    let len = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
+    let tag = Tag::from_byte(header[8])
+        .ok_or_else(|| ProtocolError::Malformed(format!("unknown tag {}", header[8])))?;
+    let meta_len = u64::from(u32::from_le_bytes(header[9..].try_into().expect("4 bytes")));
+    if len > limit {
+        return Err(ProtocolError::TooLarge { len, limit });
+    }
+    let Some(body_len) = len.checked_sub(1 + 4 + meta_len) else {
+        return Err(ProtocolError::Malformed(format!(
+            "meta of {meta_len} bytes in a frame of {len}"
+        )));
+    };
+    Ok(Header {
+        tag,
+        meta_len: usize::try_from(meta_len).expect("u32 fits usize"),
+        body_len: usize::try_from(body_len)
+            .map_err(|_| ProtocolError::Malformed("body larger than memory".into()))?,
+    })
+}
+
+/// A frame ready to write: `head` is filled with the header and meta, and
+/// the returned slices are `head` followed by the body's sections, to be
+/// written with one vectored write (or as few as the socket allows).
+pub fn frame_slices<'a, M: Serialize>(
+    head: &'a mut Vec<u8>,
+    tag: Tag,
+    meta: &M,
+    sections: &[&'a [u8]],
+) -> Result<Vec<&'a [u8]>, ProtocolError> {
+    head.clear();
+    head.extend_from_slice(&[0u8; HEADER]);
+    serde_json::to_writer(&mut *head, meta)
+        .map_err(|e| ProtocolError::Malformed(format!("cannot encode {tag:?}: {e}")))?;
+    let meta_len = u32::try_from(head.len() - HEADER)
+        .map_err(|_| ProtocolError::Malformed(format!("{tag:?} meta is over 4 GiB")))?;
+    let body: u64 = sections.iter().map(|s| s.len() as u64).sum();
+    let len = 1 + 4 + u64::from(meta_len) + body;
+    head[..8].copy_from_slice(&len.to_le_bytes());
+    head[8] = tag as u8;
+    head[9..HEADER].copy_from_slice(&meta_len.to_le_bytes());
+    let mut slices = Vec::with_capacity(1 + sections.len());
+    slices.push(&head[..]);
+    slices.extend(sections.iter().copied().filter(|s| !s.is_empty()));
+    Ok(slices)
+}
 
 /// Writes one frame with as few system calls as the socket allows (one,
 /// when it all fits in the socket's buffer).
@@ -169,25 +228,9 @@ pub fn write_frame<M: Serialize>(
     meta: &M,
     sections: &[&[u8]],
 ) -> Result<(), ProtocolError> {
-    let meta = serde_json::to_vec(meta)
-        .map_err(|e| ProtocolError::Malformed(format!("cannot encode {tag:?}: {e}")))?;
-    let meta_len = u32::try_from(meta.len())
-        .map_err(|_| ProtocolError::Malformed(format!("{tag:?} meta is over 4 GiB")))?;
-    let body: u64 = sections.iter().map(|s| s.len() as u64).sum();
-    let len = 1 + 4 + u64::from(meta_len) + body;
-    let mut header = [0u8; HEADER];
-    header[..8].copy_from_slice(&len.to_le_bytes());
-    header[8] = tag as u8;
-    header[9..].copy_from_slice(&meta_len.to_le_bytes());
-    let mut slices = Vec::with_capacity(2 + sections.len());
-    slices.push(IoSlice::new(&header));
-    slices.push(IoSlice::new(&meta));
-    slices.extend(
-        sections
-            .iter()
-            .filter(|s| !s.is_empty())
-            .map(|s| IoSlice::new(s)),
-    );
+    let mut head = Vec::new();
+    let slices = frame_slices(&mut head, tag, meta, sections)?;
+    let mut slices: Vec<IoSlice<'_>> = slices.iter().map(|s| IoSlice::new(s)).collect();
     let mut slices = &mut slices[..];
     while !slices.is_empty() {
         match writer.write_vectored(slices) {
@@ -215,22 +258,13 @@ pub fn read_frame(reader: &mut impl Read, limit: u64) -> Result<Frame, ProtocolE
             Err(e) => return Err(e.into()),
         }
     }
-    let len = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
-    let tag = Tag::from_byte(header[8])
-        .ok_or_else(|| ProtocolError::Malformed(format!("unknown tag {}", header[8])))?;
-    let meta_len = u64::from(u32::from_le_bytes(header[9..].try_into().expect("4 bytes")));
-    if len > limit {
-        return Err(ProtocolError::TooLarge { len, limit });
-    }
-    let Some(body_len) = len.checked_sub(1 + 4 + meta_len) else {
-        return Err(ProtocolError::Malformed(format!(
-            "meta of {meta_len} bytes in a frame of {len}"
-        )));
-    };
-    let mut meta = vec![0u8; usize::try_from(meta_len).expect("u32 fits usize")];
+    let Header {
+        tag,
+        meta_len,
+        body_len,
+    } = decode_header(&header, limit)?;
+    let mut meta = vec![0u8; meta_len];
     reader.read_exact(&mut meta)?;
-    let body_len = usize::try_from(body_len)
-        .map_err(|_| ProtocolError::Malformed("body larger than memory".into()))?;
     let mut body = Vec::new();
     body.try_reserve_exact(body_len)
         .map_err(|_| ProtocolError::Malformed(format!("cannot allocate {body_len} bytes")))?;

@@ -158,10 +158,13 @@ pub(crate) fn serve(
     engines: &mut Engines<'_>,
     hello: &Hello,
 ) -> Result<(), ProtocolError> {
-    protocol::write_frame(socket, Tag::Hello, hello, &[])?;
+    let socket: &UnixStream = socket;
+    protocol::write_frame(&mut &*socket, Tag::Hello, hello, &[])?;
+    // A step's header, meta and small input arrive in one read.
+    let mut reader = std::io::BufReader::with_capacity(64 << 10, socket);
     loop {
         // The node is trusted: its frames are as large as the step it sends.
-        let frame = match protocol::read_frame(socket, u64::MAX) {
+        let frame = match protocol::read_frame(&mut reader, u64::MAX) {
             Err(ProtocolError::Closed) => return Ok(()),
             frame => frame?.expect(Tag::Run)?,
         };
@@ -185,7 +188,7 @@ pub(crate) fn serve(
         let (done, output) = run(engines, &job, limits);
         let runtime = job.runtime;
         drop(job);
-        protocol::write_frame(socket, Tag::Done, &done, &[output.as_bytes()])?;
+        protocol::write_frame(&mut &*socket, Tag::Done, &done, &[output.as_bytes()])?;
         drop(output);
         // The scheduler tends to queue the woken node thread on this CPU,
         // behind the milliseconds of disposal and creation that follow;

@@ -286,46 +286,47 @@ impl StepError {
     /// apply it: the sandbox so that it never sends more, the node because
     /// it does not trust what a sandbox process sends.
     pub fn bounded(self) -> StepError {
-        let cut = |text: String| cut_text(text, MAX_ERROR_TEXT);
+        self.map_texts(|text| cut_text(text, MAX_ERROR_TEXT))
+    }
+
+    /// The error with `f` applied to each of its texts (message, stack,
+    /// reason, file name).
+    pub fn map_texts(self, f: impl Fn(String) -> String) -> StepError {
+        let location = |l: Location| Location {
+            filename: f(cut_text(l.filename, 1024)),
+            ..l
+        };
         match self {
-            StepError::Syntax { message, location } => StepError::Syntax {
-                message: cut(message),
-                location: location.bounded(),
+            StepError::Syntax {
+                message,
+                location: at,
+            } => StepError::Syntax {
+                message: f(message),
+                location: location(at),
             },
             StepError::Exception {
                 message,
-                location,
+                location: at,
                 stack,
             } => StepError::Exception {
-                message: cut(message),
-                location: location.map(Location::bounded),
-                stack: stack.map(cut),
+                message: f(message),
+                location: at.map(location),
+                stack: stack.map(&f),
             },
-            StepError::NotSerializable { reason } => StepError::NotSerializable {
-                reason: cut(reason),
-            },
+            StepError::NotSerializable { reason } => {
+                StepError::NotSerializable { reason: f(reason) }
+            }
             StepError::Module { message } => StepError::Module {
-                message: cut(message),
+                message: f(message),
             },
             StepError::Input { message } => StepError::Input {
-                message: cut(message),
+                message: f(message),
             },
-            StepError::Crashed { reason } => StepError::Crashed {
-                reason: cut(reason),
-            },
+            StepError::Crashed { reason } => StepError::Crashed { reason: f(reason) },
             StepError::Internal { message } => StepError::Internal {
-                message: cut(message),
+                message: f(message),
             },
             other => other,
-        }
-    }
-}
-
-impl Location {
-    fn bounded(self) -> Location {
-        Location {
-            filename: cut_text(self.filename, 1024),
-            ..self
         }
     }
 }

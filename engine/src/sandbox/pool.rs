@@ -1,8 +1,9 @@
 //! The pool of sandbox processes, and the threads that use them.
 //!
-//! - `concurrency` runner threads take steps from one queue (first come,
-//!   first served, whatever the tenant), each runs its step on a process of
-//!   the step's tenant and replies.
+//! - `concurrency` runner threads take steps from a queue that serves
+//!   tenants in turn ([`Queue`]; no tenant runs more than
+//!   `tenant_concurrency` steps at once), each runs its step on a process
+//!   of the step's tenant and replies.
 //! - A process is bound to the first tenant it runs a step for and serves
 //!   only that tenant until it is stopped. Idle processes wait in the pool
 //!   by tenant; past `processes` of them (busy ones included) the least
@@ -35,7 +36,7 @@ pub struct Sandbox {
 }
 
 struct Inner {
-    queue: Option<crossbeam_channel::Sender<Job>>,
+    queue: Arc<Queue>,
     runners: Vec<JoinHandle<()>>,
     keeper: Option<JoinHandle<()>>,
     pool: Arc<Pool>,
@@ -121,10 +122,49 @@ impl Sandbox {
             spare: config.spare,
             steps_per_process: config.steps_per_process.max(1),
         });
-        let first = pool.start().map_err(|e| StepError::Internal {
-            message: format!("the sandbox cannot start a process: {e}"),
-        })?;
-        if let Some(hello) = first.hello() {
+        // The keeper starts the first process: a process dies with the
+        // thread that started it, and the caller's thread may not live as
+        // long as the sandbox.
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
+        let keeper = std::thread::Builder::new()
+            .name("isoflow-sandbox-keeper".into())
+            .spawn({
+                let pool = pool.clone();
+                move || {
+                    match pool.start() {
+                        Ok(first) => {
+                            let _ = first_tx.send(Ok(first.hello().cloned()));
+                            pool.lock().spares.push(first);
+                        }
+                        Err(error) => {
+                            let _ = first_tx.send(Err(error));
+                            return;
+                        }
+                    }
+                    pool.keep();
+                }
+            })
+            .map_err(|e| StepError::Internal {
+                message: format!("cannot start the sandbox's keeper thread: {e}"),
+            })?;
+        let hello = first_rx
+            .recv()
+            .unwrap_or_else(|_| {
+                Err(StepError::Internal {
+                    message: "the sandbox's keeper thread stopped".to_owned(),
+                })
+            })
+            .map_err(|e| StepError::Internal {
+                message: format!("the sandbox cannot start a process: {e}"),
+            });
+        let hello = match hello {
+            Ok(hello) => hello,
+            Err(error) => {
+                let _ = keeper.join();
+                return Err(error);
+            }
+        };
+        if let Some(hello) = hello {
             let layers = &hello.layers;
             tracing::info!(
                 program = %config.program.path.display(),
@@ -141,19 +181,25 @@ impl Sandbox {
                 tracing::warn!("sandbox layer not available on this machine: {missing}");
             }
         }
-        pool.lock().spares.push(first);
 
-        let (queue, jobs) = crossbeam_channel::unbounded::<Job>();
+        let concurrency = config.concurrency.max(1);
+        let queue = Arc::new(Queue::new(
+            config
+                .tenant_concurrency
+                .unwrap_or(concurrency.saturating_sub(1))
+                .clamp(1, concurrency),
+        ));
         let mut runners = Vec::new();
         let defaults = config.limits;
-        for i in 0..config.concurrency.max(1) {
-            let jobs = jobs.clone();
+        for i in 0..concurrency {
+            let queue = queue.clone();
             let pool = pool.clone();
             let runner = std::thread::Builder::new()
                 .name(format!("isoflow-sandbox-{i}"))
                 .spawn(move || {
-                    while let Ok(Job { exec, reply }) = jobs.recv() {
+                    while let Some(Job { exec, reply }) = queue.take() {
                         let outcome = pool.run(&exec, defaults);
+                        queue.done(&exec.tenant);
                         // The caller may have given up waiting; the step ran all the same.
                         let _ = reply.send(outcome);
                     }
@@ -163,18 +209,9 @@ impl Sandbox {
                 })?;
             runners.push(runner);
         }
-        let keeper = std::thread::Builder::new()
-            .name("isoflow-sandbox-keeper".into())
-            .spawn({
-                let pool = pool.clone();
-                move || pool.keep()
-            })
-            .map_err(|e| StepError::Internal {
-                message: format!("cannot start the sandbox's keeper thread: {e}"),
-            })?;
         Ok(Sandbox {
             inner: Arc::new(Inner {
-                queue: Some(queue),
+                queue,
                 runners,
                 keeper: Some(keeper),
                 pool,
@@ -210,14 +247,9 @@ impl Sandbox {
             return Err(Outcome::failed(StepError::Unavailable(exec.runtime)));
         }
         let (reply, rx) = oneshot::channel();
-        let queue = self
-            .inner
-            .queue
-            .as_ref()
-            .expect("queue lives as long as the sandbox");
-        queue
-            .send(Job { exec, reply })
-            .map_err(|_| Outcome::failed(StepError::Shutdown))?;
+        if !self.inner.queue.push(Job { exec, reply }) {
+            return Err(Outcome::failed(StepError::Shutdown));
+        }
         Ok(rx)
     }
 
@@ -251,8 +283,8 @@ impl Sandbox {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Closing the queue ends every runner once its step is done.
-        self.queue = None;
+        // Closing the queue ends every runner once the steps queued are done.
+        self.queue.close();
         for runner in self.runners.drain(..) {
             let _ = runner.join();
         }
@@ -261,6 +293,107 @@ impl Drop for Inner {
         if let Some(keeper) = self.keeper.take() {
             let _ = keeper.join();
         }
+    }
+}
+
+/// Steps waiting for a runner, per tenant, served round-robin: a tenant
+/// with a thousand steps queued does not make another's one step wait
+/// behind them all, and no tenant runs more than `per_tenant` steps at once
+/// (one runner short of all of them, by default), so that another tenant's
+/// step always finds a runner soon, even while one tenant's steps spin for
+/// as long as their time limits allow.
+struct Queue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+    per_tenant: usize,
+}
+
+#[derive(Default)]
+struct QueueState {
+    /// Tenants with steps waiting, in the order they are served next.
+    waiting: std::collections::VecDeque<(Arc<str>, std::collections::VecDeque<Job>)>,
+    running: std::collections::HashMap<Arc<str>, usize>,
+    closed: bool,
+}
+
+impl Queue {
+    fn new(per_tenant: usize) -> Queue {
+        Queue {
+            state: Mutex::new(QueueState::default()),
+            ready: Condvar::new(),
+            per_tenant,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // Moves between collections only: consistent even after a panic.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `job`; `false` if the queue is closed (the sandbox is
+    /// shutting down).
+    fn push(&self, job: Job) -> bool {
+        let mut state = self.lock();
+        if state.closed {
+            return false;
+        }
+        let tenant = &job.exec.tenant;
+        match state.waiting.iter_mut().find(|(t, _)| t == tenant) {
+            Some((_, jobs)) => jobs.push_back(job),
+            None => {
+                let tenant = tenant.clone();
+                state.waiting.push_back((tenant, [job].into()));
+            }
+        }
+        drop(state);
+        self.ready.notify_one();
+        true
+    }
+
+    /// The next step to run, waiting for one; `None` once the queue is
+    /// closed and empty.
+    fn take(&self) -> Option<Job> {
+        let mut state = self.lock();
+        loop {
+            let eligible = state.waiting.iter().position(|(tenant, _)| {
+                state.running.get(tenant).copied().unwrap_or(0) < self.per_tenant
+            });
+            if let Some(index) = eligible {
+                let (tenant, mut jobs) = state.waiting.remove(index).expect("a valid index");
+                let job = jobs.pop_front().expect("tenants in the queue have steps");
+                *state.running.entry(tenant.clone()).or_default() += 1;
+                if !jobs.is_empty() {
+                    // To the back: the other tenants go first.
+                    state.waiting.push_back((tenant, jobs));
+                }
+                return Some(job);
+            }
+            if state.closed && state.waiting.is_empty() {
+                return None;
+            }
+            state = self
+                .ready
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// A step of `tenant` has finished: another of its steps may start.
+    fn done(&self, tenant: &Arc<str>) {
+        let mut state = self.lock();
+        if let Some(running) = state.running.get_mut(tenant) {
+            *running -= 1;
+            if *running == 0 {
+                state.running.remove(tenant);
+            }
+        }
+        drop(state);
+        self.ready.notify_all();
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
     }
 }
 
@@ -317,9 +450,14 @@ impl Pool {
     /// Starts a process and waits until it is ready.
     fn start(&self) -> Result<Process, StepError> {
         let begun = Instant::now();
-        let mut process = self.spawner.spawn().map_err(|e| StepError::Internal {
+        let process = self.spawner.spawn().map_err(|e| StepError::Internal {
             message: e.to_string(),
         })?;
+        self.ready(process, begun)
+    }
+
+    /// Waits for a started process to become ready, and counts it.
+    fn ready(&self, mut process: Process, begun: Instant) -> Result<Process, StepError> {
         process.ready(&self.spawner)?;
         process.idle_cpu = process.cpu_ticks();
         let took = begun.elapsed();
@@ -334,9 +472,20 @@ impl Pool {
     fn run(&self, exec: &Execution, defaults: Limits) -> Outcome {
         let mut limits = exec.limits.unwrap_or(defaults).clamped();
         limits.output_bytes = limits.output_bytes.min(defaults.output_bytes.max(1));
+        // Under an address space cap, a process can only take steps as large
+        // as its first (see process.rs): what this one needs.
+        let address_space =
+            matches!(self.spawner.memory.mode(), memory::Mode::AddressSpace).then(|| {
+                super::process::address_space_allowance(
+                    limits
+                        .heap_bytes
+                        .saturating_add(exec.input_json.len())
+                        .saturating_add(self.spawner.margin),
+                )
+            });
         let mut last = None;
         for _ in 0..2 {
-            let mut process = match self.acquire(&exec.tenant) {
+            let mut process = match self.acquire(&exec.tenant, address_space) {
                 Ok(process) => process,
                 Err(error) => return Outcome::failed(error),
             };
@@ -361,10 +510,23 @@ impl Pool {
         Outcome::failed(last.expect("the loop ran"))
     }
 
-    /// An idle process of `tenant`, else a spare, else a new one.
-    fn acquire(&self, tenant: &Arc<str>) -> Result<Process, StepError> {
+    /// An idle process of `tenant` (able to give the step `address_space`,
+    /// if that is how memory is capped), else a spare, else a new one.
+    fn acquire(&self, tenant: &Arc<str>, address_space: Option<u64>) -> Result<Process, StepError> {
         let mut state = self.lock();
         state.stats.steps += 1;
+        let too_small = |p: &Process| match (p.address_space, address_space) {
+            (Some(has), Some(needs)) => has < needs,
+            _ => false,
+        };
+        while let Some(index) = state
+            .idle
+            .iter()
+            .position(|p| p.tenant.as_deref() == Some(&**tenant) && too_small(p))
+        {
+            let process = state.idle.swap_remove(index);
+            state.retired.push(process);
+        }
         loop {
             let found = state
                 .idle
@@ -508,19 +670,30 @@ impl Pool {
                 (std::mem::take(&mut state.retired), wanted)
             };
             drop(retired);
-            for _ in 0..wanted {
-                let started = self.start();
+            // Started all at once, then waited for: they load and start
+            // their engines in parallel.
+            let begun = Instant::now();
+            let started: Vec<_> = (0..wanted).map(|_| self.spawner.spawn()).collect();
+            let mut failed = false;
+            for process in started {
+                let ready = process
+                    .map_err(|e| StepError::Internal {
+                        message: e.to_string(),
+                    })
+                    .and_then(|p| self.ready(p, begun));
                 let mut state = self.lock();
                 state.starting -= 1;
-                match started {
+                match ready {
                     Ok(process) => state.spares.push(process),
                     Err(error) => {
-                        drop(state);
                         tracing::warn!(%error, "cannot start a spare sandbox process");
-                        // Not in a tight loop: the next try waits a little.
-                        std::thread::sleep(Duration::from_millis(500));
+                        failed = true;
                     }
                 }
+            }
+            if failed {
+                // Not in a tight loop: the next try waits a little.
+                std::thread::sleep(Duration::from_millis(500));
             }
         }
     }

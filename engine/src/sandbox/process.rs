@@ -6,18 +6,19 @@
 //! timeouts.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::sync::Arc;
+use std::time::SystemTime;
 use std::time::{Duration, Instant};
 
 use isoflow_sandbox::lockdown::{EXIT_FORBIDDEN_SYSCALL, EXIT_STARTUP};
 use isoflow_sandbox::process::{EXIT_FATAL, Options};
-use isoflow_sandbox::protocol::{self, DoneMeta, Hello, ProtocolError, RunMeta, Tag, VERSION};
+use isoflow_sandbox::protocol::{self, DoneMeta, Hello, RunMeta, Tag, VERSION};
 use isoflow_sandbox::step::cut_text;
 
 use super::memory::{self, Cgroup};
@@ -89,6 +90,9 @@ pub(crate) struct Process {
     pub idle_cpu: Option<u64>,
     /// How its memory is capped.
     memory_mode: memory::Mode,
+    /// Under an address space cap: the address space its first step was
+    /// allowed, which became its hard limit (it can never get more).
+    pub address_space: Option<u64>,
     /// The current step's heap limit and the memory cap set for it.
     step_heap: usize,
     step_cap: usize,
@@ -100,6 +104,8 @@ impl Spawner {
     /// [`Process::ready`] waits for that.
     pub fn spawn(&self) -> io::Result<Process> {
         let (ours, theirs) = UnixStream::pair()?;
+        // The node's end is only ever used without blocking, by deadlines.
+        ours.set_nonblocking(true)?;
         let mut command = Command::new(&self.program.path);
         command
             .args(&self.program.args)
@@ -152,6 +158,7 @@ impl Spawner {
             stat: File::open(format!("/proc/{pid}/stat")).ok(),
             idle_cpu: None,
             memory_mode: self.memory.mode(),
+            address_space: None,
             step_heap: 0,
             step_cap: 0,
             started: now,
@@ -171,27 +178,23 @@ impl Process {
 
     fn read_hello(&mut self, spawner: &Spawner) -> Result<Hello, StepError> {
         let deadline = self.started + spawner.start_timeout;
-        let frame = {
-            let mut reader = Timed::new(&self.socket, deadline);
-            protocol::read_frame(&mut reader, 1 << 20)
+        let hello = match receive(&self.socket, deadline, 1 << 20) {
+            Ok(frame) => frame
+                .expect(Tag::Hello)
+                .and_then(|f| f.meta::<Hello>())
+                .map_err(|e| Received::Misbehaved(e.to_string())),
+            Err(error) => Err(error),
         };
-        let hello = frame
-            .and_then(|f| f.expect(Tag::Hello))
-            .and_then(|f| f.meta::<Hello>());
         let hello = match hello {
             Ok(hello) => hello,
-            Err(ProtocolError::Io(e)) if is_timeout(&e) => {
+            Err(Received::NoAnswer) => {
                 let error = self.death(Ending::Deadline(spawner.start_timeout));
                 return Err(not_started(error));
             }
-            Err(ProtocolError::Malformed(m)) => {
-                return Err(not_started(self.death(Ending::Misbehaved(m))));
-            }
-            Err(ProtocolError::TooLarge { len, .. }) => {
-                let why = format!("it said hello in {len} bytes");
+            Err(Received::Misbehaved(why)) => {
                 return Err(not_started(self.death(Ending::Misbehaved(why))));
             }
-            Err(_) => return Err(not_started(self.death(Ending::Ended))),
+            Err(Received::Closed) => return Err(not_started(self.death(Ending::Ended))),
         };
         if hello.version != VERSION || hello.pid != self.pid {
             let why = format!(
@@ -241,30 +244,28 @@ impl Process {
             exec.script.filename.as_bytes(),
             exec.script.source.as_bytes(),
         ];
-        let sent = self
-            .socket
-            .set_write_timeout(Some(PROGRESS))
-            .map_err(ProtocolError::from)
-            .and_then(|()| protocol::write_frame(&mut &self.socket, Tag::Run, &meta, &sections));
-        if let Err(error) = sent {
-            let ending = match error {
-                ProtocolError::Io(e) if is_timeout(&e) => {
-                    Ending::Misbehaved("it stopped reading its step".to_owned())
-                }
-                _ => Ending::Ended,
+        let mut frame = Vec::new();
+        let sections =
+            protocol::frame_slices(&mut frame, Tag::Run, &meta, &sections).map_err(|e| {
+                RunError::NotDelivered(StepError::Internal {
+                    message: e.to_string(),
+                })
+            })?;
+        let len = sections.iter().map(|s| s.len() as u64).sum::<u64>();
+        if let Err(error) = send(&self.socket, &sections, Instant::now() + transfer(len)) {
+            let ending = if is_timeout(&error) {
+                Ending::Misbehaved("it stopped reading its step".to_owned())
+            } else {
+                Ending::Ended
             };
             return Err(RunError::NotDelivered(self.death(ending)));
         }
 
+        let sent_at = SystemTime::now();
         let wait = kill_after(limits, input.len());
-        let frame = {
-            let mut reader = Timed::new(&self.socket, Instant::now() + wait);
-            let frame = protocol::read_frame(&mut reader, reply_limit(limits));
-            (frame, reader.waited_too_long)
-        };
-        let frame = match frame {
-            (Ok(frame), _) => frame,
-            (Err(_), true) => {
+        let frame = match receive(&self.socket, Instant::now() + wait, reply_limit(limits)) {
+            Ok(frame) => frame,
+            Err(Received::NoAnswer) => {
                 let error = self.death(Ending::Deadline(wait));
                 return Err(RunError::Failed(match error {
                     StepError::MemoryLimit { .. } => error,
@@ -273,29 +274,20 @@ impl Process {
                     },
                 }));
             }
-            (Err(ProtocolError::TooLarge { len, limit }), _) => {
-                let why =
-                    format!("it answered with {len} bytes, over the {limit} its limits allow");
+            Err(Received::Misbehaved(why)) => {
                 return Err(RunError::Failed(self.death(Ending::Misbehaved(why))));
             }
-            (Err(ProtocolError::Malformed(why)), _) => {
-                return Err(RunError::Failed(self.death(Ending::Misbehaved(why))));
-            }
-            (Err(ProtocolError::Io(e)), _) if is_timeout(&e) => {
-                let why = "its answer stalled".to_owned();
-                return Err(RunError::Failed(self.death(Ending::Misbehaved(why))));
-            }
-            (Err(_), _) => return Err(RunError::Failed(self.death(Ending::Ended))),
+            Err(Received::Closed) => return Err(RunError::Failed(self.death(Ending::Ended))),
         };
         self.steps += 1;
         self.last_used = Instant::now();
         let done = frame
             .expect(Tag::Done)
             .and_then(|f| Ok((f.meta::<DoneMeta>()?, f.body)));
-        match done
+        let answered = done
             .map_err(|e| e.to_string())
-            .and_then(|(meta, body)| answer(meta, body, limits))
-        {
+            .and_then(|(meta, body)| answer(meta, body, limits, sent_at..=SystemTime::now()));
+        match answered {
             Ok(outcome) => Ok(outcome),
             Err(why) => Err(RunError::Failed(self.death(Ending::Misbehaved(why)))),
         }
@@ -323,10 +315,13 @@ impl Process {
                     .map_err(|e| format!("cannot set its memory cap: {e}"))?;
                 Ok(None)
             }
-            // V8 reserves address space for each new isolate (its code
-            // range, semi-spaces): allow for one more of those.
             (memory::Control::AddressSpace, _) => {
-                Ok(Some(bytes.saturating_add(ADDRESS_SPACE_RESERVE) as u64))
+                let allowance = address_space_allowance(bytes);
+                if self.address_space.is_some_and(|hard| hard < allowance) {
+                    return Err("its address space was capped for a smaller step".to_owned());
+                }
+                self.address_space.get_or_insert(allowance);
+                Ok(Some(allowance))
             }
             _ => Ok(None),
         }
@@ -468,8 +463,13 @@ impl Drop for Process {
 /// The line V8's near-heap-limit callback writes (see the C++ bridge).
 const HEAP_LIMIT_SAID: &str = "isoflow-sandbox: heap limit reached";
 
-/// Room in the address space for one more isolate's reservations.
-const ADDRESS_SPACE_RESERVE: usize = 512 << 20;
+/// The address space a process may add for a step whose memory cap is
+/// `bytes`: V8 reserves address space for each new isolate (its code range,
+/// semi-spaces), so there is room for one more of those.
+pub(crate) fn address_space_allowance(bytes: usize) -> u64 {
+    const RESERVE: usize = 512 << 20;
+    bytes.saturating_add(RESERVE) as u64
+}
 
 fn not_started(error: StepError) -> StepError {
     match error {
@@ -517,13 +517,21 @@ fn reply_limit(limits: &Limits) -> u64 {
         .saturating_add(1 << 20)
 }
 
-/// Checks an answer against the step's limits and makes the outcome.
-fn answer(meta: DoneMeta, body: Vec<u8>, limits: &Limits) -> Result<Outcome, String> {
+/// Checks an answer against the step's limits and makes the outcome: the
+/// output within its limit and UTF-8, error texts and log lines cut and
+/// made safe to print (no terminal control sequences), log times within
+/// the time the step ran.
+fn answer(
+    meta: DoneMeta,
+    body: Vec<u8>,
+    limits: &Limits,
+    ran: std::ops::RangeInclusive<SystemTime>,
+) -> Result<Outcome, String> {
     let result = match meta.error {
         Some(_) if !body.is_empty() => {
             return Err("it sent an output with an error".to_owned());
         }
-        Some(error) => Err(error.bounded()),
+        Some(error) => Err(error.bounded().map_texts(printable)),
         None if body.len() > limits.output_bytes => Err(StepError::OutputLimit {
             limit_bytes: limits.output_bytes,
             actual_bytes: body.len(),
@@ -535,7 +543,8 @@ fn answer(meta: DoneMeta, body: Vec<u8>, limits: &Limits) -> Result<Outcome, Str
     let mut total = 0usize;
     for line in &mut logs {
         let message = std::mem::take(&mut line.message);
-        line.message = cut_text(message, Limits::MAX_LOG_LINE_BYTES + 64);
+        line.message = printable(cut_text(message, Limits::MAX_LOG_LINE_BYTES + 64));
+        line.time = line.time.clamp(*ran.start(), *ran.end());
         total += line.message.len();
         if total
             > limits
@@ -552,47 +561,173 @@ fn answer(meta: DoneMeta, body: Vec<u8>, limits: &Limits) -> Result<Outcome, Str
     })
 }
 
-/// Reads with a deadline for the first byte and a progress time-out after.
-struct Timed<'a> {
-    socket: &'a UnixStream,
-    first_by: Option<Instant>,
-    waited_too_long: bool,
+/// How long a frame of `len` bytes may take to cross once it has started:
+/// [`PROGRESS`] plus the time its bytes take at a rate no honest process is
+/// slower than (they send and read at memory speed).
+fn transfer(len: u64) -> Duration {
+    const MIN_RATE: u64 = 64 << 20;
+    PROGRESS + Duration::from_millis(len.saturating_mul(1000) / MIN_RATE)
 }
 
-impl<'a> Timed<'a> {
-    fn new(socket: &'a UnixStream, first_by: Instant) -> Self {
-        Timed {
-            socket,
-            first_by: Some(first_by),
-            waited_too_long: false,
-        }
+/// `text` with every control character but line breaks and tabs shown as
+/// `\u{..}`: logs and errors are the step's own text, and an escape
+/// sequence in them would rewrite the terminal of whoever reads them.
+fn printable(text: String) -> String {
+    let is_unsafe = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(is_unsafe) {
+        return text;
     }
+    text.chars()
+        .map(|c| {
+            if is_unsafe(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
-impl Read for Timed<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let timeout = match self.first_by {
-            Some(deadline) => deadline.saturating_duration_since(Instant::now()),
-            None => PROGRESS,
+/// Why no frame came.
+#[derive(Debug)]
+enum Received {
+    /// Nothing by the deadline for its first byte.
+    NoAnswer,
+    /// The socket closed or broke.
+    Closed,
+    /// A frame too large, malformed, or so slow that it cannot be honest.
+    Misbehaved(String),
+}
+
+/// Waits until `fd` is ready for `events` or `deadline` passes (`false`).
+fn wait_for(fd: libc::c_int, events: libc::c_short, deadline: Instant) -> io::Result<bool> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events,
+            revents: 0,
         };
-        // A zero time-out means "none" to the socket.
-        self.socket
-            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
-        match (&mut &*self.socket).read(buf) {
-            Ok(n) => {
-                if n > 0 {
-                    self.first_by = None;
+        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
+        // SAFETY: one pollfd for a descriptor this process owns.
+        match unsafe { libc::poll(&mut pfd, 1, ms) } {
+            0 => {}
+            n if n > 0 => return Ok(true),
+            _ => {
+                let error = io::Error::last_os_error();
+                if error.kind() != io::ErrorKind::Interrupted {
+                    return Err(error);
                 }
-                Ok(n)
-            }
-            Err(e) => {
-                if self.first_by.is_some() && is_timeout(&e) {
-                    self.waited_too_long = true;
-                }
-                Err(e)
             }
         }
     }
+}
+
+/// Writes `slices` to the (non-blocking) socket by `deadline`, whatever the
+/// reader's pace: a blocking write could not promise that, since a Unix
+/// socket gives every buffer it allocates during one write(2) the whole
+/// send time-out again.
+fn send(socket: &UnixStream, slices: &[&[u8]], deadline: Instant) -> io::Result<()> {
+    let mut slices: Vec<io::IoSlice<'_>> = slices.iter().map(|s| io::IoSlice::new(s)).collect();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        match (&mut &*socket).write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !wait_for(socket.as_raw_fd(), libc::POLLOUT, deadline)? {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads one frame of at most `limit` bytes from the (non-blocking)
+/// socket: its first byte by `first_by`, then all of it within
+/// [`transfer`] of the limit, so that a process trickling its answer a byte
+/// at a time is cut off as surely as one that never answers. An answer
+/// usually comes in one read.
+fn receive(
+    socket: &UnixStream,
+    first_by: Instant,
+    limit: u64,
+) -> Result<protocol::Frame, Received> {
+    let fd = socket.as_raw_fd();
+    let mut deadline = first_by;
+    let mut started = false;
+    // Reads what is there into `into`, waiting for more until the deadline.
+    let mut read = |into: &mut [std::mem::MaybeUninit<u8>]| -> Result<usize, Received> {
+        loop {
+            // SAFETY: recv writes at most `into.len()` bytes into memory
+            // that `into` owns; uninitialised bytes are fine to write to.
+            let n =
+                unsafe { libc::recv(fd, into.as_mut_ptr().cast(), into.len(), libc::MSG_DONTWAIT) };
+            if n > 0 {
+                if !started {
+                    started = true;
+                    deadline = Instant::now() + transfer(limit);
+                }
+                return Ok(n as usize);
+            }
+            if n == 0 {
+                return Err(Received::Closed);
+            }
+            let error = io::Error::last_os_error();
+            match error.kind() {
+                io::ErrorKind::WouldBlock => match wait_for(fd, libc::POLLIN, deadline) {
+                    Ok(true) => {}
+                    Ok(false) if started => {
+                        return Err(Received::Misbehaved("its answer stalled".to_owned()));
+                    }
+                    Ok(false) => return Err(Received::NoAnswer),
+                    Err(_) => return Err(Received::Closed),
+                },
+                io::ErrorKind::Interrupted => {}
+                _ => return Err(Received::Closed),
+            }
+        }
+    };
+    // The header, and with it what else arrived (all of a small answer).
+    let mut staging: Vec<u8> = Vec::with_capacity(64 << 10);
+    while staging.len() < protocol::HEADER {
+        let n = read(staging.spare_capacity_mut())?;
+        // SAFETY: `read` initialised `n` more bytes of the spare capacity.
+        unsafe { staging.set_len(staging.len() + n) };
+    }
+    let header: &[u8; protocol::HEADER] = staging[..protocol::HEADER]
+        .try_into()
+        .expect("the header's length");
+    let header =
+        protocol::decode_header(header, limit).map_err(|e| Received::Misbehaved(e.to_string()))?;
+    let mut whole = Vec::new();
+    whole
+        .try_reserve_exact(header.meta_len + header.body_len)
+        .map_err(|_| Received::Misbehaved("an answer larger than memory".to_owned()))?;
+    let extra = &staging[protocol::HEADER..];
+    if extra.len() > whole.capacity() {
+        return Err(Received::Misbehaved("more than its frame".to_owned()));
+    }
+    whole.extend_from_slice(extra);
+    while whole.len() < whole.capacity() {
+        let left = whole.capacity() - whole.len();
+        let spare = &mut whole.spare_capacity_mut()[..left];
+        let n = read(spare)?;
+        // SAFETY: `read` initialised `n` more bytes of the spare capacity.
+        unsafe { whole.set_len(whole.len() + n) };
+    }
+    let body = whole.split_off(header.meta_len);
+    Ok(protocol::Frame {
+        tag: header.tag,
+        meta: whole,
+        body,
+    })
 }
 
 fn is_timeout(error: &io::Error) -> bool {
@@ -681,11 +816,11 @@ mod tests {
             log_bytes: 100,
             ..Limits::default()
         };
-        let ok = answer(meta(None, vec![]), b"[1,2]".to_vec(), &limits).unwrap();
+        let ok = answer(meta(None, vec![]), b"[1,2]".to_vec(), &limits, ran()).unwrap();
         assert_eq!(ok.result.unwrap(), "[1,2]");
         assert_eq!(ok.duration, Duration::from_micros(5));
 
-        let big = answer(meta(None, vec![]), vec![b'1'; 11], &limits).unwrap();
+        let big = answer(meta(None, vec![]), vec![b'1'; 11], &limits, ran()).unwrap();
         assert_eq!(
             big.result.unwrap_err(),
             StepError::OutputLimit {
@@ -693,25 +828,118 @@ mod tests {
                 actual_bytes: 11
             }
         );
-        assert!(answer(meta(None, vec![]), vec![0xff], &limits).is_err());
+        assert!(answer(meta(None, vec![]), vec![0xff], &limits, ran()).is_err());
         let error = StepError::NeverSettled;
-        assert!(answer(meta(Some(error.clone()), vec![]), b"1".to_vec(), &limits).is_err());
+        assert!(
+            answer(
+                meta(Some(error.clone()), vec![]),
+                b"1".to_vec(),
+                &limits,
+                ran()
+            )
+            .is_err()
+        );
 
         let lines = vec![line("a".into()), line("b".into()), line("c".into())];
-        let kept = answer(meta(None, lines), b"1".to_vec(), &limits).unwrap();
+        let kept = answer(meta(None, lines), b"1".to_vec(), &limits, ran()).unwrap();
         assert_eq!(kept.logs.len(), 2, "lines past the limit are dropped");
 
         let huge = vec![line("x".repeat(1 << 20)), line("y".repeat(1 << 20))];
-        assert!(answer(meta(None, huge), b"1".to_vec(), &limits).is_err());
+        assert!(answer(meta(None, huge), b"1".to_vec(), &limits, ran()).is_err());
 
         let long = StepError::Module {
             message: "m".repeat(1 << 20),
         };
-        let bounded = answer(meta(Some(long), vec![]), Vec::new(), &limits).unwrap();
+        let bounded = answer(meta(Some(long), vec![]), Vec::new(), &limits, ran()).unwrap();
         let StepError::Module { message } = bounded.result.unwrap_err() else {
             panic!("same variant");
         };
         assert!(message.len() < isoflow_sandbox::MAX_ERROR_TEXT + 64);
+    }
+
+    fn ran() -> std::ops::RangeInclusive<SystemTime> {
+        SystemTime::UNIX_EPOCH..=SystemTime::now()
+    }
+
+    #[test]
+    fn texts_are_made_safe_to_print_and_times_kept_within_the_step() {
+        let limits = Limits::default();
+        let tricky = vec![LogLine {
+            level: LogLevel::Info,
+            message: "ok\u{1b}]52;c;eA==\u{7}\r\u{1b}[2Kdone\tnext\nline".into(),
+            time: SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_800),
+        }];
+        let start = SystemTime::now() - Duration::from_secs(1);
+        let end = SystemTime::now();
+        let outcome = answer(meta(None, tricky), b"1".to_vec(), &limits, start..=end).unwrap();
+        let line = &outcome.logs[0];
+        assert_eq!(
+            line.message,
+            "ok\\u{1b}]52;c;eA==\\u{7}\\u{d}\\u{1b}[2Kdone\tnext\nline"
+        );
+        assert!(line.time >= start && line.time <= end, "{:?}", line.time);
+        let error = StepError::Exception {
+            message: "Error: \u{1b}[2Krun succeeded".into(),
+            location: None,
+            stack: None,
+        };
+        let failed = answer(meta(Some(error), vec![]), Vec::new(), &limits, ran()).unwrap();
+        assert!(!failed.result.unwrap_err().to_string().contains('\u{1b}'));
+    }
+
+    #[test]
+    fn a_trickled_answer_is_cut_off() {
+        let (node, process) = UnixStream::pair().unwrap();
+        node.set_nonblocking(true).unwrap();
+        let announced: u64 = 60 << 20;
+        std::thread::spawn(move || {
+            let mut header = announced.to_le_bytes().to_vec();
+            header.push(Tag::Done as u8);
+            header.extend_from_slice(&((announced - 5) as u32).to_le_bytes());
+            let mut process = &process;
+            let _ = std::io::Write::write_all(&mut process, &header);
+            // A byte every 100 ms: the 60 MiB would take two months.
+            while std::io::Write::write_all(&mut process, b"{").is_ok() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let limit = 64 << 20;
+        let start = Instant::now();
+        let received = receive(&node, Instant::now() + Duration::from_secs(5), limit);
+        assert!(
+            matches!(&received, Err(Received::Misbehaved(why)) if why == "its answer stalled"),
+            "{received:?}"
+        );
+        assert!(start.elapsed() < transfer(limit) + Duration::from_secs(5));
+    }
+
+    #[test]
+    fn no_answer_and_a_closed_socket_are_told_apart() {
+        let (node, process) = UnixStream::pair().unwrap();
+        node.set_nonblocking(true).unwrap();
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert!(matches!(
+            receive(&node, soon, 1 << 20),
+            Err(Received::NoAnswer)
+        ));
+        drop(process);
+        let later = Instant::now() + Duration::from_secs(5);
+        assert!(matches!(
+            receive(&node, later, 1 << 20),
+            Err(Received::Closed)
+        ));
+    }
+
+    #[test]
+    fn a_reader_that_stops_reading_cannot_hold_a_write() {
+        let (node, process) = UnixStream::pair().unwrap();
+        node.set_nonblocking(true).unwrap();
+        // Nobody reads `process`: the socket's buffer fills and the write
+        // must give up by its deadline, not wait for ever.
+        let big = vec![0u8; 32 << 20];
+        let result = send(&node, &[&big], Instant::now() + Duration::from_millis(200));
+        assert!(result.is_err_and(|e| is_timeout(&e)));
+        drop(process);
     }
 
     #[test]
