@@ -407,9 +407,15 @@ fn millis(ms: u64) -> String {
     format!("{ms} ms")
 }
 
+/// RFC 3339 for any time before the year 10000 (humantime cannot write
+/// later ones); the number of milliseconds past that, and `-` for none.
 fn timestamp(ms: u64) -> String {
+    const YEAR_10000_MS: u64 = 253_402_300_800_000;
     if ms == 0 {
         return "-".to_owned();
+    }
+    if ms >= YEAR_10000_MS {
+        return format!("{ms} ms since 1970");
     }
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
@@ -417,6 +423,13 @@ fn timestamp(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_timestamp_prints() {
+        assert_eq!(timestamp(0), "-");
+        assert_eq!(timestamp(1_000), "1970-01-01T00:00:01.000Z");
+        assert_eq!(timestamp(u64::MAX), format!("{} ms since 1970", u64::MAX));
+    }
 
     #[test]
     fn the_command_line_is_consistent() {

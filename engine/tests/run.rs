@@ -1107,3 +1107,32 @@ async fn the_payload_limit_applies_to_inputs_outputs_and_responses() {
     );
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_nested_too_deep_to_store_fails_once_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let yaml = r#"
+apiVersion: isoflow.dev/v1
+name: deep
+version: 1
+steps:
+  - id: nest
+    type: code
+    source: |
+      export default () => { let v = 1; for (let i = 0; i < 200; i++) v = [v]; return v; }
+    retry: { max_attempts: 3, backoff: { initial: 1ms } }
+"#;
+    let (outcome, _, run_id) = run(&engine, yaml, Value::Null).await;
+    assert_eq!(outcome.status, RunStatus::Failed);
+    let error = outcome.error.unwrap();
+    assert!(error.contains("nests deeper than 128 levels"), "{error}");
+    let step = engine
+        .store()
+        .expect("a local engine has a store")
+        .step("acme", &run_id, "nest")
+        .unwrap()
+        .unwrap();
+    assert_eq!(step.attempts, 1, "not retried: it would nest as deep again");
+    engine.shutdown(Duration::from_secs(5)).await;
+}

@@ -171,8 +171,11 @@ impl Default for Worker {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Sandbox {
-    /// Code steps that run at once [default: the number of cores].
+    /// Code steps that run at once [default: twice the number of cores].
     pub concurrency: Option<usize>,
+    /// Code steps one tenant may run at once [default: one fewer than
+    /// `concurrency`].
+    pub tenant_concurrency: Option<usize>,
     /// Sandbox processes kept, idle and busy; each serves one tenant.
     pub processes: Option<usize>,
     /// Processes started ahead of need.
@@ -198,6 +201,7 @@ impl Default for Sandbox {
         let engine = SandboxConfig::default();
         Sandbox {
             concurrency: None,
+            tenant_concurrency: None,
             processes: None,
             spare: engine.spare,
             steps_per_process: engine.steps_per_process,
@@ -242,6 +246,7 @@ impl Sandbox {
         if let Some(processes) = self.processes {
             config.processes = processes;
         }
+        config.tenant_concurrency = self.tenant_concurrency;
         config.lockdown.uid = self.uid;
         config.lockdown.gid = self.gid;
         config.lockdown.namespaces = self.namespaces;
@@ -388,8 +393,16 @@ impl Config {
         if self.worker.capacity == 0 {
             bail!("worker.capacity is 0: a node must take at least one run at a time");
         }
-        if self.sandbox.concurrency == Some(0) || self.sandbox.processes == Some(0) {
-            bail!("sandbox.concurrency and sandbox.processes must be at least 1");
+        if [
+            self.sandbox.concurrency,
+            self.sandbox.processes,
+            self.sandbox.tenant_concurrency,
+        ]
+        .contains(&Some(0))
+        {
+            bail!(
+                "sandbox.concurrency, sandbox.tenant_concurrency and sandbox.processes must be at least 1"
+            );
         }
         if self.sandbox.uid == 0 || self.sandbox.gid == 0 {
             bail!("sandbox.uid and sandbox.gid must not be 0: customer code never runs as root");
@@ -518,6 +531,7 @@ mod tests {
             (sandbox.concurrency, sandbox.processes, sandbox.spare),
             (4, 16, 2)
         );
+        assert_eq!(sandbox.tenant_concurrency, Some(3));
         assert_eq!((sandbox.lockdown.uid, sandbox.lockdown.gid), (65534, 65534));
         assert_eq!(sandbox.memory_margin, 64 << 20);
         assert_eq!(sandbox.program.args, ["sandbox-process"]);

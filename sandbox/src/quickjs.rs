@@ -64,7 +64,7 @@ use rquickjs::{
 
 use crate::host::{AbortReason, Control, Host, PRELUDE, XmlOp};
 use crate::runner::{Engine, Hooks, Job, Settings};
-use crate::step::{Limits, Location, StepError};
+use crate::step::{Limits, Location, MAX_ERROR_TEXT, StepError};
 
 /// QuickJS's own limit on the native stack its interpreter may use. The
 /// process's step thread has 16 MiB; the rest is headroom for native frames.
@@ -630,12 +630,12 @@ fn host_log<'js>(
     shared: Rc<Shared>,
 ) -> impl Fn(Ctx<'js>, i32, rquickjs::String<'js>) -> rquickjs::Result<()> + 'js {
     move |ctx, level, text| {
-        let text = js_string(&text)?;
+        let (text, total) = js_string_cut(&text, Limits::MAX_LOG_LINE_BYTES)?;
         let mut slot = shared.session.borrow_mut();
         let Some(session) = slot.as_mut() else {
             return Err(Exception::throw_message(&ctx, "no step is running"));
         };
-        if session.host.log(level, &text, text.len()) {
+        if session.host.log(level, &text, total) {
             return Ok(());
         }
         session.control.abort(AbortReason::LogLimit);
@@ -798,7 +798,7 @@ fn error_parts(value: &Value<'_>) -> Option<(String, String, Option<String>)> {
             .map_err(|_| drop(object.ctx().catch()))
             .ok()?;
         let string = value.as_string()?;
-        js_string(string).ok()
+        error_text(string).ok()
     };
     let name = text("name").unwrap_or_else(|| "Error".to_owned());
     let message = text("message").unwrap_or_default();
@@ -827,12 +827,12 @@ fn with_headline(headline: &str, stack: String) -> String {
 /// objects as JSON when they can be, anything else by `String(value)`.
 fn describe<'js>(ctx: &Ctx<'js>, value: &Value<'js>) -> String {
     if let Some(string) = value.as_string() {
-        return js_string(string).unwrap_or_else(|_| "a string".to_owned());
+        return error_text(string).unwrap_or_else(|_| "a string".to_owned());
     }
     if value.is_object() && !value.is_function() {
         match ctx.json_stringify(value.clone()) {
             Ok(Some(json)) => {
-                if let Ok(text) = js_string(&json) {
+                if let Ok(text) = error_text(&json) {
                     return text;
                 }
             }
@@ -842,7 +842,7 @@ fn describe<'js>(ctx: &Ctx<'js>, value: &Value<'js>) -> String {
         }
     }
     let coerced: rquickjs::Result<rquickjs::convert::Coerced<rquickjs::String>> = value.get();
-    match coerced.and_then(|s| js_string(&s.0)) {
+    match coerced.and_then(|s| error_text(&s.0)) {
         Ok(text) => text,
         Err(_) => {
             // Coercion threw (a symbol, or a toString that throws).
@@ -913,11 +913,35 @@ fn find_location(stack: &str, filename: &str) -> Option<Location> {
 /// UTF-8), so each lone surrogate is replaced by U+FFFD, as
 /// `String.prototype.toWellFormed` would.
 fn js_string(string: &rquickjs::String<'_>) -> rquickjs::Result<String> {
+    js_string_cut(string, usize::MAX).map(|(text, _)| text)
+}
+
+/// At most `max` bytes of a JavaScript string (cut on a character
+/// boundary), and its whole length in bytes. The string's UTF-8 is made in
+/// QuickJS's heap, where the step's heap limit counts it; only the part
+/// kept is copied out, so that a step's 100 MB error text costs the host
+/// nothing.
+fn js_string_cut(string: &rquickjs::String<'_>, max: usize) -> rquickjs::Result<(String, usize)> {
     let text = rquickjs::CString::from_string(string.clone())?;
     // SAFETY: `as_ptr` points to `len` bytes QuickJS owns, kept alive (and
     // unchanged) until `text` is dropped at the end of this function.
     let bytes = unsafe { std::slice::from_raw_parts(text.as_ptr().cast::<u8>(), text.len()) };
-    Ok(well_formed(bytes))
+    let mut end = bytes.len().min(max);
+    // Back to the start of a UTF-8 sequence (a continuation byte is 10xxxxxx).
+    while end < bytes.len() && end > 0 && bytes[end] & 0xC0 == 0x80 {
+        end -= 1;
+    }
+    Ok((well_formed(&bytes[..end]), bytes.len()))
+}
+
+/// An error's text, cut to [`MAX_ERROR_TEXT`] bytes with its size noted.
+fn error_text(string: &rquickjs::String<'_>) -> rquickjs::Result<String> {
+    let (text, total) = js_string_cut(string, MAX_ERROR_TEXT)?;
+    if total > text.len() {
+        Ok(format!("{text}… (cut: {total} bytes in all)"))
+    } else {
+        Ok(text)
+    }
 }
 
 fn well_formed(mut bytes: &[u8]) -> String {

@@ -135,8 +135,19 @@ pub(crate) async fn run_code(
         })
         .collect();
     let result = match outcome.result {
-        Ok(json) => serde_json::from_str(&json)
-            .map_err(|e| Failure::transient(format!("step output is not valid JSON: {e}"))),
+        Ok(json) => serde_json::from_str(&json).map_err(|e| {
+            // The sandbox checks that an output is JSON; what it cannot
+            // know is that runs store JSON nested at most 128 deep
+            // (deeper would take the node's stack on every read).
+            if e.to_string().starts_with("recursion limit exceeded") {
+                Failure::permanent(
+                    "step output nests deeper than 128 levels, more than a run can store"
+                        .to_owned(),
+                )
+            } else {
+                Failure::transient(format!("step output is not valid JSON: {e}"))
+            }
+        }),
         Err(error) => {
             // A program that does not compile never will; anything else
             // (an exception, a limit) may depend on the input or the time.

@@ -1,5 +1,5 @@
-//! Capping a sandbox process's memory from outside, where a process that
-//! ran customer code cannot lift the cap.
+//! Capping a sandbox process's memory (and its threads) from outside, where
+//! a process that ran customer code cannot lift the cap.
 //!
 //! V8 counts its own heap and (through the bridge's allocator) ArrayBuffers,
 //! but not what it allocates elsewhere: ICU's `Intl` objects, buffers inside
@@ -21,6 +21,9 @@
 //!   fails, and V8 ends the process.
 //! - [`MemoryCap::Auto`] takes a cgroup where the node may create one and
 //!   falls back to the address space.
+//!
+//! Threads: where the pids controller is there, each process also gets a
+//! pids cgroup capped at [`MAX_THREADS`].
 
 use std::fs;
 use std::io;
@@ -69,10 +72,10 @@ impl Control {
         match cap {
             MemoryCap::Off => Ok(Control::Off),
             MemoryCap::AddressSpace => Ok(Control::AddressSpace),
-            MemoryCap::Cgroup => CgroupTree::create()
+            MemoryCap::Cgroup => CgroupTree::create(Controller::Memory)
                 .map(Control::Cgroup)
                 .map_err(|e| format!("cannot create a memory cgroup for sandbox processes: {e}")),
-            MemoryCap::Auto => Ok(CgroupTree::create()
+            MemoryCap::Auto => Ok(CgroupTree::create(Controller::Memory)
                 .map(Control::Cgroup)
                 .unwrap_or(Control::AddressSpace)),
         }
@@ -80,15 +83,42 @@ impl Control {
 
     pub fn describe(&self) -> String {
         match self {
-            Control::Cgroup(tree) => format!("memory cgroup under {}", tree.root.display()),
+            Control::Cgroup(tree) => format!("memory cgroup under {}", tree.root().display()),
             Control::AddressSpace => "address space limit (RLIMIT_AS)".to_owned(),
             Control::Off => "none".to_owned(),
         }
     }
 }
 
-/// This node's folder of per-process memory cgroups (cgroup v1), removed
-/// when the sandbox is dropped.
+/// The cgroup v1 controllers sandbox processes are put under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Controller {
+    /// The memory cap.
+    Memory,
+    /// How many threads a process may have: code that escaped its isolate
+    /// could otherwise start threads until the machine has no pids left.
+    Pids,
+}
+
+impl Controller {
+    fn name(self) -> &'static str {
+        match self {
+            Controller::Memory => "memory",
+            Controller::Pids => "pids",
+        }
+    }
+
+    /// The file whose presence says the controller works here.
+    fn probe(self) -> &'static str {
+        match self {
+            Controller::Memory => "memory.limit_in_bytes",
+            Controller::Pids => "pids.max",
+        }
+    }
+}
+
+/// This node's folder of per-process cgroups under one controller (cgroup
+/// v1), removed when the sandbox is dropped.
 #[derive(Debug)]
 pub(crate) struct CgroupTree {
     root: PathBuf,
@@ -96,9 +126,13 @@ pub(crate) struct CgroupTree {
 
 const PREFIX: &str = "isoflow-sandbox-";
 
+/// Threads a sandbox process may have: its step thread, the watchdog,
+/// V8's platform workers, the main thread, with room to spare.
+pub(crate) const MAX_THREADS: u32 = 64;
+
 impl CgroupTree {
-    fn create() -> io::Result<CgroupTree> {
-        let own = own_memory_cgroup()?;
+    pub fn create(controller: Controller) -> io::Result<CgroupTree> {
+        let own = own_cgroup(controller)?;
         remove_stale(&own);
         let root = own.join(format!("{PREFIX}{}", std::process::id()));
         match fs::create_dir(&root) {
@@ -106,9 +140,12 @@ impl CgroupTree {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
-        if !root.join("memory.limit_in_bytes").is_file() {
+        if !root.join(controller.probe()).is_file() {
             let _ = fs::remove_dir(&root);
-            return Err(io::Error::other("the cgroup has no memory.limit_in_bytes"));
+            return Err(io::Error::other(format!(
+                "the cgroup has no {}",
+                controller.probe()
+            )));
         }
         Ok(CgroupTree { root })
     }
@@ -123,6 +160,10 @@ impl CgroupTree {
         };
         fs::write(cgroup.dir.join("cgroup.procs"), pid.to_string())?;
         Ok(cgroup)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 }
 
@@ -161,6 +202,11 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Caps the number of threads in the cgroup (pids controller).
+    pub fn set_max_threads(&self, max: u32) -> io::Result<()> {
+        fs::write(self.dir.join("pids.max"), max.to_string())
+    }
+
     /// Whether the kernel's OOM killer killed a process of this cgroup.
     pub fn oom_killed(&self) -> bool {
         fs::read_to_string(self.dir.join("memory.oom_control"))
@@ -189,8 +235,9 @@ impl Drop for Cgroup {
     }
 }
 
-/// The folder of this process's cgroup in the v1 memory hierarchy.
-fn own_memory_cgroup() -> io::Result<PathBuf> {
+/// The folder of this process's cgroup in a v1 hierarchy.
+fn own_cgroup(controller: Controller) -> io::Result<PathBuf> {
+    let name = controller.name();
     let text = fs::read_to_string("/proc/self/cgroup")?;
     let path = text
         .lines()
@@ -199,11 +246,13 @@ fn own_memory_cgroup() -> io::Result<PathBuf> {
             let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
             controllers
                 .split(',')
-                .any(|c| c == "memory")
+                .any(|c| c == name)
                 .then(|| path.to_owned())
         })
-        .ok_or_else(|| io::Error::other("no cgroup v1 memory controller"))?;
-    Ok(Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/')))
+        .ok_or_else(|| io::Error::other(format!("no cgroup v1 {name} controller")))?;
+    Ok(Path::new("/sys/fs/cgroup")
+        .join(name)
+        .join(path.trim_start_matches('/')))
 }
 
 /// Removes the folders earlier nodes left behind when they were killed

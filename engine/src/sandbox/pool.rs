@@ -111,6 +111,7 @@ impl Sandbox {
                 warm: config.warm.clone(),
             },
             memory,
+            pids: memory::CgroupTree::create(memory::Controller::Pids).ok(),
             margin: config.memory_margin,
             start_timeout: config.start_timeout,
         };

@@ -43,6 +43,8 @@ pub(crate) struct Spawner {
     pub program: Program,
     pub options: Options,
     pub memory: memory::Control,
+    /// Where each process gets a pids cgroup, if the machine allows.
+    pub pids: Option<memory::CgroupTree>,
     pub margin: usize,
     pub start_timeout: Duration,
 }
@@ -84,6 +86,9 @@ pub(crate) struct Process {
     /// Whether it has died; then it is only ever dropped.
     dead: bool,
     cgroup: Option<Cgroup>,
+    /// Its pids cgroup (a cap on its threads): only held, so that it is
+    /// removed once the process is gone.
+    _threads: Option<Cgroup>,
     /// `/proc/<pid>/stat`, kept open to read its CPU time per step.
     stat: Option<File>,
     /// Its CPU time (clock ticks) when it last became idle.
@@ -143,6 +148,23 @@ impl Spawner {
             },
             _ => None,
         };
+        let threads = match &self.pids {
+            Some(tree) => match tree
+                .adopt(pid)
+                .and_then(|group| group.set_max_threads(memory::MAX_THREADS).map(|()| group))
+            {
+                Ok(group) => Some(group),
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot put sandbox process {pid} in its pids cgroup: {e}"),
+                    ));
+                }
+            },
+            None => None,
+        };
         let now = Instant::now();
         Ok(Process {
             child,
@@ -155,6 +177,7 @@ impl Spawner {
             hello: None,
             dead: false,
             cgroup,
+            _threads: threads,
             stat: File::open(format!("/proc/{pid}/stat")).ok(),
             idle_cpu: None,
             memory_mode: self.memory.mode(),
