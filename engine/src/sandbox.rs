@@ -48,6 +48,7 @@ pub use isoflow_sandbox::{
 mod memory;
 mod pool;
 mod process;
+mod wire;
 
 pub use memory::MemoryCap;
 pub use pool::{ProcessInfo, Sandbox, SandboxStats};

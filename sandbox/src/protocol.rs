@@ -117,8 +117,6 @@ pub struct DoneMeta {
     pub logs: Vec<LogLine>,
     /// From taking the isolate to having the output serialised.
     pub duration_us: u64,
-    /// The process's CPU time so far (user + system), in microseconds.
-    pub cpu_us: u64,
 }
 
 /// A frame as read: its tag, meta (JSON) and body.
@@ -330,7 +328,6 @@ mod tests {
                 time: SystemTime::UNIX_EPOCH,
             }],
             duration_us: 7,
-            cpu_us: 9,
         };
         write_frame(&mut wire, Tag::Done, &done, &[b"[1,2]"]).unwrap();
 

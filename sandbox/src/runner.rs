@@ -192,7 +192,8 @@ pub(crate) fn serve(
         drop(output);
         // The scheduler tends to queue the woken node thread on this CPU,
         // behind the milliseconds of disposal and creation that follow;
-        // yielding lets it run first.
+        // yielding (at this process's lower priority, see lockdown.rs) lets
+        // it run first.
         std::thread::yield_now();
         if let Some(engine) = engines.get(runtime) {
             engine.recycle();
@@ -230,20 +231,8 @@ fn run(engines: &mut Engines<'_>, job: &Job<'_>, limits: Limits) -> (DoneMeta, S
         error,
         logs: host.into_logs(),
         duration_us,
-        cpu_us: cpu_micros(),
     };
     (done, output)
-}
-
-/// This process's CPU time so far, user and system.
-fn cpu_micros() -> u64 {
-    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).map_or(0, |usage| {
-        let micros = |t: nix::sys::time::TimeVal| {
-            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000
-                + u64::try_from(t.tv_usec()).unwrap_or(0)
-        };
-        micros(usage.user_time()) + micros(usage.system_time())
-    })
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -1,51 +1,48 @@
-//! The pool of sandbox processes, and the threads that use them.
+//! The pool of sandbox processes, and how steps get one.
 //!
-//! - `concurrency` runner threads take steps from a queue that serves
-//!   tenants in turn ([`Queue`]; no tenant runs more than
-//!   `tenant_concurrency` steps at once), each runs its step on a process
-//!   of the step's tenant and replies.
+//! - A step first gets its turn ([`Admission`]): at most `concurrency` steps
+//!   run at once, at most `tenant_concurrency` of one tenant, and tenants
+//!   waiting for a turn are served in turn.
+//! - It then takes an idle process of its tenant, else a spare, else asks
+//!   the keeper to start one, and runs on it: from the caller's own task
+//!   (async callers: the socket is waited on through the runtime's reactor)
+//!   or thread (blocking callers), with no hand-off in between.
 //! - A process is bound to the first tenant it runs a step for and serves
 //!   only that tenant until it is stopped. Idle processes wait in the pool
 //!   by tenant; past `processes` of them (busy ones included) the least
 //!   recently used is stopped. Every process is replaced after
 //!   `steps_per_process` steps, and at once after anything went wrong.
-//! - A keeper thread keeps `spare` unbound processes started and ready, so
-//!   that a tenant without an idle process takes a spare instead of waiting
-//!   for a start; it also stops and reaps retired processes, off the steps'
-//!   path.
-//!
-//! Processes are only started by the runner and keeper threads, which live
-//! as long as the sandbox: a process dies with the thread that started it
-//! (`PR_SET_PDEATHSIG`), so it must be a thread that does not come and go.
+//! - The keeper thread starts processes (spares ahead of need, and any a
+//!   step asks for), stops and reaps retired ones off the steps' path, and
+//!   stops idle ones that use CPU time. Processes are only ever started by
+//!   the keeper: a process dies with the thread that started it
+//!   (`PR_SET_PDEATHSIG`), so that must be a thread that lives as long as
+//!   the sandbox.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use isoflow_sandbox::protocol::Hello;
 use tokio::sync::oneshot;
 
 use super::memory;
 use super::process::{Process, RunError, Spawner};
 use super::{Execution, Limits, Outcome, SandboxConfig, StepError};
 
-/// Runs code steps on sandbox processes. Cheap to clone; the threads and
-/// processes stop when the last clone is dropped.
+/// Runs code steps on sandbox processes. Cheap to clone; the processes
+/// stop when the last clone is dropped.
 #[derive(Clone)]
 pub struct Sandbox {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    queue: Arc<Queue>,
-    runners: Vec<JoinHandle<()>>,
+    admission: Arc<Admission>,
     keeper: Option<JoinHandle<()>>,
     pool: Arc<Pool>,
     config: SandboxConfig,
-}
-
-struct Job {
-    exec: Execution,
-    reply: oneshot::Sender<Outcome>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -67,14 +64,15 @@ pub struct SandboxStats {
     pub spares_taken: u64,
     /// Steps that had to wait for a process to start.
     pub cold_starts: u64,
-    /// Processes started, and their time to become ready, in all.
+    /// Processes that became ready, and their time from start to ready, in all.
     pub started: u64,
     pub start_time: Duration,
     /// Processes stopped to make room for another tenant's.
     pub evicted: u64,
     /// Processes replaced after their quota of steps.
     pub recycled: u64,
-    /// Processes that died or misbehaved during a step.
+    /// Processes that died or misbehaved during a step, or computed while
+    /// idle.
     pub failed: u64,
     /// The processes alive now.
     pub processes: Vec<ProcessInfo>,
@@ -94,10 +92,10 @@ pub struct ProcessInfo {
 }
 
 impl Sandbox {
-    /// Starts the runner and keeper threads and one process, which must
-    /// become ready: a sandbox that cannot start processes (a missing
-    /// program, a machine where the lockdown cannot be applied) fails here,
-    /// not at its first step.
+    /// Starts the keeper and one process, which must become ready: a
+    /// sandbox that cannot start processes (a missing program, a machine
+    /// where the lockdown cannot be applied) fails here, not at its first
+    /// step.
     pub fn new(config: SandboxConfig) -> Result<Sandbox, StepError> {
         let memory = memory::Control::resolve(config.memory)
             .map_err(|message| StepError::Internal { message })?;
@@ -123,101 +121,65 @@ impl Sandbox {
             spare: config.spare,
             steps_per_process: config.steps_per_process.max(1),
         });
-        // The keeper starts the first process: a process dies with the
-        // thread that started it, and the caller's thread may not live as
-        // long as the sandbox.
-        let (first_tx, first_rx) = std::sync::mpsc::channel();
         let keeper = std::thread::Builder::new()
             .name("isoflow-sandbox-keeper".into())
             .spawn({
                 let pool = pool.clone();
-                move || {
-                    match pool.start() {
-                        Ok(first) => {
-                            let _ = first_tx.send(Ok(first.hello().cloned()));
-                            pool.lock().spares.push(first);
-                        }
-                        Err(error) => {
-                            let _ = first_tx.send(Err(error));
-                            return;
-                        }
-                    }
-                    pool.keep();
-                }
+                move || pool.keep()
             })
             .map_err(|e| StepError::Internal {
                 message: format!("cannot start the sandbox's keeper thread: {e}"),
             })?;
-        let hello = first_rx
-            .recv()
-            .unwrap_or_else(|_| {
-                Err(StepError::Internal {
-                    message: "the sandbox's keeper thread stopped".to_owned(),
-                })
-            })
-            .map_err(|e| StepError::Internal {
-                message: format!("the sandbox cannot start a process: {e}"),
-            });
-        let hello = match hello {
-            Ok(hello) => hello,
-            Err(error) => {
-                let _ = keeper.join();
-                return Err(error);
-            }
+        let inner = Inner {
+            admission: Arc::new(Admission::new(
+                config.concurrency.max(1),
+                config.tenant_concurrency,
+            )),
+            keeper: Some(keeper),
+            pool,
+            config,
         };
-        if let Some(hello) = hello {
-            let layers = &hello.layers;
-            tracing::info!(
-                program = %config.program.path.display(),
-                seccomp = layers.seccomp,
-                uid = layers.uid,
-                gid = layers.gid,
-                network_namespace = layers.network_namespace,
-                empty_root = layers.empty_root,
-                jitless = layers.jitless,
-                memory = %memory_described,
-                "sandbox processes start locked down"
-            );
-            for missing in &layers.missing {
-                tracing::warn!("sandbox layer not available on this machine: {missing}");
-            }
+        // The first process: it must start, and it says how locked down
+        // processes are here.
+        // Waited for with a plain channel: this may be called from inside a
+        // runtime (an engine starting), where tokio's channels refuse to
+        // block.
+        let (tx, rx) = std::sync::mpsc::channel();
+        inner.pool.ask_keeper(Box::new(move |started| {
+            let _ = tx.send(started);
+        }));
+        let mut first = rx.recv().unwrap_or_else(|_| {
+            Err(StepError::Internal {
+                message: "the sandbox's keeper thread stopped".to_owned(),
+            })
+        });
+        let hello = first
+            .as_mut()
+            .map_err(|e| e.clone())
+            .and_then(|p| inner.pool.ready_blocking(p).cloned());
+        let hello = hello.map_err(|e| StepError::Internal {
+            message: format!("the sandbox cannot start a process: {e}"),
+        })?;
+        inner.pool.lock().spares.extend(first.ok());
+        let layers = &hello.layers;
+        tracing::info!(
+            program = %inner.config.program.path.display(),
+            seccomp = layers.seccomp,
+            uid = layers.uid,
+            gid = layers.gid,
+            network_namespace = layers.network_namespace,
+            empty_root = layers.empty_root,
+            jitless = layers.jitless,
+            memory = %memory_described,
+            threads = inner.pool.spawner.pids.is_some(),
+            "sandbox processes start locked down"
+        );
+        for missing in &layers.missing {
+            tracing::warn!("sandbox layer not available on this machine: {missing}");
         }
-
-        let concurrency = config.concurrency.max(1);
-        let queue = Arc::new(Queue::new(
-            config
-                .tenant_concurrency
-                .unwrap_or(concurrency.saturating_sub(1))
-                .clamp(1, concurrency),
-        ));
-        let mut runners = Vec::new();
-        let defaults = config.limits;
-        for i in 0..concurrency {
-            let queue = queue.clone();
-            let pool = pool.clone();
-            let runner = std::thread::Builder::new()
-                .name(format!("isoflow-sandbox-{i}"))
-                .spawn(move || {
-                    while let Some(Job { exec, reply }) = queue.take() {
-                        let outcome = pool.run(&exec, defaults);
-                        queue.done(&exec.tenant);
-                        // The caller may have given up waiting; the step ran all the same.
-                        let _ = reply.send(outcome);
-                    }
-                })
-                .map_err(|e| StepError::Internal {
-                    message: format!("cannot start a sandbox thread: {e}"),
-                })?;
-            runners.push(runner);
-        }
+        inner.pool.changed.notify_all();
         Ok(Sandbox {
-            inner: Arc::new(Inner {
-                queue,
-                runners,
-                keeper: Some(keeper),
-                pool,
-                config,
-            }),
+            inner: Arc::new(inner),
         })
     }
 
@@ -227,31 +189,32 @@ impl Sandbox {
 
     /// Runs one execution in a sandbox process and waits for its outcome.
     /// A step's failure is in `Outcome::result`; this never fails itself.
+    /// Dropping the future kills the process running the step.
     pub async fn execute(&self, exec: Execution) -> Outcome {
-        match self.submit(exec) {
-            Ok(rx) => rx.await.unwrap_or_else(|_| lost()),
-            Err(outcome) => outcome,
-        }
-    }
-
-    /// [`Sandbox::execute`] for synchronous callers. Must not be called from
-    /// inside an async runtime.
-    pub fn execute_blocking(&self, exec: Execution) -> Outcome {
-        match self.submit(exec) {
-            Ok(rx) => rx.blocking_recv().unwrap_or_else(|_| lost()),
-            Err(outcome) => outcome,
-        }
-    }
-
-    fn submit(&self, exec: Execution) -> Result<oneshot::Receiver<Outcome>, Outcome> {
         if !exec.runtime.is_available() {
-            return Err(Outcome::failed(StepError::Unavailable(exec.runtime)));
+            return Outcome::failed(StepError::Unavailable(exec.runtime));
         }
-        let (reply, rx) = oneshot::channel();
-        if !self.inner.queue.push(Job { exec, reply }) {
-            return Err(Outcome::failed(StepError::Shutdown));
+        let Some(_turn) = self.inner.admission.enter(&exec.tenant).await else {
+            return Outcome::failed(StepError::Shutdown);
+        };
+        self.inner
+            .pool
+            .run_async(&exec, self.inner.config.limits)
+            .await
+    }
+
+    /// [`Sandbox::execute`] for synchronous callers, on their own thread.
+    /// Must not be called from inside an async runtime.
+    pub fn execute_blocking(&self, exec: Execution) -> Outcome {
+        if !exec.runtime.is_available() {
+            return Outcome::failed(StepError::Unavailable(exec.runtime));
         }
-        Ok(rx)
+        let Some(_turn) = self.inner.admission.enter_blocking(&exec.tenant) else {
+            return Outcome::failed(StepError::Shutdown);
+        };
+        self.inner
+            .pool
+            .run_blocking(&exec, self.inner.config.limits)
     }
 
     /// What the pool did so far and the processes it holds.
@@ -284,11 +247,7 @@ impl Sandbox {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Closing the queue ends every runner once the steps queued are done.
-        self.queue.close();
-        for runner in self.runners.drain(..) {
-            let _ = runner.join();
-        }
+        self.admission.close();
         self.pool.lock().shutdown = true;
         self.pool.changed.notify_all();
         if let Some(keeper) = self.keeper.take() {
@@ -297,111 +256,146 @@ impl Drop for Inner {
     }
 }
 
-/// Steps waiting for a runner, per tenant, served round-robin: a tenant
-/// with a thousand steps queued does not make another's one step wait
-/// behind them all, and no tenant runs more than `per_tenant` steps at once
-/// (one runner short of all of them, by default), so that another tenant's
-/// step always finds a runner soon, even while one tenant's steps spin for
-/// as long as their time limits allow.
-struct Queue {
-    state: Mutex<QueueState>,
-    ready: Condvar,
+/// Turns to run a step: at most `concurrency` at once, at most `per_tenant`
+/// of one tenant (one short of all of them, by default), and tenants that
+/// wait are served in turn. A tenant with a thousand steps waiting does not
+/// make another's one step wait behind them all, and however long one
+/// tenant's steps spin, another tenant's step gets a turn soon.
+struct Admission {
+    state: Mutex<AdmissionState>,
+    concurrency: usize,
     per_tenant: usize,
 }
 
 #[derive(Default)]
-struct QueueState {
+struct AdmissionState {
+    running: usize,
+    per_tenant: HashMap<Arc<str>, usize>,
     /// Tenants with steps waiting, in the order they are served next.
-    waiting: std::collections::VecDeque<(Arc<str>, std::collections::VecDeque<Job>)>,
-    running: std::collections::HashMap<Arc<str>, usize>,
+    waiting: VecDeque<(Arc<str>, VecDeque<oneshot::Sender<Turn>>)>,
     closed: bool,
 }
 
-impl Queue {
-    fn new(per_tenant: usize) -> Queue {
-        Queue {
-            state: Mutex::new(QueueState::default()),
-            ready: Condvar::new(),
-            per_tenant,
-        }
-    }
+/// A step's turn; the next waiting step gets one when it is dropped.
+struct Turn {
+    /// `None` once the turn was given back by hand.
+    admission: Option<Arc<Admission>>,
+    tenant: Arc<str>,
+}
 
-    fn lock(&self) -> MutexGuard<'_, QueueState> {
-        // Moves between collections only: consistent even after a panic.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Queues `job`; `false` if the queue is closed (the sandbox is
-    /// shutting down).
-    fn push(&self, job: Job) -> bool {
-        let mut state = self.lock();
-        if state.closed {
-            return false;
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if let Some(admission) = self.admission.take() {
+            admission.done(&self.tenant);
         }
-        let tenant = &job.exec.tenant;
-        match state.waiting.iter_mut().find(|(t, _)| t == tenant) {
-            Some((_, jobs)) => jobs.push_back(job),
-            None => {
-                let tenant = tenant.clone();
-                state.waiting.push_back((tenant, [job].into()));
-            }
-        }
-        drop(state);
-        self.ready.notify_one();
-        true
-    }
-
-    /// The next step to run, waiting for one; `None` once the queue is
-    /// closed and empty.
-    fn take(&self) -> Option<Job> {
-        let mut state = self.lock();
-        loop {
-            let eligible = state.waiting.iter().position(|(tenant, _)| {
-                state.running.get(tenant).copied().unwrap_or(0) < self.per_tenant
-            });
-            if let Some(index) = eligible {
-                let (tenant, mut jobs) = state.waiting.remove(index).expect("a valid index");
-                let job = jobs.pop_front().expect("tenants in the queue have steps");
-                *state.running.entry(tenant.clone()).or_default() += 1;
-                if !jobs.is_empty() {
-                    // To the back: the other tenants go first.
-                    state.waiting.push_back((tenant, jobs));
-                }
-                return Some(job);
-            }
-            if state.closed && state.waiting.is_empty() {
-                return None;
-            }
-            state = self
-                .ready
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-
-    /// A step of `tenant` has finished: another of its steps may start.
-    fn done(&self, tenant: &Arc<str>) {
-        let mut state = self.lock();
-        if let Some(running) = state.running.get_mut(tenant) {
-            *running -= 1;
-            if *running == 0 {
-                state.running.remove(tenant);
-            }
-        }
-        drop(state);
-        self.ready.notify_all();
-    }
-
-    fn close(&self) {
-        self.lock().closed = true;
-        self.ready.notify_all();
     }
 }
 
-fn lost() -> Outcome {
-    Outcome::failed(StepError::Internal {
-        message: "the sandbox thread running the step stopped before replying".to_owned(),
-    })
+impl Admission {
+    fn new(concurrency: usize, per_tenant: Option<usize>) -> Admission {
+        Admission {
+            state: Mutex::new(AdmissionState::default()),
+            concurrency,
+            per_tenant: per_tenant
+                .unwrap_or(concurrency.saturating_sub(1))
+                .clamp(1, concurrency),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, AdmissionState> {
+        // Counters and queues only: consistent even after a panic.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A turn now, or a receiver that gets one when it comes (`Err` once
+    /// the sandbox is shutting down).
+    fn ask(self: &Arc<Self>, tenant: &Arc<str>) -> Result<Turn, Option<oneshot::Receiver<Turn>>> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(None);
+        }
+        let mine = state.per_tenant.get(tenant).copied().unwrap_or(0);
+        if state.waiting.is_empty() && state.running < self.concurrency && mine < self.per_tenant {
+            state.running += 1;
+            *state.per_tenant.entry(tenant.clone()).or_default() += 1;
+            return Ok(Turn {
+                admission: Some(self.clone()),
+                tenant: tenant.clone(),
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        match state.waiting.iter_mut().find(|(t, _)| t == tenant) {
+            Some((_, waiters)) => waiters.push_back(tx),
+            None => state.waiting.push_back((tenant.clone(), [tx].into())),
+        }
+        Err(Some(rx))
+    }
+
+    async fn enter(self: &Arc<Self>, tenant: &Arc<str>) -> Option<Turn> {
+        match self.ask(tenant) {
+            Ok(turn) => Some(turn),
+            Err(waiting) => waiting?.await.ok(),
+        }
+    }
+
+    fn enter_blocking(self: &Arc<Self>, tenant: &Arc<str>) -> Option<Turn> {
+        match self.ask(tenant) {
+            Ok(turn) => Some(turn),
+            Err(waiting) => waiting?.blocking_recv().ok(),
+        }
+    }
+
+    fn done(self: &Arc<Self>, tenant: &Arc<str>) {
+        let mut state = self.lock();
+        state.running -= 1;
+        Self::uncount(&mut state, tenant);
+        self.hand_out(&mut state);
+    }
+
+    fn uncount(state: &mut AdmissionState, tenant: &Arc<str>) {
+        if let Some(mine) = state.per_tenant.get_mut(tenant) {
+            *mine -= 1;
+            if *mine == 0 {
+                state.per_tenant.remove(tenant);
+            }
+        }
+    }
+
+    /// Gives free turns to waiting steps, tenants in turn.
+    fn hand_out(self: &Arc<Self>, state: &mut AdmissionState) {
+        while state.running < self.concurrency {
+            let eligible = state.waiting.iter().position(|(tenant, _)| {
+                state.per_tenant.get(tenant).copied().unwrap_or(0) < self.per_tenant
+            });
+            let Some(index) = eligible else { return };
+            let (tenant, mut waiters) = state.waiting.remove(index).expect("a valid index");
+            let waiter = waiters.pop_front().expect("waiting tenants have waiters");
+            if !waiters.is_empty() {
+                // To the back: the other tenants go first.
+                state.waiting.push_back((tenant.clone(), waiters));
+            }
+            state.running += 1;
+            *state.per_tenant.entry(tenant.clone()).or_default() += 1;
+            let turn = Turn {
+                admission: Some(self.clone()),
+                tenant,
+            };
+            if let Err(mut unwanted) = waiter.send(turn) {
+                // Its caller gave up waiting: the turn goes back, counted
+                // here (the lock is held), not by its drop.
+                unwanted.admission = None;
+                state.running -= 1;
+                Self::uncount(state, &unwanted.tenant);
+            }
+        }
+    }
+
+    fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        // Dropping the senders tells every waiter.
+        state.waiting.clear();
+    }
 }
 
 /// How often the keeper looks at idle processes' CPU time, and how much
@@ -411,7 +405,8 @@ const IDLE_CPU: Duration = Duration::from_millis(500);
 
 struct Pool {
     state: Mutex<State>,
-    /// Wakes the keeper: a spare was taken, a process retired, shutdown.
+    /// Wakes the keeper: a start asked for, a spare taken, a process
+    /// retired, shutdown.
     changed: Condvar,
     spawner: Spawner,
     processes: usize,
@@ -419,16 +414,19 @@ struct Pool {
     steps_per_process: u32,
 }
 
+/// A process asked of the keeper: started, not yet ready.
+type Started = Result<Process, StepError>;
+
 #[derive(Default)]
 struct State {
     /// Bound to a tenant, waiting for its next step.
     idle: Vec<Process>,
-    /// Unbound, started (ready or nearly).
+    /// Unbound, started (ready, or on their way).
     spares: Vec<Process>,
-    /// Running a step on a runner thread.
+    /// Running a step.
     busy: Vec<Busy>,
-    /// Spares the keeper is starting.
-    starting: usize,
+    /// Processes steps asked the keeper to start, and where each goes.
+    requests: VecDeque<Box<dyn FnOnce(Started) + Send>>,
     /// To stop and reap, off the steps' path.
     retired: Vec<Process>,
     stats: SandboxStats,
@@ -441,6 +439,41 @@ struct Busy {
     steps: u32,
 }
 
+/// What a step found in the pool.
+enum Found {
+    Process(Box<Process>),
+    /// Nothing: the keeper is to start one.
+    Start(oneshot::Receiver<Started>),
+}
+
+/// A process lent to a step. Dropped without [`Lease::release`] (its step's
+/// future was dropped, say), the process is retired: its state cannot be
+/// known.
+struct Lease<'a> {
+    pool: &'a Pool,
+    process: Option<Process>,
+}
+
+impl Lease<'_> {
+    fn get(&mut self) -> &mut Process {
+        self.process.as_mut().expect("held until released")
+    }
+
+    fn release(mut self, healthy: bool) {
+        if let Some(process) = self.process.take() {
+            self.pool.release(process, healthy);
+        }
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(process) = self.process.take() {
+            self.pool.release(process, false);
+        }
+    }
+}
+
 impl Pool {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every change under the lock is a move between lists; a panic
@@ -448,75 +481,152 @@ impl Pool {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts a process and waits until it is ready.
-    fn start(&self) -> Result<Process, StepError> {
-        let begun = Instant::now();
-        let process = self.spawner.spawn().map_err(|e| StepError::Internal {
-            message: e.to_string(),
-        })?;
-        self.ready(process, begun)
+    /// Asks the keeper to start a process and hand it to `deliver`.
+    fn ask_keeper(&self, deliver: Box<dyn FnOnce(Started) + Send>) {
+        self.lock().requests.push_back(deliver);
+        self.changed.notify_all();
     }
 
-    /// Waits for a started process to become ready, and counts it.
-    fn ready(&self, mut process: Process, begun: Instant) -> Result<Process, StepError> {
-        process.ready(&self.spawner)?;
+    /// Asks the keeper to start a process, to be received from a step.
+    fn request(&self) -> oneshot::Receiver<Started> {
+        let (tx, rx) = oneshot::channel();
+        self.ask_keeper(Box::new(move |started| {
+            // A step that gave up waiting leaves the process to drop.
+            let _ = tx.send(started);
+        }));
+        rx
+    }
+
+    /// Counts a process that became ready.
+    fn count_ready(&self, process: &mut Process, was_ready: bool) {
+        if was_ready {
+            return;
+        }
         process.idle_cpu = process.cpu_ticks();
-        let took = begun.elapsed();
         let mut state = self.lock();
         state.stats.started += 1;
-        state.stats.start_time += took;
-        Ok(process)
+        state.stats.start_time += process.age();
     }
 
-    /// Runs `exec` on a process of its tenant: one more try on another
-    /// process if the step never reached the first.
-    fn run(&self, exec: &Execution, defaults: Limits) -> Outcome {
+    fn ready_blocking<'p>(&self, process: &'p mut Process) -> Result<&'p Hello, StepError> {
+        let was_ready = process.hello().is_some();
+        process.ready_blocking(&self.spawner)?;
+        self.count_ready(process, was_ready);
+        Ok(process.hello().expect("ready"))
+    }
+
+    /// The memory a step needs of its process under an address space cap
+    /// (a process can only take steps as large as its first).
+    fn address_space(&self, exec: &Execution, limits: &Limits) -> Option<u64> {
+        matches!(self.spawner.memory.mode(), memory::Mode::AddressSpace).then(|| {
+            super::process::address_space_allowance(
+                limits
+                    .heap_bytes
+                    .saturating_add(exec.input_json.len())
+                    .saturating_add(self.spawner.margin),
+            )
+        })
+    }
+
+    fn limits(exec: &Execution, defaults: Limits) -> Limits {
         let mut limits = exec.limits.unwrap_or(defaults).clamped();
         limits.output_bytes = limits.output_bytes.min(defaults.output_bytes.max(1));
-        // Under an address space cap, a process can only take steps as large
-        // as its first (see process.rs): what this one needs.
-        let address_space =
-            matches!(self.spawner.memory.mode(), memory::Mode::AddressSpace).then(|| {
-                super::process::address_space_allowance(
-                    limits
-                        .heap_bytes
-                        .saturating_add(exec.input_json.len())
-                        .saturating_add(self.spawner.margin),
-                )
-            });
+        limits
+    }
+
+    /// Runs `exec` on a process of its tenant from a tokio task: one more
+    /// try on another process if the step never reached the first.
+    async fn run_async(&self, exec: &Execution, defaults: Limits) -> Outcome {
+        let limits = Self::limits(exec, defaults);
+        let needs = self.address_space(exec, &limits);
         let mut last = None;
         for _ in 0..2 {
-            let mut process = match self.acquire(&exec.tenant, address_space) {
-                Ok(process) => process,
-                Err(error) => return Outcome::failed(error),
+            let process = match self.find(&exec.tenant, needs) {
+                Found::Process(process) => *process,
+                Found::Start(started) => match started.await {
+                    Ok(Ok(process)) => process,
+                    Ok(Err(error)) => return Outcome::failed(error),
+                    Err(_) => return Outcome::failed(StepError::Shutdown),
+                },
             };
-            let result = process.run(exec, &limits, &self.spawner);
-            let pid = process.pid;
-            match result {
-                Ok(outcome) => {
-                    self.release(process, pid, true);
-                    return outcome;
+            let mut lease = self.lend(process, &exec.tenant);
+            let was_ready = lease.get().hello().is_some();
+            let result = match lease.get().ready_async(&self.spawner).await {
+                Ok(_) => {
+                    self.count_ready(lease.get(), was_ready);
+                    lease.get().run_async(exec, &limits, &self.spawner).await
                 }
-                Err(RunError::NotDelivered(error)) => {
-                    self.release(process, pid, false);
-                    last = Some(error);
-                }
-                Err(RunError::Failed(error)) => {
-                    self.lock().stats.failed += 1;
-                    self.release(process, pid, false);
-                    return Outcome::failed(error);
-                }
+                Err(error) => Err(RunError::NotDelivered(error)),
+            };
+            match self.settle(lease, result) {
+                Ok(outcome) => return outcome,
+                Err(error) => last = Some(error),
             }
         }
         Outcome::failed(last.expect("the loop ran"))
     }
 
-    /// An idle process of `tenant` (able to give the step `address_space`,
-    /// if that is how memory is capped), else a spare, else a new one.
-    fn acquire(&self, tenant: &Arc<str>, address_space: Option<u64>) -> Result<Process, StepError> {
+    /// [`Pool::run_async`] on the caller's thread.
+    fn run_blocking(&self, exec: &Execution, defaults: Limits) -> Outcome {
+        let limits = Self::limits(exec, defaults);
+        let needs = self.address_space(exec, &limits);
+        let mut last = None;
+        for _ in 0..2 {
+            let process = match self.find(&exec.tenant, needs) {
+                Found::Process(process) => *process,
+                Found::Start(started) => match started.blocking_recv() {
+                    Ok(Ok(process)) => process,
+                    Ok(Err(error)) => return Outcome::failed(error),
+                    Err(_) => return Outcome::failed(StepError::Shutdown),
+                },
+            };
+            let mut lease = self.lend(process, &exec.tenant);
+            let was_ready = lease.get().hello().is_some();
+            let result = match lease.get().ready_blocking(&self.spawner) {
+                Ok(_) => {
+                    self.count_ready(lease.get(), was_ready);
+                    lease.get().run_blocking(exec, &limits, &self.spawner)
+                }
+                Err(error) => Err(RunError::NotDelivered(error)),
+            };
+            match self.settle(lease, result) {
+                Ok(outcome) => return outcome,
+                Err(error) => last = Some(error),
+            }
+        }
+        Outcome::failed(last.expect("the loop ran"))
+    }
+
+    /// Returns the lease; the outcome, or the error to try again with.
+    fn settle(
+        &self,
+        lease: Lease<'_>,
+        result: Result<Outcome, RunError>,
+    ) -> Result<Outcome, StepError> {
+        match result {
+            Ok(outcome) => {
+                lease.release(true);
+                Ok(outcome)
+            }
+            Err(RunError::NotDelivered(error)) => {
+                lease.release(false);
+                Err(error)
+            }
+            Err(RunError::Failed(error)) => {
+                self.lock().stats.failed += 1;
+                lease.release(false);
+                Ok(Outcome::failed(error))
+            }
+        }
+    }
+
+    /// An idle process of `tenant` (able to give the step `needs` of
+    /// address space, where that is how memory is capped), else a spare,
+    /// else a start asked of the keeper.
+    fn find(&self, tenant: &Arc<str>, needs: Option<u64>) -> Found {
         let mut state = self.lock();
         state.stats.steps += 1;
-        let too_small = |p: &Process| match (p.address_space, address_space) {
+        let too_small = |p: &Process| match (p.address_space, needs) {
             (Some(has), Some(needs)) => has < needs,
             _ => false,
         };
@@ -528,50 +638,42 @@ impl Pool {
             let process = state.idle.swap_remove(index);
             state.retired.push(process);
         }
-        loop {
-            let found = state
-                .idle
-                .iter()
-                .position(|p| p.tenant.as_deref() == Some(&**tenant));
-            let Some(index) = found else { break };
-            let mut process = state.idle.swap_remove(index);
-            if process.is_alive() {
-                state.stats.hits += 1;
-                return Ok(self.bind(state, process, tenant));
-            }
-            state.retired.push(process);
+        if let Some(index) = state
+            .idle
+            .iter()
+            .position(|p| p.tenant.as_deref() == Some(&**tenant))
+        {
+            // One that died while idle is found out when its step cannot
+            // be sent, and the step goes to another: no system call here.
+            let process = state.idle.swap_remove(index);
+            state.stats.hits += 1;
+            return Found::Process(Box::new(process));
         }
-        while let Some(mut process) = state.spares.pop() {
+        if let Some(process) = state.spares.pop() {
             self.changed.notify_all();
-            if process.is_alive() {
-                state.stats.spares_taken += 1;
-                return Ok(self.bind(state, process, tenant));
-            }
-            state.retired.push(process);
+            state.stats.spares_taken += 1;
+            return Found::Process(Box::new(process));
         }
         state.stats.cold_starts += 1;
         drop(state);
-        let process = self.start()?;
-        let state = self.lock();
-        Ok(self.bind(state, process, tenant))
+        Found::Start(self.request())
     }
 
     /// Marks `process` busy for `tenant`, and makes room under the cap by
     /// stopping the least recently used idle processes.
-    fn bind(
-        &self,
-        mut state: MutexGuard<'_, State>,
-        mut process: Process,
-        tenant: &Arc<str>,
-    ) -> Process {
+    fn lend(&self, mut process: Process, tenant: &Arc<str>) -> Lease<'_> {
         process.tenant = Some(tenant.clone());
+        let mut state = self.lock();
         state.busy.push(Busy {
             pid: process.pid,
             tenant: tenant.clone(),
             steps: process.steps,
         });
         self.evict(&mut state);
-        process
+        Lease {
+            pool: self,
+            process: Some(process),
+        }
     }
 
     fn evict(&self, state: &mut State) {
@@ -592,8 +694,10 @@ impl Pool {
 
     /// Returns a process after a step: to the idle list if it can serve
     /// more, else to be stopped.
-    fn release(&self, mut process: Process, pid: u32, healthy: bool) {
-        process.idle_cpu = process.cpu_ticks();
+    fn release(&self, mut process: Process, healthy: bool) {
+        // Its CPU time is read by the keeper, off the step's path.
+        process.idle_cpu = None;
+        let pid = process.pid;
         let mut state = self.lock();
         state.busy.retain(|b| b.pid != pid);
         if healthy && process.steps < self.steps_per_process && !state.shutdown {
@@ -614,14 +718,19 @@ impl Pool {
     /// running between steps.
     fn retire_busy_idlers(&self, state: &mut State) {
         let allowed = IDLE_CPU.as_millis() as u64 * super::process::ticks_per_second() / 1000;
-        let busy = |p: &Process| match (p.idle_cpu, p.cpu_ticks()) {
+        // First seen idle: the baseline. Seen again: compared with it.
+        let busy = |p: &mut Process| match (p.idle_cpu, p.cpu_ticks()) {
             (Some(then), Some(now)) => now.saturating_sub(then) > allowed,
+            (None, now) => {
+                p.idle_cpu = now;
+                false
+            }
             _ => false,
         };
         for list in [&mut state.idle, &mut state.spares] {
             let mut i = 0;
             while i < list.len() {
-                if busy(&list[i]) {
+                if busy(&mut list[i]) {
                     let process = list.swap_remove(i);
                     tracing::warn!(
                         pid = process.pid,
@@ -637,16 +746,21 @@ impl Pool {
         }
     }
 
-    /// The keeper: keeps spares started, stops retired processes, watches
-    /// idle ones.
+    /// The keeper: starts the processes steps ask for and keeps spares
+    /// started, stops retired processes, watches idle ones. It never waits
+    /// for a process to become ready: whoever takes it does.
     fn keep(&self) {
         loop {
-            let (retired, wanted) = {
+            let (requests, retired, spares) = {
                 let mut state = self.lock();
                 loop {
                     self.retire_busy_idlers(&mut state);
-                    let short = self.spare > state.spares.len() + state.starting;
-                    if state.shutdown || !state.retired.is_empty() || short {
+                    let short = self.spare > state.spares.len();
+                    if state.shutdown
+                        || !state.requests.is_empty()
+                        || !state.retired.is_empty()
+                        || short
+                    {
                         break;
                     }
                     state = self
@@ -659,36 +773,36 @@ impl Pool {
                     let mut all = std::mem::take(&mut state.retired);
                     all.append(&mut state.idle);
                     all.append(&mut state.spares);
+                    // Dropping a request's sender tells its step.
+                    state.requests.clear();
                     drop(state);
                     // Dropping a process kills and reaps it.
                     drop(all);
                     return;
                 }
-                let wanted = self
-                    .spare
-                    .saturating_sub(state.spares.len() + state.starting);
-                state.starting += wanted;
-                (std::mem::take(&mut state.retired), wanted)
+                let spares = self.spare.saturating_sub(state.spares.len());
+                (
+                    std::mem::take(&mut state.requests),
+                    std::mem::take(&mut state.retired),
+                    spares,
+                )
             };
-            drop(retired);
-            // Started all at once, then waited for: they load and start
-            // their engines in parallel.
-            let begun = Instant::now();
-            let started: Vec<_> = (0..wanted).map(|_| self.spawner.spawn()).collect();
             let mut failed = false;
-            for process in started {
-                let ready = process
-                    .map_err(|e| StepError::Internal {
-                        message: e.to_string(),
-                    })
-                    .and_then(|p| self.ready(p, begun));
-                let mut state = self.lock();
-                state.starting -= 1;
-                match ready {
-                    Ok(process) => state.spares.push(process),
+            for deliver in requests {
+                let started = self.spawner.spawn().map_err(|e| StepError::Internal {
+                    message: format!("the sandbox cannot start a process: {e}"),
+                });
+                failed |= started.is_err();
+                deliver(started);
+            }
+            drop(retired);
+            for _ in 0..spares {
+                match self.spawner.spawn() {
+                    Ok(process) => self.lock().spares.push(process),
                     Err(error) => {
                         tracing::warn!(%error, "cannot start a spare sandbox process");
                         failed = true;
+                        break;
                     }
                 }
             }

@@ -1,12 +1,12 @@
 //! One sandbox process, seen from the node: starting it, sending it a step,
 //! reading its answer without trusting it, and saying why it died.
 //!
-//! Everything here runs on the pool's own threads (a runner or the keeper),
-//! never on a tokio worker: the socket is used with blocking calls and
-//! timeouts.
+//! A step runs from a thread that may wait ([`Process::run_blocking`]) or
+//! from a tokio task ([`Process::run_async`]); the two share everything but
+//! the waiting, which is in [`wire`](super::wire).
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
@@ -22,11 +22,8 @@ use isoflow_sandbox::protocol::{self, DoneMeta, Hello, RunMeta, Tag, VERSION};
 use isoflow_sandbox::step::cut_text;
 
 use super::memory::{self, Cgroup};
+use super::wire::{self, Incoming, Outgoing, Received};
 use super::{Execution, Limits, Outcome, Program, StepError};
-
-/// How long a reply may stall once it has started, and a write to a
-/// process that is not reading: long enough for any honest process.
-const PROGRESS: Duration = Duration::from_secs(10);
 
 /// How long after a step's deadline the node waits for its answer before it
 /// kills the process: the process enforces the deadline itself, this is the
@@ -59,6 +56,18 @@ pub(crate) enum RunError {
     Failed(StepError),
 }
 
+/// What went wrong with a step, before the process's end is known.
+#[derive(Debug)]
+enum Trouble {
+    /// The step never reached the process.
+    Undelivered(Ending),
+    /// The process ended, stalled or misbehaved during the step.
+    During(Ending),
+    /// No answer by the deadline: the step timed out (unless the memory cap
+    /// ended the process first).
+    Late(Duration),
+}
+
 /// Why the node stopped talking to a process.
 #[derive(Debug)]
 enum Ending {
@@ -85,6 +94,11 @@ pub(crate) struct Process {
     hello: Option<Hello>,
     /// Whether it has died; then it is only ever dropped.
     dead: bool,
+    /// Whether it may have written to stderr since it was last read: after
+    /// a step that hit its heap limit (V8 says so there). An honest process
+    /// writes nothing else until it dies; a hostile one that fills the pipe
+    /// only stalls itself, into its deadline.
+    stderr_unread: bool,
     cgroup: Option<Cgroup>,
     /// Its pids cgroup (a cap on its threads): only held, so that it is
     /// removed once the process is gone.
@@ -176,6 +190,7 @@ impl Spawner {
             last_used: now,
             hello: None,
             dead: false,
+            stderr_unread: false,
             cgroup,
             _threads: threads,
             stat: File::open(format!("/proc/{pid}/stat")).ok(),
@@ -190,70 +205,170 @@ impl Spawner {
 }
 
 impl Process {
-    /// Waits for the process's Hello (once), within the start time-out.
-    pub fn ready(&mut self, spawner: &Spawner) -> Result<&Hello, StepError> {
+    /// Waits on this thread for the process's Hello (once), within the start
+    /// time-out.
+    pub fn ready_blocking(&mut self, spawner: &Spawner) -> Result<&Hello, StepError> {
         if self.hello.is_none() {
-            let hello = self.read_hello(spawner)?;
+            let incoming = Incoming::new(self.started + spawner.start_timeout, 1 << 20);
+            let received = wire::receive_blocking(&self.socket, incoming);
+            let hello = match self.hello_from(received, spawner) {
+                Ok(hello) => hello,
+                Err(ending) => {
+                    let status = self.settle_blocking(&ending);
+                    return Err(not_started(self.death(ending, status)));
+                }
+            };
             self.hello = Some(hello);
         }
         Ok(self.hello.as_ref().expect("set above"))
     }
 
-    fn read_hello(&mut self, spawner: &Spawner) -> Result<Hello, StepError> {
-        let deadline = self.started + spawner.start_timeout;
-        let hello = match receive(&self.socket, deadline, 1 << 20) {
-            Ok(frame) => frame
-                .expect(Tag::Hello)
-                .and_then(|f| f.meta::<Hello>())
-                .map_err(|e| Received::Misbehaved(e.to_string())),
-            Err(error) => Err(error),
-        };
-        let hello = match hello {
-            Ok(hello) => hello,
-            Err(Received::NoAnswer) => {
-                let error = self.death(Ending::Deadline(spawner.start_timeout));
-                return Err(not_started(error));
-            }
-            Err(Received::Misbehaved(why)) => {
-                return Err(not_started(self.death(Ending::Misbehaved(why))));
-            }
-            Err(Received::Closed) => return Err(not_started(self.death(Ending::Ended))),
-        };
+    /// [`Process::ready_blocking`] for a tokio task.
+    pub async fn ready_async(&mut self, spawner: &Spawner) -> Result<&Hello, StepError> {
+        if self.hello.is_none() {
+            let incoming = Incoming::new(self.started + spawner.start_timeout, 1 << 20);
+            let received = match wire::register(&self.socket) {
+                Ok(registered) => wire::receive_async(&registered, incoming).await,
+                Err(_) => Err(Received::Closed),
+            };
+            let hello = match self.hello_from(received, spawner) {
+                Ok(hello) => hello,
+                Err(ending) => {
+                    let status = self.settle_async(&ending).await;
+                    return Err(not_started(self.death(ending, status)));
+                }
+            };
+            self.hello = Some(hello);
+        }
+        Ok(self.hello.as_ref().expect("set above"))
+    }
+
+    fn hello_from(
+        &self,
+        received: Result<protocol::Frame, Received>,
+        spawner: &Spawner,
+    ) -> Result<Hello, Ending> {
+        let hello = received
+            .and_then(|frame| {
+                frame
+                    .expect(Tag::Hello)
+                    .and_then(|f| f.meta::<Hello>())
+                    .map_err(|e| Received::Misbehaved(e.to_string()))
+            })
+            .map_err(|received| match received {
+                Received::NoAnswer => Ending::Deadline(spawner.start_timeout),
+                Received::Misbehaved(why) => Ending::Misbehaved(why),
+                Received::Closed => Ending::Ended,
+            })?;
         if hello.version != VERSION || hello.pid != self.pid {
-            let why = format!(
+            return Err(Ending::Misbehaved(format!(
                 "it speaks protocol {} as pid {}, not protocol {VERSION} as pid {} ({} is not this \
                  node's sandbox program)",
                 hello.version,
                 hello.pid,
                 self.pid,
                 spawner.program.path.display()
-            );
-            return Err(not_started(self.death(Ending::Misbehaved(why))));
+            )));
         }
         Ok(hello)
     }
 
-    /// Whether the process is still running (it may have been killed while
-    /// it waited in the pool).
-    pub fn is_alive(&mut self) -> bool {
-        !self.dead && matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Runs one step. A step that fails inside the process (an exception, a
-    /// limit) is an `Ok` outcome: the process is fine and can run more.
-    pub fn run(
+    /// Runs one step, waiting on this thread. A step that fails inside the
+    /// process (an exception, a limit) is an `Ok` outcome: the process is
+    /// fine and can run more.
+    pub fn run_blocking(
         &mut self,
         exec: &Execution,
         limits: &Limits,
         spawner: &Spawner,
     ) -> Result<Outcome, RunError> {
-        self.ready(spawner).map_err(RunError::NotDelivered)?;
+        self.ready_blocking(spawner)
+            .map_err(RunError::NotDelivered)?;
+        let mut head = Vec::new();
+        let result = match self.prepare(exec, limits, spawner, &mut head) {
+            Err(trouble) => Err(trouble),
+            Ok(slices) => {
+                let mut out = Outgoing::new(&slices);
+                let deadline = out.deadline();
+                match wire::send_blocking(&self.socket, &mut out, deadline) {
+                    Err(error) => Err(undelivered(&error)),
+                    Ok(()) => {
+                        let sent_at = SystemTime::now();
+                        let wait = kill_after(limits, exec.input_json.len());
+                        let incoming = Incoming::new(Instant::now() + wait, reply_limit(limits));
+                        let received = wire::receive_blocking(&self.socket, incoming);
+                        self.conclude(received, limits, sent_at, wait)
+                    }
+                }
+            }
+        };
+        result.map_err(|trouble| {
+            let ending = trouble.ending();
+            let status = self.settle_blocking(ending);
+            self.fail(trouble, status, limits)
+        })
+    }
+
+    /// [`Process::run_blocking`] for a tokio task: the socket is waited on
+    /// through the runtime's reactor, so no other thread is involved.
+    pub async fn run_async(
+        &mut self,
+        exec: &Execution,
+        limits: &Limits,
+        spawner: &Spawner,
+    ) -> Result<Outcome, RunError> {
+        self.ready_async(spawner)
+            .await
+            .map_err(RunError::NotDelivered)?;
+        let mut head = Vec::new();
+        let result = match (
+            self.prepare(exec, limits, spawner, &mut head),
+            wire::register(&self.socket),
+        ) {
+            (Err(trouble), _) => Err(trouble),
+            (Ok(_), Err(error)) => Err(undelivered(&error)),
+            (Ok(slices), Ok(registered)) => {
+                let mut out = Outgoing::new(&slices);
+                let deadline = out.deadline();
+                match wire::send_async(&self.socket, &registered, &mut out, deadline).await {
+                    Err(error) => Err(undelivered(&error)),
+                    Ok(()) => {
+                        let sent_at = SystemTime::now();
+                        let wait = kill_after(limits, exec.input_json.len());
+                        let incoming = Incoming::new(Instant::now() + wait, reply_limit(limits));
+                        let received = wire::receive_async(&registered, incoming).await;
+                        drop(registered);
+                        self.conclude(received, limits, sent_at, wait)
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(outcome) => Ok(outcome),
+            Err(trouble) => {
+                let status = self.settle_async(trouble.ending()).await;
+                Err(self.fail(trouble, status, limits))
+            }
+        }
+    }
+
+    /// Caps the process for the step and makes its frame: `head` gets the
+    /// header and meta, and the slices to send follow.
+    fn prepare<'a>(
+        &mut self,
+        exec: &'a Execution,
+        limits: &Limits,
+        spawner: &Spawner,
+        head: &'a mut Vec<u8>,
+    ) -> Result<Vec<&'a [u8]>, Trouble> {
         // What it said about the last step is old news.
-        let _ = self.drain_stderr();
+        if std::mem::take(&mut self.stderr_unread) {
+            let _ = self.drain_stderr();
+        }
         let input = exec.input_json.as_bytes();
         let address_space = self
             .cap(limits, input.len(), spawner)
-            .map_err(|e| RunError::NotDelivered(self.death(Ending::Misbehaved(e))))?;
+            .map_err(|why| Trouble::Undelivered(Ending::Misbehaved(why)))?;
         let meta = RunMeta {
             runtime: exec.runtime,
             limits: *limits,
@@ -267,53 +382,80 @@ impl Process {
             exec.script.filename.as_bytes(),
             exec.script.source.as_bytes(),
         ];
-        let mut frame = Vec::new();
-        let sections =
-            protocol::frame_slices(&mut frame, Tag::Run, &meta, &sections).map_err(|e| {
-                RunError::NotDelivered(StepError::Internal {
-                    message: e.to_string(),
-                })
-            })?;
-        let len = sections.iter().map(|s| s.len() as u64).sum::<u64>();
-        if let Err(error) = send(&self.socket, &sections, Instant::now() + transfer(len)) {
-            let ending = if is_timeout(&error) {
-                Ending::Misbehaved("it stopped reading its step".to_owned())
-            } else {
-                Ending::Ended
-            };
-            return Err(RunError::NotDelivered(self.death(ending)));
-        }
+        protocol::frame_slices(head, Tag::Run, &meta, &sections)
+            .map_err(|e| Trouble::Undelivered(Ending::Misbehaved(e.to_string())))
+    }
 
-        let sent_at = SystemTime::now();
-        let wait = kill_after(limits, input.len());
-        let frame = match receive(&self.socket, Instant::now() + wait, reply_limit(limits)) {
+    /// Makes the outcome of an answer, or says what went wrong.
+    fn conclude(
+        &mut self,
+        received: Result<protocol::Frame, Received>,
+        limits: &Limits,
+        sent_at: SystemTime,
+        wait: Duration,
+    ) -> Result<Outcome, Trouble> {
+        let frame = match received {
             Ok(frame) => frame,
-            Err(Received::NoAnswer) => {
-                let error = self.death(Ending::Deadline(wait));
-                return Err(RunError::Failed(match error {
-                    StepError::MemoryLimit { .. } => error,
-                    _ => StepError::Timeout {
-                        limit: limits.timeout,
-                    },
-                }));
-            }
-            Err(Received::Misbehaved(why)) => {
-                return Err(RunError::Failed(self.death(Ending::Misbehaved(why))));
-            }
-            Err(Received::Closed) => return Err(RunError::Failed(self.death(Ending::Ended))),
+            Err(Received::NoAnswer) => return Err(Trouble::Late(wait)),
+            Err(Received::Misbehaved(why)) => return Err(Trouble::During(Ending::Misbehaved(why))),
+            Err(Received::Closed) => return Err(Trouble::During(Ending::Ended)),
         };
         self.steps += 1;
         self.last_used = Instant::now();
-        let done = frame
+        let outcome = frame
             .expect(Tag::Done)
-            .and_then(|f| Ok((f.meta::<DoneMeta>()?, f.body)));
-        let answered = done
+            .and_then(|f| Ok((f.meta::<DoneMeta>()?, f.body)))
             .map_err(|e| e.to_string())
-            .and_then(|(meta, body)| answer(meta, body, limits, sent_at..=SystemTime::now()));
-        match answered {
-            Ok(outcome) => Ok(outcome),
-            Err(why) => Err(RunError::Failed(self.death(Ending::Misbehaved(why)))),
+            .and_then(|(meta, body)| answer(meta, body, limits, sent_at..=SystemTime::now()))
+            .map_err(|why| Trouble::During(Ending::Misbehaved(why)))?;
+        self.stderr_unread = matches!(outcome.result, Err(StepError::HeapLimit { .. }));
+        Ok(outcome)
+    }
+
+    /// The step's error once the process's end is known (`status`).
+    fn fail(&mut self, trouble: Trouble, status: Option<ExitStatus>, limits: &Limits) -> RunError {
+        match trouble {
+            Trouble::Undelivered(ending) => RunError::NotDelivered(self.death(ending, status)),
+            Trouble::During(ending) => RunError::Failed(self.death(ending, status)),
+            Trouble::Late(wait) => {
+                RunError::Failed(match self.death(Ending::Deadline(wait), status) {
+                    error @ StepError::MemoryLimit { .. } => error,
+                    _ => StepError::Timeout {
+                        limit: limits.timeout,
+                    },
+                })
+            }
         }
+    }
+
+    /// How the process ended, waiting on this thread: a process whose
+    /// socket closed gets half a second to exit on its own (its exit status
+    /// says why); any other is killed.
+    fn settle_blocking(&mut self, ending: &Ending) -> Option<ExitStatus> {
+        if matches!(ending, Ending::Ended) {
+            let until = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < until {
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    return Some(status);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        None
+    }
+
+    /// [`Process::settle_blocking`] for a tokio task.
+    async fn settle_async(&mut self, ending: &Ending) -> Option<ExitStatus> {
+        if matches!(ending, Ending::Ended) {
+            let until = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < until {
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    return Some(status);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        None
     }
 
     /// Sets the process's memory cap for a step with `limits` and an input
@@ -356,14 +498,10 @@ impl Process {
         self.stat.as_ref().and_then(cpu_ticks)
     }
 
-    /// Ends the process (if it has not ended) and says what became of it,
-    /// as the error of the step it was running.
-    fn death(&mut self, ending: Ending) -> StepError {
+    /// Ends the process (if it has not ended: `status` says how it did) and
+    /// says what became of it, as the error of the step it was running.
+    fn death(&mut self, ending: Ending, status: Option<ExitStatus>) -> StepError {
         self.dead = true;
-        let status = match ending {
-            Ending::Ended => wait_briefly(&mut self.child),
-            _ => None,
-        };
         let status = status.or_else(|| {
             let _ = self.child.kill();
             self.child.wait().ok()
@@ -466,6 +604,11 @@ impl Process {
     /// The peak memory the cgroup charged to this process, when known.
     pub fn peak_memory(&self) -> Option<u64> {
         self.cgroup.as_ref().and_then(Cgroup::peak)
+    }
+
+    /// How long ago it was started.
+    pub fn age(&self) -> Duration {
+        self.started.elapsed()
     }
 
     pub fn hello(&self) -> Option<&Hello> {
@@ -584,14 +727,6 @@ fn answer(
     })
 }
 
-/// How long a frame of `len` bytes may take to cross once it has started:
-/// [`PROGRESS`] plus the time its bytes take at a rate no honest process is
-/// slower than (they send and read at memory speed).
-fn transfer(len: u64) -> Duration {
-    const MIN_RATE: u64 = 64 << 20;
-    PROGRESS + Duration::from_millis(len.saturating_mul(1000) / MIN_RATE)
-}
-
 /// `text` with every control character but line breaks and tabs shown as
 /// `\u{..}`: logs and errors are the step's own text, and an escape
 /// sequence in them would rewrite the terminal of whoever reads them.
@@ -611,148 +746,6 @@ fn printable(text: String) -> String {
         .collect()
 }
 
-/// Why no frame came.
-#[derive(Debug)]
-enum Received {
-    /// Nothing by the deadline for its first byte.
-    NoAnswer,
-    /// The socket closed or broke.
-    Closed,
-    /// A frame too large, malformed, or so slow that it cannot be honest.
-    Misbehaved(String),
-}
-
-/// Waits until `fd` is ready for `events` or `deadline` passes (`false`).
-fn wait_for(fd: libc::c_int, events: libc::c_short, deadline: Instant) -> io::Result<bool> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(false);
-        }
-        let mut pfd = libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        };
-        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
-        // SAFETY: one pollfd for a descriptor this process owns.
-        match unsafe { libc::poll(&mut pfd, 1, ms) } {
-            0 => {}
-            n if n > 0 => return Ok(true),
-            _ => {
-                let error = io::Error::last_os_error();
-                if error.kind() != io::ErrorKind::Interrupted {
-                    return Err(error);
-                }
-            }
-        }
-    }
-}
-
-/// Writes `slices` to the (non-blocking) socket by `deadline`, whatever the
-/// reader's pace: a blocking write could not promise that, since a Unix
-/// socket gives every buffer it allocates during one write(2) the whole
-/// send time-out again.
-fn send(socket: &UnixStream, slices: &[&[u8]], deadline: Instant) -> io::Result<()> {
-    let mut slices: Vec<io::IoSlice<'_>> = slices.iter().map(|s| io::IoSlice::new(s)).collect();
-    let mut slices = &mut slices[..];
-    while !slices.is_empty() {
-        match (&mut &*socket).write_vectored(slices) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => io::IoSlice::advance_slices(&mut slices, n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if !wait_for(socket.as_raw_fd(), libc::POLLOUT, deadline)? {
-                    return Err(io::ErrorKind::TimedOut.into());
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Reads one frame of at most `limit` bytes from the (non-blocking)
-/// socket: its first byte by `first_by`, then all of it within
-/// [`transfer`] of the limit, so that a process trickling its answer a byte
-/// at a time is cut off as surely as one that never answers. An answer
-/// usually comes in one read.
-fn receive(
-    socket: &UnixStream,
-    first_by: Instant,
-    limit: u64,
-) -> Result<protocol::Frame, Received> {
-    let fd = socket.as_raw_fd();
-    let mut deadline = first_by;
-    let mut started = false;
-    // Reads what is there into `into`, waiting for more until the deadline.
-    let mut read = |into: &mut [std::mem::MaybeUninit<u8>]| -> Result<usize, Received> {
-        loop {
-            // SAFETY: recv writes at most `into.len()` bytes into memory
-            // that `into` owns; uninitialised bytes are fine to write to.
-            let n =
-                unsafe { libc::recv(fd, into.as_mut_ptr().cast(), into.len(), libc::MSG_DONTWAIT) };
-            if n > 0 {
-                if !started {
-                    started = true;
-                    deadline = Instant::now() + transfer(limit);
-                }
-                return Ok(n as usize);
-            }
-            if n == 0 {
-                return Err(Received::Closed);
-            }
-            let error = io::Error::last_os_error();
-            match error.kind() {
-                io::ErrorKind::WouldBlock => match wait_for(fd, libc::POLLIN, deadline) {
-                    Ok(true) => {}
-                    Ok(false) if started => {
-                        return Err(Received::Misbehaved("its answer stalled".to_owned()));
-                    }
-                    Ok(false) => return Err(Received::NoAnswer),
-                    Err(_) => return Err(Received::Closed),
-                },
-                io::ErrorKind::Interrupted => {}
-                _ => return Err(Received::Closed),
-            }
-        }
-    };
-    // The header, and with it what else arrived (all of a small answer).
-    let mut staging: Vec<u8> = Vec::with_capacity(64 << 10);
-    while staging.len() < protocol::HEADER {
-        let n = read(staging.spare_capacity_mut())?;
-        // SAFETY: `read` initialised `n` more bytes of the spare capacity.
-        unsafe { staging.set_len(staging.len() + n) };
-    }
-    let header: &[u8; protocol::HEADER] = staging[..protocol::HEADER]
-        .try_into()
-        .expect("the header's length");
-    let header =
-        protocol::decode_header(header, limit).map_err(|e| Received::Misbehaved(e.to_string()))?;
-    let mut whole = Vec::new();
-    whole
-        .try_reserve_exact(header.meta_len + header.body_len)
-        .map_err(|_| Received::Misbehaved("an answer larger than memory".to_owned()))?;
-    let extra = &staging[protocol::HEADER..];
-    if extra.len() > whole.capacity() {
-        return Err(Received::Misbehaved("more than its frame".to_owned()));
-    }
-    whole.extend_from_slice(extra);
-    while whole.len() < whole.capacity() {
-        let left = whole.capacity() - whole.len();
-        let spare = &mut whole.spare_capacity_mut()[..left];
-        let n = read(spare)?;
-        // SAFETY: `read` initialised `n` more bytes of the spare capacity.
-        unsafe { whole.set_len(whole.len() + n) };
-    }
-    let body = whole.split_off(header.meta_len);
-    Ok(protocol::Frame {
-        tag: header.tag,
-        meta: whole,
-        body,
-    })
-}
-
 fn is_timeout(error: &io::Error) -> bool {
     matches!(
         error.kind(),
@@ -760,14 +753,21 @@ fn is_timeout(error: &io::Error) -> bool {
     )
 }
 
-/// Waits up to half a second for a process that closed its socket to exit.
-fn wait_briefly(child: &mut Child) -> Option<ExitStatus> {
-    let until = Instant::now() + Duration::from_millis(500);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(1)),
-            _ => return None,
+/// A step whose frame could not be sent: it never reached the process.
+fn undelivered(error: &io::Error) -> Trouble {
+    Trouble::Undelivered(if is_timeout(error) {
+        Ending::Misbehaved("it stopped reading its step".to_owned())
+    } else {
+        Ending::Ended
+    })
+}
+
+impl Trouble {
+    fn ending(&self) -> &Ending {
+        static LATE: Ending = Ending::Deadline(Duration::ZERO);
+        match self {
+            Trouble::Undelivered(ending) | Trouble::During(ending) => ending,
+            Trouble::Late(_) => &LATE,
         }
     }
 }
@@ -819,7 +819,6 @@ mod tests {
             error,
             logs,
             duration_us: 5,
-            cpu_us: 0,
         }
     }
 
@@ -908,61 +907,6 @@ mod tests {
         };
         let failed = answer(meta(Some(error), vec![]), Vec::new(), &limits, ran()).unwrap();
         assert!(!failed.result.unwrap_err().to_string().contains('\u{1b}'));
-    }
-
-    #[test]
-    fn a_trickled_answer_is_cut_off() {
-        let (node, process) = UnixStream::pair().unwrap();
-        node.set_nonblocking(true).unwrap();
-        let announced: u64 = 60 << 20;
-        std::thread::spawn(move || {
-            let mut header = announced.to_le_bytes().to_vec();
-            header.push(Tag::Done as u8);
-            header.extend_from_slice(&((announced - 5) as u32).to_le_bytes());
-            let mut process = &process;
-            let _ = std::io::Write::write_all(&mut process, &header);
-            // A byte every 100 ms: the 60 MiB would take two months.
-            while std::io::Write::write_all(&mut process, b"{").is_ok() {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        let limit = 64 << 20;
-        let start = Instant::now();
-        let received = receive(&node, Instant::now() + Duration::from_secs(5), limit);
-        assert!(
-            matches!(&received, Err(Received::Misbehaved(why)) if why == "its answer stalled"),
-            "{received:?}"
-        );
-        assert!(start.elapsed() < transfer(limit) + Duration::from_secs(5));
-    }
-
-    #[test]
-    fn no_answer_and_a_closed_socket_are_told_apart() {
-        let (node, process) = UnixStream::pair().unwrap();
-        node.set_nonblocking(true).unwrap();
-        let soon = Instant::now() + Duration::from_millis(50);
-        assert!(matches!(
-            receive(&node, soon, 1 << 20),
-            Err(Received::NoAnswer)
-        ));
-        drop(process);
-        let later = Instant::now() + Duration::from_secs(5);
-        assert!(matches!(
-            receive(&node, later, 1 << 20),
-            Err(Received::Closed)
-        ));
-    }
-
-    #[test]
-    fn a_reader_that_stops_reading_cannot_hold_a_write() {
-        let (node, process) = UnixStream::pair().unwrap();
-        node.set_nonblocking(true).unwrap();
-        // Nobody reads `process`: the socket's buffer fills and the write
-        // must give up by its deadline, not wait for ever.
-        let big = vec![0u8; 32 << 20];
-        let result = send(&node, &[&big], Instant::now() + Duration::from_millis(200));
-        assert!(result.is_err_and(|e| is_timeout(&e)));
-        drop(process);
     }
 
     #[test]
