@@ -315,7 +315,11 @@ impl Admission {
             return Err(None);
         }
         let mine = state.per_tenant.get(tenant).copied().unwrap_or(0);
-        if state.waiting.is_empty() && state.running < self.concurrency && mine < self.per_tenant {
+        // Steps that wait while a runner is free are all of tenants at
+        // their own cap ([`Admission::hand_out`] gives free turns away at
+        // once): they do not hold up another tenant's step.
+        let queued = state.waiting.iter().any(|(t, _)| t == tenant);
+        if !queued && state.running < self.concurrency && mine < self.per_tenant {
             state.running += 1;
             *state.per_tenant.entry(tenant.clone()).or_default() += 1;
             return Ok(Turn {
