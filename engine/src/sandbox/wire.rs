@@ -213,7 +213,9 @@ fn wait_for(fd: RawFd, events: libc::c_short, deadline: Instant) -> io::Result<b
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Ok(false);
+            // Past the deadline, what is there already still counts (a
+            // spare's Hello, sent long before anyone asked for it).
+            return ready_now(fd, events);
         }
         let mut pfd = libc::pollfd {
             fd,
@@ -225,6 +227,27 @@ fn wait_for(fd: RawFd, events: libc::c_short, deadline: Instant) -> io::Result<b
         match unsafe { libc::poll(&mut pfd, 1, ms) } {
             0 => {}
             n if n > 0 => return Ok(true),
+            _ => {
+                let error = io::Error::last_os_error();
+                if error.kind() != io::ErrorKind::Interrupted {
+                    return Err(error);
+                }
+            }
+        }
+    }
+}
+
+/// Whether `fd` is ready for `events` at once, without waiting.
+fn ready_now(fd: RawFd, events: libc::c_short) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one pollfd for a descriptor the caller owns.
+        match unsafe { libc::poll(&mut pfd, 1, 0) } {
+            n if n >= 0 => return Ok(n > 0),
             _ => {
                 let error = io::Error::last_os_error();
                 if error.kind() != io::ErrorKind::Interrupted {
@@ -329,7 +352,15 @@ pub(crate) async fn receive_async(
         let mut guard = match ready {
             Ok(Ok(guard)) => guard,
             Ok(Err(_)) => return Err(Received::Closed),
-            Err(_) => return Err(incoming.timed_out()),
+            Err(_) => {
+                // Past the deadline, what is there already still counts:
+                // the reactor may not have seen it yet (a socket
+                // registered just now, a spare's Hello sent long ago).
+                return match incoming.advance(registered.fd.get_ref().0)? {
+                    Some(frame) => Ok(frame),
+                    None => Err(incoming.timed_out()),
+                };
+            }
         };
         if let Some(frame) = incoming.advance(registered.fd.get_ref().0)? {
             return Ok(frame);
@@ -393,6 +424,40 @@ mod tests {
             receive_async(&registered, incoming).await.map(|_| ()),
             Err(Received::Misbehaved("its answer stalled".to_owned()))
         );
+    }
+
+    /// A Hello frame, as a process sends it once ready.
+    fn hello(mut process: &UnixStream) {
+        let meta = b"{}";
+        let mut frame = ((1 + 4 + meta.len()) as u64).to_le_bytes().to_vec();
+        frame.push(Tag::Hello as u8);
+        frame.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+        frame.extend_from_slice(meta);
+        process.write_all(&frame).unwrap();
+    }
+
+    #[test]
+    fn a_frame_already_there_is_read_past_its_deadline() {
+        let (node, process) = pair();
+        hello(&process);
+        let past = Instant::now() - Duration::from_secs(1);
+        let frame = receive_blocking(&node, Incoming::new(past, 1 << 20));
+        assert_eq!(frame.map(|f| f.tag), Ok(Tag::Hello));
+        assert_eq!(
+            receive_blocking(&node, Incoming::new(past, 1 << 20)).map(|_| ()),
+            Err(Received::NoAnswer),
+            "nothing more there: no answer, at once"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_frame_already_there_is_read_past_its_deadline_in_a_task_too() {
+        let (node, process) = pair();
+        hello(&process);
+        let registered = register(&node).unwrap();
+        let past = Instant::now() - Duration::from_secs(1);
+        let frame = receive_async(&registered, Incoming::new(past, 1 << 20)).await;
+        assert_eq!(frame.map(|f| f.tag), Ok(Tag::Hello));
     }
 
     #[test]

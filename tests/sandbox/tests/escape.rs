@@ -642,6 +642,35 @@ fn without_a_jit_no_memory_becomes_executable() {
 }
 
 #[test]
+fn a_spare_that_waited_longer_than_a_start_serves_its_first_step() {
+    // Spares say Hello as soon as they are ready, long before a step takes
+    // them: the start time-out bounds the start, not the wait for a step.
+    let sandbox = Sandbox::new(SandboxConfig {
+        spare: 2,
+        start_timeout: Duration::from_secs(2),
+        ..config()
+    })
+    .expect("the sandbox starts");
+    std::thread::sleep(Duration::from_secs(3));
+    let blocking = sandbox.execute_blocking(doubling("first"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let from_a_task = runtime.block_on(sandbox.execute(doubling("second")));
+    for (how, outcome) in [("blocking", blocking), ("from a task", from_a_task)] {
+        assert_eq!(
+            outcome.value().map_err(|e| e.to_string()),
+            Ok(json!(42)),
+            "{how}: a new tenant's step on a spare started 3 s ago"
+        );
+    }
+    let stats = sandbox.stats();
+    assert_eq!(stats.spares_taken, 2, "{stats:?}");
+    assert_eq!(stats.failed, 0, "{stats:?}");
+}
+
+#[test]
 fn a_process_serves_one_tenant_and_is_recycled() {
     let sandbox = Sandbox::new(SandboxConfig {
         steps_per_process: 5,
