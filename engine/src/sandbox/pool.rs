@@ -3,8 +3,10 @@
 //! - A step first gets its turn ([`Admission`]): at most `concurrency` steps
 //!   run at once, at most `tenant_concurrency` of one tenant, and tenants
 //!   waiting for a turn are served in turn.
-//! - It then takes an idle process of its tenant, else a spare, else asks
-//!   the keeper to start one, and runs on it: from the caller's own task
+//! - It then takes the idle process of its tenant that answered longest
+//!   ago, else a spare, else asks the keeper to start one (and a spare
+//!   before a tenant's only process that answered just now: that one is
+//!   still preparing its next isolate), and runs on it: from the caller's own task
 //!   (async callers: the socket is waited on through the runtime's reactor)
 //!   or thread (blocking callers), with no hand-off in between.
 //! - A process is bound to the first tenant it runs a step for and serves
@@ -407,6 +409,11 @@ impl Admission {
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 const IDLE_CPU: Duration = Duration::from_millis(500);
 
+/// How long after answering a process is taken to be still preparing its
+/// next isolate (a fresh V8 isolate takes about 2.5 ms of CPU when
+/// optimised; a slow or busy machine takes longer).
+const PREPARING: Duration = Duration::from_millis(5);
+
 struct Pool {
     state: Mutex<State>,
     /// Wakes the keeper: a start asked for, a spare taken, a process
@@ -642,16 +649,34 @@ impl Pool {
             let process = state.idle.swap_remove(index);
             state.retired.push(process);
         }
-        if let Some(index) = state
+        // The tenant's process that answered longest ago: the likeliest to
+        // have its next isolate ready.
+        let mine = state
             .idle
             .iter()
-            .position(|p| p.tenant.as_deref() == Some(&**tenant))
-        {
-            // One that died while idle is found out when its step cannot
-            // be sent, and the step goes to another: no system call here.
-            let process = state.idle.swap_remove(index);
-            state.stats.hits += 1;
-            return Found::Process(Box::new(process));
+            .enumerate()
+            .filter(|(_, p)| p.tenant.as_deref() == Some(&**tenant))
+            .min_by_key(|(_, p)| p.last_used)
+            .map(|(index, p)| (index, p.last_used.elapsed() < PREPARING));
+        if let Some((index, preparing)) = mine {
+            // Steps of one run follow each other closely: the process that
+            // ran the last one is still preparing the isolate for the next.
+            // A spare is ready now, and the tenant's two processes then
+            // take turns.
+            let held = state
+                .idle
+                .iter()
+                .filter(|p| p.tenant.as_deref() == Some(&**tenant))
+                .count()
+                + state.busy.iter().filter(|b| b.tenant == *tenant).count();
+            if !(preparing && held < 2 && !state.spares.is_empty()) {
+                // One that died while idle is found out when its step
+                // cannot be sent, and the step goes to another: no system
+                // call here.
+                let process = state.idle.swap_remove(index);
+                state.stats.hits += 1;
+                return Found::Process(Box::new(process));
+            }
         }
         if let Some(process) = state.spares.pop() {
             self.changed.notify_all();
