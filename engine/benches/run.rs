@@ -7,21 +7,28 @@
 //!   the engine's own overhead per step (wall time minus time inside the
 //!   steps' JavaScript and HTTP requests minus time in durable writes), with
 //!   every code step on V8, then on QuickJS;
-//! - the same with 16 runs in flight: runs/s, CPU per run, peak RSS;
+//! - the same with 16 runs in flight: runs/s, CPU per run, peak memory;
 //! - the 500-item loop example (8 at a time);
 //! - a 100 MB payload through three steps (GET, a code step that reads it,
-//!   POST), with the peak RSS it adds.
+//!   POST), with the peak memory it adds.
 //!
-//! The HTTP servers run in a child process (this binary with `--fixture`),
-//! so CPU and memory figures are the engine's alone. `--runs N` changes the
-//! number of sequential runs (default 1,000; twice as many run concurrently),
-//! `--sandbox-threads N` the number of isolate threads (default: the
-//! engine's).
+//! CPU counts this process (the node's side) and every sandbox process
+//! that ran steps; memory is this process's RSS plus the sandbox processes'
+//! Pss, sampled (see `common/usage.rs`). The HTTP servers run in a child
+//! process (this binary with `--fixture`), which neither figure counts.
+//! `--runs N` changes the number of sequential runs (default 1,000; twice
+//! as many run concurrently), `--sandbox-threads N` the number of code
+//! steps run at once (default: the engine's).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "common/usage.rs"]
+mod usage;
+
+use usage::{Cpu, CpuSnapshot, Memory, PeakMemory};
 
 use isoflow_engine::model::{self, Integration, Step};
 use isoflow_engine::run::{Engine, EngineConfig, RunOutcome, Secret, StaticCredentials};
@@ -107,7 +114,7 @@ async fn benchmarks(base: &str, runs: usize, threads: Option<usize>) {
     config.credentials = Arc::new(credentials);
     let engine = Engine::start(config).await.expect("engine starts");
     println!(
-        "run benchmark: data in {}, WAL fsync on, {} sandbox threads",
+        "run benchmark: data in {}, WAL fsync on, {} code steps at once",
         dir.display(),
         threads
     );
@@ -167,7 +174,7 @@ async fn sequential(
     for _ in 0..50 {
         one(engine, integration, input).await;
     }
-    let cpu = cpu_time();
+    let cpu = CpuSnapshot::take();
     let start = Instant::now();
     let mut latencies = Vec::with_capacity(runs);
     let (mut execution, mut store) = (Duration::ZERO, Duration::ZERO);
@@ -179,7 +186,7 @@ async fn sequential(
         store += outcome.timings.store;
     }
     let wall = start.elapsed();
-    let cpu = cpu_time() - cpu;
+    let cpu = CpuSnapshot::take().since(&cpu);
     latencies.sort();
     let n = runs as u32;
     let mean = wall / n;
@@ -191,7 +198,7 @@ async fn sequential(
         ms(quantile(&latencies, 0.5)),
         ms(quantile(&latencies, 0.99)),
         f64::from(n) / wall.as_secs_f64(),
-        ms(cpu / n),
+        cpu_per_run(&cpu, runs),
         ms(execution / n),
         ms(store / n),
         us(overhead),
@@ -206,8 +213,8 @@ async fn concurrent(
     in_flight: usize,
     runtime: Runtime,
 ) {
-    reset_peak_rss();
-    let cpu = cpu_time();
+    let memory = PeakMemory::start(Duration::from_millis(50));
+    let cpu = CpuSnapshot::take();
     let start = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -233,16 +240,17 @@ async fn concurrent(
         latencies.extend(task.await.expect("task"));
     }
     let wall = start.elapsed();
-    let cpu = cpu_time() - cpu;
+    let cpu = CpuSnapshot::take().since(&cpu);
+    let memory = memory.stop();
     latencies.sort();
     println!(
         "seed 6 steps, {runtime:<7} {in_flight} in flight, {runs} runs: {:.0} runs/s  p50 {}  p99 {}  \
-         CPU {} per run  peak RSS {} MB",
+         CPU {} per run  peak memory {}",
         runs as f64 / wall.as_secs_f64(),
         ms(quantile(&latencies, 0.5)),
         ms(quantile(&latencies, 0.99)),
-        ms(cpu / runs as u32),
-        peak_rss_kb() / 1024,
+        cpu_per_run(&cpu, runs),
+        megabytes(&memory),
     );
 }
 
@@ -255,7 +263,7 @@ async fn loop_500(engine: &Engine, base: &str) {
     let integration = model::load("loop-500.yaml", &text).expect("loop example loads");
     let input = json!({ "target_url": base });
     let mut times = Vec::new();
-    let cpu = cpu_time();
+    let cpu = CpuSnapshot::take();
     for _ in 0..5 {
         let t = Instant::now();
         let outcome = one(engine, &integration, &input).await;
@@ -267,13 +275,13 @@ async fn loop_500(engine: &Engine, base: &str) {
             .map_or(0, Vec::len);
         assert_eq!(items, 500);
     }
-    let cpu = (cpu_time() - cpu) / 5;
+    let cpu = CpuSnapshot::take().since(&cpu);
     times.sort();
     println!(
         "loop of 500 items (8 at a time, a POST and a checkpoint each): median {}  best {}  CPU {} per run",
         ms(times[2]),
         ms(times[0]),
-        ms(cpu)
+        cpu_per_run(&cpu, 5)
     );
 }
 
@@ -303,8 +311,8 @@ output: "{{{{ steps.measure.output.length }}}}"
     let integration = model::load("big.yaml", &yaml).expect("loads");
     for runtime in [Runtime::V8, Runtime::QuickJs] {
         let integration = on_runtime(&integration, runtime);
-        let before = current_rss_kb();
-        reset_peak_rss();
+        let before = Memory::now();
+        let memory = PeakMemory::start(Duration::from_millis(10));
         let t = Instant::now();
         let outcome = engine
             .start_run("bench", &integration, Value::Null)
@@ -314,7 +322,8 @@ output: "{{{{ steps.measure.output.length }}}}"
             .await
             .expect("run ends");
         let wall = t.elapsed();
-        let added = peak_rss_kb().saturating_sub(before);
+        let peak = memory.stop();
+        let added = peak.total_kb().saturating_sub(before.total_kb());
         if outcome.status != RunStatus::Succeeded {
             println!(
                 "100 MB payload, 3 steps ({runtime}): FAILED after {}: {}",
@@ -326,10 +335,11 @@ output: "{{{{ steps.measure.output.length }}}}"
         assert_eq!(outcome.output, Some(json!(BIG)));
         println!(
             "100 MB payload, 3 steps ({runtime}): {}  (steps {}, durable writes {})  \
-             peak RSS +{} MB = {:.1}x the payload",
+             peak memory {} (+{} MB = {:.1}x the payload)",
             ms(wall),
             ms(outcome.timings.execution),
             ms(outcome.timings.store),
+            megabytes(&peak),
             added / 1024,
             added as f64 * 1024.0 / BIG as f64,
         );
@@ -348,41 +358,24 @@ fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
 
-/// User + system CPU time of this process.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses).
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
-    let total = ticks(11) + ticks(12);
-    Duration::from_millis(total * 10)
+/// CPU per run, and how it splits between the node's process and the
+/// sandbox processes.
+fn cpu_per_run(cpu: &Cpu, runs: usize) -> String {
+    let each = cpu.per(runs);
+    format!(
+        "{} (node {} + sandboxes {})",
+        ms(each.total()),
+        ms(each.own),
+        ms(each.sandboxes)
+    )
 }
 
-fn status_kb(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn peak_rss_kb() -> u64 {
-    status_kb("VmHWM:")
-}
-
-fn current_rss_kb() -> u64 {
-    status_kb("VmRSS:")
-}
-
-/// Resets VmHWM to the current RSS (Linux's clear_refs "5").
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+/// The node's RSS plus the sandbox processes' Pss.
+fn megabytes(memory: &Memory) -> String {
+    format!(
+        "{} MB (node RSS {} + sandboxes Pss {})",
+        memory.total_kb() / 1024,
+        memory.own_rss_kb / 1024,
+        memory.sandboxes_pss_kb / 1024
+    )
 }

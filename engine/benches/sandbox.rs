@@ -6,13 +6,18 @@
 //! Cargo builds the package's `isoflow-sandbox` binary with its benchmarks,
 //! next to them, where `SandboxConfig::default()` finds it.
 //!
-//! Per engine:
+//! First a reference: the round trip of a message between two processes
+//! over a socket pair, the floor of any process boundary that does not
+//! spin. Per engine:
 //! - a trivial step and a ~20 KB-in, ~20 KB-out JSON step on a ready
 //!   process (paced, so the process has prepared its next isolate): the
 //!   caller's round trip (p50, p99), the time inside the sandbox process
 //!   (`Outcome::duration`: isolate taken to output serialised), and the
 //!   process boundary, per step round trip minus inside (p50, p99), against
-//!   a target of 100 µs;
+//!   a target of 100 µs. Each as the scheduler places the threads, with this
+//!   process and the sandbox process pinned to one CPU, and pinned apart
+//!   (sharing a CPU can make the answer wait behind the process's
+//!   recycling); and a trivial step with no memory cap;
 //! - a trivial step back to back on one process (each step also waits for
 //!   the previous isolate's disposal and the next one's creation);
 //! - a 5 MB JSON transform;
@@ -30,6 +35,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+#[path = "common/usage.rs"]
+mod usage;
+
+use usage::{Cpu, CpuSnapshot, children, proc_ticks, ticks_per_second};
 
 use isoflow_engine::sandbox::{
     Execution, MemoryCap, Outcome, Program, Runtime, Sandbox, SandboxConfig, SandboxStats, Script,
@@ -122,6 +132,9 @@ impl Counts {
 }
 
 fn main() {
+    if std::env::args().any(|a| a == "--echo") {
+        return echo();
+    }
     let began = Instant::now();
     let quick = std::env::args().any(|a| a == "--quick");
     let counts = Counts::new(quick);
@@ -151,6 +164,13 @@ fn main() {
         ticks_per_second(),
     );
     println!("sandbox program: {}", program.display());
+    println!();
+
+    println!(
+        "== reference: two processes, a socket pair, paced {} ms",
+        PACE.as_millis()
+    );
+    ping_pong(counts.ready);
     println!();
 
     let engines: Vec<Runtime> = Runtime::ALL
@@ -196,6 +216,66 @@ fn main() {
         println!();
     }
     println!("took {:.0} s", began.elapsed().as_secs_f64());
+}
+
+/// The floor of any boundary between two processes that does not spin: a
+/// child process (this bench, run with `--echo`) sends back what it reads
+/// on a socket pair, and each message waits for the other side to wake.
+/// The boundary figures below are this plus what the sandbox adds.
+fn ping_pong(count: usize) {
+    use std::io::{Read, Write};
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
+    use std::process::{Command, Stdio};
+
+    let (mut ours, theirs) = UnixStream::pair().expect("a socket pair");
+    let mut child = Command::new(std::env::current_exe().expect("this bench's path"))
+        .arg("--echo")
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .spawn()
+        .expect("the echo process starts");
+    for size in [64, 20 * 1024] {
+        let message = vec![b'x'; size];
+        let mut back = vec![0u8; size];
+        let mut times = Vec::with_capacity(count);
+        for _ in 0..count {
+            std::thread::sleep(PACE);
+            let start = Instant::now();
+            ours.write_all(&(size as u32).to_le_bytes()).expect("write");
+            ours.write_all(&message).expect("write");
+            ours.read_exact(&mut back).expect("read");
+            times.push(start.elapsed());
+        }
+        let p = percentiles(times);
+        row(
+            &format!("{size} bytes each way"),
+            format!(
+                "round trip p50 {}  p99 {}  ({count} messages)",
+                us(p.p50),
+                us(p.p99)
+            ),
+        );
+    }
+    drop(ours);
+    let _ = child.wait();
+}
+
+/// The other end of [`ping_pong`]: reads a length and that many bytes from
+/// stdin (a socket), sends the bytes back, until the socket closes.
+fn echo() {
+    use std::io::{Read, Write};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::net::UnixStream;
+
+    // SAFETY: stdin is the socket the bench passed, owned from here on.
+    let mut socket = unsafe { UnixStream::from_raw_fd(std::io::stdin().as_raw_fd()) };
+    let mut len = [0u8; 4];
+    while socket.read_exact(&mut len).is_ok() {
+        let mut message = vec![0u8; u32::from_le_bytes(len) as usize];
+        if socket.read_exact(&mut message).is_err() || socket.write_all(&message).is_err() {
+            return;
+        }
+    }
 }
 
 /// Latency, boundary, a large transform and throughput for one engine.
@@ -252,6 +332,7 @@ fn per_engine(runtime: Runtime, counts: &Counts) {
     // How much of the boundary is setting the memory cap before each step.
     let uncapped = sandbox(SandboxConfig {
         concurrency: 1,
+        steps_per_process: u32::MAX,
         warm: vec![runtime],
         memory: MemoryCap::Off,
         ..SandboxConfig::default()
@@ -304,7 +385,7 @@ fn per_engine(runtime: Runtime, counts: &Counts) {
                 "{:.0} steps/s  CPU per step {} ({})  ({steps} steps)",
                 load.per_second(),
                 us(load.cpu.total() / steps as u32),
-                load.cpu.per_step(steps),
+                per_step(&load.cpu, steps),
             ),
         );
     }
@@ -613,7 +694,7 @@ fn load(
     work: impl Fn(usize) -> Work + Sync,
 ) -> Load {
     settle(sandbox);
-    let before = CpuSnapshot::take(sandbox);
+    let before = CpuSnapshot::take();
     let next = AtomicUsize::new(0);
     let start = Instant::now();
     let round_trips: Vec<Duration> = std::thread::scope(|scope| {
@@ -638,7 +719,7 @@ fn load(
     });
     let wall = start.elapsed();
     settle(sandbox);
-    let cpu = CpuSnapshot::take(sandbox).since(&before);
+    let cpu = CpuSnapshot::take().since(&before);
     Load {
         wall,
         steps,
@@ -667,10 +748,10 @@ fn process_start(warm: &[Runtime], count: usize) {
     tenants[1].run(&sandbox);
     settle(&sandbox);
     let stats_before = sandbox.stats();
-    let cpu_before = CpuSnapshot::take(&sandbox);
+    let cpu_before = CpuSnapshot::take();
     let cold: Vec<Sample> = (0..count).map(|i| tenants[i % 2].run(&sandbox)).collect();
     settle(&sandbox);
-    let cpu = CpuSnapshot::take(&sandbox).since(&cpu_before);
+    let cpu = CpuSnapshot::take().since(&cpu_before);
     let stats = delta(&sandbox.stats(), &stats_before);
     let cold = samples(cold);
     let started = stats.started.max(1);
@@ -684,7 +765,7 @@ fn process_start(warm: &[Runtime], count: usize) {
             stats.started,
             ms(cold.round_trip.p50),
             us(cpu.total() / started as u32),
-            cpu.per_step(started as usize),
+            per_step(&cpu, started as usize),
         ),
     );
 }
@@ -874,142 +955,14 @@ fn settle(sandbox: &Sandbox) {
     }
 }
 
-/// CPU time used, split by who used it.
-#[derive(Debug, Clone, Copy, Default)]
-struct Cpu {
-    bench: Duration,
-    sandboxes: Duration,
-}
-
-impl Cpu {
-    fn total(&self) -> Duration {
-        self.bench + self.sandboxes
-    }
-
-    fn per_step(&self, steps: usize) -> String {
-        let steps = steps.max(1) as u32;
-        format!(
-            "bench process {} + sandbox processes {}",
-            us(self.bench / steps),
-            us(self.sandboxes / steps)
-        )
-    }
-}
-
-/// CPU time so far of this process, of its live child processes (the
-/// sandbox processes, by pid), and of the children it has reaped.
-struct CpuSnapshot {
-    own: Duration,
-    live: BTreeMap<u32, Duration>,
-    reaped: Duration,
-}
-
-impl CpuSnapshot {
-    fn take(sandbox: &Sandbox) -> CpuSnapshot {
-        loop {
-            let reaped = reaped_children_cpu();
-            // The pool's list, and every child besides: processes being
-            // started or waiting to be reaped are not in the pool's list.
-            let mut pids: BTreeSet<u32> = sandbox.stats().processes.iter().map(|p| p.pid).collect();
-            pids.extend(children());
-            let live = pids
-                .into_iter()
-                .filter_map(|pid| Some((pid, ticks(proc_ticks(pid)?))))
-                .collect();
-            let own = ticks(proc_ticks_self());
-            // A child reaped while the pids were read would count twice or
-            // not at all: read again.
-            if reaped_children_cpu() == reaped {
-                return CpuSnapshot { own, live, reaped };
-            }
-        }
-    }
-
-    fn since(&self, before: &CpuSnapshot) -> Cpu {
-        // A process live before and gone now was reaped in between: the
-        // reaped total holds its whole life, of which `before` held a part.
-        let gone: Duration = before
-            .live
-            .iter()
-            .filter(|(pid, _)| !self.live.contains_key(pid))
-            .map(|(_, &t)| t)
-            .sum();
-        // A process new now counts whole.
-        let live: Duration = self
-            .live
-            .iter()
-            .map(|(pid, &t)| t.saturating_sub(before.live.get(pid).copied().unwrap_or_default()))
-            .sum();
-        let reaped = self.reaped.saturating_sub(before.reaped);
-        Cpu {
-            bench: self.own.saturating_sub(before.own),
-            sandboxes: live + reaped.saturating_sub(gone),
-        }
-    }
-}
-
-/// The pids of this process's children (zombies included).
-fn children() -> BTreeSet<u32> {
-    let me = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return BTreeSet::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| {
-            stat_fields(&format!("/proc/{pid}/stat")).and_then(|f| f.get(1)?.parse::<u32>().ok())
-                == Some(me)
-        })
-        .collect()
-}
-
-/// The fields of a `/proc/.../stat` after the command name (which may hold
-/// spaces, in parentheses): state is the first, utime the 12th.
-fn stat_fields(path: &str) -> Option<Vec<String>> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let rest = text.get(text.rfind(')')? + 1..)?;
-    Some(rest.split_whitespace().map(str::to_owned).collect())
-}
-
-fn ticks_from(path: &str) -> Option<u64> {
-    let fields = stat_fields(path)?;
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// utime + stime of a process, all its threads, in clock ticks.
-fn proc_ticks(pid: u32) -> Option<u64> {
-    ticks_from(&format!("/proc/{pid}/stat"))
-}
-
-fn proc_ticks_self() -> u64 {
-    ticks_from("/proc/self/stat").expect("this process's /proc/self/stat")
-}
-
-fn ticks_per_second() -> u64 {
-    // SAFETY: sysconf with a constant argument.
-    u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
-        .expect("sysconf(_SC_CLK_TCK) is positive")
-        .max(1)
-}
-
-fn ticks(n: u64) -> Duration {
-    Duration::from_nanos(n * 1_000_000_000 / ticks_per_second())
-}
-
-/// User + system CPU time of the children this process has waited for.
-fn reaped_children_cpu() -> Duration {
-    // SAFETY: rusage is plain data; all zeroes is a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes into the struct it is given, which we own.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
-    assert_eq!(rc, 0, "getrusage(RUSAGE_CHILDREN)");
-    let time = |t: libc::timeval| {
-        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
-            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
-    };
-    time(usage.ru_utime) + time(usage.ru_stime)
+/// CPU per step, split by who used it.
+fn per_step(cpu: &Cpu, steps: usize) -> String {
+    let each = cpu.per(steps);
+    format!(
+        "bench process {} + sandbox processes {}",
+        us(each.own),
+        us(each.sandboxes)
+    )
 }
 
 /// Orders as JSON text of about `target_bytes`.

@@ -25,15 +25,17 @@
 //!   spare processes ahead of need.
 //! - Every limit is enforced twice: inside the process (the step's heap,
 //!   time, output and logs) and from outside (a memory cgroup or address
-//!   space limit, a CPU time limit, a deadline after which the node kills
-//!   the process). Nothing a process sends is trusted: every length is
+//!   space limit, a pids cgroup, a deadline after which the node kills the
+//!   process, a kill for a process that computes while idle). Nothing a process sends is trusted: every length is
 //!   checked against the step's limits and every text is bounded again.
 //!
 //! # Where to look next
 //!
-//! [`pool`] (runner threads, processes per tenant), [`process`] (one
-//! process: start, one step, diagnosing a death), [`memory`] (the memory
-//! cap); the `isoflow-sandbox` crate for what runs inside.
+//! [`pool`] (turns per tenant, processes per tenant, the keeper thread),
+//! [`process`] (one process: start, one step, diagnosing a death),
+//! [`wire`] (frames over the socket, from a task or a thread), [`memory`]
+//! (the memory and pids cgroups); the `isoflow-sandbox` crate for what runs
+//! inside.
 
 use std::path::PathBuf;
 use std::sync::Arc;

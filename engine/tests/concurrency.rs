@@ -224,7 +224,7 @@ const CHILD_RUNTIME: &str = "ISOFLOW_TEST_EXIT_CHILD";
 
 fn process_exits_cleanly_with_a_busy_sandbox(rt: Runtime) {
     // The child runs steps and returns; the test harness then exits the
-    // process while the sandbox threads may still be disposing of used
+    // process while the sandbox processes may still be disposing of used
     // isolates and preparing fresh ones. Several children, since the
     // window is a race.
     let exe = std::env::current_exe().expect("the test binary's path");

@@ -13,9 +13,11 @@
 //! | `PR_SET_NO_NEW_PRIVS` | gaining privileges through any executable |
 //! | seccomp-BPF on every thread (see [`filter`]) | all system calls but the few V8 and QuickJS need to compute: no open, no socket, no exec, no ptrace, no new processes |
 //!
-//! Memory and CPU are capped from outside, by the node: a memory cgroup (or
-//! `RLIMIT_AS`) and `RLIMIT_CPU`, set per step, because a process that ran
-//! customer code cannot be trusted to keep its own limits.
+//! Memory, threads and time are capped from outside, by the node, because a
+//! process that ran customer code cannot be trusted to keep its own limits:
+//! a memory cgroup set per step (or a hard `RLIMIT_AS`), a pids cgroup, a
+//! kill a grace period past the step's deadline, and, between steps, a kill
+//! for any process that keeps using CPU while idle.
 //!
 //! Namespaces need root, or user namespaces for an unprivileged node;
 //! where the machine allows neither, the process runs without them and

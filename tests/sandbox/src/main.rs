@@ -210,7 +210,7 @@ fn fcntl(arg: &str) -> String {
 
 /// Answers with the header of a Done frame announcing `arg` bytes, then
 /// sends one byte a second, for ever: a taken-over process holding the
-/// node's runner thread with an answer that never ends.
+/// node's step (and its turn) with an answer that never ends.
 fn trickle(arg: &str) -> String {
     let len = u64::try_from(number(arg)).unwrap_or(0).max(64);
     let mut header = [0u8; 13];
@@ -230,7 +230,7 @@ fn trickle(arg: &str) -> String {
 /// Answers the step itself at once (a Done frame whose output is this
 /// process's pid), then reads the node's next step 64 KiB every two
 /// seconds and never answers: a taken-over process holding the node's
-/// runner thread in the write of a large step.
+/// step (and its turn) in the write of a large step.
 fn slow_reader(_: &str) -> String {
     let meta = br#"{"error":null,"logs":[],"duration_us":1,"cpu_us":1}"#;
     let body = std::process::id().to_string();
