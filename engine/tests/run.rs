@@ -185,6 +185,50 @@ steps:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_of_a_year_waits_no_longer_than_the_backoff_maximum() {
+    let fixture = HttpFixture::start();
+    fixture.route(
+        "GET",
+        "/busy",
+        Responder::Sequence(vec![
+            Reply::text(429, "slow down").with_header("Retry-After", "31536000"),
+            Reply::text(503, "still busy").with_header("Retry-After", "2"),
+            Reply::json(200, &json!({"ok": true})),
+        ]),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let yaml = format!(
+        r#"
+apiVersion: isoflow.dev/v1
+name: busy
+version: 1
+steps:
+  - id: fetch
+    type: http
+    url: "{}"
+    retry: {{ max_attempts: 3, backoff: {{ initial: 20ms, max: 150ms }}, jitter: false }}
+"#,
+        fixture.url("/busy")
+    );
+    let (outcome, events, _) = run(&engine, &yaml, Value::Null).await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    let delays: Vec<Duration> = events
+        .iter()
+        .filter_map(|e| match e {
+            RunEvent::StepRetrying { delay, .. } => Some(*delay),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        delays,
+        [Duration::from_millis(150), Duration::from_millis(150)],
+        "each Retry-After honoured up to the backoff's maximum"
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_error_is_not_retried_and_fails_the_run_naming_the_step() {
     let fixture = HttpFixture::start();
     fixture.route(

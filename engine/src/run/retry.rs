@@ -8,7 +8,8 @@ use crate::model::Retry;
 /// one: `initial × multiplier^(attempt−1)`, at most `max`. With jitter, a
 /// uniformly random time between half of that and all of it, so that steps
 /// that failed together do not retry together. A server's `Retry-After` is
-/// honoured when it asks for longer.
+/// honoured when it asks for longer, up to the backoff's maximum: a server
+/// (or whoever answers in its place) cannot park a step for a year.
 pub fn retry_delay(retry: &Retry, attempt: u32, retry_after: Option<Duration>) -> Duration {
     let backoff = &retry.backoff;
     let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
@@ -23,7 +24,7 @@ pub fn retry_delay(retry: &Retry, attempt: u32, retry_after: Option<Duration>) -
     }
     let delay = Duration::from_secs_f64(delay.max(0.0));
     match retry_after {
-        Some(asked) if asked > delay => asked,
+        Some(asked) if asked > delay => asked.min(backoff.max.max(delay)),
         _ => delay,
     }
 }
@@ -72,13 +73,25 @@ mod tests {
     fn a_longer_retry_after_wins_a_shorter_one_does_not() {
         let r = retry(false);
         assert_eq!(
-            retry_delay(&r, 1, Some(Duration::from_secs(3))),
-            Duration::from_secs(3)
+            retry_delay(&r, 1, Some(Duration::from_millis(700))),
+            Duration::from_millis(700)
         );
         assert_eq!(
             retry_delay(&r, 3, Some(Duration::from_millis(10))),
             Duration::from_millis(400)
         );
+    }
+
+    #[test]
+    fn retry_after_is_capped_by_the_backoff_maximum() {
+        let r = retry(false);
+        for asked in [Duration::from_secs(2), Duration::from_secs(u64::MAX)] {
+            assert_eq!(
+                retry_delay(&r, 1, Some(asked)),
+                Duration::from_millis(1000),
+                "asked {asked:?}"
+            );
+        }
     }
 
     #[test]
