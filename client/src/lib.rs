@@ -237,7 +237,7 @@ impl Client {
     }
 
     /// The newest runs, newest first: at most `limit` (`None`: the server's
-    /// default, 100).
+    /// default, 100; the server returns at most 1,000).
     ///
     /// # Errors
     /// A status from the server.

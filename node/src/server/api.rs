@@ -270,10 +270,7 @@ impl Isoflow for Api {
         request: Request<v1::ListRunsRequest>,
     ) -> Result<Response<v1::ListRunsResponse>, Status> {
         let tenant = tenant(&request)?;
-        let limit = match request.into_inner().limit {
-            0 => 100,
-            n => n as usize,
-        };
+        let limit = list_limit(request.into_inner().limit);
         let store = self.coordinator.store.clone();
         let runs = blocking(move || Ok(store.runs(&tenant, limit)?)).await?;
         Ok(Response::new(v1::ListRunsResponse {
@@ -435,5 +432,33 @@ impl Isoflow for Api {
             ))),
             CancelOutcome::Cancelling(run) => Ok(Response::new(convert::run(&run, &[]))),
         }
+    }
+}
+
+/// Runs listed when a call asks for none in particular, and the most one
+/// call returns: a caller cannot have the node read and send every run a
+/// tenant ever had in one answer.
+const DEFAULT_LIST: usize = 100;
+const MAX_LIST: usize = 1_000;
+
+/// The number of runs a `ListRuns` asking for `requested` gets.
+fn list_limit(requested: u32) -> usize {
+    match requested {
+        0 => DEFAULT_LIST,
+        n => usize::try_from(n).unwrap_or(MAX_LIST).min(MAX_LIST),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_gets_the_default_or_what_it_asks_up_to_the_maximum() {
+        assert_eq!(list_limit(0), DEFAULT_LIST);
+        assert_eq!(list_limit(7), 7);
+        assert_eq!(list_limit(1_000), 1_000);
+        assert_eq!(list_limit(1_001), MAX_LIST);
+        assert_eq!(list_limit(u32::MAX), MAX_LIST);
     }
 }
