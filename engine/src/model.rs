@@ -815,6 +815,11 @@ impl JsonSchema for HumanDuration {
     }
 }
 
+/// The longest duration a definition may set (a step's time limit, a
+/// backoff): a day. Tenants write definitions; a year-long time limit
+/// would hold a runner, and a clock plus a century overflows.
+pub const LONGEST_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Parses a duration like `30s`, `500ms`, `2m` or `1m 30s`.
 ///
 /// # Errors

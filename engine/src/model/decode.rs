@@ -374,8 +374,19 @@ impl Decoder {
             Kind::Number(n) => n.to_string(),
             _ => return self.type_error(node, field, at, "a duration like 30s"),
         };
-        super::parse_duration(&text)
-            .map_err(|e| self.problem(node.line, at.label, for_field(&e, field)))
+        let d = super::parse_duration(&text)
+            .map_err(|e| self.problem(node.line, at.label, for_field(&e, field)))?;
+        if d > super::LONGEST_DURATION {
+            return self.fail(
+                node.line,
+                at.label,
+                format!(
+                    "{field} is {}, over the longest a definition may set, 24h",
+                    text.trim()
+                ),
+            );
+        }
+        Ok(d)
     }
 
     fn positive_duration(&mut self, node: &Node, field: &str, at: At<'_>) -> Required<Duration> {
