@@ -5,8 +5,9 @@
 //!   waiting for a turn are served in turn.
 //! - It then takes the idle process of its tenant that answered longest
 //!   ago, else a spare, else asks the keeper to start one (and a spare
-//!   before a tenant's only process that answered just now: that one is
-//!   still preparing its next isolate), and runs on it: from the caller's own task
+//!   before a tenant's only process that answered just now, which is still
+//!   preparing its next isolate, when the pool has room for one more), and
+//!   runs on it: from the caller's own task
 //!   (async callers: the socket is waited on through the runtime's reactor)
 //!   or thread (blocking callers), with no hand-off in between.
 //! - A process is bound to the first tenant it runs a step for and serves
@@ -669,7 +670,11 @@ impl Pool {
                 .filter(|p| p.tenant.as_deref() == Some(&**tenant))
                 .count()
                 + state.busy.iter().filter(|b| b.tenant == *tenant).count();
-            if !(preparing && held < 2 && !state.spares.is_empty()) {
+            // Not when that would stop another tenant's idle process to
+            // stay under the cap: a wait of milliseconds is cheaper than
+            // the other tenant's next cold start.
+            let room = state.idle.len() + state.busy.len() < self.processes;
+            if !(preparing && held < 2 && room && !state.spares.is_empty()) {
                 // One that died while idle is found out when its step
                 // cannot be sent, and the step goes to another: no system
                 // call here.
