@@ -126,7 +126,9 @@ fn runs_the_seed_integration_and_shows_it() {
     let fixture = HttpFixture::start();
     fixture.serve_seed("erp-t0ken");
     let expected = seed_orders_expected(100);
-    let isoflow = isoflow(&data).env("ISOFLOW_CREDENTIAL_ERP_API", "erp-t0ken");
+    let isoflow = isoflow(&data)
+        .env("ISOFLOW_CREDENTIAL_ERP_API", "erp-t0ken")
+        .env("ISOFLOW_CREDENTIAL_ERP_API_ORIGINS", &fixture.url(""));
 
     let input = seed_input(&fixture);
     let finished = isoflow.run(
@@ -262,7 +264,9 @@ fn a_missing_or_wrong_credential_fails_the_run_and_names_the_step() {
     );
 
     // A wrong one: the ERP answers 401, which is not retried.
-    let isoflow = isoflow(&data).env("ISOFLOW_CREDENTIAL_ERP_API", "wrong");
+    let isoflow = isoflow(&data)
+        .env("ISOFLOW_CREDENTIAL_ERP_API", "wrong")
+        .env("ISOFLOW_CREDENTIAL_ERP_API_ORIGINS", &fixture.url(""));
     let rejected = isoflow.run(LONG, &args);
     let error = post_error(&rejected);
     assert!(

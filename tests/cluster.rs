@@ -81,6 +81,8 @@ struct Cluster {
     workers: BTreeMap<String, Process>,
     /// Stderr of processes that were killed, for failure messages.
     history: Vec<String>,
+    /// The loopback server the workers' `erp-api` credential may be sent to.
+    erp: HttpFixture,
 }
 
 impl Cluster {
@@ -93,6 +95,7 @@ impl Cluster {
             coordinator: None,
             workers: BTreeMap::new(),
             history: Vec::new(),
+            erp: HttpFixture::start(),
         };
         cluster.start_coordinator();
         for i in 1..=workers {
@@ -113,6 +116,8 @@ lease_ttl = "3s"
 [cluster]
 heartbeat_interval = "250ms"
 heartbeat_timeout = "3s"
+[egress]
+allow = ["127.0.0.1"]
 "#,
             self.etcd.endpoint()
         )
@@ -180,8 +185,10 @@ capacity = 8
 tenant = "acme"
 name = "erp-api"
 token = "{ERP_TOKEN}"
+origins = ["{}"]
 "#,
-                self.common()
+                self.common(),
+                self.erp.url("")
             ),
         );
         let mut process = self.spawn(&config);
@@ -325,7 +332,7 @@ fn held_fixture() -> (HttpFixture, Gate) {
 #[test]
 fn two_hundred_seed_runs_spread_over_three_workers() {
     let cluster = Cluster::start(3);
-    let fixture = HttpFixture::start();
+    let fixture = &cluster.erp;
     fixture.serve_seed(ERP_TOKEN);
     let expected = seed_orders_expected(100);
     let input = json!({
@@ -387,7 +394,7 @@ fn two_hundred_seed_runs_spread_over_three_workers() {
         );
     }
     // Each run posted once.
-    let posts = by_key(&fixture, "POST", "/erp/orders");
+    let posts = by_key(fixture, "POST", "/erp/orders");
     assert_eq!(posts.len(), 200);
     assert!(posts.values().all(|n| *n == 1), "{posts:?}");
     eprintln!("runs per worker: {per_worker:?}");
@@ -698,7 +705,7 @@ fn an_all_node_resumes_its_runs_after_a_kill() {
     std::fs::write(
         &config,
         format!(
-            "role = \"all\"\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n",
+            "role = \"all\"\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n[egress]\nallow = [\"127.0.0.1\"]\n",
             dir.path().join("data").display()
         ),
     )

@@ -650,6 +650,7 @@ fn random_kills_then_resume_give_the_uninterrupted_output() {
             .isoflow
             .clone()
             .env("ISOFLOW_CREDENTIAL_ERP_API", "p0")
+            .env("ISOFLOW_CREDENTIAL_ERP_API_ORIGINS", &fixture.url(""))
             .run(
                 LONG,
                 [
@@ -682,7 +683,8 @@ fn random_kills_then_resume_give_the_uninterrupted_output() {
         let isoflow = case
             .isoflow
             .clone()
-            .env("ISOFLOW_CREDENTIAL_ERP_API", &format!("p{k}"));
+            .env("ISOFLOW_CREDENTIAL_ERP_API", &format!("p{k}"))
+            .env("ISOFLOW_CREDENTIAL_ERP_API_ORIGINS", &fixture.url(""));
         let process = if k == 0 {
             let (process, id) = case.start(&isoflow, &input);
             run_id = id;
@@ -716,6 +718,7 @@ fn random_kills_then_resume_give_the_uninterrupted_output() {
         .isoflow
         .clone()
         .env("ISOFLOW_CREDENTIAL_ERP_API", "p5")
+        .env("ISOFLOW_CREDENTIAL_ERP_API_ORIGINS", &fixture.url(""))
         .run(LONG, ["resume"]);
     last.expect_code(0);
     stderrs.push(last.stderr);

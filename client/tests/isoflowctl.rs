@@ -46,12 +46,17 @@ fn deploys_runs_and_shows_the_seed_integration() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let port = free_port();
     let config = dir.path().join("isoflow.toml");
+    let fixture = HttpFixture::start();
+    fixture.serve_seed("erp-t0ken");
     std::fs::write(
         &config,
         format!(
             "role = \"all\"\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n\
-             [[credentials]]\ntenant = \"local\"\nname = \"erp-api\"\ntoken = \"erp-t0ken\"\n",
-            dir.path().join("data").display()
+             [egress]\nallow = [\"127.0.0.1\"]\n\
+             [[credentials]]\ntenant = \"local\"\nname = \"erp-api\"\ntoken = \"erp-t0ken\"\n\
+             origins = [\"{}\"]\n",
+            dir.path().join("data").display(),
+            fixture.url("")
         ),
     )
     .expect("write the config");
@@ -62,8 +67,6 @@ fn deploys_runs_and_shows_the_seed_integration() {
     );
     node.wait_for_stderr_line(LONG, |l| l.contains("listening on"));
     let server = format!("http://127.0.0.1:{port}");
-    let fixture = HttpFixture::start();
-    fixture.serve_seed("erp-t0ken");
 
     let seed = repo().join("examples/integrations/seed.yaml");
     let deployed = ctl(&server, &["deploy", seed.to_str().expect("utf-8 path")]);

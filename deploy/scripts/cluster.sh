@@ -44,6 +44,10 @@ common() {
 cluster_token = "$cluster_token"
 [etcd]
 endpoints = ["http://127.0.0.1:$etcd_port"]
+# The demo's shop and ERP listen on loopback, which http steps may not
+# reach unless allowed.
+[egress]
+allow = ["127.0.0.1"]
 TOML
 }
 
@@ -61,6 +65,13 @@ TOML
 "$bin/isoflow" serve --config "$work/coordinator.toml" 2>"$work/coordinator.log" &
 pids+=($!)
 
+# The seed's shop and ERP, on loopback: the workers' erp-api credential may
+# be sent to this origin only.
+python3 examples/seed/endpoints.py "$erp_token" "$work/erp-received.json" >"$work/port" &
+pids+=($!)
+for _ in $(seq 200); do [[ -s "$work/port" ]] && break; sleep 0.05; done
+base="http://127.0.0.1:$(cat "$work/port")"
+
 for i in $(seq "$workers"); do
   cat >"$work/worker-$i.toml" <<TOML
 role = "worker"
@@ -70,6 +81,7 @@ $(common)
 tenant = "local"
 name = "erp-api"
 token = "$erp_token"
+origins = ["$base"]
 TOML
   "$bin/isoflow" serve --config "$work/worker-$i.toml" 2>"$work/worker-$i.log" &
   pids+=($!)
@@ -84,10 +96,6 @@ for i in $(seq "$workers"); do wait_for "$work/worker-$i.log" "connected"; done
 echo "cluster: etcd on $etcd_port, coordinator on 127.0.0.1:$api_port, $workers workers; logs in $work"
 
 # The seed integration through the cluster.
-python3 examples/seed/endpoints.py "$erp_token" "$work/erp-received.json" >"$work/port" &
-pids+=($!)
-for _ in $(seq 200); do [[ -s "$work/port" ]] && break; sleep 0.05; done
-base="http://127.0.0.1:$(cat "$work/port")"
 ctl=("$bin/isoflowctl" --server "http://127.0.0.1:$api_port" --token "$token")
 "${ctl[@]}" deploy examples/integrations/seed.yaml
 "${ctl[@]}" start orders-to-erp --wait \

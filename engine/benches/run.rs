@@ -30,8 +30,11 @@ mod usage;
 
 use usage::{Cpu, CpuSnapshot, Memory, PeakMemory};
 
+use isoflow_engine::action::egress::EgressPolicy;
 use isoflow_engine::model::{self, Integration, Step};
-use isoflow_engine::run::{Engine, EngineConfig, RunOutcome, Secret, StaticCredentials};
+use isoflow_engine::run::{
+    Credential, Engine, EngineConfig, RunOutcome, Secret, StaticCredentials,
+};
 use isoflow_engine::sandbox::Runtime;
 use isoflow_engine::store::RunStatus;
 use isoflow_testkit::{HttpFixture, Reply, Responder};
@@ -103,14 +106,18 @@ async fn benchmarks(base: &str, runs: usize, threads: Option<usize>) {
     let dir = std::env::temp_dir().join(format!("isoflow-run-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut config = EngineConfig::new(&dir);
+    // The fixture serves on loopback.
+    config.egress = EgressPolicy::public_only().allow(["127.0.0.1".parse().expect("an address")]);
     if let Some(threads) = threads {
         config.sandbox.concurrency = threads;
     }
     let threads = config.sandbox.concurrency;
     let mut credentials = StaticCredentials::default();
-    credentials
-        .0
-        .insert(("bench".into(), "erp-api".into()), Secret::new(TOKEN));
+    credentials.insert(
+        "bench",
+        "erp-api",
+        Credential::new(Secret::new(TOKEN), [base.parse().expect("an origin")]),
+    );
     config.credentials = Arc::new(credentials);
     let engine = Engine::start(config).await.expect("engine starts");
     println!(

@@ -3,6 +3,10 @@
 //! reach an isolate; each action's outcome is checkpointed like a code
 //! step's, so a completed action is never repeated after a crash.
 //!
-//! One file per action kind: [`http`].
+//! One file per action kind: [`http`]; the [`egress`] policy every
+//! outgoing connection is checked against, and the [`origin`]s a
+//! credential may be sent to.
 
+pub mod egress;
 pub mod http;
+pub mod origin;

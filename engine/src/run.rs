@@ -51,7 +51,9 @@ use ractor::{Actor, ActorRef};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use crate::action::egress::EgressPolicy;
 use crate::action::http;
+use crate::action::origin::Origin;
 use crate::model::{CodeSource, Integration, Step, StepOutputs};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::store::{RunRecord, RunStatus, StepStatus, Store, StoreConfig, StoreError};
@@ -79,6 +81,9 @@ pub struct EngineConfig {
     pub max_payload_bytes: u64,
     /// Where http steps' `credential`s come from.
     pub credentials: Arc<dyn Credentials>,
+    /// Which addresses http steps may connect to [default: public ones
+    /// only].
+    pub egress: EgressPolicy,
 }
 
 impl EngineConfig {
@@ -89,6 +94,7 @@ impl EngineConfig {
             sandbox: SandboxConfig::default(),
             max_payload_bytes: 1 << 30,
             credentials: Arc::new(StaticCredentials::default()),
+            egress: EgressPolicy::public_only(),
         }
     }
 }
@@ -99,6 +105,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("store", &self.store)
             .field("sandbox", &self.sandbox)
             .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("egress", &self.egress)
             .finish_non_exhaustive()
     }
 }
@@ -123,19 +130,49 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// Looks up a tenant's credential by the name an http step gives. The
-/// engine adds it to the request as `Authorization: Bearer <secret>`.
-pub trait Credentials: Send + Sync + 'static {
-    fn bearer_token(&self, tenant: &str, name: &str) -> Option<Secret>;
+/// A credential: a bearer token, and the only origins it may be sent to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub secret: Secret,
+    pub origins: Vec<Origin>,
 }
 
-/// Credentials from a fixed map (tenant, name) → token, filled by whoever
-/// starts the engine (the `isoflow` binary reads them from its environment).
+impl Credential {
+    pub fn new(secret: Secret, origins: impl IntoIterator<Item = Origin>) -> Credential {
+        Credential {
+            secret,
+            origins: origins.into_iter().collect(),
+        }
+    }
+
+    /// Whether the credential may be sent to `url`.
+    pub fn admits(&self, url: &reqwest::Url) -> bool {
+        self.origins.iter().any(|origin| origin.admits(url))
+    }
+}
+
+/// Looks up a tenant's credential by the name an http step gives. The
+/// engine adds it to the request as `Authorization: Bearer <secret>`, when
+/// the request's URL is under one of its origins.
+pub trait Credentials: Send + Sync + 'static {
+    fn credential(&self, tenant: &str, name: &str) -> Option<Credential>;
+}
+
+/// Credentials from a fixed map (tenant, name) → credential, filled by
+/// whoever starts the engine (the `isoflow` binary reads them from its
+/// configuration or environment).
 #[derive(Debug, Clone, Default)]
-pub struct StaticCredentials(pub HashMap<(String, String), Secret>);
+pub struct StaticCredentials(pub HashMap<(String, String), Credential>);
+
+impl StaticCredentials {
+    pub fn insert(&mut self, tenant: &str, name: &str, credential: Credential) {
+        self.0
+            .insert((tenant.to_owned(), name.to_owned()), credential);
+    }
+}
 
 impl Credentials for StaticCredentials {
-    fn bearer_token(&self, tenant: &str, name: &str) -> Option<Secret> {
+    fn credential(&self, tenant: &str, name: &str) -> Option<Credential> {
         self.0.get(&(tenant.to_owned(), name.to_owned())).cloned()
     }
 }
@@ -289,7 +326,7 @@ impl Engine {
         let cap = usize::try_from(config.max_payload_bytes).unwrap_or(usize::MAX);
         sandbox_config.limits.output_bytes = sandbox_config.limits.output_bytes.min(cap);
         let sandbox = Sandbox::new(sandbox_config).map_err(EngineError::Sandbox)?;
-        let http = http::Client::new().map_err(EngineError::Http)?;
+        let http = http::Client::new(&config.egress).map_err(EngineError::Http)?;
         let shared = Arc::new(Shared {
             store,
             sandbox,

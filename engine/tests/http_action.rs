@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use isoflow_engine::action::egress::EgressPolicy;
 use isoflow_engine::action::http::{Body, Client, HttpError, Method, Request};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -179,8 +180,13 @@ async fn serve(mut stream: TcpStream, log: &Mutex<Vec<Seen>>) -> std::io::Result
     stream.shutdown().await
 }
 
+/// A client that may reach this test's loopback servers.
 fn client() -> Client {
-    Client::new().unwrap()
+    Client::new(&loopback()).unwrap()
+}
+
+fn loopback() -> EgressPolicy {
+    EgressPolicy::public_only().allow(["127.0.0.1".parse().unwrap()])
 }
 
 #[tokio::test]

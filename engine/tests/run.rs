@@ -11,8 +11,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use isoflow_engine::action::egress::EgressPolicy;
 use isoflow_engine::model;
-use isoflow_engine::run::{Engine, EngineConfig, RunEvent, RunOutcome, Secret, StaticCredentials};
+use isoflow_engine::run::{
+    Credential, Engine, EngineConfig, RunEvent, RunOutcome, Secret, StaticCredentials,
+};
 use isoflow_engine::sandbox::SandboxConfig;
 use isoflow_engine::store::{RunStatus, StepStatus};
 use isoflow_testkit::{Gate, HttpFixture, Reply, Responder};
@@ -20,16 +23,33 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "erp-secret-token";
 
-async fn engine(dir: &tempfile::TempDir) -> Engine {
+/// An engine config whose http steps may reach this test's loopback
+/// servers.
+fn config(dir: &tempfile::TempDir) -> EngineConfig {
     let mut config = EngineConfig::new(dir.path());
+    config.egress = EgressPolicy::public_only().allow(["127.0.0.1".parse().unwrap()]);
+    config
+}
+
+async fn engine(dir: &tempfile::TempDir) -> Engine {
+    engine_with_erp(dir, None).await
+}
+
+/// An engine where tenant acme's `erp-api` credential may be sent to the
+/// origin `erp` only (to none without one).
+async fn engine_with_erp(dir: &tempfile::TempDir, erp: Option<&str>) -> Engine {
+    let mut config = config(dir);
     config.sandbox = SandboxConfig {
         concurrency: 2,
         ..SandboxConfig::default()
     };
     let mut credentials = StaticCredentials::default();
-    credentials
-        .0
-        .insert(("acme".into(), "erp-api".into()), Secret::new(TOKEN));
+    let origins = erp.map(|o| o.parse().expect("an origin"));
+    credentials.insert(
+        "acme",
+        "erp-api",
+        Credential::new(Secret::new(TOKEN), origins),
+    );
     config.credentials = Arc::new(credentials);
     Engine::start(config).await.unwrap()
 }
@@ -72,7 +92,7 @@ async fn the_seed_integration_runs_end_to_end_and_every_step_is_checkpointed() {
     let fixture = HttpFixture::start();
     fixture.serve_seed(TOKEN);
     let dir = tempfile::tempdir().unwrap();
-    let engine = engine(&dir).await;
+    let engine = engine_with_erp(&dir, Some(&fixture.url(""))).await;
     let input = json!({
         "export_url": fixture.url("/orders.xml"),
         "target_url": fixture.url("/erp/orders"),
@@ -650,6 +670,60 @@ steps:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_goes_only_to_its_origins_and_nothing_is_sent_elsewhere() {
+    let erp = HttpFixture::start();
+    let elsewhere = HttpFixture::start();
+    for fixture in [&erp, &elsewhere] {
+        fixture.route("POST", "/api/*", Responder::Echo);
+        fixture.route("POST", "/apix", Responder::Echo);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine_with_erp(&dir, Some(&erp.url("/api"))).await;
+    let post = |url: String, query: &str| {
+        format!(
+            "apiVersion: isoflow.dev/v1\nname: bound\nversion: 1\nsteps:\n  - id: post\n    type: http\n    \
+             method: POST\n    url: \"{url}\"\n    credential: erp-api\n    body: \"x\"\n{query}"
+        )
+    };
+    // Under the origin: sent, with the token.
+    let (sent, _, _) = run(&engine, &post(erp.url("/api/orders"), ""), Value::Null).await;
+    assert_eq!(sent.status, RunStatus::Succeeded, "{sent:?}");
+    assert_eq!(
+        erp.requests("POST", "/api/orders")[0].header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+    // Anywhere else: another port, a sibling path, a look-alike host in the
+    // query: the step fails before anything is sent.
+    for (url, query) in [
+        (elsewhere.url("/api/orders"), ""),
+        (erp.url("/apix"), ""),
+        (
+            format!("http://127.0.0.1.nip.io:{}/api/orders", erp.port()),
+            "",
+        ),
+        (
+            elsewhere.url("/api/orders"),
+            "    query:\n      next: \"http://127.0.0.1\"\n",
+        ),
+    ] {
+        let (refused, _, _) = run(&engine, &post(url.clone(), query), Value::Null).await;
+        assert_eq!(refused.status, RunStatus::Failed, "{url}: {refused:?}");
+        let error = refused.error.unwrap_or_default();
+        assert!(
+            error.contains(&format!(
+                "credential \"erp-api\" may be sent only to {}",
+                erp.url("/api")
+            )) && error.contains("nothing was sent"),
+            "{url}: {error}"
+        );
+        assert!(!error.contains(TOKEN), "{url}: {error}");
+    }
+    assert_eq!(erp.count("POST", "/apix"), 0);
+    assert_eq!(elsewhere.count("POST", "/api/orders"), 0);
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_credential_fails_the_step_and_its_value_never_reaches_javascript() {
     let fixture = HttpFixture::start();
     fixture.route(
@@ -658,7 +732,7 @@ async fn a_missing_credential_fails_the_step_and_its_value_never_reaches_javascr
         Responder::Fixed(Reply::json(200, &json!({"ok": true}))),
     );
     let dir = tempfile::tempdir().unwrap();
-    let engine = engine(&dir).await;
+    let engine = engine_with_erp(&dir, Some(&fixture.url(""))).await;
     let yaml = format!(
         r#"
 apiVersion: isoflow.dev/v1
@@ -945,7 +1019,7 @@ async fn runs_go_on_concurrently() {
     let fixture = HttpFixture::start();
     fixture.serve_seed(TOKEN);
     let dir = tempfile::tempdir().unwrap();
-    let engine = engine(&dir).await;
+    let engine = engine_with_erp(&dir, Some(&fixture.url(""))).await;
     let integration = integration(&seed());
     let input = json!({
         "export_url": fixture.url("/orders.xml"),
@@ -1090,7 +1164,7 @@ async fn the_payload_limit_applies_to_inputs_outputs_and_responses() {
         Responder::Fixed(Reply::text(200, &"x".repeat(10_000))),
     );
     let dir = tempfile::tempdir().unwrap();
-    let mut config = EngineConfig::new(dir.path());
+    let mut config = config(&dir);
     config.max_payload_bytes = 4096;
     let engine = Engine::start(config).await.unwrap();
     let echo = integration(

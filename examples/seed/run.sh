@@ -28,7 +28,9 @@ for _ in $(seq 200); do
 done
 base="http://127.0.0.1:$(cat "$work/port")"
 
-ISOFLOW_CREDENTIAL_ERP_API="$token" "$target/debug/isoflow" run examples/integrations/seed.yaml \
+# The ERP's token, and the only origin it may be sent to.
+ISOFLOW_CREDENTIAL_ERP_API="$token" ISOFLOW_CREDENTIAL_ERP_API_ORIGINS="$base" \
+  "$target/debug/isoflow" run examples/integrations/seed.yaml \
   --data-dir "$target/seed-data" \
   --input "{\"export_url\": \"$base/orders.xml\", \"target_url\": \"$base/erp/orders\"}"
 

@@ -72,8 +72,9 @@ fn main() {
             dir.path(),
             "all",
             &format!(
-                "role = \"all\"\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n[[credentials]]\ntenant = \"local\"\nname = \"erp-api\"\ntoken = \"{ERP_TOKEN}\"\n",
-                dir.path().join("data").display()
+                "role = \"all\"\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n[egress]\nallow = [\"127.0.0.1\"]\n[[credentials]]\ntenant = \"local\"\nname = \"erp-api\"\ntoken = \"{ERP_TOKEN}\"\norigins = [\"{}\"]\n",
+                dir.path().join("data").display(),
+                fixture.url("")
             ),
         );
         let mut node = spawn(&config);
@@ -89,8 +90,9 @@ fn main() {
     let etcd = Etcd::start().expect("etcd starts");
     let dir = tempfile::tempdir().expect("a temp dir");
     let port = free_port();
+    let erp = fixture.url("");
     let common = format!(
-        "[auth]\ncluster_token = \"{CLUSTER_TOKEN}\"\n[etcd]\nendpoints = [\"{}\"]\nlease_ttl = \"2s\"\n[cluster]\nheartbeat_interval = \"200ms\"\nheartbeat_timeout = \"1s\"\n",
+        "[auth]\ncluster_token = \"{CLUSTER_TOKEN}\"\n[etcd]\nendpoints = [\"{}\"]\nlease_ttl = \"2s\"\n[cluster]\nheartbeat_interval = \"200ms\"\nheartbeat_timeout = \"1s\"\n[egress]\nallow = [\"127.0.0.1\"]\n",
         etcd.endpoint()
     );
     let coordinator_config = write(
@@ -109,7 +111,7 @@ fn main() {
             dir.path(),
             &format!("worker-{i}"),
             &format!(
-                "role = \"worker\"\nnode_id = \"worker-{i}\"\n{common}[worker]\ncapacity = 16\n[[credentials]]\ntenant = \"local\"\nname = \"erp-api\"\ntoken = \"{ERP_TOKEN}\"\n"
+                "role = \"worker\"\nnode_id = \"worker-{i}\"\n{common}[worker]\ncapacity = 16\n[[credentials]]\ntenant = \"local\"\nname = \"erp-api\"\ntoken = \"{ERP_TOKEN}\"\norigins = [\"{erp}\"]\n"
             ),
         );
         let mut worker = spawn(&config);

@@ -14,17 +14,71 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use isoflow_engine::action::egress::{Allowed, EgressPolicy};
+use isoflow_engine::action::origin::Origin;
 use isoflow_engine::model::{self, Integration};
 use isoflow_engine::run::{
-    Engine, EngineConfig, RunEvent, RunHandle, RunOutcome, Secret, StaticCredentials,
+    Credential, Engine, EngineConfig, RunEvent, RunHandle, RunOutcome, Secret, StaticCredentials,
     inline_code_files,
 };
 use isoflow_engine::store::{RunRecord, RunStatus, StepStatus, Store, StoreConfig};
 use serde_json::Value;
 
 /// Prefix of the environment variables that hold credentials:
-/// `ISOFLOW_CREDENTIAL_ERP_API` is the credential `erp-api`.
+/// `ISOFLOW_CREDENTIAL_ERP_API` is the token of credential `erp-api`, and
+/// `ISOFLOW_CREDENTIAL_ERP_API_ORIGINS` the origins it may be sent to
+/// (comma-separated).
 const CREDENTIAL_PREFIX: &str = "ISOFLOW_CREDENTIAL_";
+const ORIGINS_SUFFIX: &str = "_ORIGINS";
+
+/// The credentials `vars` (the environment) hold for `tenant`; a token
+/// without origins, or origins without a token, is an error naming the
+/// variable.
+fn credentials_from(
+    vars: impl IntoIterator<Item = (String, String)>,
+    tenant: &str,
+) -> anyhow::Result<StaticCredentials> {
+    let mut tokens = std::collections::BTreeMap::new();
+    let mut origins = HashMap::new();
+    for (name, value) in vars {
+        let Some(suffix) = name.strip_prefix(CREDENTIAL_PREFIX) else {
+            continue;
+        };
+        match suffix.strip_suffix(ORIGINS_SUFFIX) {
+            Some(key) => {
+                let parsed = value
+                    .split(',')
+                    .filter(|o| !o.trim().is_empty())
+                    .map(|o| {
+                        o.parse::<Origin>()
+                            .map_err(|why| anyhow::anyhow!("{name}: {why}"))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                origins.insert(key.to_owned(), parsed);
+            }
+            None => {
+                tokens.insert(suffix.to_owned(), value);
+            }
+        }
+    }
+    let mut credentials = StaticCredentials::default();
+    for (key, token) in tokens {
+        let Some(origins) = origins.remove(&key).filter(|o| !o.is_empty()) else {
+            bail!(
+                "{CREDENTIAL_PREFIX}{key} has no origins: set {CREDENTIAL_PREFIX}{key}{ORIGINS_SUFFIX} \
+                 to where it may be sent, like https://erp.example.com"
+            );
+        };
+        let name = key.to_ascii_lowercase().replace('_', "-");
+        credentials.insert(tenant, &name, Credential::new(Secret::new(token), origins));
+    }
+    if let Some(key) = origins.keys().next() {
+        bail!(
+            "{CREDENTIAL_PREFIX}{key}{ORIGINS_SUFFIX} is set but {CREDENTIAL_PREFIX}{key} is not"
+        );
+    }
+    Ok(credentials)
+}
 
 /// What the commands take from the process environment, read once.
 pub struct Env {
@@ -43,15 +97,7 @@ impl Env {
                 PathBuf::from(home).join(".local/share/isoflow")
             }
         };
-        let mut credentials = StaticCredentials::default();
-        for (name, value) in std::env::vars() {
-            if let Some(suffix) = name.strip_prefix(CREDENTIAL_PREFIX) {
-                let credential = suffix.to_ascii_lowercase().replace('_', "-");
-                credentials
-                    .0
-                    .insert((tenant.clone(), credential), Secret::new(value));
-            }
-        }
+        let credentials = credentials_from(std::env::vars(), &tenant)?;
         Ok(Env {
             data_dir,
             tenant,
@@ -63,6 +109,13 @@ impl Env {
         let mut config = EngineConfig::new(&self.data_dir);
         config.credentials = Arc::new(self.credentials);
         config.sandbox = crate::config::Sandbox::default().engine_config();
+        // The local CLI runs its own user's definitions, and the demo's
+        // endpoints are on loopback: loopback is allowed here, unlike in
+        // `serve`.
+        config.egress = EgressPolicy::public_only().allow(LOOPBACK.iter().map(|net| {
+            net.parse::<Allowed>()
+                .expect("the loopback networks are networks")
+        }));
         config
     }
 
@@ -70,6 +123,9 @@ impl Env {
         Ok(Store::open(&StoreConfig::new(&self.data_dir))?)
     }
 }
+
+/// What the local CLI's http steps may reach besides public addresses.
+const LOOPBACK: [&str; 2] = ["127.0.0.0/8", "::1/128"];
 
 /// Reads `--input`: JSON text, or `@path` for a file holding it.
 pub fn read_input(arg: &str) -> anyhow::Result<Value> {
@@ -426,6 +482,66 @@ fn timestamp(ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_credentials_come_with_their_origins() {
+        use isoflow_engine::run::Credentials;
+        let credentials = credentials_from(
+            vars(&[
+                ("ISOFLOW_CREDENTIAL_ERP_API", "t0ken"),
+                (
+                    "ISOFLOW_CREDENTIAL_ERP_API_ORIGINS",
+                    "https://erp.example.com, http://127.0.0.1:8080/api",
+                ),
+                ("HOME", "/root"),
+            ]),
+            "local",
+        )
+        .expect("valid");
+        let erp = credentials
+            .credential("local", "erp-api")
+            .expect("erp-api is there");
+        assert_eq!(erp.secret.expose(), "t0ken");
+        let origins: Vec<String> = erp.origins.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            origins,
+            ["https://erp.example.com", "http://127.0.0.1:8080/api"]
+        );
+    }
+
+    #[test]
+    fn an_environment_credential_without_origins_is_refused_naming_the_variable() {
+        let error = credentials_from(vars(&[("ISOFLOW_CREDENTIAL_ERP_API", "t0ken")]), "local")
+            .expect_err("no origins")
+            .to_string();
+        assert_eq!(
+            error,
+            "ISOFLOW_CREDENTIAL_ERP_API has no origins: set ISOFLOW_CREDENTIAL_ERP_API_ORIGINS \
+             to where it may be sent, like https://erp.example.com"
+        );
+        let error = credentials_from(
+            vars(&[
+                ("ISOFLOW_CREDENTIAL_ERP_API", "t0ken"),
+                ("ISOFLOW_CREDENTIAL_ERP_API_ORIGINS", "erp.example.com"),
+            ]),
+            "local",
+        )
+        .expect_err("not an origin")
+        .to_string();
+        assert!(
+            error.starts_with(
+                "ISOFLOW_CREDENTIAL_ERP_API_ORIGINS: \"erp.example.com\" is not an origin"
+            ),
+            "{error}"
+        );
+    }
+
     use super::*;
 
     #[test]

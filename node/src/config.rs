@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use isoflow_engine::action::egress::{Allowed, EgressPolicy};
+use isoflow_engine::action::origin::Origin;
 use isoflow_engine::sandbox::{MemoryCap, Program, SandboxConfig};
 use serde::Deserialize;
 
@@ -40,6 +42,7 @@ pub struct Config {
     pub cluster: Cluster,
     pub worker: Worker,
     pub sandbox: Sandbox,
+    pub egress: Egress,
     pub credentials: Vec<Credential>,
     /// The largest payload a run may take or produce.
     pub max_payload_bytes: u64,
@@ -57,6 +60,7 @@ impl Default for Config {
             cluster: Cluster::default(),
             worker: Worker::default(),
             sandbox: Sandbox::default(),
+            egress: Egress::default(),
             credentials: Vec::new(),
             max_payload_bytes: 1 << 30,
         }
@@ -78,6 +82,46 @@ impl Default for Api {
             listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
             advertise: None,
         }
+    }
+}
+
+/// What http steps may connect to besides public addresses: networks
+/// (`10.1.0.0/16`) and host names (`erp.internal`), for every tenant or
+/// for one.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Egress {
+    pub allow: Vec<String>,
+    pub tenants: Vec<TenantEgress>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantEgress {
+    pub tenant: String,
+    pub allow: Vec<String>,
+}
+
+impl Egress {
+    /// The engine's policy; an entry that is neither a network, an address
+    /// nor a host name is an error naming it.
+    pub fn policy(&self) -> anyhow::Result<EgressPolicy> {
+        let parse = |entries: &[String], key: &str| {
+            entries
+                .iter()
+                .map(|entry| {
+                    entry
+                        .parse::<Allowed>()
+                        .map_err(|why| anyhow::anyhow!("{key}: {why}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        };
+        let mut policy = EgressPolicy::public_only().allow(parse(&self.allow, "egress.allow")?);
+        for tenant in &self.tenants {
+            let key = format!("egress.tenants (tenant {:?}).allow", tenant.tenant);
+            policy = policy.allow_tenant(tenant.tenant.clone(), parse(&tenant.allow, &key)?);
+        }
+        Ok(policy)
     }
 }
 
@@ -260,6 +304,36 @@ pub struct Credential {
     pub tenant: String,
     pub name: String,
     pub token: String,
+    /// The only origins (`https://erp.example.com`, optionally with a port
+    /// and a path prefix) the token may be sent to.
+    #[serde(default)]
+    pub origins: Vec<String>,
+}
+
+impl Credential {
+    /// Its origins, parsed; an error names the credential and the origin.
+    pub fn origins(&self) -> anyhow::Result<Vec<Origin>> {
+        if self.origins.is_empty() {
+            bail!(
+                "credential {:?} of tenant {:?} has no origins: say where it may be sent, \
+                 like origins = [\"https://erp.example.com\"]",
+                self.name,
+                self.tenant
+            );
+        }
+        self.origins
+            .iter()
+            .map(|origin| {
+                origin.parse::<Origin>().map_err(|why| {
+                    anyhow::anyhow!(
+                        "credential {:?} of tenant {:?}: {why}",
+                        self.name,
+                        self.tenant
+                    )
+                })
+            })
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for Credential {
@@ -407,6 +481,10 @@ impl Config {
         if self.sandbox.uid == 0 || self.sandbox.gid == 0 {
             bail!("sandbox.uid and sandbox.gid must not be 0: customer code never runs as root");
         }
+        self.egress.policy()?;
+        for credential in &self.credentials {
+            credential.origins()?;
+        }
         if self.cluster.heartbeat_timeout <= self.cluster.heartbeat_interval {
             bail!("cluster.heartbeat_timeout must be longer than cluster.heartbeat_interval");
         }
@@ -535,6 +613,40 @@ mod tests {
         assert_eq!((sandbox.lockdown.uid, sandbox.lockdown.gid), (65534, 65534));
         assert_eq!(sandbox.memory_margin, 64 << 20);
         assert_eq!(sandbox.program.args, ["sandbox-process"]);
+        let egress = config.egress.policy().expect("the example's egress policy");
+        assert_eq!(
+            egress,
+            EgressPolicy::public_only().allow_tenant(
+                "acme",
+                [
+                    "10.20.0.0/16".parse().expect("a network"),
+                    "erp.acme.internal".parse().expect("a host"),
+                ]
+            )
+        );
+    }
+
+    #[test]
+    fn an_egress_allowance_that_is_not_one_is_refused_naming_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("isoflow.toml");
+        std::fs::write(
+            &file,
+            "[[egress.tenants]]\ntenant = \"acme\"\nallow = [\"http://10.0.0.1/\"]\n",
+        )
+        .expect("write");
+        let flags = Flags {
+            config: Some(file),
+            ..Flags::default()
+        };
+        let error = Config::load(&flags, &HashMap::new())
+            .expect_err("a URL is not an allowance")
+            .to_string();
+        assert_eq!(
+            error,
+            "egress.tenants (tenant \"acme\").allow: \"http://10.0.0.1/\" is neither a network \
+             (10.1.0.0/16), an address nor a host name"
+        );
     }
 
     #[test]

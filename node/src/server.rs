@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use isoflow_engine::run::{Engine, EngineConfig, Secret, StaticCredentials};
+use isoflow_engine::run::{Credential, Engine, EngineConfig, Secret, StaticCredentials};
 use isoflow_engine::store::{Store, StoreConfig};
 use isoflow_proto::MAX_MESSAGE_BYTES;
 use isoflow_proto::v1::cluster_server::ClusterServer;
@@ -41,19 +41,21 @@ use coordinator::Coordinator;
 /// How long in-flight steps get to finish when a node is asked to stop.
 const GRACE: Duration = Duration::from_secs(10);
 
-fn engine_config(config: &Config, data_dir: &std::path::Path) -> EngineConfig {
+fn engine_config(config: &Config, data_dir: &std::path::Path) -> anyhow::Result<EngineConfig> {
     let mut engine = EngineConfig::new(data_dir);
+    engine.egress = config.egress.policy()?;
     let mut credentials = StaticCredentials::default();
     for credential in &config.credentials {
-        credentials.0.insert(
-            (credential.tenant.clone(), credential.name.clone()),
-            Secret::new(credential.token.clone()),
+        credentials.insert(
+            &credential.tenant,
+            &credential.name,
+            Credential::new(Secret::new(credential.token.clone()), credential.origins()?),
         );
     }
     engine.credentials = Arc::new(credentials);
     engine.max_payload_bytes = config.max_payload_bytes;
     engine.sandbox = config.sandbox.engine_config();
-    engine
+    Ok(engine)
 }
 
 fn data_dir(config: &Config, home: Option<&std::path::Path>) -> anyhow::Result<std::path::PathBuf> {
@@ -78,7 +80,7 @@ pub async fn serve(
             let dir = data_dir(&config, home.as_deref())?;
             let store = Arc::new(Store::open(&StoreConfig::new(&dir))?);
             let coordinator = Coordinator::new(id, store.clone(), config.max_payload_bytes)?;
-            let engine = Engine::with_store(engine_config(&config, &dir), Some(store)).await?;
+            let engine = Engine::with_store(engine_config(&config, &dir)?, Some(store)).await?;
             coordinator.add_local(config.worker.capacity, engine.clone());
             let served = serve_grpc(&config, coordinator, None, stop).await;
             engine.shutdown(GRACE).await;
@@ -126,7 +128,7 @@ pub async fn serve(
         Role::Worker => {
             // A worker has no store: `with_store(.., None)` ignores the path.
             let dir = std::env::temp_dir();
-            let engine = Engine::with_store(engine_config(&config, &dir), None).await?;
+            let engine = Engine::with_store(engine_config(&config, &dir)?, None).await?;
             let discovery: Box<dyn worker::Discovery> = match &config.worker.coordinator {
                 Some(address) => Box::new(worker::Fixed(address.clone())),
                 None => {

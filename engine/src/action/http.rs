@@ -15,13 +15,20 @@
 //!   when the engine gives one: a step retried after a crash repeats its
 //!   request with the same key, so a server that honours the header applies
 //!   it once.
+//! - Every connection is checked against the [`EgressPolicy`] for the
+//!   request's tenant. Redirects are followed for GET and HEAD only, at most
+//!   5, and never for a request that carries a credential (the next hop
+//!   would get it too).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use super::egress::{self, EgressPolicy, Refused, Scope};
 
 /// HTTP methods an http step may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -79,6 +86,11 @@ pub struct Request {
     pub timeout: Duration,
     pub max_response_bytes: u64,
     pub idempotency_key: Option<String>,
+    /// Whose allowances of the egress policy apply.
+    pub tenant: String,
+    /// Whether the request carries a credential: then no redirect is
+    /// followed.
+    pub carries_credential: bool,
 }
 
 impl Request {
@@ -93,6 +105,8 @@ impl Request {
             timeout: Duration::from_secs(30),
             max_response_bytes: 64 * 1024 * 1024,
             idempotency_key: None,
+            tenant: String::new(),
+            carries_credential: false,
         }
     }
 }
@@ -115,6 +129,8 @@ pub enum HttpError {
     InvalidHeader { name: String, reason: String },
     #[error("cannot connect to {url}: {reason}")]
     Connect { url: String, reason: String },
+    #[error("refused to connect to {url}: {reason}")]
+    Refused { url: String, reason: String },
     #[error("{method} {url} got no complete response within {} ms", .timeout.as_millis())]
     Timeout {
         method: Method,
@@ -178,6 +194,7 @@ impl HttpError {
             }
             HttpError::Status { status, .. } => *status == 429 || *status >= 500,
             HttpError::InvalidUrl { .. }
+            | HttpError::Refused { .. }
             | HttpError::InvalidHeader { .. }
             | HttpError::TooLarge { .. }
             | HttpError::BadJson { .. }
@@ -195,32 +212,76 @@ impl HttpError {
     }
 }
 
-/// Sends requests; one per engine, cheap to clone (a connection pool).
+/// Sends requests; one per engine, cheap to clone (connection pools).
 #[derive(Debug, Clone)]
 pub struct Client {
-    inner: reqwest::Client,
+    /// For tenants without egress allowances of their own.
+    default: Arc<Clients>,
+    /// For each tenant with allowances of its own.
+    tenants: Arc<HashMap<String, Arc<Clients>>>,
+}
+
+/// The clients of one egress scope: one that follows redirects, one that
+/// does not.
+#[derive(Debug)]
+struct Clients {
+    scope: Scope,
+    follows: reqwest::Client,
+    stays: reqwest::Client,
+}
+
+impl Clients {
+    fn new(scope: Scope) -> Result<Clients, HttpError> {
+        let build = |redirect: reqwest::redirect::Policy| {
+            reqwest::Client::builder()
+                .user_agent(concat!("isoflow/", env!("CARGO_PKG_VERSION")))
+                // A proxy would make the connection, out of the policy's sight.
+                .no_proxy()
+                .dns_resolver(Arc::new(egress::Resolver::new(scope.clone())))
+                .redirect(redirect)
+                .build()
+                .map_err(|e| HttpError::Transport {
+                    method: Method::Get,
+                    url: String::new(),
+                    reason: format!("cannot build the http client: {e}"),
+                })
+        };
+        let hops = scope.clone();
+        let follows = build(reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= 5 {
+                return attempt.error("more than 5 redirects");
+            }
+            // Names are checked when resolved; addresses here.
+            match hops.check_url(attempt.url()) {
+                Ok(()) => attempt.follow(),
+                Err(refused) => attempt.error(refused),
+            }
+        }))?;
+        let stays = build(reqwest::redirect::Policy::none())?;
+        Ok(Clients {
+            scope,
+            follows,
+            stays,
+        })
+    }
 }
 
 impl Client {
-    pub fn new() -> Result<Client, HttpError> {
-        let inner = reqwest::Client::builder()
-            .user_agent(concat!("isoflow/", env!("CARGO_PKG_VERSION")))
-            // A redirect is followed for GET and HEAD only: replaying a POST
-            // to another place is a decision for the integration's author.
-            .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                if attempt.previous().len() >= 5 {
-                    attempt.error("more than 5 redirects")
-                } else {
-                    attempt.follow()
-                }
-            }))
-            .build()
-            .map_err(|e| HttpError::Transport {
-                method: Method::Get,
-                url: String::new(),
-                reason: format!("cannot build the http client: {e}"),
-            })?;
-        Ok(Client { inner })
+    /// A client whose connections follow `policy`.
+    pub fn new(policy: &EgressPolicy) -> Result<Client, HttpError> {
+        let tenants = policy
+            .tenants()
+            .map(|tenant| {
+                Ok((
+                    tenant.to_owned(),
+                    Arc::new(Clients::new(policy.scope(Some(tenant)))?),
+                ))
+            })
+            .collect::<Result<HashMap<_, _>, HttpError>>()?;
+        Ok(Client {
+            default: Arc::new(Clients::new(policy.scope(None))?),
+            tenants: Arc::new(tenants),
+        })
     }
 
     pub async fn send(&self, request: &Request) -> Result<Response, HttpError> {
@@ -244,6 +305,20 @@ impl Client {
             url.query_pairs_mut().extend_pairs(&request.query);
         }
         let url_shown = redact(&url);
+        let clients = self.tenants.get(&request.tenant).unwrap_or(&self.default);
+        clients
+            .scope
+            .check_url(&url)
+            .map_err(|refused| HttpError::Refused {
+                url: url_shown.clone(),
+                reason: refused.to_string(),
+            })?;
+        let client = if matches!(method, Method::Get | Method::Head) && !request.carries_credential
+        {
+            &clients.follows
+        } else {
+            &clients.stays
+        };
 
         let mut headers = reqwest::header::HeaderMap::new();
         for (name, value) in &request.headers {
@@ -271,8 +346,7 @@ impl Client {
             headers.insert("idempotency-key", value);
         }
 
-        let mut builder = self
-            .inner
+        let mut builder = client
             .request(method.as_reqwest(), url)
             .timeout(request.timeout);
         match &request.body {
@@ -361,7 +435,12 @@ fn redact(url: &reqwest::Url) -> String {
 }
 
 fn classify(e: reqwest::Error, method: Method, url: &str, timeout: Duration) -> HttpError {
-    if e.is_timeout() {
+    if let Some(refused) = find::<Refused>(&e) {
+        HttpError::Refused {
+            url: url.to_owned(),
+            reason: refused.to_string(),
+        }
+    } else if e.is_timeout() {
         HttpError::Timeout {
             method,
             url: url.to_owned(),
@@ -379,6 +458,20 @@ fn classify(e: reqwest::Error, method: Method, url: &str, timeout: Duration) -> 
             reason: root_cause(&e),
         }
     }
+}
+
+/// The first error of type `T` in `e`'s source chain.
+fn find<'e, T: std::error::Error + 'static>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    let mut cause = Some(e);
+    while let Some(error) = cause {
+        if let Some(found) = error.downcast_ref::<T>() {
+            return Some(found);
+        }
+        cause = error.source();
+    }
+    None
 }
 
 /// reqwest's own message is "error sending request"; the useful part

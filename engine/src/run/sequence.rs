@@ -583,6 +583,24 @@ pub(crate) fn json_type(v: &Value) -> &'static str {
     }
 }
 
+/// A URL as an error may show it: without user and password, and cut.
+fn shown_url(url: &str) -> String {
+    let shown = match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.to_string()
+        }
+        Err(_) => url.to_owned(),
+    };
+    let mut end = shown.len().min(200);
+    while !shown.is_char_boundary(end) {
+        end -= 1;
+    }
+    let more = if end < shown.len() { "…" } else { "" };
+    format!("{:?}", format!("{}{more}", &shown[..end]))
+}
+
 pub(crate) fn render_http(
     state: &SeqState,
     step: &HttpStep,
@@ -595,17 +613,50 @@ pub(crate) fn render_http(
             .iter()
             .map(|(name, value)| (name.clone(), value.render_string(scope).into_owned()))
             .collect();
+        let url = step.url.render_string(scope).into_owned();
         if let Some(name) = &step.credential {
-            let secret = ctx
+            let credential = ctx
                 .shared
                 .credentials
-                .bearer_token(&ctx.run.tenant, name.as_str())
+                .credential(&ctx.run.tenant, name.as_str())
                 .ok_or_else(|| {
                     Failure::permanent(format!("credential {:?} is not defined", name.as_str()))
                 })?;
+            // Checked on the URL as it will be sent, query included; a URL
+            // that does not parse fails the same way in the request.
+            let admitted = reqwest::Url::parse(&url).is_ok_and(|mut parsed| {
+                if !step.query.is_empty() {
+                    parsed.query_pairs_mut().extend_pairs(step.query.iter().map(
+                        |(name, value)| (name.clone(), value.render_string(scope).into_owned()),
+                    ));
+                }
+                credential.admits(&parsed)
+            });
+            if !admitted {
+                let origins: Vec<String> =
+                    credential.origins.iter().map(ToString::to_string).collect();
+                let name = name.as_str();
+                let url = shown_url(&url);
+                return Err(Failure::permanent(match origins.len() {
+                    0 => format!(
+                        "credential {name:?} names no origin, so it may be sent nowhere, \
+                         {url} included: nothing was sent"
+                    ),
+                    1 => format!(
+                        "credential {name:?} may be sent only to {}, and {url} is not under it: \
+                         nothing was sent",
+                        origins[0]
+                    ),
+                    _ => format!(
+                        "credential {name:?} may be sent only to {}, and {url} is under none of \
+                         them: nothing was sent",
+                        origins.join(", ")
+                    ),
+                }));
+            }
             headers.push((
                 "Authorization".into(),
-                format!("Bearer {}", secret.expose()),
+                format!("Bearer {}", credential.secret.expose()),
             ));
         }
         Ok(http::Request {
@@ -617,7 +668,7 @@ pub(crate) fn render_http(
                 model::Method::Delete => http::Method::Delete,
                 model::Method::Head => http::Method::Head,
             },
-            url: step.url.render_string(scope).into_owned(),
+            url,
             headers,
             query: step
                 .query
@@ -631,6 +682,8 @@ pub(crate) fn render_http(
             timeout: step.timeout,
             max_response_bytes: step.max_response_bytes.0.min(ctx.shared.max_payload_bytes),
             idempotency_key: Some(format!("{}/{key}", ctx.run.run_id)),
+            tenant: ctx.run.tenant.clone(),
+            carries_credential: step.credential.is_some(),
         })
     })
 }
