@@ -44,10 +44,6 @@ common() {
 cluster_token = "$cluster_token"
 [etcd]
 endpoints = ["http://127.0.0.1:$etcd_port"]
-# The demo's shop and ERP listen on loopback, which http steps may not
-# reach unless allowed.
-[egress]
-allow = ["127.0.0.1"]
 TOML
 }
 
@@ -77,6 +73,10 @@ for i in $(seq "$workers"); do
 role = "worker"
 node_id = "worker-$i"
 $(common)
+# The demo's shop and ERP listen on loopback, which http steps may not reach
+# unless allowed: that one port only (etcd listens on loopback too).
+[egress]
+allow = ["127.0.0.1:$(cat "$work/port")"]
 [[credentials]]
 tenant = "local"
 name = "erp-api"

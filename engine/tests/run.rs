@@ -718,6 +718,27 @@ async fn a_credential_goes_only_to_its_origins_and_nothing_is_sent_elsewhere() {
         );
         assert!(!error.contains(TOKEN), "{url}: {error}");
     }
+    // Nor may the step set the headers a front end routes by.
+    for header in ["Authorization", "X-Forwarded-Host", "Forwarded"] {
+        let yaml = post(
+            erp.url("/api/orders"),
+            &format!("    headers:\n      {header}: \"attacker.example\"\n"),
+        );
+        let (refused, _, _) = run(&engine, &yaml, Value::Null).await;
+        assert_eq!(refused.status, RunStatus::Failed, "{header}: {refused:?}");
+        let error = refused.error.unwrap_or_default();
+        assert!(
+            error.contains(&format!(
+                "header \"{header}\" cannot be set on a step that sends credential \"erp-api\""
+            )),
+            "{header}: {error}"
+        );
+    }
+    assert_eq!(
+        erp.count("POST", "/api/orders"),
+        1,
+        "only the first was sent"
+    );
     assert_eq!(erp.count("POST", "/apix"), 0);
     assert_eq!(elsewhere.count("POST", "/api/orders"), 0);
     engine.shutdown(Duration::from_secs(5)).await;

@@ -645,7 +645,7 @@ mod tests {
         assert_eq!(
             error,
             "egress.tenants (tenant \"acme\").allow: \"http://10.0.0.1/\" is neither a network \
-             (10.1.0.0/16), an address nor a host name"
+             (10.1.0.0/16), an address (with or without a port) nor a host name"
         );
     }
 

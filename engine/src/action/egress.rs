@@ -26,8 +26,13 @@ use ipnet::IpNet;
 /// Something an operator allows besides public addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Allowed {
-    /// Every address in a network (`10.1.0.0/16`, `127.0.0.1/32`).
+    /// Every address in a network (`10.1.0.0/16`, `127.0.0.1/32`), any
+    /// port.
     Network(IpNet),
+    /// One port of one address (`127.0.0.1:8080`, `[::1]:8080`), for URLs
+    /// that name the address itself: the narrowest allowance, which leaves
+    /// the other services on that address (etcd, say) out of reach.
+    Socket(SocketAddr),
     /// A host name, whatever it resolves to (`erp.internal`).
     Host(String),
 }
@@ -37,6 +42,9 @@ impl std::str::FromStr for Allowed {
 
     fn from_str(text: &str) -> Result<Self, String> {
         let text = text.trim();
+        if let Ok(socket) = text.parse::<SocketAddr>() {
+            return Ok(Allowed::Socket(socket));
+        }
         if let Ok(net) = text.parse::<IpNet>() {
             return Ok(Allowed::Network(net.trunc()));
         }
@@ -57,7 +65,7 @@ impl std::str::FromStr for Allowed {
             Ok(Allowed::Host(host))
         } else {
             Err(format!(
-                "{text:?} is neither a network (10.1.0.0/16), an address nor a host name"
+                "{text:?} is neither a network (10.1.0.0/16), an address (with or without a port) nor a host name"
             ))
         }
     }
@@ -153,12 +161,17 @@ impl Scope {
         let host = host.trim_end_matches('.');
         self.0.allowed.iter().any(|a| match a {
             Allowed::Host(h) => h.eq_ignore_ascii_case(host),
-            Allowed::Network(_) => false,
+            Allowed::Network(_) | Allowed::Socket(_) => false,
         })
     }
 
-    /// `Err` with the reason when `ip` may not be connected to.
+    /// `Err` with the reason when `ip` may not be connected to (on a port
+    /// not known here: a resolved name's).
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), Refused> {
+        self.check_address(ip, None)
+    }
+
+    fn check_address(&self, ip: IpAddr, port: Option<u16>) -> Result<(), Refused> {
         if self.0.anywhere {
             return Ok(());
         }
@@ -167,6 +180,9 @@ impl Scope {
         };
         let allowed = self.0.allowed.iter().any(|a| match a {
             Allowed::Network(net) => net.contains(&canonical(ip)),
+            Allowed::Socket(socket) => {
+                canonical(socket.ip()) == canonical(ip) && Some(socket.port()) == port
+            }
             Allowed::Host(_) => false,
         });
         if allowed {
@@ -191,7 +207,7 @@ impl Scope {
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(host);
         match host.parse::<IpAddr>() {
-            Ok(ip) => self.check_ip(ip),
+            Ok(ip) => self.check_address(ip, url.port_or_known_default()),
             Err(_) => Ok(()),
         }
     }
@@ -279,10 +295,11 @@ fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
         [x, ..] if x & 0xffc0 == 0xfec0 => "a site-local address",
         [x, ..] if x & 0xff00 == 0xff00 => "a multicast address",
         [0x2001, 0xdb8, ..] => "a documentation address",
+        [0x64, 0xff9b, 1, ..] => "a local NAT64 address",
         // Teredo tunnels to an address the policy cannot see.
         [0x2001, 0, ..] => "a Teredo address",
-        // The rest of ::/96 and ::/8 besides what `canonical` unwrapped.
-        [0, 0, 0, 0, 0, 0, ..] => "a reserved address",
+        // The rest of ::/8 besides what `canonical` unwrapped.
+        [x, ..] if x & 0xff00 == 0 => "a reserved address",
         [0x0100, 0, 0, 0, ..] => "a discard-only address",
         _ => return None,
     })
@@ -372,6 +389,9 @@ mod tests {
             "ff02::1",
             "2001:db8::1",
             "2001:0::1",
+            "64:ff9b:1::a9fe:a9fe",
+            "::ffff:0:7f00:1",
+            "0:1::1",
         ] {
             assert!(scope.check_ip(ip(refused)).is_err(), "{refused}");
         }
@@ -407,6 +427,19 @@ mod tests {
     }
 
     #[test]
+    fn a_port_allowance_admits_that_port_of_that_address_only() {
+        let scope = EgressPolicy::public_only()
+            .allow(["127.0.0.1:8080".parse().expect("an allowance")])
+            .scope(None);
+        let check = |u: &str| scope.check_url(&reqwest::Url::parse(u).expect("a url"));
+        assert_eq!(check("http://127.0.0.1:8080/orders"), Ok(()));
+        assert!(check("http://127.0.0.1:2379/v3/kv/range").is_err(), "etcd");
+        assert!(check("http://127.0.0.1/").is_err());
+        // A name's port is not known where it resolves: not allowed.
+        assert!(scope.check_ip(ip("127.0.0.1")).is_err());
+    }
+
+    #[test]
     fn allowances_parse_or_say_why_not() {
         assert_eq!(
             "10.1.2.3/16".parse::<Allowed>(),
@@ -419,6 +452,10 @@ mod tests {
         assert_eq!(
             "ERP.internal.".parse::<Allowed>(),
             Ok(Allowed::Host("erp.internal".into()))
+        );
+        assert_eq!(
+            "[::1]:8080".parse::<Allowed>(),
+            Ok(Allowed::Socket("[::1]:8080".parse().unwrap()))
         );
         assert!("http://x".parse::<Allowed>().is_err());
         assert!("".parse::<Allowed>().is_err());

@@ -30,6 +30,36 @@ use serde_json::Value;
 
 use super::egress::{self, EgressPolicy, Refused, Scope};
 
+/// Headers only the engine sets: where the request goes and how its body
+/// is framed follow the URL and the body. A `Host` of the step's choosing
+/// would send a credential meant for one site to another served by the
+/// same server.
+pub const ENGINE_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+    "proxy-authorization",
+];
+
+/// Headers a request that carries a credential may not set: the
+/// credential's own header, and those a front end routes by.
+pub const CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "forwarded",
+    "x-forwarded-host",
+    "x-forwarded-server",
+    "x-host",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+];
+
 /// HTTP methods an http step may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -328,6 +358,11 @@ impl Client {
             };
             let header_name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|e| invalid(e.to_string()))?;
+            if ENGINE_HEADERS.contains(&header_name.as_str()) {
+                return Err(invalid(
+                    "the engine sets it, from the url and the body".into(),
+                ));
+            }
             let header_value = reqwest::header::HeaderValue::from_str(value)
                 .map_err(|_| invalid("value has a line break or a control character".into()))?;
             headers.append(header_name, header_value);

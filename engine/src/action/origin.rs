@@ -63,6 +63,15 @@ impl Origin {
     /// `/api/orders`, not `/apix`).
     pub fn admits(&self, url: &reqwest::Url) -> bool {
         let path = url.path();
+        // Below a path prefix, what a server may read as another path is
+        // refused: encoded dots and slashes, and `;` (`/api/..;/admin`).
+        let lower = path.to_ascii_lowercase();
+        let ambiguous = ["%2e", "%2f", "%5c", ";", "\\"]
+            .iter()
+            .any(|s| lower.contains(s));
+        if self.path != "/" && ambiguous {
+            return false;
+        }
         let under = self.path == "/"
             || path == self.path
             || path
@@ -117,6 +126,14 @@ mod tests {
         assert!(!api.admits(&url("http://127.0.0.1:8080/apix")));
         assert!(!api.admits(&url("http://127.0.0.1:8080/")));
         assert!(!api.admits(&url("http://127.0.0.1:8080/api/../admin")));
+        for ambiguous in [
+            "http://127.0.0.1:8080/api/..;/admin",
+            "http://127.0.0.1:8080/api/..%2fadmin",
+            "http://127.0.0.1:8080/api/%2e%2e%2Fadmin",
+            "http://127.0.0.1:8080/api/%5C..%5Cadmin",
+        ] {
+            assert!(!api.admits(&url(ambiguous)), "{ambiguous}");
+        }
     }
 
     #[test]

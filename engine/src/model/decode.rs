@@ -670,6 +670,18 @@ impl Decoder {
                     ok = false;
                 }
                 let lower = key.name.to_ascii_lowercase();
+                if crate::action::http::ENGINE_HEADERS.contains(&lower.as_str()) {
+                    self.problem(
+                        key.line,
+                        at.label,
+                        format!(
+                            "header \"{}\" is the engine's to set (it follows the url and the body), \
+                             not a definition's",
+                            key.name
+                        ),
+                    );
+                    ok = false;
+                }
                 if let Some(first) = seen.get(&lower) {
                     let message = format!(
                         "duplicate header \"{}\" (also at line {first}; names ignore case)",

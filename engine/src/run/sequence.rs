@@ -614,6 +614,18 @@ pub(crate) fn render_http(
             .map(|(name, value)| (name.clone(), value.render_string(scope).into_owned()))
             .collect();
         let url = step.url.render_string(scope).into_owned();
+        if let Some(name) = &step.credential
+            && let Some((header, _)) = step
+                .headers
+                .iter()
+                .find(|(h, _)| http::CREDENTIAL_HEADERS.contains(&h.to_ascii_lowercase().as_str()))
+        {
+            return Err(Failure::permanent(format!(
+                "header {header:?} cannot be set on a step that sends credential {:?}: \
+                 the credential sets Authorization, and a front end may route by the others",
+                name.as_str()
+            )));
+        }
         if let Some(name) = &step.credential {
             let credential = ctx
                 .shared
