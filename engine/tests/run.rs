@@ -745,6 +745,107 @@ async fn a_credential_goes_only_to_its_origins_and_nothing_is_sent_elsewhere() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_echoed_back_is_scrubbed_from_everything_stored() {
+    let erp = HttpFixture::start();
+    erp.route("POST", "/echo", Responder::Echo);
+    erp.route(
+        "POST",
+        "/cookie",
+        Responder::Fixed(
+            Reply::json(200, &json!({ "ok": true }))
+                .with_header("Set-Cookie", "session=s3cret-session")
+                .with_header("X-Seen", &format!("Bearer {TOKEN}")),
+        ),
+    );
+    erp.route(
+        "POST",
+        "/denied",
+        Responder::Fixed(Reply::text(
+            401,
+            &format!("token {TOKEN} is not valid here"),
+        )),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine_with_erp(&dir, Some(&erp.url(""))).await;
+    let yaml = format!(
+        r#"
+apiVersion: isoflow.dev/v1
+name: echo
+version: 1
+steps:
+  - id: echo
+    type: http
+    method: POST
+    url: "{echo}"
+    credential: erp-api
+    body: {{ note: "hello" }}
+  - id: cookie
+    type: http
+    method: POST
+    url: "{cookie}"
+    credential: erp-api
+    body: "x"
+  - id: inspect
+    type: code
+    input: "{{{{ steps.echo.output }}}}"
+    source: "export default (s, ctx) => {{ ctx.log(JSON.stringify(s)); return s; }}"
+  - id: denied
+    type: http
+    method: POST
+    url: "{denied}"
+    credential: erp-api
+    body: "x"
+"#,
+        echo = erp.url("/echo"),
+        cookie = erp.url("/cookie"),
+        denied = erp.url("/denied"),
+    );
+    let (outcome, _, run_id) = run(&engine, &yaml, Value::Null).await;
+    assert_eq!(outcome.status, RunStatus::Failed, "{outcome:?}");
+    assert_eq!(
+        erp.requests("POST", "/echo")[0].header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str()),
+        "the server got the token"
+    );
+    let store = engine.store().expect("a local engine has a store");
+    let echo = store
+        .step_output("acme", &run_id, "echo")
+        .unwrap()
+        .expect("the echo's output");
+    assert_eq!(
+        echo["body"]["headers"]["authorization"],
+        json!("Bearer [credential]"),
+        "{echo}"
+    );
+    let cookie = store
+        .step_output("acme", &run_id, "cookie")
+        .unwrap()
+        .expect("the cookie step's output");
+    assert!(
+        cookie["headers"].get("set-cookie").is_none(),
+        "no session cookie in the output: {cookie}"
+    );
+    assert_eq!(cookie["headers"]["x-seen"], json!("Bearer [credential]"));
+    // Everything the run stored: step records (errors), outputs, the run's
+    // error, logs.
+    let mut stored = format!("{outcome:?}");
+    for step in store.steps("acme", &run_id).unwrap() {
+        stored.push_str(&format!("{step:?}"));
+        if let Some(output) = store.step_output("acme", &run_id, &step.step_key).unwrap() {
+            stored.push_str(&output.to_string());
+        }
+    }
+    stored.push_str(&format!("{:?}", store.logs("acme", &run_id).unwrap()));
+    stored.push_str(&format!("{:?}", store.run("acme", &run_id).unwrap()));
+    assert!(stored.contains("401"), "the denied step's error is there");
+    assert!(
+        !stored.contains(TOKEN) && !stored.contains("s3cret-session"),
+        "the secret is stored somewhere: {stored}"
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_credential_fails_the_step_and_its_value_never_reaches_javascript() {
     let fixture = HttpFixture::start();
     fixture.route(

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::egress::{self, EgressPolicy, Refused, Scope};
+use crate::run::Secret;
 
 /// Headers only the engine sets: where the request goes and how its body
 /// is framed follow the URL and the body. A `Host` of the step's choosing
@@ -118,9 +119,10 @@ pub struct Request {
     pub idempotency_key: Option<String>,
     /// Whose allowances of the egress policy apply.
     pub tenant: String,
-    /// Whether the request carries a credential: then no redirect is
-    /// followed.
-    pub carries_credential: bool,
+    /// The credential's secret the request carries, if it does: then no
+    /// redirect is followed, and the secret is scrubbed from whatever
+    /// comes back (an echo endpoint would hand it to the step's output).
+    pub credential: Option<Secret>,
 }
 
 impl Request {
@@ -136,7 +138,7 @@ impl Request {
             max_response_bytes: 64 * 1024 * 1024,
             idempotency_key: None,
             tenant: String::new(),
-            carries_credential: false,
+            credential: None,
         }
     }
 }
@@ -343,7 +345,7 @@ impl Client {
                 url: url_shown.clone(),
                 reason: refused.to_string(),
             })?;
-        let client = if matches!(method, Method::Get | Method::Head) && !request.carries_credential
+        let client = if matches!(method, Method::Get | Method::Head) && request.credential.is_none()
         {
             &clients.follows
         } else {
@@ -426,7 +428,12 @@ impl Client {
         }
 
         let status = response.status().as_u16();
-        let headers = header_map(response.headers());
+        let mut headers = header_map(response.headers());
+        if let Some(secret) = &request.credential {
+            for value in headers.values_mut() {
+                *value = scrub(value, secret).into_owned();
+            }
+        }
         if !response.status().is_success() {
             let retry_after = headers
                 .get("retry-after")
@@ -453,11 +460,53 @@ impl Client {
                 content_type: content_type.clone(),
             },
         })?;
+        let mut body = body;
+        if let Some(secret) = &request.credential {
+            scrub_value(&mut body, secret);
+        }
         Ok(Response {
             status,
             headers,
             body,
         })
+    }
+}
+
+/// What a credential's secret becomes wherever it would be stored.
+pub const SCRUBBED: &str = "[credential]";
+
+/// `text` with every occurrence of `secret` replaced by [`SCRUBBED`].
+pub fn scrub<'t>(text: &'t str, secret: &Secret) -> std::borrow::Cow<'t, str> {
+    let secret = secret.expose();
+    if secret.is_empty() || !text.contains(secret) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(text.replace(secret, SCRUBBED))
+}
+
+/// [`scrub`] on every string of a JSON value, object keys included.
+fn scrub_value(value: &mut Value, secret: &Secret) {
+    match value {
+        Value::String(text) => {
+            if let std::borrow::Cow::Owned(clean) = scrub(text, secret) {
+                *text = clean;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| scrub_value(v, secret)),
+        Value::Object(map) => {
+            let dirty: Vec<String> = map
+                .keys()
+                .filter(|k| matches!(scrub(k, secret), std::borrow::Cow::Owned(_)))
+                .cloned()
+                .collect();
+            for key in dirty {
+                if let Some(v) = map.remove(&key) {
+                    map.insert(scrub(&key, secret).into_owned(), v);
+                }
+            }
+            map.values_mut().for_each(|v| scrub_value(v, secret));
+        }
+        _ => {}
     }
 }
 
@@ -519,9 +568,21 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
+/// Response headers that never reach a step's output: credentials and
+/// session cookies a server hands back.
+pub const HIDDEN_RESPONSE_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "set-cookie",
+    "set-cookie2",
+];
+
 fn header_map(headers: &reqwest::header::HeaderMap) -> BTreeMap<String, String> {
     let mut map: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in headers {
+        if HIDDEN_RESPONSE_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
         map.entry(name.as_str().to_owned())
             .and_modify(|v| {

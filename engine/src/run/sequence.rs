@@ -626,6 +626,7 @@ pub(crate) fn render_http(
                 name.as_str()
             )));
         }
+        let mut secret = None;
         if let Some(name) = &step.credential {
             let credential = ctx
                 .shared
@@ -670,6 +671,7 @@ pub(crate) fn render_http(
                 "Authorization".into(),
                 format!("Bearer {}", credential.secret.expose()),
             ));
+            secret = Some(credential.secret);
         }
         Ok(http::Request {
             method: match step.method {
@@ -695,7 +697,7 @@ pub(crate) fn render_http(
             max_response_bytes: step.max_response_bytes.0.min(ctx.shared.max_payload_bytes),
             idempotency_key: Some(format!("{}/{key}", ctx.run.run_id)),
             tenant: ctx.run.tenant.clone(),
-            carries_credential: step.credential.is_some(),
+            credential: secret,
         })
     })
 }

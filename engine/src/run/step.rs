@@ -169,10 +169,18 @@ pub(crate) async fn run_http(shared: &Shared, request: &http::Request) -> Result
     match shared.http.send(request).await {
         Ok(response) => serde_json::to_value(response)
             .map_err(|e| Failure::permanent(format!("cannot represent the response: {e}"))),
-        Err(error) => Err(Failure {
-            retryable: error.is_retryable(),
-            retry_after: error.retry_after(),
-            message: error.to_string(),
-        }),
+        Err(error) => {
+            let message = error.to_string();
+            // An error page may echo the request, credential and all.
+            let message = match &request.credential {
+                Some(secret) => http::scrub(&message, secret).into_owned(),
+                None => message,
+            };
+            Err(Failure {
+                retryable: error.is_retryable(),
+                retry_after: error.retry_after(),
+                message,
+            })
+        }
     }
 }
