@@ -846,6 +846,39 @@ steps:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_text_the_tenant_sized_is_stored_cut() {
+    // A port nobody listens on, and a 1 MB path from the run's input: the
+    // error names the URL.
+    let port = isoflow_testkit::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let yaml = format!(
+        "apiVersion: isoflow.dev/v1\nname: long\nversion: 1\nsteps:\n  - id: fetch\n    type: http\n    \
+         url: \"http://127.0.0.1:{port}/{{{{ input.path }}}}\"\n"
+    );
+    let input = json!({ "path": "p".repeat(1 << 20) });
+    let (outcome, _, run_id) = run(&engine, &yaml, input).await;
+    assert_eq!(outcome.status, RunStatus::Failed, "{outcome:?}");
+    let step = engine
+        .store()
+        .expect("a local engine has a store")
+        .step("acme", &run_id, "fetch")
+        .unwrap()
+        .expect("the step's record");
+    let error = step.error.expect("an error");
+    assert!(error.len() < 17 * 1024, "{} bytes stored", error.len());
+    assert!(
+        error.contains(&format!("http://127.0.0.1:{port}/ppp"))
+            && error.contains("(error text cut at 16384 of "),
+        "{}",
+        &error[..200]
+    );
+    let run_error = outcome.error.expect("the run's error");
+    assert!(run_error.len() < 17 * 1024, "{} bytes", run_error.len());
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_credential_fails_the_step_and_its_value_never_reaches_javascript() {
     let fixture = HttpFixture::start();
     fixture.route(

@@ -499,6 +499,27 @@ pub(crate) async fn start_attempt(
     Ok(())
 }
 
+/// The longest error text a step's record keeps: whatever a tenant sized
+/// (a thrown message, a URL, a server's answer) is cut here, once, before
+/// it is stored, sent to watchers or returned by the API.
+pub(crate) const MAX_STORED_ERROR: usize = 16 * 1024;
+
+/// `message`, cut to [`MAX_STORED_ERROR`] bytes with its size noted.
+pub(crate) fn bounded_error(message: String) -> String {
+    if message.len() <= MAX_STORED_ERROR {
+        return message;
+    }
+    let mut end = MAX_STORED_ERROR;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… (error text cut at {end} of {} bytes)",
+        &message[..end],
+        message.len()
+    )
+}
+
 /// An attempt that failed before it could start (a bad rendered request).
 pub(crate) async fn failed_now(
     myself: &ActorRef<SeqMsg>,
@@ -761,9 +782,10 @@ pub(crate) async fn succeeded(
 pub(crate) async fn failed(
     myself: &ActorRef<SeqMsg>,
     state: &mut SeqState,
-    failure: Failure,
+    mut failure: Failure,
     logs: Vec<LogRecord>,
 ) -> Result<(), ActorProcessingErr> {
+    failure.message = bounded_error(failure.message);
     let step = state.step().clone();
     let key = state.key(step.id().as_str());
     let current = state.current.as_mut().expect("a step is running");
