@@ -461,8 +461,11 @@ fn a_stopped_worker_finishes_its_step_and_hands_the_run_back() {
             .expect("starts");
         assert!(fixture.wait_for_count("POST", "/hold", 1, LONG));
         let holder = cluster.worker_of(&run.run_id).expect("assigned");
-        cluster.workers[&holder].signal("TERM");
-        // The step in flight may finish; no new one starts there.
+        let worker = cluster.workers.get_mut(&holder).expect("running");
+        worker.signal("TERM");
+        // Released once the worker is stopping, not before: the step in
+        // flight may finish; no new one starts there.
+        worker.wait_for_stderr_line(LONG, |l| l.contains("stopping"));
         gate.release();
         let ended = wait(&client, &run.run_id).await;
         assert_eq!(status(&ended), v1::RunStatus::Succeeded, "{}", ended.error);

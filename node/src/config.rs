@@ -504,6 +504,7 @@ impl Config {
                 "a coordinator needs at least one API token (auth.tokens or ISOFLOW_API_TOKENS): every API call in a cluster is authenticated"
             );
         }
+        let mut tenant_of = HashMap::new();
         for token in &self.auth.tokens {
             if token.token.len() < 16 {
                 bail!(
@@ -511,6 +512,30 @@ impl Config {
                     token.tenant
                 );
             }
+            if let Some(other) = tenant_of.insert(token.token.as_str(), token.tenant.as_str()) {
+                bail!(
+                    "tenants {other:?} and {:?} have the same API token: each caller must be one tenant",
+                    token.tenant
+                );
+            }
+        }
+        if self
+            .auth
+            .cluster_token
+            .as_deref()
+            .is_some_and(|t| !t.is_empty() && t.len() < 16)
+        {
+            bail!("auth.cluster_token is shorter than 16 characters");
+        }
+        if self.role == Role::All
+            && self.auth.tokens.is_empty()
+            && !self.api.listen.ip().is_loopback()
+        {
+            bail!(
+                "api.listen is {}, but with no API tokens (auth.tokens) an all node serves anyone \
+                 who reaches it as tenant \"local\": listen on loopback, or set tokens",
+                self.api.listen
+            );
         }
         Ok(())
     }
@@ -559,7 +584,7 @@ mod tests {
         let file = dir.path().join("isoflow.toml");
         std::fs::write(
             &file,
-            "role = \"worker\"\nnode_id = \"from-file\"\n[auth]\ncluster_token = \"file-token\"\n[worker]\ncapacity = 4\n[cluster]\nheartbeat_interval = \"250ms\"\n",
+            "role = \"worker\"\nnode_id = \"from-file\"\n[auth]\ncluster_token = \"file-cluster-token-0123\"\n[worker]\ncapacity = 4\n[cluster]\nheartbeat_interval = \"250ms\"\n",
         )
         .expect("write");
         let flags = Flags {
@@ -586,7 +611,10 @@ mod tests {
             config.cluster.heartbeat_interval,
             Duration::from_millis(250)
         );
-        assert_eq!(config.auth.cluster_token.as_deref(), Some("file-token"));
+        assert_eq!(
+            config.auth.cluster_token.as_deref(),
+            Some("file-cluster-token-0123")
+        );
     }
 
     #[test]
@@ -647,6 +675,45 @@ mod tests {
             "egress.tenants (tenant \"acme\").allow: \"http://10.0.0.1/\" is neither a network \
              (10.1.0.0/16), an address (with or without a port) nor a host name"
         );
+    }
+
+    fn load_text(text: &str) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("isoflow.toml");
+        std::fs::write(&file, text).expect("write");
+        let flags = Flags {
+            config: Some(file),
+            ..Flags::default()
+        };
+        Config::load(&flags, &HashMap::new())
+    }
+
+    #[test]
+    fn who_may_call_is_never_ambiguous_or_open() {
+        let error = |text: &str| load_text(text).expect_err(text).to_string();
+        assert_eq!(
+            error(
+                "[[auth.tokens]]\ntenant = \"a\"\ntoken = \"0123456789abcdef\"\n\
+                 [[auth.tokens]]\ntenant = \"b\"\ntoken = \"0123456789abcdef\"\n"
+            ),
+            "tenants \"a\" and \"b\" have the same API token: each caller must be one tenant"
+        );
+        assert_eq!(
+            error("[auth]\ncluster_token = \"short\"\n"),
+            "auth.cluster_token is shorter than 16 characters"
+        );
+        assert_eq!(
+            error("[api]\nlisten = \"0.0.0.0:7700\"\n"),
+            "api.listen is 0.0.0.0:7700, but with no API tokens (auth.tokens) an all node serves \
+             anyone who reaches it as tenant \"local\": listen on loopback, or set tokens"
+        );
+        // Loopback without tokens, or any address with them, is fine.
+        load_text("[api]\nlisten = \"127.0.0.1:7700\"\n").expect("loopback");
+        load_text(
+            "[api]\nlisten = \"0.0.0.0:7700\"\n[[auth.tokens]]\ntenant = \"a\"\n\
+             token = \"0123456789abcdef\"\n",
+        )
+        .expect("with tokens");
     }
 
     #[test]
