@@ -531,6 +531,33 @@ impl Store {
         Ok(size)
     }
 
+    /// A run's output as its stored JSON text, read as it is needed: a
+    /// large output is streamed from its file, never held whole.
+    pub fn run_output_reader(
+        &self,
+        tenant: &str,
+        run_id: &str,
+    ) -> Result<Option<Box<dyn std::io::Read + Send>>, StoreError> {
+        let key = child_key(&run_key(tenant, run_id)?, OUTPUT_BLOB)?;
+        let Some(stored) = self.get(BLOBS, &key)? else {
+            return Ok(None);
+        };
+        let corrupt = |reason: String| StoreError::Corrupt {
+            what: format!("payload {OUTPUT_BLOB} of run {run_id}"),
+            reason,
+        };
+        match stored.split_first() {
+            Some((&INLINE, json)) => Ok(Some(Box::new(std::io::Cursor::new(json.to_vec())))),
+            Some((&IN_FILE, relative)) => {
+                let relative = std::str::from_utf8(relative).map_err(|e| corrupt(e.to_string()))?;
+                let path = self.payloads.join(relative);
+                let file = File::open(&path).map_err(|source| StoreError::Io { path, source })?;
+                Ok(Some(Box::new(file)))
+            }
+            _ => Err(corrupt("unknown payload encoding".into())),
+        }
+    }
+
     fn payload(&self, tenant: &str, run_id: &str, name: &str) -> Result<Option<Value>, StoreError> {
         let key = child_key(&run_key(tenant, run_id)?, name)?;
         let Some(stored) = self.get(BLOBS, &key)? else {

@@ -2,14 +2,15 @@
 //! an `all` node). Every call runs as the tenant its token names.
 
 use std::collections::HashSet;
+use std::io::Read;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use isoflow_engine::model;
 use isoflow_engine::run::inline_code;
 use isoflow_engine::store::{Deployed, IntegrationRecord, RunRecord, RunStatus, now_ms};
-use isoflow_proto::v1;
 use isoflow_proto::v1::isoflow_server::Isoflow;
+use isoflow_proto::{CHUNK_BYTES, v1};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -19,7 +20,6 @@ use tonic::{Request, Response, Status, Streaming};
 use super::auth::Tenant;
 use super::convert;
 use super::coordinator::{CancelOutcome, Coordinator, UpdateKind};
-use super::payload;
 
 #[derive(Debug, Clone)]
 pub struct Api {
@@ -295,11 +295,40 @@ impl Isoflow for Api {
             )));
         }
         let store = self.coordinator.store.clone();
-        let output = blocking(move || Ok(store.run_output(&tenant, &run_id)?)).await?;
-        let chunks: Vec<_> = payload::chunks(0, &output.unwrap_or(serde_json::Value::Null))
-            .map(|c| Ok(v1::PayloadChunk { data: c.data }))
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        let reader = blocking(move || Ok(store.run_output_reader(&tenant, &run_id)?)).await?;
+        // Read a chunk at a time as the client takes them: a 1 GB output is
+        // never held whole, parsed or copied here.
+        let (tx, rx) = mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let Some(mut reader) = reader else {
+                let _ = tx.blocking_send(Ok(v1::PayloadChunk {
+                    data: b"null".to_vec(),
+                }));
+                return;
+            };
+            loop {
+                let mut data = vec![0u8; CHUNK_BYTES];
+                let mut filled = 0;
+                while filled < data.len() {
+                    match reader.read(&mut data[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(Status::internal(format!(
+                                "cannot read the run's output: {e}"
+                            ))));
+                            return;
+                        }
+                    }
+                }
+                data.truncate(filled);
+                if filled == 0 || tx.blocking_send(Ok(v1::PayloadChunk { data })).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     type WatchRunStream = UpdateStream;
