@@ -1170,6 +1170,55 @@ output:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_flooding_the_node_does_not_hold_up_another() {
+    // Two code steps run at once, one per tenant at most (the default):
+    // the flood's runs take turns on one runner, the other tenant's run
+    // finds the second.
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let busy = integration(
+        "apiVersion: isoflow.dev/v1\nname: busy\nversion: 1\nsteps:\n  - id: spin\n    type: code\n    \
+         source: \"export default () => { const end = Date.now() + 200; while (Date.now() < end) {} return 1; }\"\n",
+    );
+    let quick = integration(
+        "apiVersion: isoflow.dev/v1\nname: quick\nversion: 1\nsteps:\n  - id: one\n    type: code\n    \
+         source: \"export default () => 1\"\n",
+    );
+    let finished = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut waits = Vec::new();
+    for _ in 0..12 {
+        let handle = engine.start_run("acme", &busy, Value::Null).await.unwrap();
+        let finished = finished.clone();
+        waits.push(tokio::spawn(async move {
+            let outcome = handle.wait().await.expect("the run ends");
+            finished.lock().unwrap().push(("acme", outcome.status));
+        }));
+    }
+    let handle = engine
+        .start_run("other", &quick, Value::Null)
+        .await
+        .unwrap();
+    let outcome = handle.wait().await.expect("the run ends");
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    let flood_done = finished.lock().unwrap().len();
+    assert!(
+        flood_done < 6,
+        "the other tenant's run waited for {flood_done} of the flood's 12 runs"
+    );
+    for wait in waits {
+        wait.await.unwrap();
+    }
+    assert!(
+        finished
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(_, status)| *status == RunStatus::Succeeded)
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_go_on_concurrently() {
     let fixture = HttpFixture::start();
     fixture.serve_seed(TOKEN);
