@@ -184,9 +184,25 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// end: the step goes to another), and it is past its start-up and
 /// lockdown (it was ready before the step).
 fn spinning_process(sandbox: &Sandbox, tenant: &str) -> u32 {
-    let pid = busy_process(sandbox, tenant);
-    let before = cpu_ticks(pid);
     let start = Instant::now();
+    let pid = loop {
+        // The process that ran the readying step (one step before this).
+        let found = sandbox
+            .stats()
+            .processes
+            .iter()
+            .find(|p| p.busy && p.steps >= 1 && p.tenant.as_deref() == Some(tenant))
+            .map(|p| p.pid);
+        if let Some(pid) = found {
+            break pid;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no busy, ready process of {tenant}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let before = cpu_ticks(pid);
     while cpu_ticks(pid) < before + 3 {
         assert!(
             start.elapsed() < Duration::from_secs(30),
@@ -204,14 +220,26 @@ fn spin_in_background(
     tenant: &str,
     ms: u64,
 ) -> std::thread::JoinHandle<Outcome> {
+    // The same input as the spinning step: under an address space cap, a
+    // process takes only steps that fit the allowance of its first.
+    let ready = Execution::new(
+        Runtime::V8,
+        Script::new("ready.js", "export default () => 42;"),
+        "null",
+    )
+    .tenant(tenant);
     assert_eq!(
         sandbox
-            .execute_blocking(doubling(tenant))
+            .execute_blocking(ready)
             .value()
             .map_err(|e| e.to_string()),
         Ok(json!(42)),
         "a step readies a process of {tenant}"
     );
+    // Past the time a process that just answered is taken to be preparing
+    // its next isolate: the spinning step goes to that same ready process,
+    // not to a spare that may still be starting.
+    std::thread::sleep(Duration::from_millis(50));
     let sandbox = sandbox.clone();
     let tenant = tenant.to_owned();
     std::thread::spawn(move || {
