@@ -242,6 +242,13 @@ impl std::fmt::Debug for Store {
 }
 
 /// Milliseconds since the Unix epoch.
+/// A payload as the store holds it.
+enum Stored {
+    /// The stored value: the [`INLINE`] tag, then the JSON.
+    Inline(Vec<u8>),
+    InFile(PathBuf),
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -538,27 +545,49 @@ impl Store {
         tenant: &str,
         run_id: &str,
     ) -> Result<Option<Box<dyn std::io::Read + Send>>, StoreError> {
-        let key = child_key(&run_key(tenant, run_id)?, OUTPUT_BLOB)?;
-        let Some(stored) = self.get(BLOBS, &key)? else {
-            return Ok(None);
-        };
-        let corrupt = |reason: String| StoreError::Corrupt {
-            what: format!("payload {OUTPUT_BLOB} of run {run_id}"),
-            reason,
-        };
-        match stored.split_first() {
-            Some((&INLINE, json)) => Ok(Some(Box::new(std::io::Cursor::new(json.to_vec())))),
-            Some((&IN_FILE, relative)) => {
-                let relative = std::str::from_utf8(relative).map_err(|e| corrupt(e.to_string()))?;
-                let path = self.payloads.join(relative);
-                let file = File::open(&path).map_err(|source| StoreError::Io { path, source })?;
-                Ok(Some(Box::new(file)))
+        Ok(match self.stored_payload(tenant, run_id, OUTPUT_BLOB)? {
+            None => None,
+            Some(Stored::Inline(stored)) => {
+                let mut json = std::io::Cursor::new(stored);
+                json.set_position(1);
+                Some(Box::new(json))
             }
-            _ => Err(corrupt("unknown payload encoding".into())),
-        }
+            Some(Stored::InFile(path)) => Some(Box::new(
+                File::open(&path).map_err(|source| StoreError::Io { path, source })?,
+            )),
+        })
     }
 
     fn payload(&self, tenant: &str, run_id: &str, name: &str) -> Result<Option<Value>, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            what: format!("payload {name} of run {run_id}"),
+            reason,
+        };
+        match self.stored_payload(tenant, run_id, name)? {
+            None => Ok(None),
+            Some(Stored::Inline(stored)) => serde_json::from_slice(&stored[1..])
+                .map(Some)
+                .map_err(|e| corrupt(e.to_string())),
+            Some(Stored::InFile(path)) => {
+                let file = File::open(&path).map_err(|source| StoreError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                serde_json::from_reader(BufReader::with_capacity(1 << 20, file))
+                    .map(Some)
+                    .map_err(|e| corrupt(format!("{}: {e}", path.display())))
+            }
+        }
+    }
+
+    /// Where payload `name` of a run is: its JSON inline, or the file
+    /// holding it.
+    fn stored_payload(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        name: &str,
+    ) -> Result<Option<Stored>, StoreError> {
         let key = child_key(&run_key(tenant, run_id)?, name)?;
         let Some(stored) = self.get(BLOBS, &key)? else {
             return Ok(None);
@@ -568,19 +597,10 @@ impl Store {
             reason,
         };
         match stored.split_first() {
-            Some((&INLINE, json)) => serde_json::from_slice(json)
-                .map(Some)
-                .map_err(|e| corrupt(e.to_string())),
+            Some((&INLINE, _)) => Ok(Some(Stored::Inline(stored))),
             Some((&IN_FILE, relative)) => {
                 let relative = std::str::from_utf8(relative).map_err(|e| corrupt(e.to_string()))?;
-                let path = self.payloads.join(relative);
-                let file = File::open(&path).map_err(|source| StoreError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-                serde_json::from_reader(BufReader::with_capacity(1 << 20, file))
-                    .map(Some)
-                    .map_err(|e| corrupt(format!("{}: {e}", path.display())))
+                Ok(Some(Stored::InFile(self.payloads.join(relative))))
             }
             _ => Err(corrupt("unknown payload encoding".into())),
         }

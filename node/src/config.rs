@@ -654,29 +654,7 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_egress_allowance_that_is_not_one_is_refused_naming_it() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let file = dir.path().join("isoflow.toml");
-        std::fs::write(
-            &file,
-            "[[egress.tenants]]\ntenant = \"acme\"\nallow = [\"http://10.0.0.1/\"]\n",
-        )
-        .expect("write");
-        let flags = Flags {
-            config: Some(file),
-            ..Flags::default()
-        };
-        let error = Config::load(&flags, &HashMap::new())
-            .expect_err("a URL is not an allowance")
-            .to_string();
-        assert_eq!(
-            error,
-            "egress.tenants (tenant \"acme\").allow: \"http://10.0.0.1/\" is neither a network \
-             (10.1.0.0/16), an address (with or without a port) nor a host name"
-        );
-    }
-
+    /// The configuration a file with `text` gives.
     fn load_text(text: &str) -> anyhow::Result<Config> {
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("isoflow.toml");
@@ -686,6 +664,19 @@ mod tests {
             ..Flags::default()
         };
         Config::load(&flags, &HashMap::new())
+    }
+
+    #[test]
+    fn an_egress_allowance_that_is_not_one_is_refused_naming_it() {
+        let error =
+            load_text("[[egress.tenants]]\ntenant = \"acme\"\nallow = [\"http://10.0.0.1/\"]\n")
+                .expect_err("a URL is not an allowance")
+                .to_string();
+        assert_eq!(
+            error,
+            "egress.tenants (tenant \"acme\").allow: \"http://10.0.0.1/\" is neither a network \
+             (10.1.0.0/16), an address (with or without a port) nor a host name"
+        );
     }
 
     #[test]
@@ -718,14 +709,7 @@ mod tests {
 
     #[test]
     fn a_sandbox_never_runs_as_root() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let file = dir.path().join("isoflow.toml");
-        std::fs::write(&file, "[sandbox]\nuid = 0\n").expect("write");
-        let flags = Flags {
-            config: Some(file),
-            ..Flags::default()
-        };
-        let error = Config::load(&flags, &HashMap::new())
+        let error = load_text("[sandbox]\nuid = 0\n")
             .expect_err("uid 0")
             .to_string();
         assert!(

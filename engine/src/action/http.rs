@@ -511,7 +511,7 @@ fn scrub_value(value: &mut Value, secret: &Secret) {
 }
 
 /// The URL as it may appear in errors and logs: without user and password.
-fn redact(url: &reqwest::Url) -> String {
+pub(crate) fn redact(url: &reqwest::Url) -> String {
     let mut shown = url.clone();
     let _ = shown.set_username("");
     let _ = shown.set_password(None);

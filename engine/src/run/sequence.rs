@@ -606,14 +606,7 @@ pub(crate) fn json_type(v: &Value) -> &'static str {
 
 /// A URL as an error may show it: without user and password, and cut.
 fn shown_url(url: &str) -> String {
-    let shown = match reqwest::Url::parse(url) {
-        Ok(mut parsed) => {
-            let _ = parsed.set_username("");
-            let _ = parsed.set_password(None);
-            parsed.to_string()
-        }
-        Err(_) => url.to_owned(),
-    };
+    let shown = reqwest::Url::parse(url).map_or_else(|_| url.to_owned(), |u| http::redact(&u));
     let mut end = shown.len().min(200);
     while !shown.is_char_boundary(end) {
         end -= 1;

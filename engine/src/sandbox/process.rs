@@ -148,35 +148,29 @@ impl Spawner {
         if let Some(stderr) = &stderr {
             set_nonblocking(stderr)?;
         }
+        // A process that cannot be put in its cgroups is stopped, not run
+        // uncapped.
+        let abandon = |child: &mut Child, controller: &str, e: io::Error| {
+            let _ = child.kill();
+            let _ = child.wait();
+            io::Error::new(
+                e.kind(),
+                format!("cannot put sandbox process {pid} in its {controller} cgroup: {e}"),
+            )
+        };
         let cgroup = match &self.memory {
-            memory::Control::Cgroup(tree) => match tree.adopt(pid) {
-                Ok(cgroup) => Some(cgroup),
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("cannot put sandbox process {pid} in its memory cgroup: {e}"),
-                    ));
-                }
-            },
+            memory::Control::Cgroup(tree) => Some(
+                tree.adopt(pid)
+                    .map_err(|e| abandon(&mut child, "memory", e))?,
+            ),
             _ => None,
         };
         let threads = match &self.pids {
-            Some(tree) => match tree
-                .adopt(pid)
-                .and_then(|group| group.set_max_threads(memory::MAX_THREADS).map(|()| group))
-            {
-                Ok(group) => Some(group),
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("cannot put sandbox process {pid} in its pids cgroup: {e}"),
-                    ));
-                }
-            },
+            Some(tree) => Some(
+                tree.adopt(pid)
+                    .and_then(|group| group.set_max_threads(memory::MAX_THREADS).map(|()| group))
+                    .map_err(|e| abandon(&mut child, "pids", e))?,
+            ),
             None => None,
         };
         let now = Instant::now();

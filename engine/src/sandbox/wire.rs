@@ -212,42 +212,24 @@ fn recv(fd: RawFd, into: &mut [MaybeUninit<u8>]) -> Result<Option<usize>, Receiv
 fn wait_for(fd: RawFd, events: libc::c_short, deadline: Instant) -> io::Result<bool> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            // Past the deadline, what is there already still counts (a
-            // spare's Hello, sent long before anyone asked for it).
-            return ready_now(fd, events);
-        }
+        // Past the deadline, one look that does not wait: what is there
+        // already still counts (a spare's Hello, sent long before anyone
+        // asked for it).
+        let ms = if left.is_zero() {
+            0
+        } else {
+            i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1)
+        };
         let mut pfd = libc::pollfd {
             fd,
             events,
             revents: 0,
         };
-        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
         // SAFETY: one pollfd for a descriptor the caller owns.
         match unsafe { libc::poll(&mut pfd, 1, ms) } {
+            0 if ms == 0 => return Ok(false),
             0 => {}
             n if n > 0 => return Ok(true),
-            _ => {
-                let error = io::Error::last_os_error();
-                if error.kind() != io::ErrorKind::Interrupted {
-                    return Err(error);
-                }
-            }
-        }
-    }
-}
-
-/// Whether `fd` is ready for `events` at once, without waiting.
-fn ready_now(fd: RawFd, events: libc::c_short) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
-    loop {
-        // SAFETY: one pollfd for a descriptor the caller owns.
-        match unsafe { libc::poll(&mut pfd, 1, 0) } {
-            n if n >= 0 => return Ok(n > 0),
             _ => {
                 let error = io::Error::last_os_error();
                 if error.kind() != io::ErrorKind::Interrupted {

@@ -572,8 +572,9 @@ fn memory_outside_the_heap_is_capped_from_outside() {
     }
 }
 
-#[test]
-fn the_address_space_cap_works_where_no_cgroup_is_made() {
+/// A sandbox whose processes' memory is capped by their address space,
+/// and limits with a 64 MiB heap.
+fn address_space_capped() -> (Sandbox, Limits) {
     let sandbox = Sandbox::new(SandboxConfig {
         memory: MemoryCap::AddressSpace,
         ..config()
@@ -583,6 +584,12 @@ fn the_address_space_cap_works_where_no_cgroup_is_made() {
         heap_bytes: 64 << 20,
         ..Limits::default()
     };
+    (sandbox, limits)
+}
+
+#[test]
+fn the_address_space_cap_works_where_no_cgroup_is_made() {
+    let (sandbox, limits) = address_space_capped();
     for rt in Runtime::ALL {
         let reason =
             crashed(&sandbox.execute_blocking(hook_step(rt, "allocate", "4096").limits(limits)));
@@ -1054,15 +1061,7 @@ fn a_process_that_reads_its_step_slowly_is_cut_off() {
 
 #[test]
 fn the_address_space_cap_cannot_be_lifted_from_inside() {
-    let sandbox = Sandbox::new(SandboxConfig {
-        memory: MemoryCap::AddressSpace,
-        ..config()
-    })
-    .expect("the sandbox starts");
-    let limits = Limits {
-        heap_bytes: 64 << 20,
-        ..Limits::default()
-    };
+    let (sandbox, limits) = address_space_capped();
     for rt in Runtime::ALL {
         // The soft limit raised to the hard one, then 1.5 GiB: the first
         // step's cap is the hard limit too, so the allocation fails.
