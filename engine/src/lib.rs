@@ -8,11 +8,14 @@
 //!   that validates them, and the `{{ expression }}` language between steps.
 //! - [`action`]: the steps that do I/O on the engine's side (HTTP).
 //! - [`store`]: runs, step checkpoints, payloads and logs in RocksDB.
+//! - [`credential`]: credentials for http steps, and the encrypted vault
+//!   that keeps them on a coordinator.
 //!
 //! - [`run`]: the engine that ties them together: a supervised actor tree
 //!   per run, durable checkpoints, resumption after a crash.
 
 pub mod action;
+pub mod credential;
 pub mod model;
 pub mod run;
 pub mod sandbox;

@@ -53,7 +53,6 @@ use tokio::sync::mpsc;
 
 use crate::action::egress::EgressPolicy;
 use crate::action::http;
-use crate::action::origin::Origin;
 use crate::model::{CodeSource, Integration, Step, StepOutputs};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::store::{RunRecord, RunStatus, StepStatus, Store, StoreConfig, StoreError};
@@ -70,6 +69,10 @@ pub use journal::{
     Journal, JournalError, JournalFuture, JournalWrite, Restored, StoreJournal, WriteKind,
 };
 pub use retry::retry_delay;
+
+pub use crate::credential::{
+    Credential, CredentialKind, Credentials, Secret, StaticCredentials,
+};
 
 /// Everything an engine needs.
 #[derive(Clone)]
@@ -107,73 +110,6 @@ impl std::fmt::Debug for EngineConfig {
             .field("max_payload_bytes", &self.max_payload_bytes)
             .field("egress", &self.egress)
             .finish_non_exhaustive()
-    }
-}
-
-/// A secret an http step sends; never logged, never given to JavaScript.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(…)")
-    }
-}
-
-/// A credential: a bearer token, and the only origins it may be sent to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Credential {
-    pub secret: Secret,
-    pub origins: Vec<Origin>,
-}
-
-impl Credential {
-    pub fn new(secret: Secret, origins: impl IntoIterator<Item = Origin>) -> Credential {
-        Credential {
-            secret,
-            origins: origins.into_iter().collect(),
-        }
-    }
-
-    /// Whether the credential may be sent to `url`.
-    pub fn admits(&self, url: &reqwest::Url) -> bool {
-        self.origins.iter().any(|origin| origin.admits(url))
-    }
-}
-
-/// Looks up a tenant's credential by the name an http step gives. The
-/// engine adds it to the request as `Authorization: Bearer <secret>`, when
-/// the request's URL is under one of its origins.
-pub trait Credentials: Send + Sync + 'static {
-    fn credential(&self, tenant: &str, name: &str) -> Option<Credential>;
-}
-
-/// Credentials from a fixed map (tenant, name) → credential, filled by
-/// whoever starts the engine (the `isoflow` binary reads them from its
-/// configuration or environment).
-#[derive(Debug, Clone, Default)]
-pub struct StaticCredentials(pub HashMap<(String, String), Credential>);
-
-impl StaticCredentials {
-    pub fn insert(&mut self, tenant: &str, name: &str, credential: Credential) {
-        self.0
-            .insert((tenant.to_owned(), name.to_owned()), credential);
-    }
-}
-
-impl Credentials for StaticCredentials {
-    fn credential(&self, tenant: &str, name: &str) -> Option<Credential> {
-        self.0.get(&(tenant.to_owned(), name.to_owned())).cloned()
     }
 }
 

@@ -16,6 +16,7 @@
 //! | `blobs` | tenant · run id · step key, `#input`, `#output` or `#definition` | a payload: its JSON, or the name of its file |
 //! | `logs` | tenant · run id · step key · attempt · sequence | [`LogRecord`] (JSON) |
 //! | `integrations` | tenant · name · version (big-endian `u32`) | [`IntegrationRecord`] (JSON) |
+//! | `credentials` | tenant · name | a sealed credential ([`crate::credential::vault`]: JSON, its secret encrypted) |
 //!
 //! `·` is a 0 byte, which tenant ids, run ids and step keys cannot contain;
 //! attempt and sequence are big-endian `u32`s. Run ids are UUIDv7,
@@ -51,7 +52,8 @@ const STEPS: &str = "steps";
 const BLOBS: &str = "blobs";
 const LOGS: &str = "logs";
 const INTEGRATIONS: &str = "integrations";
-const FAMILIES: [&str; 6] = [RUNS, ACTIVE, STEPS, BLOBS, LOGS, INTEGRATIONS];
+const CREDENTIALS: &str = "credentials";
+const FAMILIES: [&str; 7] = [RUNS, ACTIVE, STEPS, BLOBS, LOGS, INTEGRATIONS, CREDENTIALS];
 
 /// Where and how durably to store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -727,6 +729,66 @@ impl Store {
         Ok(records)
     }
 
+    /// Stores a sealed credential (the vault encrypts; the store keeps
+    /// bytes).
+    pub fn put_credential(&self, tenant: &str, name: &str, sealed: &[u8]) -> Result<(), StoreError> {
+        let key = credential_key(tenant, name)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CREDENTIALS), &key, sealed);
+        self.write(batch, "put_credential")
+    }
+
+    pub fn credential(&self, tenant: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(CREDENTIALS, &credential_key(tenant, name)?)
+    }
+
+    /// Deletes a credential; whether there was one.
+    pub fn delete_credential(&self, tenant: &str, name: &str) -> Result<bool, StoreError> {
+        let key = credential_key(tenant, name)?;
+        if self.get(CREDENTIALS, &key)?.is_none() {
+            return Ok(false);
+        }
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(CREDENTIALS), &key);
+        self.write(batch, "delete_credential")?;
+        Ok(true)
+    }
+
+    /// A tenant's sealed credentials by name (every tenant's, as
+    /// (tenant, name, sealed), when `tenant` is `None`), in name order.
+    pub fn credentials(
+        &self,
+        tenant: Option<&str>,
+    ) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
+        let prefix = match tenant {
+            Some(tenant) => prefix(&[tenant])?,
+            None => Vec::new(),
+        };
+        let iter = self.db.iterator_cf(
+            self.cf(CREDENTIALS),
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            let (key, value) = item.map_err(|source| StoreError::Db {
+                operation: "list credentials",
+                source,
+            })?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let text = String::from_utf8_lossy(&key);
+            let Some((tenant, name)) = text.split_once('\0') else {
+                return Err(StoreError::Corrupt {
+                    what: "credential key".into(),
+                    reason: "it has no tenant".into(),
+                });
+            };
+            out.push((tenant.to_owned(), name.to_owned(), value.to_vec()));
+        }
+        Ok(out)
+    }
+
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         self.db
             .cf_handle(name)
@@ -838,6 +900,13 @@ fn integration_key(tenant: &str, name: &str, version: u32) -> Result<Vec<u8>, St
     check("integration name", name)?;
     let mut key = prefix(&[tenant, name])?;
     key.extend_from_slice(&version.to_be_bytes());
+    Ok(key)
+}
+
+fn credential_key(tenant: &str, name: &str) -> Result<Vec<u8>, StoreError> {
+    check("credential name", name)?;
+    let mut key = prefix(&[tenant])?;
+    key.extend_from_slice(name.as_bytes());
     Ok(key)
 }
 

@@ -491,7 +491,6 @@ mod tests {
 
     #[test]
     fn environment_credentials_come_with_their_origins() {
-        use isoflow_engine::run::Credentials;
         let credentials = credentials_from(
             vars(&[
                 ("ISOFLOW_CREDENTIAL_ERP_API", "t0ken"),
@@ -505,9 +504,10 @@ mod tests {
         )
         .expect("valid");
         let erp = credentials
-            .credential("local", "erp-api")
+            .0
+            .get(&("local".to_owned(), "erp-api".to_owned()))
             .expect("erp-api is there");
-        assert_eq!(erp.secret.expose(), "t0ken");
+        assert_eq!(erp.kind.secret().expose(), "t0ken");
         let origins: Vec<String> = erp.origins.iter().map(ToString::to_string).collect();
         assert_eq!(
             origins,

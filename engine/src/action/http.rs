@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::egress::{self, EgressPolicy, Refused, Scope};
-use crate::run::Secret;
+use crate::credential::Secret;
 
 /// Headers only the engine sets: where the request goes and how its body
 /// is framed follow the URL and the body. A `Host` of the step's choosing
@@ -119,10 +119,11 @@ pub struct Request {
     pub idempotency_key: Option<String>,
     /// Whose allowances of the egress policy apply.
     pub tenant: String,
-    /// The credential's secret the request carries, if it does: then no
-    /// redirect is followed, and the secret is scrubbed from whatever
-    /// comes back (an echo endpoint would hand it to the step's output).
-    pub credential: Option<Secret>,
+    /// The forms of a credential's secret the request carries, if it
+    /// carries one: then no redirect is followed, and each is scrubbed from
+    /// whatever comes back (an echo endpoint would hand it to the step's
+    /// output).
+    pub secrets: Vec<Secret>,
 }
 
 impl Request {
@@ -138,7 +139,7 @@ impl Request {
             max_response_bytes: 64 * 1024 * 1024,
             idempotency_key: None,
             tenant: String::new(),
-            credential: None,
+            secrets: Vec::new(),
         }
     }
 }
@@ -345,7 +346,7 @@ impl Client {
                 url: url_shown.clone(),
                 reason: refused.to_string(),
             })?;
-        let client = if matches!(method, Method::Get | Method::Head) && request.credential.is_none()
+        let client = if matches!(method, Method::Get | Method::Head) && request.secrets.is_empty()
         {
             &clients.follows
         } else {
@@ -429,11 +430,13 @@ impl Client {
 
         let status = response.status().as_u16();
         let mut headers = header_map(response.headers());
-        if let Some(secret) = &request.credential {
-            for value in headers.values_mut() {
-                *value = scrub(value, secret).into_owned();
-            }
-        }
+        // A header that echoes the credential is dropped whole.
+        headers.retain(|name, value| {
+            !request.secrets.iter().any(|secret| {
+                let secret = secret.expose();
+                !secret.is_empty() && (name.contains(secret) || value.contains(secret))
+            })
+        });
         if !response.status().is_success() {
             let retry_after = headers
                 .get("retry-after")
@@ -461,7 +464,7 @@ impl Client {
             },
         })?;
         let mut body = body;
-        if let Some(secret) = &request.credential {
+        for secret in &request.secrets {
             scrub_value(&mut body, secret);
         }
         Ok(Response {

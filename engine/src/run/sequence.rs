@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::context::RunCtx;
 use super::for_each::{LoopActor, LoopArgs, LoopMsg};
 use super::journal::Restored;
-use super::step::{CodeJob, Job, StepActor, StepArgs};
+use super::step::{CodeJob, HttpJob, Job, StepActor, StepArgs};
 use super::{Outputs, RunEvent, retry_delay};
 use crate::action::http;
 use crate::model::{self, CodeSource, HttpStep, LoopStep, Scope, Step};
@@ -604,30 +604,9 @@ pub(crate) fn json_type(v: &Value) -> &'static str {
     }
 }
 
-/// A URL as an error may show it: without user and password, and cut.
-fn shown_url(url: &str) -> String {
-    let shown = reqwest::Url::parse(url).map_or_else(|_| url.to_owned(), |u| http::redact(&u));
-    let mut end = shown.len().min(200);
-    while !shown.is_char_boundary(end) {
-        end -= 1;
-    }
-    let more = if end < shown.len() { "…" } else { "" };
-    format!("{:?}", format!("{}{more}", &shown[..end]))
-}
-
-pub(crate) fn render_http(
-    state: &SeqState,
-    step: &HttpStep,
-    key: &str,
-) -> Result<http::Request, Failure> {
+pub(crate) fn render_http(state: &SeqState, step: &HttpStep, key: &str) -> Result<HttpJob, Failure> {
     let ctx = &state.ctx;
     state.with_scope(|scope| {
-        let mut headers: Vec<(String, String)> = step
-            .headers
-            .iter()
-            .map(|(name, value)| (name.clone(), value.render_string(scope).into_owned()))
-            .collect();
-        let url = step.url.render_string(scope).into_owned();
         if let Some(name) = &step.credential
             && let Some((header, _)) = step
                 .headers
@@ -636,58 +615,11 @@ pub(crate) fn render_http(
         {
             return Err(Failure::permanent(format!(
                 "header {header:?} cannot be set on a step that sends credential {:?}: \
-                 the credential sets Authorization, and a front end may route by the others",
+                 a credential may set Authorization, and a front end may route by the others",
                 name.as_str()
             )));
         }
-        let mut secret = None;
-        if let Some(name) = &step.credential {
-            let credential = ctx
-                .shared
-                .credentials
-                .credential(&ctx.run.tenant, name.as_str())
-                .ok_or_else(|| {
-                    Failure::permanent(format!("credential {:?} is not defined", name.as_str()))
-                })?;
-            // Checked on the URL as it will be sent, query included; a URL
-            // that does not parse fails the same way in the request.
-            let admitted = reqwest::Url::parse(&url).is_ok_and(|mut parsed| {
-                if !step.query.is_empty() {
-                    parsed.query_pairs_mut().extend_pairs(step.query.iter().map(
-                        |(name, value)| (name.clone(), value.render_string(scope).into_owned()),
-                    ));
-                }
-                credential.admits(&parsed)
-            });
-            if !admitted {
-                let origins: Vec<String> =
-                    credential.origins.iter().map(ToString::to_string).collect();
-                let name = name.as_str();
-                let url = shown_url(&url);
-                return Err(Failure::permanent(match origins.len() {
-                    0 => format!(
-                        "credential {name:?} names no origin, so it may be sent nowhere, \
-                         {url} included: nothing was sent"
-                    ),
-                    1 => format!(
-                        "credential {name:?} may be sent only to {}, and {url} is not under it: \
-                         nothing was sent",
-                        origins[0]
-                    ),
-                    _ => format!(
-                        "credential {name:?} may be sent only to {}, and {url} is under none of \
-                         them: nothing was sent",
-                        origins.join(", ")
-                    ),
-                }));
-            }
-            headers.push((
-                "Authorization".into(),
-                format!("Bearer {}", credential.secret.expose()),
-            ));
-            secret = Some(credential.secret);
-        }
-        Ok(http::Request {
+        let request = http::Request {
             method: match step.method {
                 model::Method::Get => http::Method::Get,
                 model::Method::Post => http::Method::Post,
@@ -696,8 +628,12 @@ pub(crate) fn render_http(
                 model::Method::Delete => http::Method::Delete,
                 model::Method::Head => http::Method::Head,
             },
-            url,
-            headers,
+            url: step.url.render_string(scope).into_owned(),
+            headers: step
+                .headers
+                .iter()
+                .map(|(name, value)| (name.clone(), value.render_string(scope).into_owned()))
+                .collect(),
             query: step
                 .query
                 .iter()
@@ -711,7 +647,12 @@ pub(crate) fn render_http(
             max_response_bytes: step.max_response_bytes.0.min(ctx.shared.max_payload_bytes),
             idempotency_key: Some(format!("{}/{key}", ctx.run.run_id)),
             tenant: ctx.run.tenant.clone(),
-            credential: secret,
+            secrets: Vec::new(),
+        };
+        Ok(HttpJob {
+            request,
+            credential: step.credential.as_ref().map(|name| name.as_str().to_owned()),
+            run_id: ctx.run.run_id.clone(),
         })
     })
 }

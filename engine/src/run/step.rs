@@ -11,12 +11,21 @@ use super::Shared;
 use super::context::Timings;
 use super::sequence::{Failure, SeqMsg};
 use crate::action::http;
+use crate::credential::Credential;
 use crate::sandbox::{Execution, Runtime, Script, StepError};
 use crate::store::LogRecord;
 
 pub(crate) enum Job {
     Code(CodeJob),
-    Http(Box<http::Request>),
+    Http(Box<HttpJob>),
+}
+
+/// A rendered request, and the credential it is to carry (fetched right
+/// before it is sent, and forgotten after).
+pub(crate) struct HttpJob {
+    pub(crate) request: http::Request,
+    pub(crate) credential: Option<String>,
+    pub(crate) run_id: String,
 }
 
 pub(crate) struct CodeJob {
@@ -81,9 +90,9 @@ impl Actor for StepActor {
         } = args;
         let (result, logs) = match job {
             Job::Code(code) => run_code(&shared, &timings, code, &step_key, attempt).await,
-            Job::Http(request) => {
+            Job::Http(job) => {
                 let start = std::time::Instant::now();
-                let result = run_http(&shared, &request).await;
+                let result = run_http(&shared, *job).await;
                 timings.add_execution(start.elapsed());
                 (result, Vec::new())
             }
@@ -165,17 +174,30 @@ pub(crate) async fn run_code(
     (result, logs)
 }
 
-pub(crate) async fn run_http(shared: &Shared, request: &http::Request) -> Result<Value, Failure> {
-    match shared.http.send(request).await {
+pub(crate) async fn run_http(shared: &Shared, job: HttpJob) -> Result<Value, Failure> {
+    let HttpJob {
+        mut request,
+        credential,
+        run_id,
+    } = job;
+    if let Some(name) = credential {
+        let credential = shared
+            .credentials
+            .credential(&request.tenant, &run_id, &name)
+            .await
+            .map_err(|e| Failure::transient(format!("cannot fetch credential {name:?}: {e}")))?
+            .ok_or_else(|| Failure::permanent(format!("credential {name:?} is not defined")))?;
+        admit(&name, &credential, &request)?;
+        credential.apply(&mut request);
+    }
+    match shared.http.send(&request).await {
         Ok(response) => serde_json::to_value(response)
             .map_err(|e| Failure::permanent(format!("cannot represent the response: {e}"))),
         Err(error) => {
-            let message = error.to_string();
             // An error page may echo the request, credential and all.
-            let message = match &request.credential {
-                Some(secret) => http::scrub(&message, secret).into_owned(),
-                None => message,
-            };
+            let message = request.secrets.iter().fold(error.to_string(), |message, secret| {
+                http::scrub(&message, secret).into_owned()
+            });
             Err(Failure {
                 retryable: error.is_retryable(),
                 retry_after: error.retry_after(),
@@ -183,4 +205,60 @@ pub(crate) async fn run_http(shared: &Shared, request: &http::Request) -> Result
             })
         }
     }
+}
+
+/// Whether `credential` may go on `request`: its URL (query included, as it
+/// will be sent) under one of the credential's origins, and no header of the
+/// step's where the credential goes.
+fn admit(name: &str, credential: &Credential, request: &http::Request) -> Result<(), Failure> {
+    if let Some(header) = credential.header()
+        && let Some((set, _)) = request
+            .headers
+            .iter()
+            .find(|(h, _)| h.eq_ignore_ascii_case(&header))
+    {
+        return Err(Failure::permanent(format!(
+            "header {set:?} cannot be set on a step that sends credential {name:?}: \
+             the credential goes there"
+        )));
+    }
+    // A URL that does not parse fails the same way in the request.
+    let admitted = reqwest::Url::parse(&request.url).is_ok_and(|mut url| {
+        if !request.query.is_empty() {
+            url.query_pairs_mut().extend_pairs(&request.query);
+        }
+        credential.admits(&url)
+    });
+    if admitted {
+        return Ok(());
+    }
+    let origins: Vec<String> = credential.origins.iter().map(ToString::to_string).collect();
+    let url = shown_url(&request.url);
+    Err(Failure::permanent(match origins.len() {
+        0 => format!(
+            "credential {name:?} names no origin, so it may be sent nowhere, \
+             {url} included: nothing was sent"
+        ),
+        1 => format!(
+            "credential {name:?} may be sent only to {}, and {url} is not under it: \
+             nothing was sent",
+            origins[0]
+        ),
+        _ => format!(
+            "credential {name:?} may be sent only to {}, and {url} is under none of \
+             them: nothing was sent",
+            origins.join(", ")
+        ),
+    }))
+}
+
+/// A URL as an error may show it: without user and password, and cut.
+fn shown_url(url: &str) -> String {
+    let shown = reqwest::Url::parse(url).map_or_else(|_| url.to_owned(), |u| http::redact(&u));
+    let mut end = shown.len().min(200);
+    while !shown.is_char_boundary(end) {
+        end -= 1;
+    }
+    let more = if end < shown.len() { "…" } else { "" };
+    format!("{:?}", format!("{}{more}", &shown[..end]))
 }
