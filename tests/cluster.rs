@@ -35,6 +35,8 @@ const TOKEN: &str = "acme-token-0123456789abcdef";
 const OTHER_TOKEN: &str = "globex-token-0123456789abcdef";
 const CLUSTER_TOKEN: &str = "cluster-secret-0123456789";
 const ERP_TOKEN: &str = "erp-t0ken";
+/// The coordinator's vault key (32 bytes, base64).
+const VAULT_KEY: &str = "c2VjcmV0LWtleS1mb3ItdGhlLXRlc3QtdmF1bHQtMDE=";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -98,6 +100,7 @@ impl Cluster {
             erp: HttpFixture::start(),
         };
         cluster.start_coordinator();
+        cluster.set_erp_credential();
         for i in 1..=workers {
             cluster.start_worker(&format!("worker-{i}"), None);
         }
@@ -138,6 +141,36 @@ allow = ["127.0.0.1"]
         )
     }
 
+    /// The vault key's file, readable by its owner only.
+    fn vault_key(&self) -> PathBuf {
+        let path = self.dir.path().join("vault.key");
+        std::fs::write(&path, VAULT_KEY).expect("write the key");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod the key");
+        path
+    }
+
+    /// `acme`'s `erp-api` credential, for the ERP fixture, in the
+    /// coordinator's vault: workers ask for it per request.
+    fn set_erp_credential(&self) {
+        runtime().block_on(async {
+            client(self, TOKEN)
+                .await
+                .set_credential(v1::SetCredentialRequest {
+                    name: "erp-api".into(),
+                    kind: Some(v1::set_credential_request::Kind::Bearer(
+                        v1::BearerCredential {
+                            token: ERP_TOKEN.into(),
+                        },
+                    )),
+                    origins: vec![self.erp.url("")],
+                    allow_plain_http: true,
+                })
+                .await
+                .expect("the credential is stored");
+        });
+    }
+
     fn start_coordinator(&mut self) {
         let config = self.config(
             "coordinator",
@@ -148,6 +181,9 @@ node_id = "coordinator"
 data_dir = "{}"
 [api]
 listen = "127.0.0.1:{}"
+[vault.key]
+id = "test-1"
+file = "{}"
 {}
 [[auth.tokens]]
 tenant = "acme"
@@ -158,6 +194,7 @@ token = "{OTHER_TOKEN}"
 "#,
                 self.dir.path().join("coordinator-data").display(),
                 self.api_port,
+                self.vault_key().display(),
                 self.common()
             ),
         );
@@ -181,14 +218,8 @@ node_id = "{id}"
 [worker]
 capacity = 8
 {fixed}
-[[credentials]]
-tenant = "acme"
-name = "erp-api"
-token = "{ERP_TOKEN}"
-origins = ["{}"]
 "#,
                 self.common(),
-                self.erp.url("")
             ),
         );
         let mut process = self.spawn(&config);

@@ -244,6 +244,7 @@ impl Client {
     pub async fn runs(&self, limit: Option<u32>) -> Result<Vec<v1::Run>> {
         let request = v1::ListRunsRequest {
             limit: limit.unwrap_or(0),
+            page_token: String::new(),
         };
         Ok(self
             .inner
@@ -336,6 +337,93 @@ impl Client {
             run_id: run_id.to_owned(),
         };
         Ok(self.inner.clone().cancel_run(request).await?.into_inner())
+    }
+
+    /// One page of runs, newest first, and the token of the next (older)
+    /// page: empty on the last. Pass `""` for the first page.
+    ///
+    /// # Errors
+    /// A status from the server (`INVALID_ARGUMENT` for a token it did not
+    /// give).
+    pub async fn runs_page(
+        &self,
+        limit: Option<u32>,
+        page_token: &str,
+    ) -> Result<(Vec<v1::Run>, String)> {
+        let request = v1::ListRunsRequest {
+            limit: limit.unwrap_or(0),
+            page_token: page_token.to_owned(),
+        };
+        let page = self.inner.clone().list_runs(request).await?.into_inner();
+        Ok((page.runs, page.next_page_token))
+    }
+
+    /// Stores a credential for this tenant's http steps, or replaces the
+    /// one of the same name.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` with the reason (a name, origin or secret that is
+    /// wrong, a plain-http origin not allowed explicitly),
+    /// `FAILED_PRECONDITION` when the server has no vault key.
+    pub async fn set_credential(
+        &self,
+        request: v1::SetCredentialRequest,
+    ) -> Result<v1::CredentialInfo> {
+        Ok(self
+            .inner
+            .clone()
+            .set_credential(request)
+            .await?
+            .into_inner())
+    }
+
+    /// This tenant's credentials, by name, without their secrets.
+    ///
+    /// # Errors
+    /// A status from the server.
+    pub async fn credentials(&self) -> Result<Vec<v1::CredentialInfo>> {
+        Ok(self
+            .inner
+            .clone()
+            .list_credentials(v1::ListCredentialsRequest {})
+            .await?
+            .into_inner()
+            .credentials)
+    }
+
+    /// Replaces a credential's secret (token, password or value), keeping
+    /// its kind and origins.
+    ///
+    /// # Errors
+    /// `NOT_FOUND`, or `INVALID_ARGUMENT` for a secret that cannot be sent.
+    pub async fn rotate_credential(&self, name: &str, secret: &str) -> Result<v1::CredentialInfo> {
+        let request = v1::RotateCredentialRequest {
+            name: name.to_owned(),
+            secret: secret.to_owned(),
+        };
+        Ok(self
+            .inner
+            .clone()
+            .rotate_credential(request)
+            .await?
+            .into_inner())
+    }
+
+    /// Deletes a credential; whether there was one.
+    ///
+    /// # Errors
+    /// A status from the server.
+    pub async fn delete_credential(&self, name: &str) -> Result<bool> {
+        let request = v1::DeleteCredentialRequest {
+            name: name.to_owned(),
+        };
+        Ok(self
+            .inner
+            .clone()
+            .delete_credential(request)
+            .await?
+            .into_inner()
+            .deleted)
     }
 }
 

@@ -67,10 +67,13 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
-    /// List runs, newest first
+    /// List runs, newest first, a page at a time
     Runs {
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// The page after the one that printed this token
+        #[arg(long, default_value = "")]
+        page_token: String,
     },
     /// Show a run: status, error and steps
     Show { run_id: String },
@@ -85,6 +88,52 @@ enum Command {
     Output { run_id: String },
     /// Cancel a run: steps in flight finish, no others start
     Cancel { run_id: String },
+    /// Credentials http steps send (`credential: <name>`), sealed on the
+    /// server; no command prints a secret
+    #[command(subcommand)]
+    Credentials(CredentialCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CredentialCommand {
+    /// Store a credential (or replace one); the secret is read from stdin
+    /// unless --secret-from says otherwise, never from the command line
+    Set {
+        name: String,
+        /// `Authorization: Bearer <secret>`
+        #[arg(long, group = "kind")]
+        bearer: bool,
+        /// `Authorization: Basic`, with this username and the secret as password
+        #[arg(long, group = "kind", value_name = "USERNAME")]
+        basic: Option<String>,
+        /// The secret in this header, e.g. X-Api-Key
+        #[arg(long, group = "kind", value_name = "HEADER")]
+        header: Option<String>,
+        /// The secret as this query parameter, e.g. api_key
+        #[arg(long, group = "kind", value_name = "PARAM")]
+        query: Option<String>,
+        /// Where it may be sent: scheme, host, optional port and path
+        /// prefix (repeat for several)
+        #[arg(long = "origin", required = true)]
+        origins: Vec<String>,
+        /// Accept http:// origins (the secret then crosses the network in clear)
+        #[arg(long)]
+        allow_plain_http: bool,
+        /// stdin, env:NAME or file:PATH
+        #[arg(long, default_value = "stdin")]
+        secret_from: String,
+    },
+    /// List credentials: names, kinds, origins, versions; no secrets
+    List,
+    /// Replace a credential's secret, keeping its kind and origins
+    Rotate {
+        name: String,
+        /// stdin, env:NAME or file:PATH
+        #[arg(long, default_value = "stdin")]
+        secret_from: String,
+    },
+    /// Delete a credential
+    Delete { name: String },
 }
 
 fn main() -> ExitCode {
@@ -153,14 +202,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             return Ok(outcome(&run));
         }
-        Command::Runs { limit } => {
-            let runs = client.runs(Some(limit)).await?;
+        Command::Runs { limit, page_token } => {
+            let (runs, next) = client.runs_page(Some(limit), &page_token).await?;
             if runs.is_empty() {
                 eprintln!("no runs");
             } else {
                 runs_table(&mut out, &runs)?;
             }
+            if !next.is_empty() {
+                eprintln!("more: isoflowctl runs --limit {limit} --page-token {next}");
+            }
         }
+        Command::Credentials(command) => credentials(&client, command, &mut out).await?,
         Command::Show { run_id } => {
             let run = client.run(&run_id).await?;
             show(&mut out, &run)?;
@@ -179,6 +232,117 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn credentials(
+    client: &Client,
+    command: CredentialCommand,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    use v1::set_credential_request::Kind;
+    match command {
+        CredentialCommand::Set {
+            name,
+            bearer: _,
+            basic,
+            header,
+            query,
+            origins,
+            allow_plain_http,
+            secret_from,
+        } => {
+            let secret = read_secret(&secret_from)?;
+            // Without --basic, --header or --query: a bearer token.
+            let kind = match (basic, header, query) {
+                (Some(username), _, _) => Kind::Basic(v1::BasicCredential {
+                    username,
+                    password: secret,
+                }),
+                (_, Some(header), _) => Kind::Header(v1::HeaderCredential {
+                    header,
+                    value: secret,
+                }),
+                (_, _, Some(param)) => Kind::Query(v1::QueryCredential {
+                    param,
+                    value: secret,
+                }),
+                _ => Kind::Bearer(v1::BearerCredential { token: secret }),
+            };
+            let info = client
+                .set_credential(v1::SetCredentialRequest {
+                    name,
+                    kind: Some(kind),
+                    origins,
+                    allow_plain_http,
+                })
+                .await?;
+            writeln!(
+                out,
+                "credential {} version {} ({}, key {})",
+                info.name, info.version, info.kind, info.key_id
+            )?;
+        }
+        CredentialCommand::List => {
+            let infos = client.credentials().await?;
+            if infos.is_empty() {
+                eprintln!("no credentials");
+                return Ok(());
+            }
+            writeln!(out, "NAME\tKIND\tDETAIL\tVERSION\tKEY\tUPDATED\tORIGINS")?;
+            for info in infos {
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    info.name,
+                    info.kind,
+                    if info.detail.is_empty() {
+                        "-"
+                    } else {
+                        &info.detail
+                    },
+                    info.version,
+                    info.key_id,
+                    timestamp(info.updated_at_ms),
+                    info.origins.join(",")
+                )?;
+            }
+        }
+        CredentialCommand::Rotate { name, secret_from } => {
+            let secret = read_secret(&secret_from)?;
+            let info = client.rotate_credential(&name, &secret).await?;
+            writeln!(out, "credential {} version {}", info.name, info.version)?;
+        }
+        CredentialCommand::Delete { name } => {
+            if !client.delete_credential(&name).await? {
+                anyhow::bail!("there is no credential {name:?}");
+            }
+            writeln!(out, "credential {name} deleted")?;
+        }
+    }
+    Ok(())
+}
+
+/// `--secret-from`: `stdin` (one line, its line break dropped), `env:NAME`
+/// or `file:PATH`. Never an argument: those show in `ps`.
+fn read_secret(from: &str) -> anyhow::Result<String> {
+    let text = if from == "stdin" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)
+            .map_err(|e| anyhow!("cannot read the secret from stdin: {e}"))?;
+        text
+    } else if let Some(name) = from.strip_prefix("env:") {
+        std::env::var(name).map_err(|_| anyhow!("environment variable {name} is not set"))?
+    } else if let Some(path) = from.strip_prefix("file:") {
+        std::fs::read_to_string(path).map_err(|e| anyhow!("cannot read secret file {path}: {e}"))?
+    } else {
+        anyhow::bail!("--secret-from is {from:?}: use stdin, env:NAME or file:PATH");
+    };
+    let secret = text.strip_suffix('\n').unwrap_or(&text);
+    let secret = secret.strip_suffix('\r').unwrap_or(secret);
+    if secret.is_empty() {
+        anyhow::bail!("the secret from {from} is empty");
+    }
+    Ok(secret.to_owned())
 }
 
 /// `--input`: JSON text, `@path` for a file holding it, `@-` for stdin.

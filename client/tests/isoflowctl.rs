@@ -37,6 +37,28 @@ fn ctl(server: &str, args: &[&str]) -> Output {
         .expect("isoflowctl runs")
 }
 
+/// The coordinator's vault key (32 bytes, base64).
+const VAULT_KEY: &str = "c2VjcmV0LWtleS1mb3ItdGhlLXRlc3QtdmF1bHQtMDE=";
+
+fn ctl_with_stdin(server: &str, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_isoflowctl"))
+        .args(["--server", server])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("isoflowctl runs");
+    child
+        .stdin
+        .take()
+        .expect("a stdin")
+        .write_all(stdin.as_bytes())
+        .expect("the secret is written");
+    child.wait_with_output().expect("isoflowctl ends")
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -53,20 +75,40 @@ fn deploys_runs_and_shows_the_seed_integration() {
         format!(
             "role = \"all\"\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n\
              [egress]\nallow = [\"127.0.0.1\"]\n\
-             [[credentials]]\ntenant = \"local\"\nname = \"erp-api\"\ntoken = \"erp-t0ken\"\n\
-             origins = [\"{}\"]\n",
+             [vault.key]\nid = \"local-1\"\nenv = \"ISOFLOW_VAULT_KEY\"\n",
             dir.path().join("data").display(),
-            fixture.url("")
         ),
     )
     .expect("write the config");
     let mut node = Process::spawn(
         Command::new(server_binary())
             .args(["serve", "--config"])
-            .arg(&config),
+            .arg(&config)
+            .env("ISOFLOW_VAULT_KEY", VAULT_KEY),
     );
     node.wait_for_stderr_line(LONG, |l| l.contains("listening on"));
     let server = format!("http://127.0.0.1:{port}");
+
+    // The ERP token goes into the node's vault, read from stdin.
+    let origin = fixture.url("");
+    let set = ctl_with_stdin(
+        &server,
+        &[
+            "credentials",
+            "set",
+            "erp-api",
+            "--origin",
+            &origin,
+            "--allow-plain-http",
+        ],
+        "erp-t0ken\n",
+    );
+    assert!(set.status.success(), "{}", text(&set.stderr));
+    assert!(
+        text(&set.stdout).contains("credential erp-api version 1 (bearer, key local-1)"),
+        "{}",
+        text(&set.stdout)
+    );
 
     let seed = repo().join("examples/integrations/seed.yaml");
     let deployed = ctl(&server, &["deploy", seed.to_str().expect("utf-8 path")]);
@@ -112,6 +154,70 @@ fn deploys_runs_and_shows_the_seed_integration() {
         "{}",
         text(&runs.stdout)
     );
+
+    // Credentials: listed without their secret; rotated; a rotated token
+    // is what the next run sends; deleted.
+    let listed = ctl(&server, &["credentials", "list"]);
+    let listing = text(&listed.stdout);
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    assert!(
+        listing.contains("erp-api\tbearer\t-\t1\tlocal-1") && !listing.contains("erp-t0ken"),
+        "{listing}"
+    );
+    let rotated = ctl_with_stdin(
+        &server,
+        &["credentials", "rotate", "erp-api"],
+        "erp-t0ken-2",
+    );
+    assert!(rotated.status.success(), "{}", text(&rotated.stderr));
+    assert!(
+        text(&rotated.stdout).contains("version 2"),
+        "{}",
+        text(&rotated.stdout)
+    );
+    fixture.serve_seed("erp-t0ken-2");
+    let second = ctl(
+        &server,
+        &["start", "orders-to-erp", "--input", &input, "--wait"],
+    );
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
+    let posts = fixture.requests("POST", "/erp/orders");
+    assert_eq!(
+        posts.last().and_then(|r| r.header("authorization")),
+        Some("Bearer erp-t0ken-2"),
+        "the rotated token is sent"
+    );
+    // Pages: one run per page, the token leads to the older one.
+    let first_page = ctl(&server, &["runs", "--limit", "1"]);
+    let more = text(&first_page.stderr);
+    let token = more
+        .split("--page-token ")
+        .nth(1)
+        .map(str::trim)
+        .expect("a next page token")
+        .to_owned();
+    let older = ctl(&server, &["runs", "--limit", "1", "--page-token", &token]);
+    assert!(
+        text(&older.stdout).contains(&run_id),
+        "{}",
+        text(&older.stdout)
+    );
+    assert!(!text(&first_page.stdout).contains(&run_id), "newest first");
+    let plain = ctl_with_stdin(
+        &server,
+        &["credentials", "set", "other", "--origin", &origin],
+        "x",
+    );
+    assert_eq!(plain.status.code(), Some(2));
+    assert!(
+        text(&plain.stderr).contains("plain http"),
+        "{}",
+        text(&plain.stderr)
+    );
+    let deleted = ctl(&server, &["credentials", "delete", "erp-api"]);
+    assert!(deleted.status.success(), "{}", text(&deleted.stderr));
+    let again = ctl(&server, &["credentials", "delete", "erp-api"]);
+    assert_eq!(again.status.code(), Some(2), "nothing left to delete");
     let shown = ctl(&server, &["show", &run_id]);
     assert!(shown.status.success(), "{}", text(&shown.stderr));
     assert!(

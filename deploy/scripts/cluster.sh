@@ -54,10 +54,14 @@ data_dir = "$work/coordinator-data"
 [api]
 listen = "127.0.0.1:$api_port"
 $(common)
+[vault.key]
+id = "cluster-demo"
+file = "$work/vault.key"
 [[auth.tokens]]
 tenant = "local"
 token = "$token"
 TOML
+(umask 077; head -c 32 /dev/urandom | base64 >"$work/vault.key")
 "$bin/isoflow" serve --config "$work/coordinator.toml" 2>"$work/coordinator.log" &
 pids+=($!)
 
@@ -77,11 +81,6 @@ $(common)
 # unless allowed: that one port only (etcd listens on loopback too).
 [egress]
 allow = ["127.0.0.1:$(cat "$work/port")"]
-[[credentials]]
-tenant = "local"
-name = "erp-api"
-token = "$erp_token"
-origins = ["$base"]
 TOML
   "$bin/isoflow" serve --config "$work/worker-$i.toml" 2>"$work/worker-$i.log" &
   pids+=($!)
@@ -95,8 +94,11 @@ wait_for "$work/coordinator.log" "listening on"
 for i in $(seq "$workers"); do wait_for "$work/worker-$i.log" "connected"; done
 echo "cluster: etcd on $etcd_port, coordinator on 127.0.0.1:$api_port, $workers workers; logs in $work"
 
-# The seed integration through the cluster.
+# The seed integration through the cluster. The ERP token goes into the
+# coordinator's vault (sealed with the key in $work/vault.key); workers ask
+# for it per request. Plain http is allowed for the loopback demo only.
 ctl=("$bin/isoflowctl" --server "http://127.0.0.1:$api_port" --token "$token")
+printf '%s' "$erp_token" | "${ctl[@]}" credentials set erp-api --origin "$base" --allow-plain-http
 "${ctl[@]}" deploy examples/integrations/seed.yaml
 "${ctl[@]}" start orders-to-erp --wait \
   --input "{\"export_url\": \"$base/orders.xml\", \"target_url\": \"$base/erp/orders\"}"

@@ -212,10 +212,9 @@ impl Credential {
     /// marks the request as credentialed.
     pub fn apply(&self, request: &mut http::Request) {
         match &self.kind {
-            CredentialKind::Bearer { token } => request.headers.push((
-                "Authorization".into(),
-                format!("Bearer {}", token.expose()),
-            )),
+            CredentialKind::Bearer { token } => request
+                .headers
+                .push(("Authorization".into(), format!("Bearer {}", token.expose()))),
             CredentialKind::Basic { username, password } => request.headers.push((
                 "Authorization".into(),
                 format!("Basic {}", basic_value(username, password)),
@@ -268,8 +267,12 @@ pub type CredentialFuture<'a> =
 /// request of one run. `Ok(None)`: the tenant has no credential by that
 /// name. An error is transient (the step may retry).
 pub trait Credentials: Send + Sync + 'static {
-    fn credential<'a>(&'a self, tenant: &'a str, run_id: &'a str, name: &'a str)
-    -> CredentialFuture<'a>;
+    fn credential<'a>(
+        &'a self,
+        tenant: &'a str,
+        run_id: &'a str,
+        name: &'a str,
+    ) -> CredentialFuture<'a>;
 }
 
 /// Credentials from a fixed map (tenant, name) → credential, filled by
@@ -332,7 +335,10 @@ mod tests {
             [origin()],
         )
         .apply(&mut request);
-        assert_eq!(request.query, vec![("api_key".to_owned(), "a b&c".to_owned())]);
+        assert_eq!(
+            request.query,
+            vec![("api_key".to_owned(), "a b&c".to_owned())]
+        );
         let forms: Vec<&str> = request.secrets.iter().map(Secret::expose).collect();
         assert_eq!(forms, ["a b&c", "a+b%26c"]);
 
@@ -345,7 +351,10 @@ mod tests {
             [origin()],
         )
         .apply(&mut request);
-        assert_eq!(request.headers, vec![("X-Api-Key".to_owned(), "k3y".to_owned())]);
+        assert_eq!(
+            request.headers,
+            vec![("X-Api-Key".to_owned(), "k3y".to_owned())]
+        );
     }
 
     #[test]

@@ -70,9 +70,7 @@ pub use journal::{
 };
 pub use retry::retry_delay;
 
-pub use crate::credential::{
-    Credential, CredentialKind, Credentials, Secret, StaticCredentials,
-};
+pub use crate::credential::{Credential, CredentialKind, Credentials, Secret, StaticCredentials};
 
 /// Everything an engine needs.
 #[derive(Clone)]

@@ -394,13 +394,31 @@ impl Store {
 
     /// A tenant's runs, newest first.
     pub fn runs(&self, tenant: &str, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        self.runs_before(tenant, None, limit)
+    }
+
+    /// A tenant's runs older than run `before` (all, given `None`), newest
+    /// first: one page of a listing.
+    pub fn runs_before(
+        &self,
+        tenant: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, StoreError> {
         let prefix = prefix(&[tenant])?;
-        let mut end = prefix.clone();
-        // The first key after every "tenant\0..." key.
-        *end.last_mut().expect("prefix ends with a separator") = 1;
-        let iter = self
-            .db
-            .iterator_cf(self.cf(RUNS), IteratorMode::From(&end, Direction::Reverse));
+        let start = match before {
+            Some(run_id) => run_key(tenant, run_id)?,
+            None => {
+                // The first key after every "tenant\0..." key.
+                let mut end = prefix.clone();
+                *end.last_mut().expect("prefix ends with a separator") = 1;
+                end
+            }
+        };
+        let iter = self.db.iterator_cf(
+            self.cf(RUNS),
+            IteratorMode::From(&start, Direction::Reverse),
+        );
         let mut runs = Vec::new();
         for item in iter {
             let (key, value) = item.map_err(|source| StoreError::Db {
@@ -409,6 +427,9 @@ impl Store {
             })?;
             if !key.starts_with(&prefix) || runs.len() >= limit {
                 break;
+            }
+            if key[..] == start[..] {
+                continue;
             }
             runs.push(from_json(&value, "run record")?);
         }
@@ -731,7 +752,12 @@ impl Store {
 
     /// Stores a sealed credential (the vault encrypts; the store keeps
     /// bytes).
-    pub fn put_credential(&self, tenant: &str, name: &str, sealed: &[u8]) -> Result<(), StoreError> {
+    pub fn put_credential(
+        &self,
+        tenant: &str,
+        name: &str,
+        sealed: &[u8],
+    ) -> Result<(), StoreError> {
         let key = credential_key(tenant, name)?;
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CREDENTIALS), &key, sealed);

@@ -27,6 +27,8 @@ const TOKEN: &str = "bench-api-token-0123456789";
 const CLUSTER_TOKEN: &str = "bench-cluster-token-0123456789";
 const ERP_TOKEN: &str = "erp-bench-token";
 const LONG: Duration = Duration::from_secs(120);
+/// The vault key, 32 bytes in base64, given as ISOFLOW_VAULT_KEY.
+const VAULT_KEY: &str = "YmVuY2gtdmF1bHQta2V5LTAxMjM0NTY3ODlhYmNkZWY=";
 
 const HELD: &str = r#"
 apiVersion: isoflow.dev/v1
@@ -72,9 +74,8 @@ fn main() {
             dir.path(),
             "all",
             &format!(
-                "role = \"all\"\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n[egress]\nallow = [\"127.0.0.1\"]\n[[credentials]]\ntenant = \"local\"\nname = \"erp-api\"\ntoken = \"{ERP_TOKEN}\"\norigins = [\"{}\"]\n",
+                "role = \"all\"\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n[egress]\nallow = [\"127.0.0.1\"]\n[vault.key]\nid = \"bench\"\nenv = \"ISOFLOW_VAULT_KEY\"\n",
                 dir.path().join("data").display(),
-                fixture.url("")
             ),
         );
         let mut node = spawn(&config);
@@ -83,6 +84,7 @@ fn main() {
             let client = Client::connect(&format!("http://127.0.0.1:{port}"), None)
                 .await
                 .expect("connects");
+            set_erp_credential(&client, &fixture.url("")).await;
             measure("all (1 process)", &client, &seed, &input, runs).await;
         });
     }
@@ -99,7 +101,7 @@ fn main() {
         dir.path(),
         "coordinator",
         &format!(
-            "role = \"coordinator\"\nnode_id = \"coordinator\"\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n{common}[[auth.tokens]]\ntenant = \"local\"\ntoken = \"{TOKEN}\"\n",
+            "role = \"coordinator\"\nnode_id = \"coordinator\"\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n[vault.key]\nid = \"bench\"\nenv = \"ISOFLOW_VAULT_KEY\"\n{common}[[auth.tokens]]\ntenant = \"local\"\ntoken = \"{TOKEN}\"\n",
             dir.path().join("data").display()
         ),
     );
@@ -111,7 +113,7 @@ fn main() {
             dir.path(),
             &format!("worker-{i}"),
             &format!(
-                "role = \"worker\"\nnode_id = \"worker-{i}\"\n{common}[worker]\ncapacity = 16\n[[credentials]]\ntenant = \"local\"\nname = \"erp-api\"\ntoken = \"{ERP_TOKEN}\"\norigins = [\"{erp}\"]\n"
+                "role = \"worker\"\nnode_id = \"worker-{i}\"\n{common}[worker]\ncapacity = 16\n"
             ),
         );
         let mut worker = spawn(&config);
@@ -123,6 +125,7 @@ fn main() {
     let api = format!("http://127.0.0.1:{port}");
     runtime.block_on(async {
         let client = Client::connect(&api, Some(TOKEN)).await.expect("connects");
+        set_erp_credential(&client, &erp).await;
         measure(
             "cluster (1 coordinator + 2 workers)",
             &client,
@@ -239,8 +242,26 @@ fn spawn(config: &Path) -> Process {
         Command::new(env!("CARGO_BIN_EXE_isoflow"))
             .args(["serve", "--config"])
             .arg(config)
-            .env("RUST_LOG", "warn,isoflow=info"),
+            .env("RUST_LOG", "warn,isoflow=info")
+            .env("ISOFLOW_VAULT_KEY", VAULT_KEY),
     )
+}
+
+/// The seed's `erp-api` credential, in the node's vault.
+async fn set_erp_credential(client: &Client, erp: &str) {
+    client
+        .set_credential(v1::SetCredentialRequest {
+            name: "erp-api".into(),
+            kind: Some(v1::set_credential_request::Kind::Bearer(
+                v1::BearerCredential {
+                    token: ERP_TOKEN.into(),
+                },
+            )),
+            origins: vec![erp.to_owned()],
+            allow_plain_http: true,
+        })
+        .await
+        .expect("the credential is stored");
 }
 
 async fn one_run(client: &Client, input: &Value) -> Duration {

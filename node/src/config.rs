@@ -8,11 +8,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use isoflow_engine::action::egress::{Allowed, EgressPolicy};
-use isoflow_engine::action::origin::Origin;
+use isoflow_engine::credential::vault::{self, Keyring};
 use isoflow_engine::sandbox::{MemoryCap, Program, SandboxConfig};
 use serde::Deserialize;
 
@@ -43,9 +44,14 @@ pub struct Config {
     pub worker: Worker,
     pub sandbox: Sandbox,
     pub egress: Egress,
-    pub credentials: Vec<Credential>,
+    pub vault: Vault,
+    /// Refused with a sentence: credentials of a node live in its vault.
+    credentials: Vec<toml::Value>,
     /// The largest payload a run may take or produce.
     pub max_payload_bytes: u64,
+    /// The vault's keys, read by `load` from `vault`'s files or variables.
+    #[serde(skip)]
+    pub keyring: Option<Arc<Keyring>>,
 }
 
 impl Default for Config {
@@ -61,8 +67,10 @@ impl Default for Config {
             worker: Worker::default(),
             sandbox: Sandbox::default(),
             egress: Egress::default(),
+            vault: Vault::default(),
             credentials: Vec::new(),
             max_payload_bytes: 1 << 30,
+            keyring: None,
         }
     }
 }
@@ -298,50 +306,74 @@ impl Sandbox {
     }
 }
 
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Credential {
-    pub tenant: String,
-    pub name: String,
-    pub token: String,
-    /// The only origins (`https://erp.example.com`, optionally with a port
-    /// and a path prefix) the token may be sent to.
-    #[serde(default)]
-    pub origins: Vec<String>,
+/// The credential vault's keys (coordinator and all): credentials set
+/// through the API are sealed with `key`; `previous` keys still open what
+/// they sealed, and at start everything under one is resealed with `key`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Vault {
+    pub key: Option<VaultKey>,
+    pub previous: Vec<VaultKey>,
 }
 
-impl Credential {
-    /// Its origins, parsed; an error names the credential and the origin.
-    pub fn origins(&self) -> anyhow::Result<Vec<Origin>> {
-        if self.origins.is_empty() {
-            bail!(
-                "credential {:?} of tenant {:?} has no origins: say where it may be sent, \
-                 like origins = [\"https://erp.example.com\"]",
-                self.name,
-                self.tenant
-            );
-        }
-        self.origins
-            .iter()
-            .map(|origin| {
-                origin.parse::<Origin>().map_err(|why| {
-                    anyhow::anyhow!(
-                        "credential {:?} of tenant {:?}: {why}",
-                        self.name,
-                        self.tenant
-                    )
-                })
-            })
-            .collect()
+/// A key: 32 random bytes in base64 (`head -c 32 /dev/urandom | base64`),
+/// in a file only its owner may read, or in an `ISOFLOW_` variable.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultKey {
+    /// Stored beside every secret it seals.
+    pub id: String,
+    pub file: Option<PathBuf>,
+    pub env: Option<String>,
+}
+
+impl VaultKey {
+    fn load(&self, key: &str, env: &HashMap<String, String>) -> anyhow::Result<vault::Key> {
+        let text = match (&self.file, &self.env) {
+            (Some(path), None) => {
+                use std::os::unix::fs::PermissionsExt;
+                let meta = std::fs::metadata(path)
+                    .with_context(|| format!("{key}.file {}: cannot read it", path.display()))?;
+                if meta.permissions().mode() & 0o077 != 0 {
+                    bail!(
+                        "{key}.file {} may be read by others (mode {:o}): chmod 600 it",
+                        path.display(),
+                        meta.permissions().mode() & 0o777
+                    );
+                }
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("{key}.file {}: cannot read it", path.display()))?
+            }
+            (None, Some(name)) => {
+                if !name.starts_with("ISOFLOW_") {
+                    bail!("{key}.env is {name:?}: it must name an ISOFLOW_ variable");
+                }
+                env.get(name)
+                    .cloned()
+                    .ok_or_else(|| anyhow::anyhow!("{key}.env names {name}, which is not set"))?
+            }
+            _ => bail!("{key} (id {:?}) needs either file or env", self.id),
+        };
+        vault::Key::from_base64(&self.id, &text).map_err(|e| anyhow::anyhow!("{key}: {e}"))
     }
 }
 
-impl std::fmt::Debug for Credential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credential")
-            .field("tenant", &self.tenant)
-            .field("name", &self.name)
-            .finish_non_exhaustive()
+impl Vault {
+    /// The keyring; `None` without `vault.key`.
+    pub fn keyring(&self, env: &HashMap<String, String>) -> anyhow::Result<Option<Keyring>> {
+        let Some(current) = &self.key else {
+            if !self.previous.is_empty() {
+                bail!("vault.previous is set, but vault.key is not: new secrets need a key");
+            }
+            return Ok(None);
+        };
+        let mut keyring = Keyring::new(current.load("vault.key", env)?);
+        for previous in &self.previous {
+            keyring = keyring
+                .with_previous(previous.load("vault.previous", env)?)
+                .map_err(|e| anyhow::anyhow!("vault.previous: {e}"))?;
+        }
+        Ok(Some(keyring))
     }
 }
 
@@ -392,6 +424,7 @@ impl Config {
             config.data_dir = Some(dir.clone());
         }
         config.check()?;
+        config.keyring = config.vault.keyring(env)?.map(Arc::new);
         Ok(config)
     }
 
@@ -452,6 +485,13 @@ impl Config {
                 });
             }
         }
+        if let Some(id) = get("ISOFLOW_VAULT_KEY_ID") {
+            self.vault.key = Some(VaultKey {
+                id: id.clone(),
+                file: None,
+                env: Some("ISOFLOW_VAULT_KEY".to_owned()),
+            });
+        }
         if let Some(coordinator) = get("ISOFLOW_COORDINATOR") {
             self.worker.coordinator = Some(coordinator.clone());
         }
@@ -482,8 +522,16 @@ impl Config {
             bail!("sandbox.uid and sandbox.gid must not be 0: customer code never runs as root");
         }
         self.egress.policy()?;
-        for credential in &self.credentials {
-            credential.origins()?;
+        if !self.credentials.is_empty() {
+            bail!(
+                "[[credentials]] is read by the local `isoflow run` only: a node keeps credentials \
+                 sealed in its vault; set them with `isoflowctl credentials set` (vault.key must be configured)"
+            );
+        }
+        if self.role == Role::Worker
+            && (self.vault.key.is_some() || !self.vault.previous.is_empty())
+        {
+            bail!("a worker has no vault: vault keys belong on the coordinator only");
         }
         if self.cluster.heartbeat_timeout <= self.cluster.heartbeat_interval {
             bail!("cluster.heartbeat_timeout must be longer than cluster.heartbeat_interval");
@@ -627,10 +675,22 @@ mod tests {
             config: Some(PathBuf::from(example)),
             ..Flags::default()
         };
-        let config = Config::load(&flags, &HashMap::new()).expect("the example loads");
+        let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let config = Config::load(
+            &flags,
+            &env(&[
+                ("ISOFLOW_VAULT_KEY", key),
+                ("ISOFLOW_VAULT_KEY_2026_05", key),
+            ]),
+        )
+        .expect("the example loads");
         assert_eq!(config.role, Role::Coordinator);
         assert_eq!(config.etcd.lease_ttl, Duration::from_secs(3));
-        assert_eq!(config.credentials.len(), 1);
+        let keyring = config
+            .keyring
+            .as_ref()
+            .expect("the example has a vault key");
+        assert_eq!(keyring.current_id(), "2026-11");
         assert_eq!(config.advertise(), "http://10.0.0.5:7700");
         let sandbox = config.sandbox.engine_config();
         assert_eq!(

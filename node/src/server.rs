@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use isoflow_engine::run::{Credential, Engine, EngineConfig, Secret, StaticCredentials};
+use isoflow_engine::credential::vault::Vault;
+use isoflow_engine::credential::{Credentials, StaticCredentials};
+use isoflow_engine::run::{Engine, EngineConfig};
 use isoflow_engine::store::{Store, StoreConfig};
 use isoflow_proto::MAX_MESSAGE_BYTES;
 use isoflow_proto::v1::cluster_server::ClusterServer;
@@ -41,21 +43,26 @@ use coordinator::Coordinator;
 /// How long in-flight steps get to finish when a node is asked to stop.
 const GRACE: Duration = Duration::from_secs(10);
 
-fn engine_config(config: &Config, data_dir: &std::path::Path) -> anyhow::Result<EngineConfig> {
+fn engine_config(
+    config: &Config,
+    data_dir: &std::path::Path,
+    credentials: Arc<dyn Credentials>,
+) -> anyhow::Result<EngineConfig> {
     let mut engine = EngineConfig::new(data_dir);
     engine.egress = config.egress.policy()?;
-    let mut credentials = StaticCredentials::default();
-    for credential in &config.credentials {
-        credentials.insert(
-            &credential.tenant,
-            &credential.name,
-            Credential::new(Secret::new(credential.token.clone()), credential.origins()?),
-        );
-    }
-    engine.credentials = Arc::new(credentials);
+    engine.credentials = credentials;
     engine.max_payload_bytes = config.max_payload_bytes;
     engine.sandbox = config.sandbox.engine_config();
     Ok(engine)
+}
+
+/// The vault over `store`, when a key is configured; opening it reseals
+/// what previous keys sealed.
+fn open_vault(config: &Config, store: &Arc<Store>) -> anyhow::Result<Option<Arc<Vault>>> {
+    let Some(keyring) = &config.keyring else {
+        return Ok(None);
+    };
+    Ok(Some(Arc::new(Vault::open(store.clone(), keyring.clone())?)))
 }
 
 fn data_dir(config: &Config, home: Option<&std::path::Path>) -> anyhow::Result<std::path::PathBuf> {
@@ -79,8 +86,14 @@ pub async fn serve(
         Role::All => {
             let dir = data_dir(&config, home.as_deref())?;
             let store = Arc::new(Store::open(&StoreConfig::new(&dir))?);
-            let coordinator = Coordinator::new(id, store.clone(), config.max_payload_bytes)?;
-            let engine = Engine::with_store(engine_config(&config, &dir)?, Some(store)).await?;
+            let vault = open_vault(&config, &store)?;
+            let credentials: Arc<dyn Credentials> = match &vault {
+                Some(vault) => vault.clone(),
+                None => Arc::new(StaticCredentials::default()),
+            };
+            let coordinator = Coordinator::new(id, store.clone(), vault, config.max_payload_bytes)?;
+            let engine =
+                Engine::with_store(engine_config(&config, &dir, credentials)?, Some(store)).await?;
             coordinator.add_local(config.worker.capacity, engine.clone());
             let served = serve_grpc(&config, coordinator, None, stop).await;
             engine.shutdown(GRACE).await;
@@ -106,7 +119,8 @@ pub async fn serve(
             tracing::info!(node = %id, %address, "leading: opening the run store");
             let dir = data_dir(&config, home.as_deref())?;
             let store = Arc::new(Store::open(&StoreConfig::new(&dir))?);
-            let coordinator = Coordinator::new(id.clone(), store, config.max_payload_bytes)?;
+            let vault = open_vault(&config, &store)?;
+            let coordinator = Coordinator::new(id.clone(), store, vault, config.max_payload_bytes)?;
             etcd.watch_workers(coordinator.clone());
             let cluster_token = config.auth.cluster_token.clone().unwrap_or_default();
             let lost = async move {
@@ -128,7 +142,10 @@ pub async fn serve(
         Role::Worker => {
             // A worker has no store: `with_store(.., None)` ignores the path.
             let dir = std::env::temp_dir();
-            let engine = Engine::with_store(engine_config(&config, &dir)?, None).await?;
+            let credentials = Arc::new(worker::StreamCredentials::default());
+            let engine =
+                Engine::with_store(engine_config(&config, &dir, credentials.clone())?, None)
+                    .await?;
             let discovery: Box<dyn worker::Discovery> = match &config.worker.coordinator {
                 Some(address) => Box::new(worker::Fixed(address.clone())),
                 None => {
@@ -147,6 +164,7 @@ pub async fn serve(
             };
             let node = worker::WorkerNode {
                 id,
+                credentials,
                 capacity: config.worker.capacity,
                 engine,
                 token: auth::AddToken::new(

@@ -18,3 +18,78 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 /// message around it. Payloads never travel in one piece, so nothing larger
 /// is needed.
 pub const MAX_MESSAGE_BYTES: usize = 4 * CHUNK_BYTES;
+
+/// The messages that carry a secret print without it.
+mod hidden {
+    use std::fmt;
+
+    use super::v1;
+
+    impl fmt::Debug for v1::BearerCredential {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("BearerCredential { token: … }")
+        }
+    }
+
+    impl fmt::Debug for v1::BasicCredential {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("BasicCredential")
+                .field("username", &self.username)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl fmt::Debug for v1::HeaderCredential {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("HeaderCredential")
+                .field("header", &self.header)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl fmt::Debug for v1::QueryCredential {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("QueryCredential")
+                .field("param", &self.param)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl fmt::Debug for v1::RotateCredentialRequest {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("RotateCredentialRequest")
+                .field("name", &self.name)
+                .finish_non_exhaustive()
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::v1;
+
+        #[test]
+        fn secrets_do_not_print() {
+            let request = v1::SetCredentialRequest {
+                name: "erp".into(),
+                kind: Some(v1::set_credential_request::Kind::Basic(
+                    v1::BasicCredential {
+                        username: "svc".into(),
+                        password: "pa55word".into(),
+                    },
+                )),
+                origins: vec![],
+                allow_plain_http: false,
+            };
+            let shown = format!("{request:?}");
+            assert!(
+                shown.contains("svc") && !shown.contains("pa55word"),
+                "{shown}"
+            );
+            let rotate = v1::RotateCredentialRequest {
+                name: "erp".into(),
+                secret: "n3w".into(),
+            };
+            assert!(!format!("{rotate:?}").contains("n3w"));
+        }
+    }
+}

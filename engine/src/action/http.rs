@@ -346,8 +346,7 @@ impl Client {
                 url: url_shown.clone(),
                 reason: refused.to_string(),
             })?;
-        let client = if matches!(method, Method::Get | Method::Head) && request.secrets.is_empty()
-        {
+        let client = if matches!(method, Method::Get | Method::Head) && request.secrets.is_empty() {
             &clients.follows
         } else {
             &clients.stays

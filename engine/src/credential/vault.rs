@@ -42,7 +42,9 @@ pub struct Key {
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Key").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Key")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -101,7 +103,10 @@ impl Keyring {
     /// Adds a key that opens what it sealed, and seals nothing.
     pub fn with_previous(mut self, key: Key) -> Result<Keyring, VaultError> {
         if key.id == self.current.id || self.previous.iter().any(|k| k.id == key.id) {
-            return Err(VaultError::Key(format!("key id {:?} is given twice", key.id)));
+            return Err(VaultError::Key(format!(
+                "key id {:?} is given twice",
+                key.id
+            )));
         }
         self.previous.push(key);
         Ok(self)
@@ -152,7 +157,9 @@ pub enum VaultError {
         name: String,
         key_id: String,
     },
-    #[error("credential {name:?} of tenant {tenant:?} does not open with key {key_id:?}: the key is wrong or the record was altered")]
+    #[error(
+        "credential {name:?} of tenant {tenant:?} does not open with key {key_id:?}: the key is wrong or the record was altered"
+    )]
     Tampered {
         tenant: String,
         name: String,
@@ -220,7 +227,7 @@ impl Record {
 #[derive(Debug)]
 pub struct Vault {
     store: Arc<Store>,
-    keys: Keyring,
+    keys: Arc<Keyring>,
     random: SystemRandom,
 }
 
@@ -229,10 +236,10 @@ impl Vault {
     /// a previous key under the current one. Fails, naming the credential
     /// and key id, if one is sealed with a key the keyring lacks or does
     /// not open.
-    pub fn open(store: Arc<Store>, keys: Keyring) -> Result<Vault, VaultError> {
+    pub fn open(store: Arc<Store>, keys: impl Into<Arc<Keyring>>) -> Result<Vault, VaultError> {
         let vault = Vault {
             store,
-            keys,
+            keys: keys.into(),
             random: SystemRandom::new(),
         };
         let mut resealed = 0;
@@ -242,7 +249,9 @@ impl Vault {
             if record.key_id != vault.keys.current.id {
                 let mut fresh = record.clone();
                 vault.seal(&tenant, &name, &mut fresh, &secret)?;
-                vault.store.put_credential(&tenant, &name, &to_json(&fresh))?;
+                vault
+                    .store
+                    .put_credential(&tenant, &name, &to_json(&fresh))?;
                 resealed += 1;
             }
         }
@@ -296,10 +305,12 @@ impl Vault {
         name: &str,
         secret: Secret,
     ) -> Result<CredentialInfo, VaultError> {
-        let mut record = self.find(tenant, name)?.ok_or_else(|| VaultError::NotFound {
-            tenant: tenant.to_owned(),
-            name: name.to_owned(),
-        })?;
+        let mut record = self
+            .find(tenant, name)?
+            .ok_or_else(|| VaultError::NotFound {
+                tenant: tenant.to_owned(),
+                name: name.to_owned(),
+            })?;
         let kind = kind_of(&record, secret).map_err(|reason| VaultError::Corrupt {
             tenant: tenant.to_owned(),
             name: name.to_owned(),
@@ -423,7 +434,11 @@ impl Vault {
         let aad = record.aad(tenant, name);
         let plain = key
             .key
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(&aad), &mut sealed)
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad),
+                &mut sealed,
+            )
             .map_err(|_| tampered())?;
         let text = std::str::from_utf8(plain).map_err(|_| tampered())?;
         Ok(Secret::new(text))
@@ -465,14 +480,17 @@ fn checked_origins(
 
 fn kind_of(record: &Record, secret: Secret) -> Result<CredentialKind, String> {
     let detail = || {
-        record
-            .detail
-            .clone()
-            .ok_or_else(|| format!("a {} credential names no {}", record.kind, match record.kind.as_str() {
-                "basic" => "username",
-                "header" => "header",
-                _ => "parameter",
-            }))
+        record.detail.clone().ok_or_else(|| {
+            format!(
+                "a {} credential names no {}",
+                record.kind,
+                match record.kind.as_str() {
+                    "basic" => "username",
+                    "header" => "header",
+                    _ => "parameter",
+                }
+            )
+        })
     };
     Ok(match record.kind.as_str() {
         "bearer" => CredentialKind::Bearer { token: secret },
@@ -535,17 +553,28 @@ mod tests {
         let store = Arc::new(Store::open(&StoreConfig::new(dir.path())).expect("a store"));
         let vault = Vault::open(store.clone(), Keyring::new(key("k1", 1))).expect("a vault");
         let info = vault
-            .set("acme", "erp-api", &bearer("s3cr3t-token"), &origins(), false)
+            .set(
+                "acme",
+                "erp-api",
+                &bearer("s3cr3t-token"),
+                &origins(),
+                false,
+            )
             .expect("stored");
         assert_eq!((info.version, info.key_id.as_str()), (1, "k1"));
-        let raw = store.credential("acme", "erp-api").expect("read").expect("stored");
+        let raw = store
+            .credential("acme", "erp-api")
+            .expect("read")
+            .expect("stored");
         assert!(!String::from_utf8_lossy(&raw).contains("s3cr3t"));
         let got = vault.get("acme", "erp-api").expect("opens").expect("found");
         assert_eq!(got.kind, bearer("s3cr3t-token"));
         assert_eq!(vault.get("other", "erp-api").expect("no error"), None);
 
         // Moved to another tenant, or with its origins edited: no longer opens.
-        store.put_credential("evil", "erp-api", &raw).expect("copied");
+        store
+            .put_credential("evil", "erp-api", &raw)
+            .expect("copied");
         assert!(matches!(
             vault.get("evil", "erp-api"),
             Err(VaultError::Tampered { .. })
@@ -571,7 +600,8 @@ mod tests {
         drop(old);
 
         // Without k1 the store cannot be opened, and says which key it needs.
-        let missing = Vault::open(store.clone(), Keyring::new(key("k2", 2))).expect_err("k1 missing");
+        let missing =
+            Vault::open(store.clone(), Keyring::new(key("k2", 2))).expect_err("k1 missing");
         assert!(missing.to_string().contains("key \"k1\""), "{missing}");
 
         let both = Keyring::new(key("k2", 2))
@@ -619,11 +649,23 @@ mod tests {
             Err(VaultError::NotFound { .. })
         ));
         let plain = vault
-            .set("acme", "local", &bearer("t"), &["http://127.0.0.1:9".into()], false)
+            .set(
+                "acme",
+                "local",
+                &bearer("t"),
+                &["http://127.0.0.1:9".into()],
+                false,
+            )
             .expect_err("plain http refused");
         assert!(plain.to_string().contains("plain http"), "{plain}");
         vault
-            .set("acme", "local", &bearer("t"), &["http://127.0.0.1:9".into()], true)
+            .set(
+                "acme",
+                "local",
+                &bearer("t"),
+                &["http://127.0.0.1:9".into()],
+                true,
+            )
             .expect("allowed explicitly");
         let names: Vec<String> = vault
             .list("acme")

@@ -604,7 +604,11 @@ pub(crate) fn json_type(v: &Value) -> &'static str {
     }
 }
 
-pub(crate) fn render_http(state: &SeqState, step: &HttpStep, key: &str) -> Result<HttpJob, Failure> {
+pub(crate) fn render_http(
+    state: &SeqState,
+    step: &HttpStep,
+    key: &str,
+) -> Result<HttpJob, Failure> {
     let ctx = &state.ctx;
     state.with_scope(|scope| {
         if let Some(name) = &step.credential
@@ -651,7 +655,10 @@ pub(crate) fn render_http(state: &SeqState, step: &HttpStep, key: &str) -> Resul
         };
         Ok(HttpJob {
             request,
-            credential: step.credential.as_ref().map(|name| name.as_str().to_owned()),
+            credential: step
+                .credential
+                .as_ref()
+                .map(|name| name.as_str().to_owned()),
             run_id: ctx.run.run_id.clone(),
         })
     })

@@ -195,9 +195,12 @@ pub(crate) async fn run_http(shared: &Shared, job: HttpJob) -> Result<Value, Fai
             .map_err(|e| Failure::permanent(format!("cannot represent the response: {e}"))),
         Err(error) => {
             // An error page may echo the request, credential and all.
-            let message = request.secrets.iter().fold(error.to_string(), |message, secret| {
-                http::scrub(&message, secret).into_owned()
-            });
+            let message = request
+                .secrets
+                .iter()
+                .fold(error.to_string(), |message, secret| {
+                    http::scrub(&message, secret).into_owned()
+                });
             Err(Failure {
                 retryable: error.is_retryable(),
                 retry_after: error.retry_after(),

@@ -6,6 +6,8 @@ use std::io::Read;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use isoflow_engine::credential::Secret;
+use isoflow_engine::credential::vault::{Vault, VaultError};
 use isoflow_engine::model;
 use isoflow_engine::run::inline_code;
 use isoflow_engine::store::{Deployed, IntegrationRecord, RunRecord, RunStatus, now_ms};
@@ -88,6 +90,14 @@ fn integration_message(
 }
 
 impl Api {
+    fn vault(&self) -> Result<Arc<Vault>, Status> {
+        self.coordinator.vault.clone().ok_or_else(|| {
+            Status::failed_precondition(
+                "this node keeps no credentials: its configuration has no vault.key",
+            )
+        })
+    }
+
     fn run_or_not_found(&self, tenant: &str, run_id: &str) -> Result<RunRecord, Status> {
         self.coordinator
             .store
@@ -270,11 +280,27 @@ impl Isoflow for Api {
         request: Request<v1::ListRunsRequest>,
     ) -> Result<Response<v1::ListRunsResponse>, Status> {
         let tenant = tenant(&request)?;
-        let limit = list_limit(request.into_inner().limit);
+        let request = request.into_inner();
+        let limit = list_limit(request.limit);
+        // The token is the last run id of the previous page: run ids order
+        // a tenant's runs, and the key it names is under the caller's tenant.
+        let before = Some(request.page_token).filter(|t| !t.is_empty());
+        if let Some(token) = &before {
+            check_run_id(token)
+                .map_err(|_| Status::invalid_argument("page_token is not one ListRuns gave"))?;
+        }
         let store = self.coordinator.store.clone();
-        let runs = blocking(move || Ok(store.runs(&tenant, limit)?)).await?;
+        let mut runs =
+            blocking(move || Ok(store.runs_before(&tenant, before.as_deref(), limit + 1)?)).await?;
+        let next_page_token = if runs.len() > limit {
+            runs.truncate(limit);
+            runs.last().map(|r| r.run_id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
         Ok(Response::new(v1::ListRunsResponse {
             runs: runs.iter().map(|r| convert::run(r, &[])).collect(),
+            next_page_token,
         }))
     }
 
@@ -462,6 +488,71 @@ impl Isoflow for Api {
             CancelOutcome::Cancelling(run) => Ok(Response::new(convert::run(&run, &[]))),
         }
     }
+
+    async fn set_credential(
+        &self,
+        request: Request<v1::SetCredentialRequest>,
+    ) -> Result<Response<v1::CredentialInfo>, Status> {
+        let tenant = tenant(&request)?;
+        let vault = self.vault()?;
+        let request = request.into_inner();
+        let kind = request.kind.map(convert::credential_kind).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "credential {:?} has no kind: give bearer, basic, header or query",
+                request.name
+            ))
+        })?;
+        let info = blocking_vault(move || {
+            vault.set(
+                &tenant,
+                &request.name,
+                &kind,
+                &request.origins,
+                request.allow_plain_http,
+            )
+        })
+        .await?;
+        tracing::info!(credential = %info.name, kind = %info.kind, version = info.version, "credential set");
+        Ok(Response::new(convert::credential_info(&info)))
+    }
+
+    async fn list_credentials(
+        &self,
+        request: Request<v1::ListCredentialsRequest>,
+    ) -> Result<Response<v1::ListCredentialsResponse>, Status> {
+        let tenant = tenant(&request)?;
+        let vault = self.vault()?;
+        let infos = blocking_vault(move || vault.list(&tenant)).await?;
+        Ok(Response::new(v1::ListCredentialsResponse {
+            credentials: infos.iter().map(convert::credential_info).collect(),
+        }))
+    }
+
+    async fn rotate_credential(
+        &self,
+        request: Request<v1::RotateCredentialRequest>,
+    ) -> Result<Response<v1::CredentialInfo>, Status> {
+        let tenant = tenant(&request)?;
+        let vault = self.vault()?;
+        let request = request.into_inner();
+        let info = blocking_vault(move || {
+            vault.rotate(&tenant, &request.name, Secret::new(request.secret))
+        })
+        .await?;
+        tracing::info!(credential = %info.name, version = info.version, "credential rotated");
+        Ok(Response::new(convert::credential_info(&info)))
+    }
+
+    async fn delete_credential(
+        &self,
+        request: Request<v1::DeleteCredentialRequest>,
+    ) -> Result<Response<v1::DeleteCredentialResponse>, Status> {
+        let tenant = tenant(&request)?;
+        let vault = self.vault()?;
+        let name = request.into_inner().name;
+        let deleted = blocking_vault(move || vault.delete(&tenant, &name)).await?;
+        Ok(Response::new(v1::DeleteCredentialResponse { deleted }))
+    }
 }
 
 /// Runs listed when a call asks for none in particular, and the most one
@@ -471,6 +562,22 @@ const DEFAULT_LIST: usize = 100;
 const MAX_LIST: usize = 1_000;
 
 /// The number of runs a `ListRuns` asking for `requested` gets.
+/// Runs a vault call off the async threads; its errors as statuses.
+async fn blocking_vault<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, VaultError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(internal)?
+        .map_err(|e| match e {
+            VaultError::Invalid(why) => Status::invalid_argument(why),
+            VaultError::NotFound { name, .. } => {
+                Status::not_found(format!("there is no credential {name:?}"))
+            }
+            other => internal(other),
+        })
+}
+
 fn list_limit(requested: u32) -> usize {
     match requested {
         0 => DEFAULT_LIST,

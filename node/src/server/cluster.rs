@@ -190,6 +190,32 @@ async fn read_loop(
             Some(In::Released(released)) => {
                 coordinator.released(worker, released.assignment_id);
             }
+            Some(In::CredentialRequest(request)) => {
+                let coordinator = coordinator.clone();
+                let link = link.clone();
+                let worker = worker.to_owned();
+                tokio::spawn(async move {
+                    use v1::credential_reply::Result as Reply;
+                    let id = request.assignment_id;
+                    let result = match coordinator.credential_for(&worker, id, &request.name).await
+                    {
+                        Ok(Some(credential)) => {
+                            Reply::Credential(convert::worker_credential(&credential))
+                        }
+                        Ok(None) => Reply::NotFound(true),
+                        Err(why) => {
+                            tracing::warn!(%worker, assignment = id, credential = %request.name, "credential refused: {why}");
+                            Reply::Error(why)
+                        }
+                    };
+                    let _ = link.send(Outbound::Message(Out::CredentialReply(
+                        v1::CredentialReply {
+                            request_id: request.request_id,
+                            result: Some(result),
+                        },
+                    )));
+                });
+            }
             Some(In::Checkpoint(checkpoint)) => {
                 let id = checkpoint.assignment_id;
                 let seq = checkpoint.seq;

@@ -1,5 +1,8 @@
 //! Between the engine's records and the API's messages.
 
+use isoflow_engine::action::origin::Origin;
+use isoflow_engine::credential::vault::CredentialInfo;
+use isoflow_engine::credential::{Credential, CredentialKind, Secret};
 use isoflow_engine::store::{LogRecord, RunRecord, RunStatus, StepRecord, StepStatus};
 use isoflow_proto::v1;
 
@@ -102,4 +105,82 @@ pub fn log_from(line: &v1::LogLine) -> LogRecord {
         message: line.message.clone(),
         time_ms: line.time_ms,
     }
+}
+
+/// A credential's kind as `SetCredential` gives it.
+pub fn credential_kind(kind: v1::set_credential_request::Kind) -> CredentialKind {
+    use v1::set_credential_request::Kind;
+    match kind {
+        Kind::Bearer(b) => CredentialKind::Bearer {
+            token: Secret::new(b.token),
+        },
+        Kind::Basic(b) => CredentialKind::Basic {
+            username: b.username,
+            password: Secret::new(b.password),
+        },
+        Kind::Header(h) => CredentialKind::Header {
+            header: h.header,
+            value: Secret::new(h.value),
+        },
+        Kind::Query(q) => CredentialKind::Query {
+            param: q.param,
+            value: Secret::new(q.value),
+        },
+    }
+}
+
+pub fn credential_info(info: &CredentialInfo) -> v1::CredentialInfo {
+    v1::CredentialInfo {
+        name: info.name.clone(),
+        kind: info.kind.clone(),
+        detail: info.detail.clone().unwrap_or_default(),
+        origins: info.origins.clone(),
+        version: info.version,
+        key_id: info.key_id.clone(),
+        created_at_ms: info.created_ms,
+        updated_at_ms: info.updated_ms,
+    }
+}
+
+/// A credential for a worker's one request.
+pub fn worker_credential(credential: &Credential) -> v1::WorkerCredential {
+    use v1::worker_credential::Kind;
+    let kind = match &credential.kind {
+        CredentialKind::Bearer { token } => Kind::Bearer(v1::BearerCredential {
+            token: token.expose().to_owned(),
+        }),
+        CredentialKind::Basic { username, password } => Kind::Basic(v1::BasicCredential {
+            username: username.clone(),
+            password: password.expose().to_owned(),
+        }),
+        CredentialKind::Header { header, value } => Kind::Header(v1::HeaderCredential {
+            header: header.clone(),
+            value: value.expose().to_owned(),
+        }),
+        CredentialKind::Query { param, value } => Kind::Query(v1::QueryCredential {
+            param: param.clone(),
+            value: value.expose().to_owned(),
+        }),
+    };
+    v1::WorkerCredential {
+        kind: Some(kind),
+        origins: credential.origins.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// What the coordinator sent, back into a credential.
+pub fn credential_from_worker(message: v1::WorkerCredential) -> Result<Credential, String> {
+    use v1::worker_credential::Kind;
+    let kind = match message.kind.ok_or("the credential has no kind")? {
+        Kind::Bearer(b) => v1::set_credential_request::Kind::Bearer(b),
+        Kind::Basic(b) => v1::set_credential_request::Kind::Basic(b),
+        Kind::Header(h) => v1::set_credential_request::Kind::Header(h),
+        Kind::Query(q) => v1::set_credential_request::Kind::Query(q),
+    };
+    let origins = message
+        .origins
+        .iter()
+        .map(|o| o.parse::<Origin>())
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Credential::of(credential_kind(kind), origins))
 }

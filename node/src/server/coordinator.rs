@@ -26,6 +26,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use isoflow_engine::credential::Credential;
+use isoflow_engine::credential::vault::Vault;
 use isoflow_engine::run::{
     Engine, Journal, JournalError, JournalFuture, JournalWrite, StoreJournal, WriteKind,
 };
@@ -117,6 +119,8 @@ pub enum ApplyError {
 pub struct Coordinator {
     pub id: String,
     pub store: Arc<Store>,
+    /// The tenants' credentials; `None` when no vault key is configured.
+    pub vault: Option<Arc<Vault>>,
     pub max_payload_bytes: u64,
     state: Mutex<State>,
     next_id: AtomicU64,
@@ -137,11 +141,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Coordinator {
     /// A coordinator over `store`, with every unfinished run in it queued.
-    pub fn new(id: String, store: Arc<Store>, max_payload_bytes: u64) -> anyhow::Result<Arc<Self>> {
+    pub fn new(
+        id: String,
+        store: Arc<Store>,
+        vault: Option<Arc<Vault>>,
+        max_payload_bytes: u64,
+    ) -> anyhow::Result<Arc<Self>> {
         let (updates, _) = broadcast::channel(4096);
         let coordinator = Arc::new(Coordinator {
             id,
             store,
+            vault,
             max_payload_bytes,
             state: Mutex::new(State::default()),
             next_id: AtomicU64::new(1),
@@ -505,6 +515,32 @@ impl Coordinator {
         Ok(())
     }
 
+    /// The credential `name` for a step of the run under assignment `id`,
+    /// asked for by `worker`: given only while that assignment is current
+    /// and `worker`'s, and only the run's tenant's.
+    pub async fn credential_for(
+        &self,
+        worker: &str,
+        id: u64,
+        name: &str,
+    ) -> Result<Option<Credential>, String> {
+        let tenant = {
+            let state = lock(&self.state);
+            match state.assignments.get(&id) {
+                Some(a) if !a.revoked && a.worker == worker => a.key.0.clone(),
+                _ => return Err(ApplyError::Stale(id).to_string()),
+            }
+        };
+        let Some(vault) = self.vault.clone() else {
+            return Ok(None);
+        };
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || vault.get(&tenant, &name))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
     /// Cancels a run: a queued one ends at once, an assigned one is stopped
     /// by its worker and ends `cancelled` through its journal. Returns the
     /// run as it is now.
@@ -661,7 +697,7 @@ mod tests {
     async fn runs_go_to_free_slots_in_order_and_only_their_worker_writes() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Arc::new(Store::open(&StoreConfig::new(dir.path())).expect("store"));
-        let coordinator = Coordinator::new("c".into(), store.clone(), 1 << 20).expect("new");
+        let coordinator = Coordinator::new("c".into(), store.clone(), None, 1 << 20).expect("new");
         let mut runs = Vec::new();
         for _ in 0..5 {
             let run = RunRecord::new("acme", "held", 1);
@@ -719,6 +755,71 @@ mod tests {
         assert!(
             matches!(stale, Err(ApplyError::Stale(_))),
             "a's assignment is over"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_credential_goes_only_to_the_worker_holding_the_run_and_only_its_tenants() {
+        use isoflow_engine::credential::vault::{Key, Keyring};
+        use isoflow_engine::credential::{CredentialKind, Secret};
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(Store::open(&StoreConfig::new(dir.path())).expect("store"));
+        let key = Key::new("k1", &[7; 32]).expect("a key");
+        let vault = Arc::new(Vault::open(store.clone(), Keyring::new(key)).expect("vault"));
+        let bearer = |t: &str| CredentialKind::Bearer {
+            token: Secret::new(t),
+        };
+        let origins = ["https://erp.example.com".to_owned()];
+        vault
+            .set("acme", "erp-api", &bearer("acme-secret"), &origins, false)
+            .expect("set");
+        vault
+            .set(
+                "globex",
+                "erp-api",
+                &bearer("globex-secret"),
+                &origins,
+                false,
+            )
+            .expect("set");
+        let coordinator =
+            Coordinator::new("c".into(), store.clone(), Some(vault), 1 << 20).expect("new");
+        let run = RunRecord::new("acme", "held", 1);
+        store
+            .create_run(&run, &serde_json::json!({}), &serde_json::Value::Null)
+            .expect("stored");
+        coordinator.enqueue(("acme".into(), run.run_id.clone()));
+        let (a_tx, mut a) = mpsc::unbounded_channel();
+        let (b_tx, _b) = mpsc::unbounded_channel();
+        let a_connection = coordinator.add_worker("a", 1, a_tx);
+        coordinator.add_worker("b", 1, b_tx);
+        let (id, _) = assigned(&mut a)[0].clone();
+
+        let given = coordinator
+            .credential_for("a", id, "erp-api")
+            .await
+            .expect("a holds the run")
+            .expect("acme has erp-api");
+        assert_eq!(
+            given.kind,
+            bearer("acme-secret"),
+            "the run's tenant's, never another's"
+        );
+        assert_eq!(
+            coordinator.credential_for("a", id, "missing").await,
+            Ok(None)
+        );
+        let other = coordinator.credential_for("b", id, "erp-api").await;
+        assert!(other.is_err(), "b does not hold the run: {other:?}");
+        let unknown = coordinator.credential_for("a", id + 100, "erp-api").await;
+        assert!(unknown.is_err(), "no such assignment: {unknown:?}");
+
+        coordinator.remove_worker("a", Some(a_connection), "test");
+        let after = coordinator.credential_for("a", id, "erp-api").await;
+        assert!(
+            after.is_err(),
+            "a revoked assignment gets nothing: {after:?}"
         );
     }
 }

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use isoflow_engine::credential::{CredentialError, CredentialFuture, Credentials};
 use isoflow_engine::model::Integration;
 use isoflow_engine::run::{
     Engine, Journal, JournalError, JournalFuture, JournalWrite, Restored, WriteKind,
@@ -48,6 +49,9 @@ impl Discovery for Fixed {
 
 pub struct WorkerNode {
     pub id: String,
+    /// The engine's credentials: each fetched from the coordinator over the
+    /// stream of the session that holds the run.
+    pub credentials: Arc<StreamCredentials>,
     pub capacity: u32,
     pub engine: Engine,
     pub token: AddToken,
@@ -170,7 +174,9 @@ impl WorkerNode {
                     }
                 }
                 Some(id) = done_rx.recv() => {
-                    active.remove(&id);
+                    if let Some(run) = active.remove(&id) {
+                        self.credentials.release(&run.tenant, &run.run_id, id);
+                    }
                 }
                 message = tokio::time::timeout(timeout, inbound.message()) => {
                     let message = match message {
@@ -209,6 +215,7 @@ impl WorkerNode {
                         }
                         Some(In::Revoke(revoke)) => {
                             if let Some(run) = active.remove(&revoke.assignment_id) {
+                                self.credentials.release(&run.tenant, &run.run_id, revoke.assignment_id);
                                 tracing::info!(run_id = %run.run_id, "run taken back: {}", revoke.reason);
                                 run.journal.close(&revoke.reason);
                                 self.engine.abort(&run.tenant, &run.run_id);
@@ -219,11 +226,13 @@ impl WorkerNode {
                                 self.engine.cancel(&run.tenant, &run.run_id);
                             }
                         }
+                        Some(In::CredentialReply(reply)) => self.credentials.answer(reply),
                         Some(In::Heartbeat(_)) | Some(In::Welcome(_)) | None => {}
                     }
                 }
             }
         };
+        self.credentials.forget_all();
         if result.is_err() {
             // Unacknowledged work is the coordinator's to give to another
             // worker: stop every run here now.
@@ -282,6 +291,7 @@ impl WorkerNode {
             restored,
         });
         let (tenant, run_id) = (run.tenant.clone(), run.run_id.clone());
+        self.credentials.hold(&tenant, &run_id, id, out.clone());
         let mut handle = self
             .engine
             .execute(
@@ -291,7 +301,8 @@ impl WorkerNode {
                 journal.clone(),
                 resumed,
             )
-            .await?;
+            .await
+            .inspect_err(|_| self.credentials.release(&tenant, &run_id, id))?;
         let done = done.clone();
         tokio::spawn(async move {
             while handle.next_event().await.is_some() {}
@@ -301,6 +312,111 @@ impl WorkerNode {
             tenant,
             run_id,
             journal,
+        })
+    }
+}
+
+/// A worker's credentials: none kept. Each is asked of the coordinator for
+/// the one request that needs it, on the stream of the session holding the
+/// run, and answered only while the run's assignment is this worker's.
+#[derive(Debug, Default)]
+pub struct StreamCredentials {
+    runs: Mutex<HashMap<(String, String), RunLink>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<v1::credential_reply::Result>>>,
+    next: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+struct RunLink {
+    assignment: u64,
+    out: mpsc::Sender<v1::WorkerMessage>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl StreamCredentials {
+    fn hold(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        assignment: u64,
+        out: mpsc::Sender<v1::WorkerMessage>,
+    ) {
+        locked(&self.runs).insert(
+            (tenant.to_owned(), run_id.to_owned()),
+            RunLink { assignment, out },
+        );
+    }
+
+    fn release(&self, tenant: &str, run_id: &str, assignment: u64) {
+        let mut runs = locked(&self.runs);
+        let key = (tenant.to_owned(), run_id.to_owned());
+        if runs
+            .get(&key)
+            .is_some_and(|link| link.assignment == assignment)
+        {
+            runs.remove(&key);
+        }
+    }
+
+    fn answer(&self, reply: v1::CredentialReply) {
+        let waiter = locked(&self.pending).remove(&reply.request_id);
+        if let (Some(waiter), Some(result)) = (waiter, reply.result) {
+            let _ = waiter.send(result);
+        }
+    }
+
+    /// The session ended: no run is held, no answer will come.
+    fn forget_all(&self) {
+        locked(&self.runs).clear();
+        locked(&self.pending).clear();
+    }
+}
+
+impl Credentials for StreamCredentials {
+    fn credential<'a>(
+        &'a self,
+        tenant: &'a str,
+        run_id: &'a str,
+        name: &'a str,
+    ) -> CredentialFuture<'a> {
+        Box::pin(async move {
+            use v1::credential_reply::Result as Reply;
+            let link = locked(&self.runs)
+                .get(&(tenant.to_owned(), run_id.to_owned()))
+                .cloned()
+                .ok_or_else(|| CredentialError("this worker no longer holds the run".into()))?;
+            let request_id = self.next.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            locked(&self.pending).insert(request_id, tx);
+            let asked = link
+                .out
+                .send(worker_message(Out::CredentialRequest(
+                    v1::CredentialRequest {
+                        request_id,
+                        assignment_id: link.assignment,
+                        name: name.to_owned(),
+                    },
+                )))
+                .await;
+            let unreachable = || CredentialError("the coordinator is unreachable".into());
+            if asked.is_err() {
+                locked(&self.pending).remove(&request_id);
+                return Err(unreachable());
+            }
+            match rx.await.map_err(|_| unreachable())? {
+                Reply::Credential(message) => convert::credential_from_worker(message)
+                    .map(Some)
+                    .map_err(|why| {
+                        CredentialError(format!(
+                            "the coordinator sent an unreadable credential: {why}"
+                        ))
+                    }),
+                Reply::NotFound(_) => Ok(None),
+                Reply::Error(why) => Err(CredentialError(why)),
+            }
         })
     }
 }
