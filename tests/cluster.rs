@@ -943,6 +943,177 @@ fn bad_requests_get_their_code_and_one_sentence() {
     });
 }
 
+/// Every secret of every kind, in every form it travels in, is looked for
+/// in everything the cluster stored (the coordinator's data folder, byte
+/// for byte, write-ahead log included), everything its API returns, every
+/// node's log and every config file, after runs whose endpoints echo the
+/// request back (headers and body), set cookies, repeat the token in a
+/// header, and answer an error page quoting it, and whose code step logs
+/// what it got. A marker from the run's input is looked for the same way,
+/// and must be found: the search can see what the cluster stores.
+#[test]
+fn a_credential_is_found_nowhere_but_at_the_server_it_is_sent_to() {
+    const MARKER: &str = "input-marker-5e1f0c";
+    const BASIC_PASSWORD: &str = "basic-pa55-9f1c";
+    const HEADER_KEY: &str = "hdr-k3y-4e7d";
+    const QUERY_KEY: &str = "q-k3y/+&=8a2b";
+    let cluster = Cluster::start(2);
+    let erp = &cluster.erp;
+    erp.route("POST", "/echo", Responder::Echo);
+    erp.route(
+        "POST",
+        "/cookie",
+        Responder::Fixed(
+            Reply::json(200, &json!({ "ok": true }))
+                .with_header("Set-Cookie", "session=cookie-s3cret")
+                .with_header("X-Seen", &format!("Bearer {ERP_TOKEN}")),
+        ),
+    );
+    erp.route(
+        "POST",
+        "/denied",
+        Responder::Fixed(Reply::text(
+            401,
+            &format!("key {HEADER_KEY} is not valid here"),
+        )),
+    );
+    let basic_encoded = "c3ZjOmJhc2ljLXBhNTUtOWYxYw=="; // base64("svc:basic-pa55-9f1c")
+    let query_encoded = "q-k3y%2F%2B%26%3D8a2b";
+    let secrets = [
+        ERP_TOKEN,
+        BASIC_PASSWORD,
+        basic_encoded,
+        HEADER_KEY,
+        QUERY_KEY,
+        query_encoded,
+    ];
+    let echo = |id: &str, credential: &str| {
+        format!(
+            "  - id: {id}\n    type: http\n    method: POST\n    url: \"{{{{ input.base }}}}/echo\"\n    \
+             credential: {credential}\n    body: {{ note: \"{{{{ input.marker }}}}\" }}\n"
+        )
+    };
+    let leak = format!(
+        "apiVersion: isoflow.dev/v1\nname: leak\nversion: 1\nsteps:\n{}{}{}{}\
+         \x20 - id: cookie\n    type: http\n    method: POST\n    url: \"{{{{ input.base }}}}/cookie\"\n    credential: erp-api\n    body: \"x\"\n\
+         \x20 - id: look\n    type: code\n    input:\n      bearer: \"{{{{ steps.bearer.output }}}}\"\n      basic: \"{{{{ steps.basic.output }}}}\"\n      \
+         header: \"{{{{ steps.header.output }}}}\"\n      query: \"{{{{ steps.query.output }}}}\"\n      cookie: \"{{{{ steps.cookie.output }}}}\"\n    \
+         source: \"export default (s, ctx) => {{ ctx.log(JSON.stringify(s)); return s; }}\"\n",
+        echo("bearer", "erp-api"),
+        echo("basic", "crm-basic"),
+        echo("header", "api-header"),
+        echo("query", "api-query"),
+    );
+    let denied = "apiVersion: isoflow.dev/v1\nname: denied\nversion: 1\nsteps:\n  - id: denied\n    type: http\n    \
+                  method: POST\n    url: \"{{ input.base }}/denied\"\n    credential: api-header\n    body: \"x\"\n";
+    let input = json!({ "base": erp.url(""), "marker": MARKER });
+    let mut seen = String::new();
+    runtime().block_on(async {
+        let client = client(&cluster, TOKEN).await;
+        let set = |name: &str, kind| v1::SetCredentialRequest {
+            name: name.into(),
+            kind: Some(kind),
+            origins: vec![erp.url("")],
+            allow_plain_http: true,
+        };
+        use v1::set_credential_request::Kind;
+        for request in [
+            set(
+                "crm-basic",
+                Kind::Basic(v1::BasicCredential {
+                    username: "svc".into(),
+                    password: BASIC_PASSWORD.into(),
+                }),
+            ),
+            set(
+                "api-header",
+                Kind::Header(v1::HeaderCredential {
+                    header: "X-Api-Key".into(),
+                    value: HEADER_KEY.into(),
+                }),
+            ),
+            set(
+                "api-query",
+                Kind::Query(v1::QueryCredential {
+                    param: "api_key".into(),
+                    value: QUERY_KEY.into(),
+                }),
+            ),
+        ] {
+            seen.push_str(&format!("{:?}", client.set_credential(request).await.expect("set")));
+        }
+        deploy(&client, &leak, "leak.yaml").await;
+        deploy(&client, denied, "denied.yaml").await;
+        let ok = client.start_run("leak", None, &input).await.expect("starts");
+        let ok = wait(&client, &ok.run_id).await;
+        assert_eq!(status(&ok), v1::RunStatus::Succeeded, "{ok:?}\n{}", cluster.describe());
+        let failed = client.start_run("denied", None, &input).await.expect("starts");
+        let failed = wait(&client, &failed.run_id).await;
+        assert_eq!(status(&failed), v1::RunStatus::Failed);
+        assert!(failed.error.contains("401"), "{}", failed.error);
+        for run in [&ok.run_id, &failed.run_id] {
+            seen.push_str(&format!("{:?}", client.run(run).await.expect("get")));
+            let mut updates = client.watch(run, true).await.expect("watch");
+            while let Some(update) = tokio_stream::StreamExt::next(&mut updates).await {
+                seen.push_str(&format!("{:?}", update.expect("an update")));
+            }
+        }
+        let output = client.output(&ok.run_id).await.expect("the output");
+        seen.push_str(&output.to_string());
+        seen.push_str(&format!("{:?}", client.runs(None).await.expect("list")));
+        seen.push_str(&format!("{:?}", client.credentials().await.expect("list")));
+        // The echoes came back with the secrets replaced.
+        assert_eq!(
+            output["bearer"]["body"]["headers"]["authorization"],
+            json!("Bearer [credential]")
+        );
+        assert_eq!(output["basic"]["body"]["headers"]["authorization"], json!("Basic [credential]"));
+        assert_eq!(output["header"]["body"]["headers"]["x-api-key"], json!("[credential]"));
+        assert!(output["cookie"]["headers"].get("set-cookie").is_none(), "{output}");
+        assert!(output["cookie"]["headers"].get("x-seen").is_none(), "{output}");
+    });
+    // The secrets did reach the server they are for.
+    let sent: Vec<String> = erp
+        .requests("POST", "/echo")
+        .iter()
+        .map(|r| format!("{:?} {:?}", r.query, r.headers))
+        .collect();
+    let sent = sent.join("\n");
+    for secret in [ERP_TOKEN, basic_encoded, HEADER_KEY, query_encoded] {
+        assert!(sent.contains(secret), "{secret} was not sent: {sent}");
+    }
+
+    let mut files = Vec::new();
+    let mut stack = vec![cluster.dir.path().to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("a readable folder") {
+            let path = entry.expect("an entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                files.push((path, bytes));
+            }
+        }
+    }
+    let in_files = |needle: &str| {
+        files
+            .iter()
+            .filter(|(_, bytes)| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            .map(|(path, _)| path.display().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(!in_files(MARKER).is_empty(), "the search sees what the run stored");
+    assert!(seen.contains(MARKER), "the search sees what the API returns");
+    let logs = cluster.describe();
+    assert!(logs.contains("credential set"), "the logs are there: {logs}");
+    for secret in secrets {
+        assert_eq!(in_files(secret), Vec::<String>::new(), "{secret} is stored");
+        assert!(!seen.contains(secret), "{secret} is returned by the API: {seen}");
+        assert!(!logs.contains(secret), "{secret} is in a log: {logs}");
+    }
+    assert!(!seen.contains("cookie-s3cret") && in_files("cookie-s3cret").is_empty());
+}
+
 fn code(error: &isoflow_client::Error) -> tonic::Code {
     match error {
         isoflow_client::Error::Status(status) => status.code(),
