@@ -1040,14 +1040,28 @@ fn a_credential_is_found_nowhere_but_at_the_server_it_is_sent_to() {
                 }),
             ),
         ] {
-            seen.push_str(&format!("{:?}", client.set_credential(request).await.expect("set")));
+            seen.push_str(&format!(
+                "{:?}",
+                client.set_credential(request).await.expect("set")
+            ));
         }
         deploy(&client, &leak, "leak.yaml").await;
         deploy(&client, denied, "denied.yaml").await;
-        let ok = client.start_run("leak", None, &input).await.expect("starts");
+        let ok = client
+            .start_run("leak", None, &input)
+            .await
+            .expect("starts");
         let ok = wait(&client, &ok.run_id).await;
-        assert_eq!(status(&ok), v1::RunStatus::Succeeded, "{ok:?}\n{}", cluster.describe());
-        let failed = client.start_run("denied", None, &input).await.expect("starts");
+        assert_eq!(
+            status(&ok),
+            v1::RunStatus::Succeeded,
+            "{ok:?}\n{}",
+            cluster.describe()
+        );
+        let failed = client
+            .start_run("denied", None, &input)
+            .await
+            .expect("starts");
         let failed = wait(&client, &failed.run_id).await;
         assert_eq!(status(&failed), v1::RunStatus::Failed);
         assert!(failed.error.contains("401"), "{}", failed.error);
@@ -1067,10 +1081,22 @@ fn a_credential_is_found_nowhere_but_at_the_server_it_is_sent_to() {
             output["bearer"]["body"]["headers"]["authorization"],
             json!("Bearer [credential]")
         );
-        assert_eq!(output["basic"]["body"]["headers"]["authorization"], json!("Basic [credential]"));
-        assert_eq!(output["header"]["body"]["headers"]["x-api-key"], json!("[credential]"));
-        assert!(output["cookie"]["headers"].get("set-cookie").is_none(), "{output}");
-        assert!(output["cookie"]["headers"].get("x-seen").is_none(), "{output}");
+        assert_eq!(
+            output["basic"]["body"]["headers"]["authorization"],
+            json!("Basic [credential]")
+        );
+        assert_eq!(
+            output["header"]["body"]["headers"]["x-api-key"],
+            json!("[credential]")
+        );
+        assert!(
+            output["cookie"]["headers"].get("set-cookie").is_none(),
+            "{output}"
+        );
+        assert!(
+            output["cookie"]["headers"].get("x-seen").is_none(),
+            "{output}"
+        );
     });
     // The secrets did reach the server they are for.
     let sent: Vec<String> = erp
@@ -1102,13 +1128,25 @@ fn a_credential_is_found_nowhere_but_at_the_server_it_is_sent_to() {
             .map(|(path, _)| path.display().to_string())
             .collect::<Vec<_>>()
     };
-    assert!(!in_files(MARKER).is_empty(), "the search sees what the run stored");
-    assert!(seen.contains(MARKER), "the search sees what the API returns");
+    assert!(
+        !in_files(MARKER).is_empty(),
+        "the search sees what the run stored"
+    );
+    assert!(
+        seen.contains(MARKER),
+        "the search sees what the API returns"
+    );
     let logs = cluster.describe();
-    assert!(logs.contains("credential set"), "the logs are there: {logs}");
+    assert!(
+        logs.contains("credential set"),
+        "the logs are there: {logs}"
+    );
     for secret in secrets {
         assert_eq!(in_files(secret), Vec::<String>::new(), "{secret} is stored");
-        assert!(!seen.contains(secret), "{secret} is returned by the API: {seen}");
+        assert!(
+            !seen.contains(secret),
+            "{secret} is returned by the API: {seen}"
+        );
         assert!(!logs.contains(secret), "{secret} is in a log: {logs}");
     }
     assert!(!seen.contains("cookie-s3cret") && in_files("cookie-s3cret").is_empty());

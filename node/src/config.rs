@@ -727,6 +727,47 @@ mod tests {
     }
 
     #[test]
+    fn credentials_in_a_node_configuration_and_loose_vault_keys_are_refused() {
+        let error =
+            load_text("[[credentials]]\ntenant = \"acme\"\nname = \"erp\"\ntoken = \"t\"\n")
+                .expect_err("a node keeps credentials in its vault")
+                .to_string();
+        assert!(error.contains("isoflowctl credentials set"), "{error}");
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = dir.path().join("vault.key");
+        std::fs::write(&key, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n").expect("write");
+        let with_key = format!("[vault.key]\nid = \"k1\"\nfile = \"{}\"\n", key.display());
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let error = load_text(&with_key)
+            .expect_err("others may read it")
+            .to_string();
+        assert!(error.contains("chmod 600"), "{error}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let config = load_text(&with_key).expect("an owner-only key loads");
+        assert_eq!(config.keyring.expect("a keyring").current_id(), "k1");
+
+        std::fs::write(&key, "c2hvcnQ=").expect("write");
+        let error = load_text(&with_key).expect_err("8 bytes").to_string();
+        assert!(error.contains("a key is 32 bytes"), "{error}");
+        let error = load_text("[vault.key]\nid = \"k1\"\nenv = \"ISOFLOW_NOT_SET\"\n")
+            .expect_err("unset")
+            .to_string();
+        assert!(
+            error.contains("ISOFLOW_NOT_SET, which is not set"),
+            "{error}"
+        );
+        let error = load_text(&format!(
+            "role = \"worker\"\n[auth]\ncluster_token = \"cluster-token-0123456789\"\n\
+             [etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n{with_key}"
+        ))
+        .expect_err("a worker has no vault")
+        .to_string();
+        assert!(error.contains("a worker has no vault"), "{error}");
+    }
+
+    #[test]
     fn an_egress_allowance_that_is_not_one_is_refused_naming_it() {
         let error =
             load_text("[[egress.tenants]]\ntenant = \"acme\"\nallow = [\"http://10.0.0.1/\"]\n")
