@@ -850,6 +850,21 @@ fn bad_requests_get_their_code_and_one_sentence() {
             "names the step: {error}"
         );
 
+        // A step time limit over the coordinator's (limits.step_timeout,
+        // 1h by default): the file and line of the step's timeout.
+        let long = HELD.replace("timeout: 120s", "timeout: 2h");
+        let error = client
+            .deploy(&long, "held.yaml", HashMap::new())
+            .await
+            .expect_err("over the limit");
+        assert_eq!(code(&error), tonic::Code::InvalidArgument);
+        assert!(
+            message(&error).starts_with(
+                "held.yaml:20: step \"hold\": timeout is 2h, over the longest this node allows, 1h"
+            ),
+            "{error}"
+        );
+
         // A code file the definition names but the request does not carry.
         let with_file = HELD.replace(
             "source: |\n      export default function (body) { return { n: body.n * 2 }; }",

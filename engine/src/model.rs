@@ -60,7 +60,32 @@ pub const API_VERSION: &str = "isoflow.dev/v1";
 /// Every problem found, sorted by line, each one sentence like
 /// `orders.yaml:14: step "post": unknown step "fech" referenced in url`.
 pub fn load(file_name: &str, text: &str) -> Result<Integration, LoadErrors> {
-    decode::load(file_name, text)
+    decode::load(file_name, text, &Limits::default())
+}
+
+/// [`load`] under a node's limits.
+///
+/// # Errors
+/// As [`load`], and a step whose `timeout` exceeds `limits.step_timeout`.
+pub fn load_with(file_name: &str, text: &str, limits: &Limits) -> Result<Integration, LoadErrors> {
+    decode::load(file_name, text, limits)
+}
+
+/// What a node allows a definition, beyond what every definition must
+/// respect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// The longest `timeout` a step (or loop) may set; at most
+    /// [`LONGEST_DURATION`].
+    pub step_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            step_timeout: LONGEST_DURATION,
+        }
+    }
 }
 
 /// The JSON Schema of a definition (draft 2020-12), for editors. The file

@@ -44,6 +44,7 @@ pub struct Config {
     pub worker: Worker,
     pub sandbox: Sandbox,
     pub egress: Egress,
+    pub limits: Limits,
     pub vault: Vault,
     /// Refused with a sentence: credentials of a node live in its vault.
     credentials: Vec<toml::Value>,
@@ -67,6 +68,7 @@ impl Default for Config {
             worker: Worker::default(),
             sandbox: Sandbox::default(),
             egress: Egress::default(),
+            limits: Limits::default(),
             vault: Vault::default(),
             credentials: Vec::new(),
             max_payload_bytes: 1 << 30,
@@ -306,6 +308,32 @@ impl Sandbox {
     }
 }
 
+/// What this node accepts in a definition (coordinator and all: checked at
+/// deploy, with the file and line).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// The longest `timeout` a step or loop may set (at most 24h).
+    #[serde(with = "humantime_serde")]
+    pub step_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            step_timeout: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+impl Limits {
+    pub fn model(&self) -> isoflow_engine::model::Limits {
+        isoflow_engine::model::Limits {
+            step_timeout: self.step_timeout,
+        }
+    }
+}
+
 /// The credential vault's keys (coordinator and all): credentials set
 /// through the API are sealed with `key`; `previous` keys still open what
 /// they sealed, and at start everything under one is resealed with `key`.
@@ -522,6 +550,11 @@ impl Config {
             bail!("sandbox.uid and sandbox.gid must not be 0: customer code never runs as root");
         }
         self.egress.policy()?;
+        if self.limits.step_timeout.is_zero()
+            || self.limits.step_timeout > isoflow_engine::model::LONGEST_DURATION
+        {
+            bail!("limits.step_timeout must be more than 0 and at most 24h");
+        }
         if !self.credentials.is_empty() {
             bail!(
                 "[[credentials]] is read by the local `isoflow run` only: a node keeps credentials \

@@ -207,6 +207,7 @@ async fn serve_grpc(
     let api = InterceptedService::new(
         IsoflowServer::new(api::Api {
             coordinator: coordinator.clone(),
+            limits: config.limits.model(),
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES),

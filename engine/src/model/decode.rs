@@ -85,9 +85,16 @@ pub(super) struct Use {
 }
 
 /// Reads and checks a definition; the implementation of [`super::load`].
-pub(super) fn load(file_name: &str, text: &str) -> Result<Integration, LoadErrors> {
+pub(super) fn load(
+    file_name: &str,
+    text: &str,
+    limits: &super::Limits,
+) -> Result<Integration, LoadErrors> {
     let (root, issues) = parse::parse(text);
-    let mut decoder = Decoder::default();
+    let mut decoder = Decoder {
+        limits: limits.clone(),
+        ..Decoder::default()
+    };
     decoder.problems.extend(issues.into_iter().map(|i| Problem {
         line: i.line,
         step: None,
@@ -198,6 +205,7 @@ struct At<'a> {
 
 #[derive(Default)]
 struct Decoder {
+    limits: super::Limits,
     problems: Vec<Problem>,
     steps: Vec<StepInfo>,
     uses: Vec<Use>,
@@ -383,6 +391,24 @@ impl Decoder {
                 format!(
                     "{field} is {}, over the longest a definition may set, 24h",
                     text.trim()
+                ),
+            );
+        }
+        Ok(d)
+    }
+
+    /// A step's `timeout`: positive, and within the node's limit.
+    fn step_timeout(&mut self, node: &Node, at: At<'_>) -> Required<Duration> {
+        let d = self.positive_duration(node, "timeout", at)?;
+        let limit = self.limits.step_timeout;
+        if d > limit {
+            return self.fail(
+                node.line,
+                at.label,
+                format!(
+                    "timeout is {}, over the longest this node allows, {} (limits.step_timeout)",
+                    humantime::format_duration(d),
+                    humantime::format_duration(limit)
                 ),
             );
         }
@@ -610,7 +636,7 @@ impl Decoder {
             let text = d.string(n, "credential", at)?;
             CredentialName::new(text).map_err(|e| d.problem(n.line, at.label, e))
         });
-        let timeout = self.optional(f, "timeout", |d, n| d.positive_duration(n, "timeout", at));
+        let timeout = self.optional(f, "timeout", |d, n| d.step_timeout(n, at));
         let max_response_bytes = self.optional(f, "max_response_bytes", |d, n| {
             let size = match &n.kind {
                 Kind::Number(num) if num.is_u64() => {
@@ -751,7 +777,7 @@ impl Decoder {
             _ => Err(()),
         };
         let input = self.optional(f, "input", |d, n| d.template(n, "input", at));
-        let timeout = self.optional(f, "timeout", |d, n| d.positive_duration(n, "timeout", at));
+        let timeout = self.optional(f, "timeout", |d, n| d.step_timeout(n, at));
         Ok(CodeStep {
             id: id?,
             runtime: runtime?.unwrap_or_default(),
@@ -793,7 +819,7 @@ impl Decoder {
             let c = d.whole_number(n, "concurrency", at, 1, u64::from(MAX_CONCURRENCY))?;
             Ok(u16::try_from(c).expect("checked range"))
         });
-        let timeout = self.optional(f, "timeout", |d, n| d.positive_duration(n, "timeout", at));
+        let timeout = self.optional(f, "timeout", |d, n| d.step_timeout(n, at));
         let steps = self
             .required(f, "steps", at)
             .and_then(|n| self.steps(n, Some(index), at));

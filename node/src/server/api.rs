@@ -26,6 +26,8 @@ use super::coordinator::{CancelOutcome, Coordinator, UpdateKind};
 #[derive(Debug, Clone)]
 pub struct Api {
     pub coordinator: Arc<Coordinator>,
+    /// What a deployed definition may set.
+    pub limits: model::Limits,
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<v1::PayloadChunk, Status>> + Send>>;
@@ -120,7 +122,7 @@ impl Isoflow for Api {
         } else {
             request.file_name
         };
-        let mut integration = model::load(&file_name, &request.source)
+        let mut integration = model::load_with(&file_name, &request.source, &self.limits)
             .map_err(|errors| Status::invalid_argument(errors.to_string()))?;
         let files = request.files;
         inline_code(&mut integration, |path| {
