@@ -9,6 +9,8 @@
 //! - `worker`: registers in etcd, finds the leader, takes runs.
 //!
 //! Where to look next: `server/coordinator.rs` (assignments, checkpoints),
+//! `server/scheduler.rs` (which run goes where and when: queues, turns
+//! between tenants, worker slots),
 //! `server/cluster.rs` (the coordinator's side of a worker's stream),
 //! `server/worker.rs` (the worker's side), `server/api.rs` (the public API),
 //! `server/etcd.rs` (membership and election).
@@ -34,6 +36,7 @@ pub mod convert;
 pub mod coordinator;
 pub mod etcd;
 pub mod payload;
+pub mod scheduler;
 pub mod worker;
 
 use coordinator::Coordinator;
@@ -79,7 +82,12 @@ pub async fn serve(
         Role::All => {
             let dir = data_dir(&config, home.as_deref())?;
             let store = Arc::new(Store::open(&StoreConfig::new(&dir))?);
-            let coordinator = Coordinator::new(id, store.clone(), config.max_payload_bytes)?;
+            let coordinator = Coordinator::new(
+                id,
+                store.clone(),
+                config.max_payload_bytes,
+                0,
+            )?;
             let engine = Engine::with_store(engine_config(&config, &dir)?, Some(store)).await?;
             coordinator.add_local(config.worker.capacity, engine.clone());
             let served = serve_grpc(&config, coordinator, None, stop).await;
@@ -106,7 +114,12 @@ pub async fn serve(
             tracing::info!(node = %id, %address, "leading: opening the run store");
             let dir = data_dir(&config, home.as_deref())?;
             let store = Arc::new(Store::open(&StoreConfig::new(&dir))?);
-            let coordinator = Coordinator::new(id.clone(), store, config.max_payload_bytes)?;
+            let coordinator = Coordinator::new(
+                id.clone(),
+                store,
+                config.max_payload_bytes,
+                0,
+            )?;
             etcd.watch_workers(coordinator.clone());
             let cluster_token = config.auth.cluster_token.clone().unwrap_or_default();
             let lost = async move {
