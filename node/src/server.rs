@@ -86,7 +86,7 @@ pub async fn serve(
                 id,
                 store.clone(),
                 config.max_payload_bytes,
-                0,
+                config.cluster.tenant_runs_in_flight,
             )?;
             let engine = Engine::with_store(engine_config(&config, &dir)?, Some(store)).await?;
             coordinator.add_local(config.worker.capacity, engine.clone());
@@ -118,7 +118,7 @@ pub async fn serve(
                 id.clone(),
                 store,
                 config.max_payload_bytes,
-                0,
+                config.cluster.tenant_runs_in_flight,
             )?;
             etcd.watch_workers(coordinator.clone());
             let cluster_token = config.auth.cluster_token.clone().unwrap_or_default();

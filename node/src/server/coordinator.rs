@@ -24,9 +24,9 @@
 //! # Fairness
 //!
 //! Tenants with waiting runs are served in turn, each tenant's runs in the
-//! order they were started; a tenant at its limit of runs in flight waits
-//! while others go. Each run goes to the worker with the most free slots,
-//! and no worker takes more than its capacity. The rules in full:
+//! order they were started; a tenant at `cluster.tenant_runs_in_flight`
+//! waits while others go. Each run goes to the worker with the most free
+//! slots, and no worker takes more than its capacity. The rules in full:
 //! `scheduler.rs`.
 
 use std::collections::HashMap;
