@@ -5,7 +5,9 @@
 //! counts what reached the outside world, by `Idempotency-Key`
 //! (`<run id>/<step key>`), so a repeated step is seen.
 //!
-//! One test does the same to an `all` node (one process, no etcd).
+//! One test does the same to an `all` node (one process, no etcd); two
+//! more show, on an `all` node with two tenants, that tenants take turns
+//! for its slots and that a tenant at its run limit leaves them to others.
 //!
 //! What the cluster promises, and so what these tests hold it to: every run
 //! completes with the output an uninterrupted run has; a step the
@@ -784,6 +786,179 @@ fn an_all_node_resumes_its_runs_after_a_kill() {
         "an acknowledged step ran again"
     );
     assert_eq!(fixture.count("GET", "/after"), 3);
+}
+
+/// Two http steps: the first waits on the fixture's gate, the second marks
+/// the run's end. No code step, so no sandbox process start skews the order.
+/// POSTs, so that each request carries its run's id in its Idempotency-Key.
+const GATED: &str = r#"
+apiVersion: isoflow.dev/v1
+name: gated
+version: 1
+steps:
+  - id: hold
+    type: http
+    method: POST
+    url: "{{ input.base }}/hold"
+    timeout: 60s
+  - id: done
+    type: http
+    method: POST
+    url: "{{ input.base }}/done"
+"#;
+
+/// An `all` node serving tenants acme (`TOKEN`) and globex (`OTHER_TOKEN`),
+/// with `settings` (TOML tables) added to its configuration; and its API
+/// address.
+fn all_node(dir: &Path, settings: &str) -> (Process, String) {
+    let port = free_port();
+    let config = dir.join("all.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+role = "all"
+data_dir = "{}"
+[api]
+listen = "127.0.0.1:{port}"
+[egress]
+allow = ["127.0.0.1"]
+[[auth.tokens]]
+tenant = "acme"
+token = "{TOKEN}"
+[[auth.tokens]]
+tenant = "globex"
+token = "{OTHER_TOKEN}"
+{settings}
+"#,
+            dir.join("data").display()
+        ),
+    )
+    .expect("write the config");
+    let mut node = Process::spawn(
+        Command::new(env!("CARGO_BIN_EXE_isoflow"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info"),
+    );
+    node.wait_for_stderr_line(LONG, |l| l.contains("listening on"));
+    (node, format!("http://127.0.0.1:{port}"))
+}
+
+/// A fixture for [`GATED`]: `/hold` waits for the gate, `/done` answers.
+fn gated_fixture() -> (HttpFixture, Gate) {
+    let fixture = HttpFixture::start();
+    let gate = Gate::new();
+    let ok = Reply::json(200, &json!({"ok": true}));
+    fixture.route("POST", "/hold", Responder::Hold(gate.clone(), ok.clone()));
+    fixture.route("POST", "/done", Responder::Fixed(ok));
+    (fixture, gate)
+}
+
+/// The run ids of the requests to `path`, in arrival order.
+fn runs_in_order(fixture: &HttpFixture, path: &str) -> Vec<String> {
+    fixture
+        .requests("POST", path)
+        .iter()
+        .map(|r| {
+            let key = r.header("idempotency-key").expect("an idempotency key");
+            key.split('/').next().expect("run id/step").to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn a_tenant_flooding_an_all_node_delays_another_tenants_run_by_one_turn() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (node, api) = all_node(dir.path(), "[worker]\ncapacity = 2\n");
+    let (fixture, gate) = gated_fixture();
+    let input = json!({ "base": fixture.url("") });
+    runtime().block_on(async {
+        let acme = Client::connect(&api, Some(TOKEN)).await.expect("connects");
+        let globex = Client::connect(&api, Some(OTHER_TOKEN))
+            .await
+            .expect("connects");
+        deploy(&acme, GATED, "gated.yaml").await;
+        deploy(&globex, GATED, "gated.yaml").await;
+        let mut flood = Vec::new();
+        for _ in 0..12 {
+            let run = acme.start_run("gated", None, &input).await.expect("starts");
+            flood.push(run.run_id);
+        }
+        // Both slots are taken by acme's first two runs; ten wait.
+        assert!(gate.wait_for_waiting(2, LONG), "{}", node.stderr());
+        let single = globex
+            .start_run("gated", None, &input)
+            .await
+            .expect("starts")
+            .run_id;
+        gate.release();
+        for id in flood.iter().chain([&single]) {
+            let client = if *id == single { &globex } else { &acme };
+            let run = wait(client, id).await;
+            assert_eq!(status(&run), v1::RunStatus::Succeeded, "{}", run.error);
+        }
+        // In one queue globex's run would end last, after all twelve. Taking
+        // turns, it gets the first slot that frees (the third run given
+        // out): it ends before most of acme's, whatever their speed.
+        let ended = runs_in_order(&fixture, "/done");
+        assert_eq!(ended.len(), 13);
+        let position = ended
+            .iter()
+            .position(|id| *id == single)
+            .expect("globex's run ended");
+        assert!(
+            position < 6,
+            "globex's run ended after {position} of acme's: {ended:?}\n{}",
+            node.stderr()
+        );
+    });
+}
+
+#[test]
+fn a_tenant_at_its_run_limit_leaves_the_free_slots_to_another() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (node, api) = all_node(
+        dir.path(),
+        "[worker]\ncapacity = 3\n[cluster]\ntenant_runs_in_flight = 2\n",
+    );
+    let (fixture, gate) = gated_fixture();
+    let input = json!({ "base": fixture.url("") });
+    runtime().block_on(async {
+        let acme = Client::connect(&api, Some(TOKEN)).await.expect("connects");
+        let globex = Client::connect(&api, Some(OTHER_TOKEN))
+            .await
+            .expect("connects");
+        deploy(&acme, GATED, "gated.yaml").await;
+        deploy(&globex, GATED, "gated.yaml").await;
+        let mut capped = Vec::new();
+        for _ in 0..4 {
+            let run = acme.start_run("gated", None, &input).await.expect("starts");
+            capped.push(run.run_id);
+        }
+        assert!(gate.wait_for_waiting(2, LONG), "{}", node.stderr());
+        // The third slot is free, but acme is at its limit: globex's run
+        // takes it. Without the limit acme's third run would have.
+        let other = globex
+            .start_run("gated", None, &input)
+            .await
+            .expect("starts")
+            .run_id;
+        assert!(gate.wait_for_waiting(3, LONG), "{}", node.stderr());
+        let held = runs_in_order(&fixture, "/hold");
+        assert_eq!(held.len(), 3, "{held:?}");
+        assert!(
+            held.contains(&other) && !held.contains(&capped[2]) && !held.contains(&capped[3]),
+            "held: {held:?}, acme's: {capped:?}, globex's: {other}\n{}",
+            node.stderr()
+        );
+        gate.release();
+        for id in capped.iter().chain([&other]) {
+            let client = if *id == other { &globex } else { &acme };
+            let run = wait(client, id).await;
+            assert_eq!(status(&run), v1::RunStatus::Succeeded, "{}", run.error);
+        }
+    });
 }
 
 #[test]

@@ -192,6 +192,15 @@ pub struct Cluster {
     /// Silence after which the other side is taken for gone.
     #[serde(with = "humantime_serde")]
     pub heartbeat_timeout: Duration,
+    /// Runs one tenant may have assigned to workers at once (coordinator
+    /// and all); its other runs wait while other tenants' runs go. 0, the
+    /// default, is no limit beyond the workers' capacity: a node does not
+    /// know how many tenants will share it, and any fixed number would
+    /// leave slots idle while one tenant is alone. Tenants are served in
+    /// turn either way, so a flood delays another tenant's run by one turn
+    /// at most once a slot frees; a limit keeps some slots free for the
+    /// others when runs are long (runs that wait on slow APIs for minutes).
+    pub tenant_runs_in_flight: u32,
 }
 
 impl Default for Cluster {
@@ -199,6 +208,7 @@ impl Default for Cluster {
         Cluster {
             heartbeat_interval: Duration::from_millis(500),
             heartbeat_timeout: Duration::from_secs(2),
+            tenant_runs_in_flight: 0,
         }
     }
 }
@@ -528,6 +538,11 @@ impl Config {
                 format!("ISOFLOW_WORKER_CAPACITY is {capacity:?}: not a whole number")
             })?;
         }
+        if let Some(limit) = get("ISOFLOW_TENANT_RUNS_IN_FLIGHT") {
+            self.cluster.tenant_runs_in_flight = limit.parse().with_context(|| {
+                format!("ISOFLOW_TENANT_RUNS_IN_FLIGHT is {limit:?}: not a whole number")
+            })?;
+        }
         Ok(())
     }
 
@@ -665,7 +680,7 @@ mod tests {
         let file = dir.path().join("isoflow.toml");
         std::fs::write(
             &file,
-            "role = \"worker\"\nnode_id = \"from-file\"\n[auth]\ncluster_token = \"file-cluster-token-0123\"\n[worker]\ncapacity = 4\n[cluster]\nheartbeat_interval = \"250ms\"\n",
+            "role = \"worker\"\nnode_id = \"from-file\"\n[auth]\ncluster_token = \"file-cluster-token-0123\"\n[worker]\ncapacity = 4\n[cluster]\nheartbeat_interval = \"250ms\"\ntenant_runs_in_flight = 3\n",
         )
         .expect("write");
         let flags = Flags {
@@ -678,9 +693,28 @@ mod tests {
             &env(&[
                 ("ISOFLOW_WORKER_CAPACITY", "8"),
                 ("ISOFLOW_NODE_ID", "from-env"),
+                ("ISOFLOW_TENANT_RUNS_IN_FLIGHT", "5"),
             ]),
         )
         .expect("valid");
+        assert_eq!(
+            config.cluster.tenant_runs_in_flight, 5,
+            "env beats the file"
+        );
+        let from_file = Config::load(
+            &Flags {
+                config: flags.config.clone(),
+                ..Flags::default()
+            },
+            &HashMap::new(),
+        )
+        .expect("valid");
+        assert_eq!(from_file.cluster.tenant_runs_in_flight, 3);
+        assert_eq!(
+            Config::default().cluster.tenant_runs_in_flight,
+            0,
+            "no limit"
+        );
         assert_eq!(config.role, Role::Worker);
         assert_eq!(config.worker.capacity, 8, "env beats the file");
         assert_eq!(
@@ -724,6 +758,7 @@ mod tests {
             .as_ref()
             .expect("the example has a vault key");
         assert_eq!(keyring.current_id(), "2026-11");
+        assert_eq!(config.cluster.tenant_runs_in_flight, 12);
         assert_eq!(config.advertise(), "http://10.0.0.5:7700");
         let sandbox = config.sandbox.engine_config();
         assert_eq!(
@@ -873,6 +908,17 @@ mod tests {
             .expect_err("bad role")
             .to_string();
         assert!(error.contains("ISOFLOW_ROLE is \"boss\""), "{error}");
+
+        let error = Config::load(
+            &Flags::default(),
+            &env(&[("ISOFLOW_TENANT_RUNS_IN_FLIGHT", "-1")]),
+        )
+        .expect_err("negative")
+        .to_string();
+        assert_eq!(
+            error,
+            "ISOFLOW_TENANT_RUNS_IN_FLIGHT is \"-1\": not a whole number"
+        );
 
         let error = Config::load(
             &Flags::default(),

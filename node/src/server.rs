@@ -9,6 +9,8 @@
 //! - `worker`: registers in etcd, finds the leader, takes runs.
 //!
 //! Where to look next: `server/coordinator.rs` (assignments, checkpoints),
+//! `server/scheduler.rs` (which run goes where and when: queues, turns
+//! between tenants, worker slots),
 //! `server/cluster.rs` (the coordinator's side of a worker's stream),
 //! `server/worker.rs` (the worker's side), `server/api.rs` (the public API),
 //! `server/etcd.rs` (membership and election).
@@ -36,6 +38,7 @@ pub mod convert;
 pub mod coordinator;
 pub mod etcd;
 pub mod payload;
+pub mod scheduler;
 pub mod worker;
 
 use coordinator::Coordinator;
@@ -91,7 +94,13 @@ pub async fn serve(
                 Some(vault) => vault.clone(),
                 None => Arc::new(StaticCredentials::default()),
             };
-            let coordinator = Coordinator::new(id, store.clone(), vault, config.max_payload_bytes)?;
+            let coordinator = Coordinator::new(
+                id,
+                store.clone(),
+                vault,
+                config.max_payload_bytes,
+                config.cluster.tenant_runs_in_flight,
+            )?;
             let engine =
                 Engine::with_store(engine_config(&config, &dir, credentials)?, Some(store)).await?;
             coordinator.add_local(config.worker.capacity, engine.clone());
@@ -120,7 +129,13 @@ pub async fn serve(
             let dir = data_dir(&config, home.as_deref())?;
             let store = Arc::new(Store::open(&StoreConfig::new(&dir))?);
             let vault = open_vault(&config, &store)?;
-            let coordinator = Coordinator::new(id.clone(), store, vault, config.max_payload_bytes)?;
+            let coordinator = Coordinator::new(
+                id.clone(),
+                store,
+                vault,
+                config.max_payload_bytes,
+                config.cluster.tenant_runs_in_flight,
+            )?;
             etcd.watch_workers(coordinator.clone());
             let cluster_token = config.auth.cluster_token.clone().unwrap_or_default();
             let lost = async move {

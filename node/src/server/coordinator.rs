@@ -1,6 +1,12 @@
-//! The coordinator: owns the run store, queues runs, assigns each to a
-//! worker with a free slot, and makes every checkpoint a worker reports
-//! durable before acknowledging it.
+//! The coordinator: owns the run store, reaches the workers, and makes
+//! every checkpoint a worker reports durable before acknowledging it.
+//!
+//! Which run goes to which worker, and when, is decided by the
+//! [`Scheduler`] (`scheduler.rs`, pure: no I/O), which this holds under its
+//! lock with each worker's link (a stream's channel, or this process's own
+//! engine). This side performs what the scheduler decides: an assignment
+//! becomes an Assign message or a local run, a checkpoint the scheduler
+//! admits is written to the store, and watchers are told what happened.
 //!
 //! # Assignments
 //!
@@ -10,19 +16,20 @@
 //! acknowledged again without a write). When a worker goes (its stream
 //! ends, it falls silent for longer than the heartbeat time-out, or its
 //! etcd lease expires) its assignments are revoked and their runs queued
-//! again at the front: the next worker resumes them from their last
-//! checkpoint. A revoked assignment whose checkpoint is being written is
-//! queued once that write is over, so two workers never write one run at
-//! once.
+//! again at the front of their tenant's queue: the next worker resumes
+//! them from their last checkpoint. A revoked assignment whose checkpoint
+//! is being written is queued once that write is over, so two workers
+//! never write one run at once.
 //!
 //! # Fairness
 //!
-//! Runs wait in one queue in the order they were started (resumed runs
-//! first); the next run goes to the worker with the most free slots, so no
-//! worker is flooded while another idles, and no worker takes more than its
-//! capacity.
+//! Tenants with waiting runs are served in turn, each tenant's runs in the
+//! order they were started; a tenant at `cluster.tenant_runs_in_flight`
+//! waits while others go. Each run goes to the worker with the most free
+//! slots, and no worker takes more than its capacity. The rules in full:
+//! `scheduler.rs`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -37,8 +44,9 @@ use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
 
 use super::convert;
+use super::scheduler::{Admitted, Revoked, Scheduler, Written};
 
-pub type RunKey = (String, String);
+pub use super::scheduler::RunKey;
 
 /// The worker id of an `all` node's own engine.
 const LOCAL_WORKER: &str = "local";
@@ -70,41 +78,26 @@ pub enum Outbound {
     Close,
 }
 
-/// How a worker slot reaches its worker.
+/// How the coordinator reaches a worker.
 enum Link {
     Remote(mpsc::UnboundedSender<Outbound>),
     /// This process's own engine (role `all`).
     Local(Engine),
 }
 
-struct WorkerSlot {
-    /// Which connection of this worker: a reconnection replaces the slot.
+struct WorkerLink {
+    /// Which connection of this worker: a reconnection replaces the link
+    /// (and the scheduler's slot).
     connection: u64,
-    capacity: u32,
-    assignments: HashSet<u64>,
-    /// Runs given since it joined: among equally free workers the one
-    /// given the fewest goes first, so idle workers take turns.
-    given: u64,
     link: Link,
 }
 
-struct Assignment {
-    key: RunKey,
-    worker: String,
-    /// Highest checkpoint number applied.
-    applied: u64,
-    /// Checkpoint writes in progress.
-    writing: u32,
-    revoked: bool,
-}
-
-#[derive(Default)]
+/// What the lock guards: the scheduler and the links its workers are
+/// reached by, changed together so that every worker the scheduler knows
+/// has a link.
 struct State {
-    queue: VecDeque<RunKey>,
-    queued: HashSet<RunKey>,
-    assignments: HashMap<u64, Assignment>,
-    by_run: HashMap<RunKey, u64>,
-    workers: HashMap<String, WorkerSlot>,
+    scheduler: Scheduler,
+    links: HashMap<String, WorkerLink>,
 }
 
 /// Why a checkpoint was not applied.
@@ -140,36 +133,39 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Coordinator {
-    /// A coordinator over `store`, with every unfinished run in it queued.
+    /// A coordinator over `store`, with every unfinished run in it queued;
+    /// a tenant may hold `tenant_runs_in_flight` assignments at once (0:
+    /// no limit). `vault` holds the tenants' credentials.
     pub fn new(
         id: String,
         store: Arc<Store>,
         vault: Option<Arc<Vault>>,
         max_payload_bytes: u64,
+        tenant_runs_in_flight: u32,
     ) -> anyhow::Result<Arc<Self>> {
         let (updates, _) = broadcast::channel(4096);
-        let coordinator = Arc::new(Coordinator {
+        let mut scheduler = Scheduler::new(tenant_runs_in_flight);
+        for run in store.unfinished_runs()? {
+            scheduler.enqueue((run.tenant, run.run_id));
+        }
+        if scheduler.queued() > 0 {
+            tracing::info!(
+                runs = scheduler.queued(),
+                "unfinished runs queued to resume"
+            );
+        }
+        Ok(Arc::new(Coordinator {
             id,
             store,
             vault,
             max_payload_bytes,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                scheduler,
+                links: HashMap::new(),
+            }),
             next_id: AtomicU64::new(1),
             updates,
-        });
-        let unfinished = coordinator.store.unfinished_runs()?;
-        {
-            let mut state = lock(&coordinator.state);
-            for run in unfinished {
-                let key = (run.tenant, run.run_id);
-                state.queued.insert(key.clone());
-                state.queue.push_back(key);
-            }
-            if !state.queue.is_empty() {
-                tracing::info!(runs = state.queue.len(), "unfinished runs queued to resume");
-            }
-        }
-        Ok(coordinator)
+        }))
     }
 
     pub fn next_id(&self) -> u64 {
@@ -190,14 +186,9 @@ impl Coordinator {
 
     /// Queues a run that was just stored.
     pub fn enqueue(self: &Arc<Self>, key: RunKey) {
-        {
-            let mut state = lock(&self.state);
-            if state.by_run.contains_key(&key) || !state.queued.insert(key.clone()) {
-                return;
-            }
-            state.queue.push_back(key);
+        if lock(&self.state).scheduler.enqueue(key) {
+            self.dispatch();
         }
-        self.dispatch();
     }
 
     /// A worker connected (again): it replaces any earlier connection of the
@@ -218,22 +209,21 @@ impl Coordinator {
 
     fn add_slot(self: &Arc<Self>, worker: &str, capacity: u32, link: Link) -> u64 {
         let connection = self.next_id();
-        let old = lock(&self.state).workers.insert(
-            worker.to_owned(),
-            WorkerSlot {
-                connection,
-                capacity,
-                assignments: HashSet::new(),
-                given: 0,
-                link,
-            },
-        );
-        if let Some(old) = old {
-            if let Link::Remote(link) = &old.link {
-                let _ = link.send(Outbound::Close);
-            }
-            self.revoke_all(old.assignments, "the worker connected again");
+        let (old, revoked) = {
+            let mut state = lock(&self.state);
+            let old = state
+                .links
+                .insert(worker.to_owned(), WorkerLink { connection, link });
+            (old, state.scheduler.add_worker(worker, capacity))
+        };
+        if let Some(WorkerLink {
+            link: Link::Remote(link),
+            ..
+        }) = old
+        {
+            let _ = link.send(Outbound::Close);
         }
+        log_revoked(&revoked, "the worker connected again");
         tracing::info!(worker, capacity, "worker joined");
         self.dispatch();
         connection
@@ -242,90 +232,44 @@ impl Coordinator {
     /// A worker's connection ended (or its lease expired: `connection`
     /// `None` removes whichever connection it has).
     pub fn remove_worker(self: &Arc<Self>, worker: &str, connection: Option<u64>, why: &str) {
-        let slot = {
+        let removed = {
             let mut state = lock(&self.state);
-            match state.workers.get(worker) {
-                Some(slot) if connection.is_none_or(|c| c == slot.connection) => {
-                    state.workers.remove(worker)
+            match state.links.get(worker) {
+                Some(link) if connection.is_none_or(|c| c == link.connection) => {
+                    let link = state.links.remove(worker);
+                    let revoked = state.scheduler.remove_worker(worker).unwrap_or_default();
+                    link.map(|link| (link, revoked))
                 }
                 _ => None,
             }
         };
-        if let Some(slot) = slot {
-            tracing::warn!(worker, runs = slot.assignments.len(), "worker left: {why}");
-            if let Link::Remote(link) = &slot.link {
+        if let Some((link, revoked)) = removed {
+            tracing::warn!(worker, runs = revoked.len(), "worker left: {why}");
+            if let Link::Remote(link) = &link.link {
                 let _ = link.send(Outbound::Close);
             }
-            self.revoke_all(slot.assignments, why);
+            log_revoked(&revoked, why);
             self.dispatch();
         }
     }
 
-    fn revoke_all(self: &Arc<Self>, assignments: HashSet<u64>, why: &str) {
-        let mut state = lock(&self.state);
-        let mut requeue = Vec::new();
-        for id in assignments {
-            let Some(assignment) = state.assignments.get_mut(&id) else {
-                continue;
-            };
-            assignment.revoked = true;
-            tracing::info!(run_id = %assignment.key.1, assignment = id, "run taken back: {why}");
-            if assignment.writing == 0 {
-                requeue.push(id);
-            }
-        }
-        for id in requeue {
-            requeue_locked(&mut state, id);
-        }
-    }
-
-    /// Gives queued runs to workers with free slots.
+    /// Gives queued runs to workers with free slots, as the scheduler
+    /// decides: an Assign to a remote worker's stream, or a run started on
+    /// this process's own engine.
     pub fn dispatch(self: &Arc<Self>) {
         let mut local = Vec::new();
         {
             let mut guard = lock(&self.state);
             let state = &mut *guard;
-            while !state.queue.is_empty() {
-                let Some((worker, _)) = state
-                    .workers
-                    .iter()
-                    .map(|(id, slot)| {
-                        let free = (slot.capacity as usize).saturating_sub(slot.assignments.len());
-                        (id, (free, std::cmp::Reverse(slot.given)))
-                    })
-                    .filter(|(_, (free, _))| *free > 0)
-                    .max_by_key(|(_, rank)| *rank)
-                else {
-                    break;
-                };
-                let worker = worker.clone();
-                let Some(key) = state.queue.pop_front() else {
-                    break;
-                };
-                state.queued.remove(&key);
-                let id = self.next_id();
-                state.assignments.insert(
-                    id,
-                    Assignment {
-                        key: key.clone(),
-                        worker: worker.clone(),
-                        applied: 0,
-                        writing: 0,
-                        revoked: false,
-                    },
-                );
-                state.by_run.insert(key.clone(), id);
-                tracing::info!(run_id = %key.1, %worker, assignment = id, "run assigned");
-                let Some(slot) = state.workers.get_mut(&worker) else {
-                    continue;
-                };
-                slot.assignments.insert(id);
-                slot.given += 1;
-                match &slot.link {
-                    Link::Remote(link) => {
+            for assigned in state.scheduler.dispatch(|| self.next_id()) {
+                let (id, key, worker) = (assigned.id, assigned.key, assigned.worker);
+                tracing::info!(run_id = %key.1, tenant = %key.0, %worker, assignment = id, "run assigned");
+                match state.links.get(&worker).map(|w| &w.link) {
+                    Some(Link::Remote(link)) => {
                         let _ = link.send(Outbound::Assign(id, key));
                     }
-                    Link::Local(engine) => local.push((id, key, engine.clone())),
+                    Some(Link::Local(engine)) => local.push((id, key, engine.clone())),
+                    None => debug_assert!(false, "worker {worker} has a slot but no link"),
                 }
             }
         }
@@ -420,7 +364,7 @@ impl Coordinator {
             tracing::error!(run_id = %key.1, "cannot record the failure: {e}");
             return;
         }
-        self.finish_assignment(id);
+        lock(&self.state).scheduler.finish(id);
         self.dispatch();
     }
 
@@ -440,16 +384,6 @@ impl Coordinator {
         Ok(run)
     }
 
-    fn finish_assignment(&self, id: u64) {
-        let mut state = lock(&self.state);
-        if let Some(assignment) = state.assignments.remove(&id) {
-            state.by_run.remove(&assignment.key);
-            if let Some(slot) = state.workers.get_mut(&assignment.worker) {
-                slot.assignments.remove(&id);
-            }
-        }
-    }
-
     /// Applies checkpoint `seq` of assignment `id`, sent by `worker`:
     /// stores it (once) and tells watchers. Returns once it is durable.
     pub async fn apply(
@@ -459,23 +393,16 @@ impl Coordinator {
         seq: u64,
         mut write: JournalWrite,
     ) -> Result<(), ApplyError> {
-        {
-            let mut state = lock(&self.state);
-            let Some(assignment) = state.assignments.get_mut(&id) else {
-                return Err(ApplyError::Stale(id));
-            };
-            // Only the worker given the run writes to it.
-            if assignment.revoked || assignment.worker != worker {
-                return Err(ApplyError::Stale(id));
+        let admitted = lock(&self.state).scheduler.begin_write(worker, id, seq);
+        match admitted {
+            Err(_) => return Err(ApplyError::Stale(id)),
+            // Sent twice: it was stored the first time.
+            Ok(Admitted::Repeat) => return Ok(()),
+            Ok(Admitted::Write((tenant, run_id))) => {
+                // A worker writes only to the run it was given.
+                write.run.tenant = tenant;
+                write.run.run_id = run_id;
             }
-            if seq <= assignment.applied {
-                // Sent twice: it was stored the first time.
-                return Ok(());
-            }
-            assignment.writing += 1;
-            // A worker writes only to the run it was given.
-            write.run.tenant.clone_from(&assignment.key.0);
-            write.run.run_id.clone_from(&assignment.key.1);
         }
         let store = self.store.clone();
         let write = Arc::new(write);
@@ -487,17 +414,15 @@ impl Coordinator {
         .map_err(|e| JournalError::Unavailable(e.to_string()))
         .and_then(|r| r);
         let finished = matches!(write.kind, WriteKind::Finish { .. }) && written.is_ok();
-        {
-            let mut state = lock(&self.state);
-            if let Some(assignment) = state.assignments.get_mut(&id) {
-                assignment.writing -= 1;
-                if written.is_ok() {
-                    assignment.applied = assignment.applied.max(seq);
-                }
-                if assignment.revoked && assignment.writing == 0 && !finished {
-                    requeue_locked(&mut state, id);
-                }
-            }
+        let outcome = match (&written, finished) {
+            (Err(_), _) => Written::Failed,
+            (Ok(()), true) => Written::Finished,
+            (Ok(()), false) => Written::Stored,
+        };
+        let requeued = lock(&self.state).scheduler.end_write(id, seq, outcome);
+        if let Some((_, run_id)) = &requeued {
+            tracing::info!(%run_id, assignment = id, "run queued again: its last checkpoint write is over");
+            self.dispatch();
         }
         written?;
         let (tenant, run_id) = (&write.run.tenant, &write.run.run_id);
@@ -508,7 +433,6 @@ impl Coordinator {
             self.publish(tenant, run_id, UpdateKind::Log(convert::log(line)));
         }
         if finished {
-            self.finish_assignment(id);
             self.publish(tenant, run_id, UpdateKind::Finished);
             self.dispatch();
         }
@@ -524,12 +448,9 @@ impl Coordinator {
         id: u64,
         name: &str,
     ) -> Result<Option<Credential>, String> {
-        let tenant = {
-            let state = lock(&self.state);
-            match state.assignments.get(&id) {
-                Some(a) if !a.revoked && a.worker == worker => a.key.0.clone(),
-                _ => return Err(ApplyError::Stale(id).to_string()),
-            }
+        let tenant = match lock(&self.state).scheduler.current_run(worker, id) {
+            Some((tenant, _)) => tenant.clone(),
+            None => return Err(ApplyError::Stale(id).to_string()),
         };
         let Some(vault) = self.vault.clone() else {
             return Ok(None);
@@ -552,62 +473,43 @@ impl Coordinator {
             return Ok(CancelOutcome::AlreadyEnded(run));
         }
         let mut state = lock(&self.state);
-        if state.queued.remove(key) {
-            state.queue.retain(|k| k != key);
+        if state.scheduler.cancel_queued(key) {
             drop(state);
             let run =
                 self.end_unstarted(run, RunStatus::Cancelled, "cancelled before it started")?;
             return Ok(CancelOutcome::Cancelling(run));
         }
-        if let Some(id) = state.by_run.get(key).copied() {
-            let worker = state.assignments.get(&id).map(|a| a.worker.clone());
-            if let Some(slot) = worker.and_then(|w| state.workers.get(&w)) {
-                match &slot.link {
-                    Link::Remote(link) => {
-                        let _ =
-                            link.send(Outbound::Message(v1::coordinator_message::Kind::Cancel(
-                                v1::CancelRun { assignment_id: id },
-                            )));
-                    }
-                    Link::Local(engine) => {
-                        engine.cancel(&key.0, &key.1);
-                    }
-                }
+        let assigned = state.scheduler.assignment_of(key);
+        match assigned.and_then(|(id, worker)| Some((id, &state.links.get(worker)?.link))) {
+            Some((id, Link::Remote(link))) => {
+                let _ = link.send(Outbound::Message(v1::coordinator_message::Kind::Cancel(
+                    v1::CancelRun { assignment_id: id },
+                )));
             }
+            Some((_, Link::Local(engine))) => {
+                engine.cancel(&key.0, &key.1);
+            }
+            None => {}
         }
         Ok(CancelOutcome::Cancelling(run))
     }
 
     /// `worker` gave a run back unfinished (it is shutting down).
     pub fn released(self: &Arc<Self>, worker: &str, id: u64) {
-        let mut state = lock(&self.state);
-        if let Some(assignment) = state
-            .assignments
-            .get_mut(&id)
-            .filter(|a| a.worker == worker)
-        {
-            assignment.revoked = true;
-            if assignment.writing == 0 {
-                requeue_locked(&mut state, id);
-            }
-        }
-        drop(state);
+        let revoked = lock(&self.state).scheduler.release(worker, id);
+        log_revoked(revoked.as_slice(), "the worker gave it back");
         self.dispatch();
     }
 }
 
-/// Takes a revoked assignment off its worker and queues its run at the
-/// front, to resume first.
-fn requeue_locked(state: &mut State, id: u64) {
-    let Some(assignment) = state.assignments.remove(&id) else {
-        return;
-    };
-    state.by_run.remove(&assignment.key);
-    if let Some(slot) = state.workers.get_mut(&assignment.worker) {
-        slot.assignments.remove(&id);
-    }
-    if state.queued.insert(assignment.key.clone()) {
-        state.queue.push_front(assignment.key);
+fn log_revoked(revoked: &[Revoked], why: &str) {
+    for r in revoked {
+        tracing::info!(
+            run_id = %r.key.1,
+            assignment = r.id,
+            requeued = r.requeued,
+            "run taken back: {why}"
+        );
     }
 }
 
@@ -697,7 +599,8 @@ mod tests {
     async fn runs_go_to_free_slots_in_order_and_only_their_worker_writes() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Arc::new(Store::open(&StoreConfig::new(dir.path())).expect("store"));
-        let coordinator = Coordinator::new("c".into(), store.clone(), None, 1 << 20).expect("new");
+        let coordinator =
+            Coordinator::new("c".into(), store.clone(), None, 1 << 20, 0).expect("new");
         let mut runs = Vec::new();
         for _ in 0..5 {
             let run = RunRecord::new("acme", "held", 1);
@@ -784,7 +687,7 @@ mod tests {
             )
             .expect("set");
         let coordinator =
-            Coordinator::new("c".into(), store.clone(), Some(vault), 1 << 20).expect("new");
+            Coordinator::new("c".into(), store.clone(), Some(vault), 1 << 20, 0).expect("new");
         let run = RunRecord::new("acme", "held", 1);
         store
             .create_run(&run, &serde_json::json!({}), &serde_json::Value::Null)
