@@ -141,6 +141,7 @@ impl CredentialKind {
                 let name = reqwest::header::HeaderName::from_bytes(header.as_bytes())
                     .map_err(|_| format!("{header:?} is not a header name"))?;
                 if http::ENGINE_HEADERS.contains(&name.as_str())
+                    || name.as_str() == "idempotency-key"
                     || http::CREDENTIAL_HEADERS.contains(&name.as_str())
                         && name != reqwest::header::AUTHORIZATION
                 {
@@ -188,24 +189,40 @@ impl Credential {
         self.origins.iter().any(|origin| origin.admits(url))
     }
 
-    /// Every form in which the secret travels on a request, to scrub from
-    /// what comes back: the secret itself, and as encoded on the wire.
+    /// Every form in which the secret travels on a request, or may come
+    /// back, to scrub from what comes back: the secret itself and as
+    /// encoded on the wire (Basic's base64, a query value URL-encoded with
+    /// `+` or `%20` for spaces), each also as a JSON string escapes it
+    /// (with `/` escaped or not).
     pub fn wire_forms(&self) -> Vec<Secret> {
-        let secret = self.kind.secret().clone();
+        let secret = self.kind.secret().expose().to_owned();
         let mut forms = vec![secret.clone()];
         match &self.kind {
             CredentialKind::Basic { username, password } => {
-                forms.push(Secret::new(basic_value(username, password)));
+                forms.push(basic_value(username, password));
             }
             CredentialKind::Query { value, .. } => {
                 let encoded = url_encoded(value.expose());
-                if encoded != value.expose() {
-                    forms.push(Secret::new(encoded));
-                }
+                forms.push(encoded.replace('+', "%20"));
+                forms.push(encoded);
             }
             CredentialKind::Bearer { .. } | CredentialKind::Header { .. } => {}
         }
-        forms
+        let mut escaped = Vec::new();
+        for form in &forms {
+            let json = serde_json::to_string(form).expect("a string always serialises");
+            let json = json[1..json.len() - 1].to_owned();
+            escaped.push(json.replace('/', "\\/"));
+            escaped.push(json);
+        }
+        forms.extend(escaped);
+        let mut unique: Vec<Secret> = Vec::new();
+        for form in forms {
+            if !form.is_empty() && !unique.iter().any(|u| u.expose() == form) {
+                unique.push(Secret::new(form));
+            }
+        }
+        unique
     }
 
     /// Puts the credential on `request` (whose URL it must admit), and
@@ -326,6 +343,20 @@ mod tests {
         let forms: Vec<&str> = request.secrets.iter().map(Secret::expose).collect();
         assert_eq!(forms, ["pa55", "c3ZjOnBhNTU="]);
 
+        // Base64 holds '/' and '+': a JSON body may escape them.
+        let slashed = Credential::of(
+            CredentialKind::Bearer {
+                token: Secret::new("ab/cd+ef"),
+            },
+            [origin()],
+        );
+        let forms: Vec<String> = slashed
+            .wire_forms()
+            .iter()
+            .map(|s| s.expose().to_owned())
+            .collect();
+        assert_eq!(forms, ["ab/cd+ef", "ab\\/cd+ef"]);
+
         let mut request = http::Request::get("https://erp.example.com/orders");
         Credential::of(
             CredentialKind::Query {
@@ -340,7 +371,7 @@ mod tests {
             vec![("api_key".to_owned(), "a b&c".to_owned())]
         );
         let forms: Vec<&str> = request.secrets.iter().map(Secret::expose).collect();
-        assert_eq!(forms, ["a b&c", "a+b%26c"]);
+        assert_eq!(forms, ["a b&c", "a%20b%26c", "a+b%26c"]);
 
         let mut request = http::Request::get("https://erp.example.com/orders");
         Credential::of(

@@ -780,6 +780,45 @@ impl Store {
         Ok(true)
     }
 
+    /// Every stored credential's (tenant, name), keys only.
+    pub fn credential_names(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut names = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CREDENTIALS), IteratorMode::Start)
+        {
+            let (key, _) = item.map_err(|source| StoreError::Db {
+                operation: "list credentials",
+                source,
+            })?;
+            let text = String::from_utf8_lossy(&key);
+            if let Some((tenant, name)) = text.split_once('\0') {
+                names.push((tenant.to_owned(), name.to_owned()));
+            }
+        }
+        Ok(names)
+    }
+
+    /// How many credentials a tenant has.
+    pub fn credential_count(&self, tenant: &str) -> Result<usize, StoreError> {
+        let prefix = prefix(&[tenant])?;
+        let mut count = 0;
+        for item in self.db.iterator_cf(
+            self.cf(CREDENTIALS),
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
+            let (key, _) = item.map_err(|source| StoreError::Db {
+                operation: "count credentials",
+                source,
+            })?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            count += 1;
+        }
+        Ok(count)
+    }
+
     /// A tenant's sealed credentials by name (every tenant's, as
     /// (tenant, name, sealed), when `tenant` is `None`), in name order.
     pub fn credentials(

@@ -850,6 +850,37 @@ steps:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_page_cut_inside_the_secret_leaves_none_of_it() {
+    // The error keeps a 200-byte excerpt of the body: padded so that the
+    // cut falls one byte before the token's end, a scrub after the cut
+    // would miss the token and store all but its last byte.
+    let erp = HttpFixture::start();
+    let body = format!("{}{TOKEN} was refused", "p".repeat(200 - TOKEN.len() + 1));
+    erp.route("POST", "/denied", Responder::Fixed(Reply::text(401, &body)));
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine_with_erp(&dir, Some(&erp.url(""))).await;
+    let yaml = format!(
+        "apiVersion: isoflow.dev/v1\nname: cut\nversion: 1\nsteps:\n  - id: denied\n    type: http\n    \
+         method: POST\n    url: \"{}\"\n    credential: erp-api\n    body: \"x\"\n",
+        erp.url("/denied")
+    );
+    let (outcome, _, run_id) = run(&engine, &yaml, Value::Null).await;
+    assert_eq!(outcome.status, RunStatus::Failed, "{outcome:?}");
+    let store = engine.store().expect("a local engine has a store");
+    let stored = format!(
+        "{:?}{:?}",
+        store.steps("acme", &run_id).unwrap(),
+        store.run("acme", &run_id).unwrap()
+    );
+    assert!(stored.contains("401"), "{stored}");
+    assert!(
+        !stored.contains(&TOKEN[..TOKEN.len() - 1]),
+        "part of the token is stored: {stored}"
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_error_text_the_tenant_sized_is_stored_cut() {
     // A port nobody listens on, and a 1 MB path from the run's input: the
     // error names the URL.

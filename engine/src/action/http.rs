@@ -106,8 +106,10 @@ pub enum Body {
     Text(String),
 }
 
-/// One rendered request: every template already evaluated.
-#[derive(Debug, Clone, PartialEq)]
+/// One rendered request: every template already evaluated. Its `Debug`
+/// shows header and query names only: once a credential is on it, their
+/// values may hold the secret.
+#[derive(Clone, PartialEq)]
 pub struct Request {
     pub method: Method,
     pub url: String,
@@ -124,6 +126,22 @@ pub struct Request {
     /// whatever comes back (an echo endpoint would hand it to the step's
     /// output).
     pub secrets: Vec<Secret>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = |pairs: &[(String, String)]| -> Vec<String> {
+            pairs.iter().map(|(name, _)| name.clone()).collect()
+        };
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("headers", &names(&self.headers))
+            .field("query", &names(&self.query))
+            .field("timeout", &self.timeout)
+            .field("tenant", &self.tenant)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Request {
@@ -441,11 +459,16 @@ impl Client {
                 .get("retry-after")
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
+            // Scrubbed whole, before any excerpt: a cut could leave all but
+            // the end of a secret, which no longer matches it.
             return Err(HttpError::Status {
                 method,
                 url: url_shown,
                 status,
-                body: String::from_utf8_lossy(&bytes).into_owned(),
+                body: scrub_all(
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                    &request.secrets,
+                ),
                 retry_after,
             });
         }
@@ -486,9 +509,23 @@ pub fn scrub<'t>(text: &'t str, secret: &Secret) -> std::borrow::Cow<'t, str> {
     std::borrow::Cow::Owned(text.replace(secret, SCRUBBED))
 }
 
-/// [`scrub`] on every string of a JSON value, object keys included.
+/// [`scrub`] for each of `secrets`.
+pub fn scrub_all(text: String, secrets: &[Secret]) -> String {
+    secrets
+        .iter()
+        .fold(text, |text, secret| match scrub(&text, secret) {
+            std::borrow::Cow::Borrowed(_) => text,
+            std::borrow::Cow::Owned(clean) => clean,
+        })
+}
+
+/// [`scrub`] on every string of a JSON value, object keys included, and a
+/// number that spells the secret.
 fn scrub_value(value: &mut Value, secret: &Secret) {
     match value {
+        Value::Number(n) if n.to_string() == secret.expose() => {
+            *value = Value::String(SCRUBBED.to_owned());
+        }
         Value::String(text) => {
             if let std::borrow::Cow::Owned(clean) = scrub(text, secret) {
                 *text = clean;
@@ -633,6 +670,17 @@ fn body_value(content_type: &str, bytes: Vec<u8>) -> Result<Value, BodyFailure> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_echoed_as_a_number_or_a_key_is_scrubbed() {
+        let secret = Secret::new("123456");
+        let mut value = serde_json::json!({ "pin": 123456, "123456": "k", "n": 1234567 });
+        scrub_value(&mut value, &secret);
+        assert_eq!(
+            value,
+            serde_json::json!({ "pin": "[credential]", "[credential]": "k", "n": 1234567 })
+        );
+    }
 
     #[test]
     fn body_is_json_only_when_the_content_type_says_so() {

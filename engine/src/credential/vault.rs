@@ -33,6 +33,12 @@ use crate::store::{Store, StoreError, now_ms};
 
 /// The length of a key: 256 bits.
 pub const KEY_BYTES: usize = 32;
+/// The most credentials a tenant keeps.
+pub const MAX_CREDENTIALS: usize = 1000;
+/// The longest origin, as stored.
+pub const MAX_ORIGIN_BYTES: usize = 2048;
+/// The longest username, header or parameter name.
+pub const MAX_DETAIL_BYTES: usize = 256;
 
 /// A named AES-256-GCM key.
 pub struct Key {
@@ -74,9 +80,12 @@ impl Key {
     /// `head -c 32 /dev/urandom | base64` prints), surrounding space
     /// ignored.
     pub fn from_base64(id: &str, text: &str) -> Result<Key, VaultError> {
+        // The decoder's own message may quote a character of the key.
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(text.trim())
-            .map_err(|e| VaultError::Key(format!("key {id:?} is not base64: {e}")))?;
+            .map_err(|_| {
+                VaultError::Key(format!("key {id:?} is not {KEY_BYTES} bytes of base64"))
+            })?;
         Key::new(id, &bytes)
     }
 
@@ -229,6 +238,9 @@ pub struct Vault {
     store: Arc<Store>,
     keys: Arc<Keyring>,
     random: SystemRandom,
+    /// Held across each read-modify-write, so that a rotation and a
+    /// replacement of one credential cannot interleave.
+    writing: std::sync::Mutex<()>,
 }
 
 impl Vault {
@@ -241,9 +253,14 @@ impl Vault {
             store,
             keys: keys.into(),
             random: SystemRandom::new(),
+            writing: std::sync::Mutex::new(()),
         };
         let mut resealed = 0;
-        for (tenant, name, bytes) in vault.store.credentials(None)? {
+        // One record in memory at a time, however many there are.
+        for (tenant, name) in vault.store.credential_names()? {
+            let Some(bytes) = vault.store.credential(&tenant, &name)? else {
+                continue;
+            };
             let record = vault.record(&tenant, &name, &bytes)?;
             let secret = vault.unseal(&tenant, &name, &record)?;
             if record.key_id != vault.keys.current.id {
@@ -279,9 +296,23 @@ impl Vault {
             .map_err(|e| VaultError::Invalid(format!("credential name {name:?}: {e}")))?;
         kind.check()
             .map_err(|e| VaultError::Invalid(format!("credential {name:?}: {e}")))?;
+        if kind.detail().is_some_and(|d| d.len() > MAX_DETAIL_BYTES) {
+            return Err(VaultError::Invalid(format!(
+                "credential {name:?}: its username, header or parameter name is longer than {MAX_DETAIL_BYTES} bytes"
+            )));
+        }
         let origins = checked_origins(name, origins, allow_http)?;
+        let _writing = self
+            .writing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = now_ms();
         let previous = self.find(tenant, name)?;
+        if previous.is_none() && self.store.credential_count(tenant)? >= MAX_CREDENTIALS {
+            return Err(VaultError::Invalid(format!(
+                "tenant {tenant:?} has {MAX_CREDENTIALS} credentials, the most a tenant keeps: delete one first"
+            )));
+        }
         let mut record = Record {
             kind: kind.name().to_owned(),
             detail: kind.detail().map(str::to_owned),
@@ -330,6 +361,10 @@ impl Vault {
         if name.is_empty() || name.contains('\0') {
             return Ok(false);
         }
+        let _writing = self
+            .writing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok(self.store.delete_credential(tenant, name)?)
     }
 
@@ -468,6 +503,11 @@ fn checked_origins(
                 .parse()
                 .map_err(|e| VaultError::Invalid(format!("credential {name:?}: {e}")))?;
             let shown = origin.to_string();
+            if shown.len() > MAX_ORIGIN_BYTES {
+                return Err(VaultError::Invalid(format!(
+                    "credential {name:?}: an origin is longer than {MAX_ORIGIN_BYTES} bytes"
+                )));
+            }
             if shown.starts_with("http://") && !allow_http {
                 return Err(VaultError::Invalid(format!(
                     "credential {name:?}: origin {shown} is plain http, where anyone on the path reads the secret; use https, or allow plain http explicitly"
@@ -648,6 +688,14 @@ mod tests {
             vault.rotate("other", "crm", Secret::new("x")),
             Err(VaultError::NotFound { .. })
         ));
+        let long = format!("https://erp.example.com/{}", "a".repeat(MAX_ORIGIN_BYTES));
+        let error = vault
+            .set("acme", "long", &bearer("t"), &[long], false)
+            .expect_err("too long");
+        assert!(
+            error.to_string().contains("longer than 2048 bytes"),
+            "{error}"
+        );
         let plain = vault
             .set(
                 "acme",

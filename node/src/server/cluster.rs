@@ -19,6 +19,9 @@ use super::convert;
 use super::coordinator::{ApplyError, Coordinator, Outbound};
 use super::payload::{self, Assembler};
 
+/// Credential requests of one worker being answered at once.
+const MAX_CREDENTIAL_REQUESTS: usize = 64;
+
 #[derive(Debug, Clone)]
 pub struct ClusterService {
     pub coordinator: Arc<Coordinator>,
@@ -173,6 +176,7 @@ async fn read_loop(
     timeout: Duration,
 ) -> String {
     let mut payloads = Assembler::default();
+    let credential_requests = Arc::new(tokio::sync::Semaphore::new(MAX_CREDENTIAL_REQUESTS));
     loop {
         let message = match tokio::time::timeout(timeout, inbound.message()).await {
             Ok(Ok(Some(message))) => message,
@@ -191,11 +195,25 @@ async fn read_loop(
                 coordinator.released(worker, released.assignment_id);
             }
             Some(In::CredentialRequest(request)) => {
+                use v1::credential_reply::Result as Reply;
+                // A worker that asks faster than the vault answers is told
+                // so, not queued without bound.
+                let Ok(permit) = credential_requests.clone().try_acquire_owned() else {
+                    let _ = link.send(Outbound::Message(Out::CredentialReply(
+                        v1::CredentialReply {
+                            request_id: request.request_id,
+                            result: Some(Reply::Error(
+                                "too many credential requests at once".into(),
+                            )),
+                        },
+                    )));
+                    continue;
+                };
                 let coordinator = coordinator.clone();
                 let link = link.clone();
                 let worker = worker.to_owned();
                 tokio::spawn(async move {
-                    use v1::credential_reply::Result as Reply;
+                    let _permit = permit;
                     let id = request.assignment_id;
                     let result = match coordinator.credential_for(&worker, id, &request.name).await
                     {
@@ -204,7 +222,8 @@ async fn read_loop(
                         }
                         Ok(None) => Reply::NotFound(true),
                         Err(why) => {
-                            tracing::warn!(%worker, assignment = id, credential = %request.name, "credential refused: {why}");
+                            let name: String = request.name.chars().take(64).collect();
+                            tracing::warn!(%worker, assignment = id, credential = %name, "credential refused: {why}");
                             Reply::Error(why)
                         }
                     };

@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex};
 
 use isoflow_engine::credential::Credential;
 use isoflow_engine::credential::vault::Vault;
+use isoflow_engine::model::{CredentialName, Integration, Step};
 use isoflow_engine::run::{
     Engine, Journal, JournalError, JournalFuture, JournalWrite, StoreJournal, WriteKind,
 };
@@ -441,25 +442,43 @@ impl Coordinator {
 
     /// The credential `name` for a step of the run under assignment `id`,
     /// asked for by `worker`: given only while that assignment is current
-    /// and `worker`'s, and only the run's tenant's.
+    /// and `worker`'s, only the run's tenant's, and only if an http step of
+    /// the run's definition names it (a worker cannot ask for the rest of
+    /// the tenant's credentials).
     pub async fn credential_for(
         &self,
         worker: &str,
         id: u64,
         name: &str,
     ) -> Result<Option<Credential>, String> {
-        let tenant = match lock(&self.state).scheduler.current_run(worker, id) {
-            Some((tenant, _)) => tenant.clone(),
-            None => return Err(ApplyError::Stale(id).to_string()),
+        if CredentialName::new(name.to_owned()).is_err() {
+            return Err("that is not a credential name".to_owned());
+        }
+        let (tenant, run_id) = match lock(&self.state).scheduler.current_run(worker, id) {
+            Some(key) => key.clone(),
+            None => return Err(format!("assignment {id} is not one this worker holds")),
         };
         let Some(vault) = self.vault.clone() else {
             return Ok(None);
         };
+        let store = self.store.clone();
         let name = name.to_owned();
-        tokio::task::spawn_blocking(move || vault.get(&tenant, &name))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+        tokio::task::spawn_blocking(move || {
+            let definition = store
+                .run_definition(&tenant, &run_id)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("run {run_id} has no definition"))?;
+            let integration: Integration = serde_json::from_value(definition)
+                .map_err(|e| format!("the run's definition cannot be read: {e}"))?;
+            if !names_credential(&integration.steps, &name) {
+                return Err(format!(
+                    "no http step of the run's definition sends credential {name:?}"
+                ));
+            }
+            vault.get(&tenant, &name).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 
     /// Cancels a run: a queued one ends at once, an assigned one is stopped
@@ -500,6 +519,16 @@ impl Coordinator {
         log_revoked(revoked.as_slice(), "the worker gave it back");
         self.dispatch();
     }
+}
+
+/// Whether an http step among `steps` (loops' included) names credential
+/// `name`.
+fn names_credential(steps: &[Step], name: &str) -> bool {
+    steps.iter().any(|step| match step {
+        Step::Http(http) => http.credential.as_ref().is_some_and(|c| c.as_str() == name),
+        Step::Loop(l) => names_credential(&l.steps, name),
+        Step::Code(_) => false,
+    })
 }
 
 fn log_revoked(revoked: &[Revoked], why: &str) {
@@ -686,11 +715,21 @@ mod tests {
                 false,
             )
             .expect("set");
+        vault
+            .set("acme", "unused", &bearer("unused-secret"), &origins, false)
+            .expect("set");
+        let definition = isoflow_engine::model::load(
+            "d.yaml",
+            "apiVersion: isoflow.dev/v1\nname: d\nversion: 1\nsteps:\n  - id: post\n    type: http\n    \
+             url: https://erp.example.com/\n    credential: erp-api\n",
+        )
+        .expect("a definition");
+        let definition = serde_json::to_value(&definition).expect("json");
         let coordinator =
             Coordinator::new("c".into(), store.clone(), Some(vault), 1 << 20, 0).expect("new");
-        let run = RunRecord::new("acme", "held", 1);
+        let run = RunRecord::new("acme", "d", 1);
         store
-            .create_run(&run, &serde_json::json!({}), &serde_json::Value::Null)
+            .create_run(&run, &definition, &serde_json::Value::Null)
             .expect("stored");
         coordinator.enqueue(("acme".into(), run.run_id.clone()));
         let (a_tx, mut a) = mpsc::unbounded_channel();
@@ -709,10 +748,15 @@ mod tests {
             bearer("acme-secret"),
             "the run's tenant's, never another's"
         );
-        assert_eq!(
-            coordinator.credential_for("a", id, "missing").await,
-            Ok(None)
+        let unnamed = coordinator.credential_for("a", id, "unused").await;
+        assert!(
+            unnamed.is_err(),
+            "no step of the run names it, so its worker may not have it: {unnamed:?}"
         );
+        let bad = coordinator
+            .credential_for("a", id, &"x".repeat(100_000))
+            .await;
+        assert!(bad.is_err(), "not a credential name");
         let other = coordinator.credential_for("b", id, "erp-api").await;
         assert!(other.is_err(), "b does not hold the run: {other:?}");
         let unknown = coordinator.credential_for("a", id + 100, "erp-api").await;
