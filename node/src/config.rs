@@ -369,9 +369,12 @@ impl VaultKey {
     fn load(&self, key: &str, env: &HashMap<String, String>) -> anyhow::Result<vault::Key> {
         let text = match (&self.file, &self.env) {
             (Some(path), None) => {
-                use std::os::unix::fs::PermissionsExt;
-                let meta = std::fs::metadata(path)
-                    .with_context(|| format!("{key}.file {}: cannot read it", path.display()))?;
+                use std::io::Read;
+                use std::os::unix::fs::{MetadataExt, PermissionsExt};
+                // Opened once; the mode and owner checked are the open file's.
+                let cannot = || format!("{key}.file {}: cannot read it", path.display());
+                let file = std::fs::File::open(path).with_context(cannot)?;
+                let meta = file.metadata().with_context(cannot)?;
                 if meta.permissions().mode() & 0o077 != 0 {
                     bail!(
                         "{key}.file {} may be read by others (mode {:o}): chmod 600 it",
@@ -379,8 +382,18 @@ impl VaultKey {
                         meta.permissions().mode() & 0o777
                     );
                 }
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("{key}.file {}: cannot read it", path.display()))?
+                // /proc/self belongs to this process's effective user.
+                let me = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
+                if meta.uid() != me && meta.uid() != 0 {
+                    bail!(
+                        "{key}.file {} belongs to user {}, neither this node's user nor root",
+                        path.display(),
+                        meta.uid()
+                    );
+                }
+                let mut text = String::new();
+                file.take(4096).read_to_string(&mut text).with_context(cannot)?;
+                text
             }
             (None, Some(name)) => {
                 if !name.starts_with("ISOFLOW_") {
