@@ -221,7 +221,25 @@ impl Client {
         version: Option<u32>,
         input: Vec<u8>,
     ) -> Result<v1::Run> {
-        let requests = tokio_stream::iter(start_requests(integration, version, input));
+        let requests = tokio_stream::iter(start_requests(integration, version, input, ""));
+        Ok(self.inner.clone().start_run(requests).await?.into_inner())
+    }
+
+    /// [`Client::start_run`] that is safe to retry: the server starts one
+    /// run per `request_id` (the caller's, at most 256 bytes) and answers a
+    /// repeated call with the run the first one started.
+    ///
+    /// # Errors
+    /// As [`Client::start_run`].
+    pub async fn start_run_once(
+        &self,
+        integration: &str,
+        version: Option<u32>,
+        input: &serde_json::Value,
+        request_id: &str,
+    ) -> Result<v1::Run> {
+        let input = serde_json::to_vec(input)?;
+        let requests = tokio_stream::iter(start_requests(integration, version, input, request_id));
         Ok(self.inner.clone().start_run(requests).await?.into_inner())
     }
 
@@ -442,10 +460,12 @@ fn start_requests(
     integration: &str,
     version: Option<u32>,
     input: Vec<u8>,
+    request_id: &str,
 ) -> impl Iterator<Item = v1::StartRunRequest> + Send + 'static {
     let target = Part::Target(v1::RunTarget {
         integration: integration.to_owned(),
         version: version.unwrap_or(0),
+        request_id: request_id.to_owned(),
     });
     let chunks = input.len().div_ceil(CHUNK_BYTES);
     let parts = (0..chunks).map(move |i| {
@@ -542,12 +562,13 @@ mod tests {
     fn the_target_goes_first_then_the_input_in_bounded_chunks() {
         // Two and a half chunks, each byte telling where it was.
         let input: Vec<u8> = (0..CHUNK_BYTES * 5 / 2).map(|i| (i % 251) as u8).collect();
-        let parts = parts(start_requests("orders", Some(3), input.clone()));
+        let parts = parts(start_requests("orders", Some(3), input.clone(), ""));
         assert_eq!(
             parts[0],
             Part::Target(v1::RunTarget {
                 integration: "orders".to_owned(),
                 version: 3,
+                request_id: String::new(),
             })
         );
         let chunks: Vec<&[u8]> = parts[1..]
@@ -568,7 +589,7 @@ mod tests {
 
     #[test]
     fn an_input_of_exactly_one_chunk_is_one_chunk() {
-        let parts = parts(start_requests("orders", None, vec![b' '; CHUNK_BYTES]));
+        let parts = parts(start_requests("orders", None, vec![b' '; CHUNK_BYTES], ""));
         assert_eq!(parts.len(), 2);
         assert!(matches!(&parts[0], Part::Target(t) if t.version == 0));
         assert!(matches!(&parts[1], Part::InputChunk(c) if c.len() == CHUNK_BYTES));
@@ -576,7 +597,7 @@ mod tests {
 
     #[test]
     fn no_input_bytes_is_the_target_alone() {
-        let parts = parts(start_requests("orders", None, Vec::new()));
+        let parts = parts(start_requests("orders", None, Vec::new(), ""));
         assert_eq!(parts.len(), 1);
     }
 

@@ -192,6 +192,79 @@ pub struct Integration {
     /// loops' steps included.
     #[schemars(length(min = 1))]
     pub steps: Vec<Step>,
+    /// What starts a run besides an API call: webhooks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<Trigger>,
+}
+
+/// Something that starts a run of the integration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Trigger {
+    /// `POST /hooks/{tenant}/{integration}/{trigger}` on the node's HTTP
+    /// listener starts a run with the request's body as its input.
+    Webhook(Webhook),
+}
+
+impl Trigger {
+    /// Unique among the integration's triggers; part of a webhook's URL.
+    pub fn id(&self) -> &TriggerId {
+        match self {
+            Trigger::Webhook(w) => &w.id,
+        }
+    }
+}
+
+/// A webhook trigger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// Unique among the integration's triggers; part of the webhook's URL.
+    pub id: TriggerId,
+    /// How a caller proves it may start runs.
+    pub auth: WebhookAuth,
+    /// The tenant's credential whose secret is the path token or the HMAC
+    /// key.
+    pub secret: CredentialName,
+    /// `async` answers 202 with the run id at once; `sync` waits for the
+    /// run's output up to `timeout`.
+    #[serde(default)]
+    pub mode: WebhookMode,
+    /// How long a `sync` call waits before answering 202 (default 10s, at
+    /// most 60s).
+    #[serde(default = "default_webhook_timeout", with = "duration")]
+    #[schemars(with = "HumanDuration")]
+    pub timeout: Duration,
+}
+
+/// How a webhook caller proves it may start runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookAuth {
+    /// The secret is the last segment of the URL:
+    /// `/hooks/{tenant}/{integration}/{trigger}/{secret}`.
+    Token,
+    /// `X-Isoflow-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
+    /// "<t>.<body>">`, with `t` within 5 minutes of the node's clock.
+    Hmac,
+}
+
+/// Whether a webhook waits for the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookMode {
+    #[default]
+    Async,
+    Sync,
+}
+
+/// The default time a `sync` webhook waits for its run.
+pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a `sync` webhook may wait.
+pub const LONGEST_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn default_webhook_timeout() -> Duration {
+    DEFAULT_WEBHOOK_TIMEOUT
 }
 
 impl Integration {
@@ -722,6 +795,15 @@ name_type!(
     "step id",
     "use 1 to 63 lowercase letters, digits and underscores, starting with a letter",
     "^[a-z][a-z0-9_]{0,62}$"
+);
+
+name_type!(
+    /// A trigger's id: `[a-z0-9][a-z0-9-]{0,62}`.
+    TriggerId,
+    is_name,
+    "trigger id",
+    "use 1 to 63 lowercase letters, digits and hyphens, starting with a letter or digit",
+    "^[a-z0-9][a-z0-9-]{0,62}$"
 );
 
 name_type!(

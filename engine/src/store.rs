@@ -16,6 +16,7 @@
 //! | `blobs` | tenant · run id · step key, `#input`, `#output` or `#definition` | a payload: its JSON, or the name of its file |
 //! | `logs` | tenant · run id · step key · attempt · sequence | [`LogRecord`] (JSON) |
 //! | `integrations` | tenant · name · version (big-endian `u32`) | [`IntegrationRecord`] (JSON) |
+//! | `requests` | tenant · scope · key | the run id a request key started (a webhook's `Idempotency-Key`) |
 //! | `credentials` | tenant · name | a sealed credential ([`crate::credential::vault`]: JSON, its secret encrypted) |
 //!
 //! `·` is a 0 byte, which tenant ids, run ids and step keys cannot contain;
@@ -53,7 +54,17 @@ const BLOBS: &str = "blobs";
 const LOGS: &str = "logs";
 const INTEGRATIONS: &str = "integrations";
 const CREDENTIALS: &str = "credentials";
-const FAMILIES: [&str; 7] = [RUNS, ACTIVE, STEPS, BLOBS, LOGS, INTEGRATIONS, CREDENTIALS];
+const REQUESTS: &str = "requests";
+const FAMILIES: [&str; 8] = [
+    RUNS,
+    ACTIVE,
+    STEPS,
+    BLOBS,
+    LOGS,
+    INTEGRATIONS,
+    CREDENTIALS,
+    REQUESTS,
+];
 
 /// Where and how durably to store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -310,6 +321,43 @@ impl Store {
         self.put_payload(&mut batch, run, DEFINITION_BLOB, definition)?;
         self.put_payload(&mut batch, run, INPUT_BLOB, input)?;
         self.write(batch, "create_run")
+    }
+
+    /// [`Store::create_run`], remembering that request `key` in `scope`
+    /// started it, in the same write. Callers check [`Store::requested_run`]
+    /// first, under one lock, so that a key starts one run.
+    pub fn create_requested_run(
+        &self,
+        run: &RunRecord,
+        definition: &Value,
+        input: &Value,
+        scope: &str,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        let run_key = run_key(&run.tenant, &run.run_id)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(RUNS), &run_key, to_json(run));
+        batch.put_cf(self.cf(ACTIVE), &run_key, []);
+        self.put_payload(&mut batch, run, DEFINITION_BLOB, definition)?;
+        self.put_payload(&mut batch, run, INPUT_BLOB, input)?;
+        batch.put_cf(
+            self.cf(REQUESTS),
+            request_key(&run.tenant, scope, key)?,
+            run.run_id.as_bytes(),
+        );
+        self.write(batch, "create_run")
+    }
+
+    /// The run request `key` in `scope` started, if one did.
+    pub fn requested_run(
+        &self,
+        tenant: &str,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .get(REQUESTS, &request_key(tenant, scope, key)?)?
+            .map(|id| String::from_utf8_lossy(&id).into_owned()))
     }
 
     /// Checkpoints finished steps (usually one; a loop element's last step
@@ -966,6 +1014,14 @@ fn integration_key(tenant: &str, name: &str, version: u32) -> Result<Vec<u8>, St
     let mut key = prefix(&[tenant, name])?;
     key.extend_from_slice(&version.to_be_bytes());
     Ok(key)
+}
+
+fn request_key(tenant: &str, scope: &str, key: &str) -> Result<Vec<u8>, StoreError> {
+    check("request scope", scope)?;
+    check("request key", key)?;
+    let mut bytes = prefix(&[tenant, scope])?;
+    bytes.extend_from_slice(key.as_bytes());
+    Ok(bytes)
 }
 
 fn credential_key(tenant: &str, name: &str) -> Result<Vec<u8>, StoreError> {

@@ -340,7 +340,25 @@ fn the_schema_accepts_valid_definitions_and_flags_mistakes() {
     };
     check(
         "unknown top-level field",
-        &broken(&["triggers"], json!([])),
+        &broken(&["trigger"], json!([])),
+        false,
+    );
+    let hooked = broken(
+        &["triggers"],
+        json!([{"id": "orders", "type": "webhook", "auth": "hmac", "secret": "orders-hook", "mode": "sync"}]),
+    );
+    check("a webhook trigger", &hooked, true);
+    let loaded = model::load("hooked.json", &hooked.to_string()).expect("the loader accepts it");
+    let stored = serde_json::to_value(&loaded).expect("a value");
+    check("a webhook trigger, stored", &stored, true);
+    let back: Integration = serde_json::from_value(stored).expect("the stored form reads back");
+    assert_eq!(back, loaded, "a trigger survives the trip through JSON");
+    check(
+        "a trigger with an unknown field",
+        &broken(
+            &["triggers"],
+            json!([{"id": "o", "type": "webhook", "auth": "token", "secret": "s", "hmac": 1}]),
+        ),
         false,
     );
     check(

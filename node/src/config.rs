@@ -38,6 +38,7 @@ pub struct Config {
     /// The run store's folder (coordinator and all).
     pub data_dir: Option<PathBuf>,
     pub api: Api,
+    pub http: Http,
     pub auth: Auth,
     pub etcd: Etcd,
     pub cluster: Cluster,
@@ -62,6 +63,7 @@ impl Default for Config {
             node_id: None,
             data_dir: None,
             api: Api::default(),
+            http: Http::default(),
             auth: Auth::default(),
             etcd: Etcd::default(),
             cluster: Cluster::default(),
@@ -93,6 +95,14 @@ impl Default for Api {
             advertise: None,
         }
     }
+}
+
+/// The node's HTTP listener (coordinator and all): webhooks.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Where it listens, e.g. 127.0.0.1:7701 [default: no listener].
+    pub listen: Option<SocketAddr>,
 }
 
 /// What http steps may connect to besides public addresses: networks
@@ -392,7 +402,9 @@ impl VaultKey {
                     );
                 }
                 let mut text = String::new();
-                file.take(4096).read_to_string(&mut text).with_context(cannot)?;
+                file.take(4096)
+                    .read_to_string(&mut text)
+                    .with_context(cannot)?;
                 text
             }
             (None, Some(name)) => {
@@ -542,6 +554,12 @@ impl Config {
                 file: None,
                 env: Some("ISOFLOW_VAULT_KEY".to_owned()),
             });
+        }
+        if let Some(listen) = get("ISOFLOW_HTTP_LISTEN") {
+            self.http.listen =
+                Some(listen.parse().with_context(|| {
+                    format!("ISOFLOW_HTTP_LISTEN is {listen:?}: not host:port")
+                })?);
         }
         if let Some(coordinator) = get("ISOFLOW_COORDINATOR") {
             self.worker.coordinator = Some(coordinator.clone());

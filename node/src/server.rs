@@ -37,6 +37,7 @@ pub mod cluster;
 pub mod convert;
 pub mod coordinator;
 pub mod etcd;
+pub mod hooks;
 pub mod payload;
 pub mod scheduler;
 pub mod worker;
@@ -214,6 +215,20 @@ async fn serve_grpc(
         .await
         .with_context(|| format!("cannot listen on {}", config.api.listen))?;
     let address = listener.local_addr()?;
+    let hooks = match config.http.listen {
+        Some(http) => {
+            let listener = tokio::net::TcpListener::bind(http)
+                .await
+                .with_context(|| format!("cannot listen on {http} (http.listen)"))?;
+            eprintln!("isoflow: webhooks listening on {}", listener.local_addr()?);
+            Some(tokio::spawn(hooks::serve(
+                listener,
+                coordinator.clone(),
+                stop.clone(),
+            )))
+        }
+        None => None,
+    };
     let tokens = config
         .auth
         .tokens
@@ -258,5 +273,8 @@ async fn serve_grpc(
             },
         )
         .await?;
+    if let Some(hooks) = hooks {
+        hooks.await??;
+    }
     Ok(())
 }

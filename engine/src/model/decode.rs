@@ -19,6 +19,10 @@ use super::{
     DEFAULT_TIMEOUT, HttpStep, Integration, IntegrationName, LoadError, LoadErrors, LoopStep,
     MAX_ATTEMPTS, MAX_CONCURRENCY, Method, Retry, Root, Step, StepId, Template, TemplateString,
 };
+use super::{
+    DEFAULT_WEBHOOK_TIMEOUT, LONGEST_WEBHOOK_TIMEOUT, Trigger, TriggerId, Webhook, WebhookAuth,
+    WebhookMode,
+};
 use crate::sandbox::Runtime;
 
 const INTEGRATION_FIELDS: &[&str] = &[
@@ -28,7 +32,9 @@ const INTEGRATION_FIELDS: &[&str] = &[
     "description",
     "output",
     "steps",
+    "triggers",
 ];
+const TRIGGER_FIELDS: &[&str] = &["id", "type", "auth", "secret", "mode", "timeout"];
 const COMMON_FIELDS: &[&str] = &["id", "type", "when", "retry", "timeout"];
 const HTTP_FIELDS: &[&str] = &[
     "method",
@@ -280,6 +286,7 @@ impl Decoder {
             .required(&mut f, "steps", at)
             .and_then(|n| self.steps(n, None, at));
         let output = self.optional(&mut f, "output", |d, n| d.template(n, "output", at));
+        let triggers = self.optional(&mut f, "triggers", |d, n| d.triggers(n));
         self.unknown_fields(&f, None, INTEGRATION_FIELDS, "an integration");
         Some(Integration {
             api_version: api_version.ok()?,
@@ -288,7 +295,126 @@ impl Decoder {
             description: description.ok()?,
             output: output.ok()?,
             steps: steps.ok()?,
+            triggers: triggers.ok()?.unwrap_or_default(),
         })
+    }
+
+    fn triggers(&mut self, node: &Node) -> Required<Vec<Trigger>> {
+        let at = At {
+            label: None,
+            consumer: Consumer {
+                step: None,
+                in_loop: None,
+            },
+        };
+        let Kind::Seq(items) = &node.kind else {
+            return self.type_error(node, "triggers", at, "a list of triggers");
+        };
+        let mut seen: Vec<String> = Vec::new();
+        let mut triggers = Vec::new();
+        let mut failed = false;
+        for (i, item) in items.iter().enumerate() {
+            match self.trigger(item, i + 1, &mut seen) {
+                Ok(t) => triggers.push(t),
+                Err(()) => failed = true,
+            }
+        }
+        if failed { Err(()) } else { Ok(triggers) }
+    }
+
+    fn trigger(
+        &mut self,
+        node: &Node,
+        position: usize,
+        seen: &mut Vec<String>,
+    ) -> Required<Trigger> {
+        let Kind::Map(entries) = &node.kind else {
+            let message = format!(
+                "a trigger must be a mapping with id and type, found {}",
+                node.describe()
+            );
+            return self.fail(node.line, Some(&format!("trigger #{position}")), message);
+        };
+        let mut f = Fields::new(node.line, entries);
+        let label = match f.peek("id").map(|n| &n.kind) {
+            Some(Kind::String(id)) => format!("trigger \"{id}\""),
+            _ => format!("trigger #{position}"),
+        };
+        let at = At {
+            label: Some(&label),
+            consumer: Consumer {
+                step: None,
+                in_loop: None,
+            },
+        };
+        let id = self.required(&mut f, "id", at).and_then(|n| {
+            let text = self.string(n, "id", at)?;
+            let id =
+                TriggerId::new(text.to_owned()).map_err(|e| self.problem(n.line, at.label, e))?;
+            if seen.iter().any(|s| s == text) {
+                return self.fail(
+                    n.line,
+                    at.label,
+                    format!("trigger id \"{text}\" is used twice"),
+                );
+            }
+            seen.push(text.to_owned());
+            Ok(id)
+        });
+        let kind = self
+            .required(&mut f, "type", at)
+            .and_then(|n| match &n.kind {
+                Kind::String(t) if t == "webhook" => Ok(()),
+                _ => self.fail(
+                    n.line,
+                    at.label,
+                    format!("trigger type must be webhook, found {}", n.describe()),
+                ),
+            });
+        let auth = self
+            .required(&mut f, "auth", at)
+            .and_then(|n| match &n.kind {
+                Kind::String(a) if a == "token" => Ok(WebhookAuth::Token),
+                Kind::String(a) if a == "hmac" => Ok(WebhookAuth::Hmac),
+                _ => self.fail(
+                    n.line,
+                    at.label,
+                    format!("auth must be token or hmac, found {}", n.describe()),
+                ),
+            });
+        let secret = self.required(&mut f, "secret", at).and_then(|n| {
+            let text = self.string(n, "secret", at)?;
+            CredentialName::new(text.to_owned()).map_err(|e| self.problem(n.line, at.label, e))
+        });
+        let mode = self.optional(&mut f, "mode", |d, n| match &n.kind {
+            Kind::String(m) if m == "async" => Ok(WebhookMode::Async),
+            Kind::String(m) if m == "sync" => Ok(WebhookMode::Sync),
+            _ => d.fail(
+                n.line,
+                at.label,
+                format!("mode must be async or sync, found {}", n.describe()),
+            ),
+        });
+        let timeout = self.optional(&mut f, "timeout", |d, n| {
+            let t = d.positive_duration(n, "timeout", at)?;
+            if t > LONGEST_WEBHOOK_TIMEOUT {
+                return d.fail(
+                    n.line,
+                    at.label,
+                    "a webhook waits for its run at most 60s (timeout)".to_owned(),
+                );
+            }
+            Ok(t)
+        });
+        self.unknown_fields(&f, at.label, TRIGGER_FIELDS, "a webhook trigger");
+        kind?;
+        Ok(Trigger::Webhook(Webhook {
+            id: id?,
+            auth: auth?,
+            secret: secret?,
+            mode: mode?.unwrap_or_default(),
+            timeout: timeout?.unwrap_or(DEFAULT_WEBHOOK_TIMEOUT),
+        }))
     }
 
     // -- fields in general ---------------------------------------------------

@@ -242,22 +242,23 @@ impl Isoflow for Api {
             ));
         }
         let version = (target.version != 0).then_some(target.version);
-        let store = self.coordinator.store.clone();
-        let tenant2 = tenant.clone();
-        let name = target.integration.clone();
-        let run = blocking(move || {
-            let Some(integration) = store.integration(&tenant2, &name, version)? else {
-                return Ok(None);
-            };
-            let run = RunRecord::new(&tenant2, &integration.name, integration.version);
-            store.create_run(&run, &integration.definition, &input)?;
-            Ok(Some(run))
-        })
-        .await?;
-        let Some(run) = run else {
+        let request = if target.request_id.is_empty() {
+            None
+        } else if target.request_id.len() > 256 || target.request_id.contains('\0') {
+            return Err(Status::invalid_argument(
+                "target.request_id is longer than 256 bytes or holds a NUL character",
+            ));
+        } else {
+            Some(("api".to_owned(), target.request_id.clone()))
+        };
+        let started = self
+            .coordinator
+            .start_run(&tenant, &target.integration, version, input, request)
+            .await
+            .map_err(internal)?;
+        let Some((run, _)) = started else {
             return Err(integration_not_found(&target.integration, version));
         };
-        self.coordinator.enqueue((tenant, run.run_id.clone()));
         Ok(Response::new(convert::run(&run, &[])))
     }
 

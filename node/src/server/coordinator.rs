@@ -117,6 +117,9 @@ pub struct Coordinator {
     pub vault: Option<Arc<Vault>>,
     pub max_payload_bytes: u64,
     state: Mutex<State>,
+    /// Held while a run with a request key is looked up and created, so
+    /// that one key starts one run.
+    starting: Arc<Mutex<()>>,
     next_id: AtomicU64,
     updates: broadcast::Sender<Arc<Update>>,
 }
@@ -164,6 +167,7 @@ impl Coordinator {
                 scheduler,
                 links: HashMap::new(),
             }),
+            starting: Arc::new(Mutex::new(())),
             next_id: AtomicU64::new(1),
             updates,
         }))
@@ -183,6 +187,48 @@ impl Coordinator {
             run_id: run_id.to_owned(),
             kind,
         }));
+    }
+
+    /// Stores a run of the tenant's integration (its latest version, or
+    /// `version`) with `input` and queues it. With a request `(scope, key)`
+    /// a key starts one run: asked again, it returns that run, not started
+    /// again (`false`). `None`: no such integration.
+    pub async fn start_run(
+        self: &Arc<Self>,
+        tenant: &str,
+        integration: &str,
+        version: Option<u32>,
+        input: Value,
+        request: Option<(String, String)>,
+    ) -> anyhow::Result<Option<(RunRecord, bool)>> {
+        let store = self.store.clone();
+        let starting = self.starting.clone();
+        let (tenant, name) = (tenant.to_owned(), integration.to_owned());
+        let started = tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = request.as_ref().map(|_| lock(&starting));
+            if let Some((scope, key)) = &request
+                && let Some(run_id) = store.requested_run(&tenant, scope, key)?
+                && let Some(run) = store.run(&tenant, &run_id)?
+            {
+                return Ok(Some((run, false)));
+            }
+            let Some(integration) = store.integration(&tenant, &name, version)? else {
+                return Ok(None);
+            };
+            let run = RunRecord::new(&tenant, &integration.name, integration.version);
+            match &request {
+                Some((scope, key)) => {
+                    store.create_requested_run(&run, &integration.definition, &input, scope, key)?
+                }
+                None => store.create_run(&run, &integration.definition, &input)?,
+            }
+            Ok::<_, anyhow::Error>(Some((run, true)))
+        })
+        .await??;
+        if let Some((run, true)) = &started {
+            self.enqueue((run.tenant.clone(), run.run_id.clone()));
+        }
+        Ok(started)
     }
 
     /// Queues a run that was just stored.

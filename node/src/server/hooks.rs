@@ -1,0 +1,546 @@
+//! The node's HTTP listener (`[http] listen`, coordinator and all):
+//! webhooks that start runs.
+//!
+//! `POST /hooks/{tenant}/{integration}/{trigger}` (HMAC) or
+//! `POST /hooks/{tenant}/{integration}/{trigger}/{token}` (path token)
+//! starts a run of the tenant's latest deployed version of the integration,
+//! if that version has a webhook trigger of that id. The body is the run's
+//! input: JSON as JSON, XML and plain text as a string, a form as an object
+//! of its fields; up to the node's payload limit.
+//!
+//! Every answer is JSON. 404 for anything unknown (a tenant, an
+//! integration, a trigger, or a token that is wrong: a caller cannot tell
+//! which); 401 for a missing, malformed, wrong or stale signature; 413 over
+//! the payload limit; 415 for another content type; 400 for a body that
+//! does not parse. `async` answers 202 with the run id and a `Location`;
+//! `sync` waits up to the trigger's `timeout` and answers 200 with the
+//! run's output, 500 with its error if it failed, or 202 as `async` if it
+//! is still going. An `Idempotency-Key` header makes a retried delivery
+//! answer with the run the first one started.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use isoflow_engine::model::{Integration, Trigger, Webhook, WebhookAuth, WebhookMode};
+use isoflow_engine::store::RunStatus;
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::coordinator::{Coordinator, UpdateKind};
+
+/// How far a signature's timestamp may be from the node's clock.
+pub const SIGNATURE_TOLERANCE: Duration = Duration::from_secs(300);
+/// The header carrying `t=<unix seconds>,v1=<hex HMAC-SHA256>`.
+pub const SIGNATURE_HEADER: &str = "x-isoflow-signature";
+
+#[derive(Debug, Clone)]
+struct Hooks {
+    coordinator: Arc<Coordinator>,
+}
+
+/// The listener's routes.
+pub fn router(coordinator: Arc<Coordinator>) -> Router {
+    Router::new()
+        .route("/hooks/{tenant}/{integration}/{trigger}", post(signed))
+        .route(
+            "/hooks/{tenant}/{integration}/{trigger}/{token}",
+            post(with_token),
+        )
+        .with_state(Hooks { coordinator })
+}
+
+/// Serves `router` on `listener` until `stop`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    coordinator: Arc<Coordinator>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router(coordinator))
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        })
+        .await?;
+    Ok(())
+}
+
+/// A refusal: its status, and one sentence, answered as
+/// `{"error": sentence}`.
+#[derive(Debug)]
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn error(status: StatusCode, sentence: impl Into<String>) -> Refusal {
+    Refusal(status, sentence.into())
+}
+
+fn not_found() -> Refusal {
+    error(
+        StatusCode::NOT_FOUND,
+        "there is no such webhook, or its token is wrong",
+    )
+}
+
+async fn signed(
+    State(hooks): State<Hooks>,
+    Path((tenant, integration, trigger)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    hooks
+        .deliver(&tenant, &integration, &trigger, None, &headers, body)
+        .await
+}
+
+async fn with_token(
+    State(hooks): State<Hooks>,
+    Path((tenant, integration, trigger, token)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    hooks
+        .deliver(
+            &tenant,
+            &integration,
+            &trigger,
+            Some(&token),
+            &headers,
+            body,
+        )
+        .await
+}
+
+impl Hooks {
+    async fn deliver(
+        &self,
+        tenant: &str,
+        integration: &str,
+        trigger: &str,
+        token: Option<&str>,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Response {
+        match self
+            .try_deliver(tenant, integration, trigger, token, headers, body)
+            .await
+        {
+            Ok(response) => response,
+            Err(refusal) => refusal.into_response(),
+        }
+    }
+
+    async fn try_deliver(
+        &self,
+        tenant: &str,
+        integration: &str,
+        trigger: &str,
+        token: Option<&str>,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<Response, Refusal> {
+        let webhook = self.webhook(tenant, integration, trigger).await?;
+        let secret = self.secret(tenant, &webhook).await?;
+        match (webhook.auth, token) {
+            (WebhookAuth::Token, Some(token)) => {
+                if !same(token.as_bytes(), secret.as_bytes()) {
+                    return Err(not_found());
+                }
+            }
+            (WebhookAuth::Hmac, None) => {}
+            _ => return Err(not_found()),
+        }
+        let limit = usize::try_from(self.coordinator.max_payload_bytes).unwrap_or(usize::MAX);
+        let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is over this node's payload limit of {limit} bytes"),
+            )
+        })?;
+        if webhook.auth == WebhookAuth::Hmac {
+            verify_signature(headers, &bytes, secret.as_bytes(), now_secs())
+                .map_err(|why| error(StatusCode::UNAUTHORIZED, why))?;
+        }
+        let input = input(headers, bytes)?;
+        let request = match headers.get("idempotency-key") {
+            None => None,
+            Some(key) => {
+                let key = key
+                    .to_str()
+                    .ok()
+                    .filter(|k| !k.is_empty() && k.len() <= 256)
+                    .ok_or_else(|| {
+                        error(
+                            StatusCode::BAD_REQUEST,
+                            "Idempotency-Key must be 1 to 256 visible characters",
+                        )
+                    })?;
+                Some((
+                    format!("hook\u{1}{integration}\u{1}{trigger}"),
+                    key.to_owned(),
+                ))
+            }
+        };
+        let mut updates = self.coordinator.subscribe();
+        let (run, created) = self
+            .coordinator
+            .start_run(tenant, integration, None, input, request)
+            .await
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?
+            .ok_or_else(not_found)?;
+        tracing::info!(
+            tenant,
+            integration,
+            trigger,
+            run_id = %run.run_id,
+            created,
+            "webhook delivered"
+        );
+        if webhook.mode == WebhookMode::Sync && !run.status.is_finished() {
+            let deadline = tokio::time::Instant::now() + webhook.timeout;
+            loop {
+                match tokio::time::timeout_at(deadline, updates.recv()).await {
+                    Err(_) => break,
+                    Ok(Ok(update))
+                        if update.run_id == run.run_id
+                            && update.tenant == tenant
+                            && matches!(update.kind, UpdateKind::Finished) =>
+                    {
+                        break;
+                    }
+                    Ok(Ok(_) | Err(RecvError::Lagged(_))) => {
+                        // Missed updates: the store says whether it ended.
+                        if self.ended(tenant, &run.run_id) {
+                            break;
+                        }
+                    }
+                    Ok(Err(RecvError::Closed)) => break,
+                }
+            }
+        }
+        if webhook.mode == WebhookMode::Sync {
+            return Ok(self.outcome(tenant, &run.run_id).await);
+        }
+        Ok(accepted(&run.run_id))
+    }
+
+    /// The latest version's webhook trigger `trigger`, or 404.
+    async fn webhook(
+        &self,
+        tenant: &str,
+        integration: &str,
+        trigger: &str,
+    ) -> Result<Webhook, Refusal> {
+        if [tenant, integration, trigger]
+            .iter()
+            .any(|p| p.is_empty() || p.contains('\0'))
+        {
+            return Err(not_found());
+        }
+        let store = self.coordinator.store.clone();
+        let (tenant, integration) = (tenant.to_owned(), integration.to_owned());
+        let record =
+            tokio::task::spawn_blocking(move || store.integration(&tenant, &integration, None))
+                .await
+                .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                .ok_or_else(not_found)?;
+        let definition: Integration = serde_json::from_value(record.definition)
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        definition
+            .triggers
+            .into_iter()
+            .find_map(|t| match t {
+                Trigger::Webhook(w) if w.id.as_str() == trigger => Some(w),
+                Trigger::Webhook(_) => None,
+            })
+            .ok_or_else(not_found)
+    }
+
+    /// The webhook's secret from the tenant's vault. Without one (or
+    /// without a vault) the webhook does not exist for callers.
+    async fn secret(&self, tenant: &str, webhook: &Webhook) -> Result<String, Refusal> {
+        let Some(vault) = self.coordinator.vault.clone() else {
+            tracing::warn!(tenant, "a webhook was called, but this node has no vault");
+            return Err(not_found());
+        };
+        let (tenant, name) = (tenant.to_owned(), webhook.secret.as_str().to_owned());
+        let credential = tokio::task::spawn_blocking(move || vault.get(&tenant, &name))
+            .await
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .ok_or_else(not_found)?;
+        Ok(credential.kind.secret().expose().to_owned())
+    }
+
+    fn ended(&self, tenant: &str, run_id: &str) -> bool {
+        self.coordinator
+            .store
+            .run(tenant, run_id)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.status.is_finished())
+    }
+
+    /// A sync webhook's answer: the output, the error, or 202.
+    async fn outcome(&self, tenant: &str, run_id: &str) -> Response {
+        let store = self.coordinator.store.clone();
+        let (tenant, id) = (tenant.to_owned(), run_id.to_owned());
+        let found = tokio::task::spawn_blocking(move || {
+            let run = store.run(&tenant, &id)?;
+            let output = match &run {
+                Some(run) if run.status == RunStatus::Succeeded => {
+                    store.run_output(&tenant, &id)?
+                }
+                _ => None,
+            };
+            Ok::<_, anyhow::Error>((run, output))
+        })
+        .await;
+        match found {
+            Ok(Ok((Some(run), output))) => match run.status {
+                RunStatus::Succeeded => {
+                    (StatusCode::OK, axum::Json(output.unwrap_or(Value::Null))).into_response()
+                }
+                RunStatus::Failed | RunStatus::Cancelled => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    axum::Json(json!({
+                        "run_id": run.run_id,
+                        "status": run.status.as_str(),
+                        "error": run.error.unwrap_or_default(),
+                    })),
+                )
+                    .into_response(),
+                RunStatus::Pending | RunStatus::Running => accepted(run_id),
+            },
+            Ok(Ok((None, _))) => accepted(run_id),
+            Ok(Err(e)) => {
+                error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response()
+            }
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        }
+    }
+}
+
+/// 202 with the run id; `Location` names the run in the API.
+fn accepted(run_id: &str) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        [(
+            header::LOCATION,
+            format!("/isoflow.v1.Isoflow/GetRun/{run_id}"),
+        )],
+        axum::Json(json!({ "run_id": run_id })),
+    )
+        .into_response()
+}
+
+/// The run's input from the body, by its content type.
+fn input(headers: &HeaderMap, bytes: Bytes) -> Result<Value, Refusal> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let text = || {
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| error(StatusCode::BAD_REQUEST, "the body is not UTF-8 text"))
+    };
+    match essence.as_str() {
+        "application/json" => {
+            if bytes.is_empty() {
+                return Ok(Value::Null);
+            }
+            serde_json::from_slice(&bytes).map_err(|e| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("the body is not JSON: {e}"),
+                )
+            })
+        }
+        "application/xml" | "text/xml" | "text/plain" => text().map(Value::String),
+        "application/x-www-form-urlencoded" => {
+            let mut fields = serde_json::Map::new();
+            for (name, value) in form_urlencoded::parse(&bytes) {
+                fields.insert(name.into_owned(), Value::String(value.into_owned()));
+            }
+            Ok(Value::Object(fields))
+        }
+        other => Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "content type {other:?} is not one a webhook takes: application/json, \
+                 application/xml, text/xml, text/plain or application/x-www-form-urlencoded"
+            ),
+        )),
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Checks `X-Isoflow-Signature: t=<unix seconds>,v1=<hex>` against
+/// HMAC-SHA256(`secret`, `"<t>.<body>"`), `t` within
+/// [`SIGNATURE_TOLERANCE`] of `now`.
+pub fn verify_signature(
+    headers: &HeaderMap,
+    body: &[u8],
+    secret: &[u8],
+    now: u64,
+) -> Result<(), String> {
+    let header = headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or("the request carries no X-Isoflow-Signature header")?;
+    let mut time = None;
+    let mut signatures = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", t)) => time = t.parse::<u64>().ok(),
+            Some(("v1", v)) => signatures.push(v.to_owned()),
+            _ => {}
+        }
+    }
+    let time = time.ok_or("X-Isoflow-Signature has no t=<unix seconds>")?;
+    if time.abs_diff(now) > SIGNATURE_TOLERANCE.as_secs() {
+        return Err(format!(
+            "the signature's time is more than {} s from this node's clock: \
+             a replayed delivery, or a clock that is off",
+            SIGNATURE_TOLERANCE.as_secs()
+        ));
+    }
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let mut signed = format!("{time}.").into_bytes();
+    signed.extend_from_slice(body);
+    let valid = signatures.iter().any(|hex| {
+        decode_hex(hex).is_some_and(|tag| ring::hmac::verify(&key, &signed, &tag).is_ok())
+    });
+    if valid {
+        Ok(())
+    } else {
+        Err("the signature does not match the body".to_owned())
+    }
+}
+
+/// `X-Isoflow-Signature`'s value for `body` at `time`: what a sender
+/// computes.
+#[cfg(test)]
+pub fn sign(secret: &[u8], time: u64, body: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let mut signed = format!("{time}.").into_bytes();
+    signed.extend_from_slice(body);
+    let tag = ring::hmac::sign(&key, &signed);
+    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("t={time},v1={hex}")
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Compares in time independent of where the inputs differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_signature(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(SIGNATURE_HEADER, value.parse().expect("a header value"));
+        headers
+    }
+
+    #[test]
+    fn a_signature_holds_for_its_body_its_key_and_its_time_only() {
+        let body = br#"{"order": 7}"#;
+        let now = 1_800_000_000;
+        let good = sign(b"k3y", now, body);
+        assert_eq!(
+            verify_signature(&with_signature(&good), body, b"k3y", now),
+            Ok(())
+        );
+        assert_eq!(
+            verify_signature(&with_signature(&good), body, b"k3y", now + 299),
+            Ok(())
+        );
+        let stale = verify_signature(&with_signature(&good), body, b"k3y", now + 301)
+            .expect_err("replayed later");
+        assert!(stale.contains("replayed"), "{stale}");
+        let other_body = verify_signature(&with_signature(&good), b"{}", b"k3y", now);
+        assert_eq!(
+            other_body,
+            Err("the signature does not match the body".into())
+        );
+        let other_key = verify_signature(&with_signature(&good), body, b"other", now);
+        assert!(other_key.is_err());
+        // The time is part of what is signed: moving it breaks the tag.
+        let moved = good.replace(&format!("t={now}"), &format!("t={}", now + 1));
+        assert!(verify_signature(&with_signature(&moved), body, b"k3y", now).is_err());
+        assert!(verify_signature(&HeaderMap::new(), body, b"k3y", now).is_err());
+        assert!(verify_signature(&with_signature("v1=zz"), body, b"k3y", now).is_err());
+    }
+
+    #[test]
+    fn bodies_become_inputs_by_their_content_type() {
+        let typed = |ct: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, ct.parse().expect("a header value"));
+            headers
+        };
+        assert_eq!(
+            input(
+                &typed("application/json; charset=utf-8"),
+                Bytes::from(r#"{"a":1}"#)
+            )
+            .expect("json"),
+            json!({ "a": 1 })
+        );
+        assert_eq!(
+            input(&typed("application/xml"), Bytes::from("<a>1</a>")).expect("xml"),
+            json!("<a>1</a>")
+        );
+        assert_eq!(
+            input(
+                &typed("application/x-www-form-urlencoded"),
+                Bytes::from("a=1&b=x+y")
+            )
+            .expect("form"),
+            json!({ "a": "1", "b": "x y" })
+        );
+        let status = |r: Result<Value, Refusal>| r.expect_err("refused").0;
+        assert_eq!(
+            status(input(&typed("image/png"), Bytes::from("x"))),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+        assert_eq!(
+            status(input(&typed("application/json"), Bytes::from("{"))),
+            StatusCode::BAD_REQUEST
+        );
+    }
+}

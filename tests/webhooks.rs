@@ -1,0 +1,339 @@
+//! Webhooks through the real binary: an `all` node with two tenants, a
+//! vault and the HTTP listener, called over loopback with plain HTTP/1.1
+//! as a sender would. Each test checks what the caller gets (status, JSON)
+//! and what the node did (the run, its input, how many runs).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use isoflow_client::Client;
+use isoflow_proto::v1;
+use isoflow_testkit::free_port;
+use isoflow_testkit::process::Process;
+use serde_json::{Value, json};
+
+const LONG: Duration = Duration::from_secs(120);
+const ACME: &str = "acme-token-0123456789abcdef";
+const GLOBEX: &str = "globex-token-0123456789abcdef";
+const VAULT_KEY: &str = "d2ViaG9vay10ZXN0LXZhdWx0LWtleS0wMTIzNDU2Nzg=";
+const HOOK_TOKEN: &str = "path-token-6f1d0c2a9b8e7d";
+const HMAC_KEY: &str = "hmac-key-3a9c1e7f";
+
+const ECHO: &str = r#"
+apiVersion: isoflow.dev/v1
+name: echo
+version: 1
+triggers:
+  - id: by-token
+    type: webhook
+    auth: token
+    secret: hook-token
+  - id: signed
+    type: webhook
+    auth: hmac
+    secret: hook-hmac
+    mode: sync
+    timeout: 30s
+steps:
+  - id: wrap
+    type: code
+    source: "export default (input) => ({ got: input })"
+"#;
+
+struct Node {
+    _dir: tempfile::TempDir,
+    process: Process,
+    api: String,
+    http: u16,
+}
+
+fn start() -> Node {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (api, http) = (free_port(), free_port());
+    let config = dir.path().join("all.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "role = \"all\"\ndata_dir = \"{}\"\nmax_payload_bytes = 65536\n[api]\nlisten = \"127.0.0.1:{api}\"\n\
+             [http]\nlisten = \"127.0.0.1:{http}\"\n[vault.key]\nid = \"k1\"\nenv = \"ISOFLOW_VAULT_KEY\"\n\
+             [[auth.tokens]]\ntenant = \"acme\"\ntoken = \"{ACME}\"\n[[auth.tokens]]\ntenant = \"globex\"\ntoken = \"{GLOBEX}\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .expect("write the config");
+    let mut process = Process::spawn(
+        Command::new(env!("CARGO_BIN_EXE_isoflow"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("ISOFLOW_VAULT_KEY", VAULT_KEY)
+            .env("RUST_LOG", "info"),
+    );
+    process.wait_for_stderr_line(LONG, |l| l.contains("listening on 127.0.0.1"));
+    let node = Node {
+        _dir: dir,
+        process,
+        api: format!("http://127.0.0.1:{api}"),
+        http,
+    };
+    runtime().block_on(async {
+        let acme = Client::connect(&node.api, Some(ACME))
+            .await
+            .expect("connects");
+        acme.deploy(ECHO, "echo.yaml", HashMap::new())
+            .await
+            .expect("deploys");
+        for (name, secret) in [("hook-token", HOOK_TOKEN), ("hook-hmac", HMAC_KEY)] {
+            acme.set_credential(v1::SetCredentialRequest {
+                name: name.into(),
+                kind: Some(v1::set_credential_request::Kind::Bearer(
+                    v1::BearerCredential {
+                        token: secret.into(),
+                    },
+                )),
+                origins: vec!["https://webhook.invalid".into()],
+                allow_plain_http: false,
+            })
+            .await
+            .expect("the secret is stored");
+        }
+    });
+    node
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// One HTTP/1.1 POST; the status, headers (lowercase names) and JSON body.
+fn post(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, HashMap<String, String>, Value) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("the listener accepts");
+    stream.set_read_timeout(Some(LONG)).expect("a timeout");
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).expect("sent");
+    stream.write_all(body).expect("sent");
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response");
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let json = serde_json::from_str(body).unwrap_or(Value::Null);
+    (status, headers, json)
+}
+
+fn sign(secret: &str, time: u64, body: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let mut signed = format!("{time}.").into_bytes();
+    signed.extend_from_slice(body);
+    let tag = ring::hmac::sign(&key, &signed);
+    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("t={time},v1={hex}")
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
+fn runs(node: &Node, token: &str) -> Vec<v1::Run> {
+    runtime().block_on(async {
+        let client = Client::connect(&node.api, Some(token))
+            .await
+            .expect("connects");
+        client.runs(Some(100)).await.expect("runs")
+    })
+}
+
+#[test]
+fn a_token_webhook_starts_a_run_once_per_idempotency_key() {
+    let node = start();
+    let path = format!("/hooks/acme/echo/by-token/{HOOK_TOKEN}");
+    let json = [("Content-Type", "application/json")];
+    let (status, headers, body) = post(node.http, &path, &json, br#"{"order": 7}"#);
+    assert_eq!(status, 202, "{body}\n{}", node.process.stderr());
+    let run_id = body["run_id"].as_str().expect("a run id").to_owned();
+    assert!(headers["location"].ends_with(&run_id), "{headers:?}");
+    let run = runtime().block_on(async {
+        let client = Client::connect(&node.api, Some(ACME))
+            .await
+            .expect("connects");
+        let run = client.wait(&run_id).await.expect("ends");
+        assert_eq!(run.status(), v1::RunStatus::Succeeded, "{run:?}");
+        client.output(&run_id).await.expect("an output")
+    });
+    assert_eq!(run, json!({ "got": { "order": 7 } }));
+
+    // The same delivery again, with a key: one run.
+    let keyed = [
+        ("Content-Type", "application/json"),
+        ("Idempotency-Key", "delivery-1"),
+    ];
+    let (first, _, a) = post(node.http, &path, &keyed, br#"{"order": 8}"#);
+    let (again, _, b) = post(node.http, &path, &keyed, br#"{"order": 8}"#);
+    assert_eq!((first, again), (202, 202));
+    assert_eq!(
+        a["run_id"], b["run_id"],
+        "a retried delivery answers with its run"
+    );
+    assert_eq!(runs(&node, ACME).len(), 2, "two runs in all");
+    // The API's StartRun takes a request id the same way.
+    runtime().block_on(async {
+        let client = Client::connect(&node.api, Some(ACME))
+            .await
+            .expect("connects");
+        let once = client
+            .start_run_once("echo", None, &json!(1), "request-1")
+            .await
+            .expect("starts");
+        let twice = client
+            .start_run_once("echo", None, &json!(1), "request-1")
+            .await
+            .expect("answers");
+        assert_eq!(
+            once.run_id, twice.run_id,
+            "a retried StartRun answers with its run"
+        );
+        client.wait(&once.run_id).await.expect("ends");
+    });
+    assert_eq!(runs(&node, ACME).len(), 3);
+
+    // Unknown, wrong or another tenant's: the same 404, nothing started.
+    for path in [
+        "/hooks/acme/echo/by-token/wrong-token".to_owned(),
+        format!("/hooks/globex/echo/by-token/{HOOK_TOKEN}"),
+        format!("/hooks/acme/missing/by-token/{HOOK_TOKEN}"),
+        format!("/hooks/acme/echo/nope/{HOOK_TOKEN}"),
+        "/hooks/acme/echo/by-token".to_owned(),
+    ] {
+        let (status, _, body) = post(node.http, &path, &json, b"{}");
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(body["error"].is_string(), "{body}");
+    }
+    assert_eq!(runs(&node, ACME).len(), 3);
+    assert!(runs(&node, GLOBEX).is_empty());
+
+    // Bodies it cannot take: their status, nothing started.
+    let (status, _, _) = post(node.http, &path, &[("Content-Type", "image/png")], b"x");
+    assert_eq!(status, 415);
+    let (status, _, body) = post(node.http, &path, &json, b"{not json");
+    assert_eq!(status, 400, "{body}");
+    let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(70_000));
+    let (status, _, body) = post(node.http, &path, &json, big.as_bytes());
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(runs(&node, ACME).len(), 3);
+
+    // XML is kept as text, a form becomes an object.
+    let (_, _, xml) = post(
+        node.http,
+        &path,
+        &[("Content-Type", "application/xml")],
+        b"<a>1</a>",
+    );
+    let (_, _, form) = post(
+        node.http,
+        &path,
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"a=1&b=x+y",
+    );
+    runtime().block_on(async {
+        let client = Client::connect(&node.api, Some(ACME))
+            .await
+            .expect("connects");
+        for (started, expected) in [
+            (xml, json!("<a>1</a>")),
+            (form, json!({"a": "1", "b": "x y"})),
+        ] {
+            let id = started["run_id"].as_str().expect("a run id");
+            client.wait(id).await.expect("ends");
+            assert_eq!(
+                client.output(id).await.expect("output"),
+                json!({ "got": expected })
+            );
+        }
+    });
+}
+
+#[test]
+fn a_signed_sync_webhook_answers_with_the_output_and_refuses_bad_or_replayed_signatures() {
+    let node = start();
+    let path = "/hooks/acme/echo/signed";
+    let body = br#"{"invoice": 42}"#;
+    let signature = sign(HMAC_KEY, now(), body);
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("X-Isoflow-Signature", signature.as_str()),
+    ];
+    let (status, _, answer) = post(node.http, path, &headers, body);
+    assert_eq!(status, 200, "{answer}\n{}", node.process.stderr());
+    assert_eq!(
+        answer,
+        json!({ "got": { "invoice": 42 } }),
+        "the run's output, at once"
+    );
+
+    let refused = |signature: &str, body: &[u8]| {
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("X-Isoflow-Signature", signature),
+        ];
+        post(node.http, path, &headers, body)
+    };
+    let (status, _, why) = refused(&sign("wrong-key", now(), body), body);
+    assert_eq!(status, 401, "{why}");
+    let (status, _, why) = refused(&signature, br#"{"invoice": 43}"#);
+    assert_eq!(status, 401, "another body under the same signature: {why}");
+    let (status, _, why) = refused(&sign(HMAC_KEY, now() - 3600, body), body);
+    assert_eq!(status, 401);
+    assert!(
+        why["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("replayed"),
+        "{why}"
+    );
+    let (status, _, _) = post(
+        node.http,
+        path,
+        &[("Content-Type", "application/json")],
+        body,
+    );
+    assert_eq!(status, 401, "no signature");
+    assert_eq!(
+        runs(&node, ACME).len(),
+        1,
+        "only the good delivery started a run"
+    );
+    assert!(
+        !node.process.stderr().contains(HMAC_KEY),
+        "the key is in no log"
+    );
+}
