@@ -204,6 +204,9 @@ pub enum Trigger {
     /// `POST /hooks/{tenant}/{integration}/{trigger}` on the node's HTTP
     /// listener starts a run with the request's body as its input.
     Webhook(Webhook),
+    /// A schedule: the leading coordinator starts a run at each tick, with
+    /// `{"trigger": id, "tick": "<RFC 3339 time>"}` as its input.
+    Cron(CronTrigger),
 }
 
 impl Trigger {
@@ -211,8 +214,71 @@ impl Trigger {
     pub fn id(&self) -> &TriggerId {
         match self {
             Trigger::Webhook(w) => &w.id,
+            Trigger::Cron(c) => &c.id,
         }
     }
+}
+
+/// A cron trigger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CronTrigger {
+    pub id: TriggerId,
+    /// A cron expression: five fields (minute hour day month weekday), or
+    /// six with seconds first; `@hourly` and the like.
+    pub schedule: String,
+    /// The IANA time zone the schedule is read in (`Europe/Berlin`);
+    /// default `UTC`. Daylight saving time is the zone's.
+    #[serde(default = "utc")]
+    pub timezone: String,
+    /// What a tick does while the previous run of this trigger is still
+    /// going: `skip` it (default) or `allow` another run.
+    #[serde(default)]
+    pub overlap: Overlap,
+    /// Ticks missed while no coordinator led: `skip` them (default), or run
+    /// `once` for the latest of them.
+    #[serde(default)]
+    pub catch_up: CatchUp,
+    /// Each tick fires up to this much later (the same delay for a tick
+    /// whichever node fires it), so that many schedules on the same minute
+    /// do not start together. At most 1h; default none.
+    #[serde(default, with = "duration")]
+    #[schemars(with = "HumanDuration")]
+    pub jitter: Duration,
+}
+
+fn utc() -> String {
+    "UTC".to_owned()
+}
+
+/// A cron trigger's policy for a tick while its previous run is going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlap {
+    #[default]
+    Skip,
+    Allow,
+}
+
+/// A cron trigger's policy for ticks missed while nothing fired them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUp {
+    #[default]
+    Skip,
+    Once,
+}
+
+/// Parses a cron expression as triggers take it (seconds optional).
+///
+/// # Errors
+/// The parser's reason.
+pub fn parse_schedule(text: &str) -> Result<croner::Cron, String> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build()
+        .parse(text)
+        .map_err(|e| e.to_string().trim_end_matches('.').to_lowercase())
 }
 
 /// A webhook trigger.

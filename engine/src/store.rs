@@ -360,6 +360,67 @@ impl Store {
             .map(|id| String::from_utf8_lossy(&id).into_owned()))
     }
 
+    /// The greatest request key in `scope` and the run it started (empty:
+    /// none, the key was only marked).
+    pub fn last_request(
+        &self,
+        tenant: &str,
+        scope: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let prefix = prefix(&[tenant, scope])?;
+        let mut end = prefix.clone();
+        *end.last_mut().expect("prefix ends with a separator") = 1;
+        let mut iter = self.db.iterator_cf(
+            self.cf(REQUESTS),
+            IteratorMode::From(&end, Direction::Reverse),
+        );
+        match iter.next() {
+            Some(Ok((key, value))) if key.starts_with(&prefix) => Ok(Some((
+                String::from_utf8_lossy(&key[prefix.len()..]).into_owned(),
+                String::from_utf8_lossy(&value).into_owned(),
+            ))),
+            Some(Err(source)) => Err(StoreError::Db {
+                operation: "read requests",
+                source,
+            }),
+            _ => Ok(None),
+        }
+    }
+
+    /// Records request `key` in `scope` as seen, starting no run (a cron
+    /// tick skipped, or the point a schedule counts from).
+    pub fn mark_request(&self, tenant: &str, scope: &str, key: &str) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(REQUESTS), request_key(tenant, scope, key)?, []);
+        self.write(batch, "mark_request")
+    }
+
+    /// The latest version of every tenant's integrations, as (tenant,
+    /// record): what the cron triggers are read from.
+    pub fn latest_integrations(&self) -> Result<Vec<(String, IntegrationRecord)>, StoreError> {
+        let mut latest: Vec<(String, IntegrationRecord)> = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(INTEGRATIONS), IteratorMode::Start)
+        {
+            let (key, value) = item.map_err(|source| StoreError::Db {
+                operation: "list integrations",
+                source,
+            })?;
+            let tenant = key
+                .split(|b| *b == 0)
+                .next()
+                .map(|t| String::from_utf8_lossy(t).into_owned())
+                .unwrap_or_default();
+            let record: IntegrationRecord = from_json(&value, "integration")?;
+            match latest.last_mut() {
+                Some((t, last)) if *t == tenant && last.name == record.name => *last = record,
+                _ => latest.push((tenant, record)),
+            }
+        }
+        Ok(latest)
+    }
+
     /// Checkpoints finished steps (usually one; a loop element's last step
     /// and the element itself go together): their records, their outputs,
     /// the logs of their last attempts and the run's updated summary, in one

@@ -36,6 +36,7 @@ pub mod auth;
 pub mod cluster;
 pub mod convert;
 pub mod coordinator;
+pub mod cron;
 pub mod etcd;
 pub mod hooks;
 pub mod payload;
@@ -215,6 +216,8 @@ async fn serve_grpc(
         .await
         .with_context(|| format!("cannot listen on {}", config.api.listen))?;
     let address = listener.local_addr()?;
+    // Cron triggers fire where the store is: here, while this node serves.
+    let schedules = tokio::spawn(cron::run(coordinator.clone(), stop.clone()));
     let hooks = match config.http.listen {
         Some(http) => {
             let listener = tokio::net::TcpListener::bind(http)
@@ -276,5 +279,6 @@ async fn serve_grpc(
     if let Some(hooks) = hooks {
         hooks.await??;
     }
+    schedules.await?;
     Ok(())
 }

@@ -20,8 +20,8 @@ use super::{
     MAX_ATTEMPTS, MAX_CONCURRENCY, Method, Retry, Root, Step, StepId, Template, TemplateString,
 };
 use super::{
-    DEFAULT_WEBHOOK_TIMEOUT, LONGEST_WEBHOOK_TIMEOUT, Trigger, TriggerId, Webhook, WebhookAuth,
-    WebhookMode,
+    CatchUp, CronTrigger, DEFAULT_WEBHOOK_TIMEOUT, LONGEST_WEBHOOK_TIMEOUT, Overlap, Trigger,
+    TriggerId, Webhook, WebhookAuth, WebhookMode,
 };
 use crate::sandbox::Runtime;
 
@@ -35,6 +35,9 @@ const INTEGRATION_FIELDS: &[&str] = &[
     "triggers",
 ];
 const TRIGGER_FIELDS: &[&str] = &["id", "type", "auth", "secret", "mode", "timeout"];
+const CRON_FIELDS: &[&str] = &[
+    "id", "type", "schedule", "timezone", "overlap", "catch_up", "jitter",
+];
 const COMMON_FIELDS: &[&str] = &["id", "type", "when", "retry", "timeout"];
 const HTTP_FIELDS: &[&str] = &[
     "method",
@@ -322,6 +325,75 @@ impl Decoder {
         if failed { Err(()) } else { Ok(triggers) }
     }
 
+    fn cron(
+        &mut self,
+        mut f: Fields<'_>,
+        at: At<'_>,
+        id: Required<TriggerId>,
+    ) -> Required<Trigger> {
+        let f = &mut f;
+        let schedule = self.required(f, "schedule", at).and_then(|n| {
+            let text = self.string(n, "schedule", at)?;
+            super::parse_schedule(text)
+                .map(|_| text.to_owned())
+                .map_err(|e| {
+                    self.problem(
+                        n.line,
+                        at.label,
+                        format!("schedule {text:?} is not a cron expression: {e}"),
+                    )
+                })
+        });
+        let timezone = self.optional(f, "timezone", |d, n| {
+            let text = d.string(n, "timezone", at)?;
+            text.parse::<chrono_tz::Tz>()
+                .map(|_| text.to_owned())
+                .map_err(|_| {
+                    d.problem(
+                        n.line,
+                        at.label,
+                        format!(
+                            "timezone {text:?} is not an IANA time zone like Europe/Berlin or UTC"
+                        ),
+                    )
+                })
+        });
+        let overlap = self.optional(f, "overlap", |d, n| match &n.kind {
+            Kind::String(o) if o == "skip" => Ok(Overlap::Skip),
+            Kind::String(o) if o == "allow" => Ok(Overlap::Allow),
+            _ => d.fail(
+                n.line,
+                at.label,
+                format!("overlap must be skip or allow, found {}", n.describe()),
+            ),
+        });
+        let catch_up = self.optional(f, "catch_up", |d, n| match &n.kind {
+            Kind::String(c) if c == "skip" => Ok(CatchUp::Skip),
+            Kind::String(c) if c == "once" => Ok(CatchUp::Once),
+            _ => d.fail(
+                n.line,
+                at.label,
+                format!("catch_up must be skip or once, found {}", n.describe()),
+            ),
+        });
+        let jitter = self.optional(f, "jitter", |d, n| {
+            let j = d.duration(n, "jitter", at)?;
+            if j > Duration::from_secs(3600) {
+                return d.fail(n.line, at.label, "jitter is at most 1h".to_owned());
+            }
+            Ok(j)
+        });
+        self.unknown_fields(f, at.label, CRON_FIELDS, "a cron trigger");
+        Ok(Trigger::Cron(CronTrigger {
+            id: id?,
+            schedule: schedule?,
+            timezone: timezone?.unwrap_or_else(|| "UTC".to_owned()),
+            overlap: overlap?.unwrap_or_default(),
+            catch_up: catch_up?.unwrap_or_default(),
+            jitter: jitter?.unwrap_or_default(),
+        }))
+    }
+
     fn trigger(
         &mut self,
         node: &Node,
@@ -364,13 +436,23 @@ impl Decoder {
         let kind = self
             .required(&mut f, "type", at)
             .and_then(|n| match &n.kind {
-                Kind::String(t) if t == "webhook" => Ok(()),
+                Kind::String(t) if t == "webhook" => Ok(false),
+                Kind::String(t) if t == "cron" => Ok(true),
                 _ => self.fail(
                     n.line,
                     at.label,
-                    format!("trigger type must be webhook, found {}", n.describe()),
+                    format!(
+                        "trigger type must be webhook or cron, found {}",
+                        n.describe()
+                    ),
                 ),
             });
+        match kind {
+            Ok(true) => return self.cron(f, at, id),
+            Ok(false) => {}
+            // Another type's fields would be judged by the wrong rules.
+            Err(()) => return Err(()),
+        }
         let auth = self
             .required(&mut f, "auth", at)
             .and_then(|n| match &n.kind {

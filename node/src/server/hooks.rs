@@ -261,7 +261,7 @@ impl Hooks {
             .into_iter()
             .find_map(|t| match t {
                 Trigger::Webhook(w) if w.id.as_str() == trigger => Some(w),
-                Trigger::Webhook(_) => None,
+                Trigger::Webhook(_) | Trigger::Cron(_) => None,
             })
             .ok_or_else(not_found)
     }

@@ -1,7 +1,8 @@
-//! Webhooks through the real binary: an `all` node with two tenants, a
-//! vault and the HTTP listener, called over loopback with plain HTTP/1.1
-//! as a sender would. Each test checks what the caller gets (status, JSON)
-//! and what the node did (the run, its input, how many runs).
+//! Triggers through the real binary: an `all` node with two tenants, a
+//! vault and the HTTP listener. Webhooks are called over loopback with
+//! plain HTTP/1.1 as a sender would; each test checks what the caller gets
+//! (status, JSON) and what the node did (the run, its input, how many
+//! runs). A cron trigger is watched across a SIGKILL and a restart.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -44,10 +45,22 @@ steps:
 "#;
 
 struct Node {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     process: Process,
     api: String,
     http: u16,
+}
+
+fn spawn(config: &std::path::Path) -> Process {
+    let mut process = Process::spawn(
+        Command::new(env!("CARGO_BIN_EXE_isoflow"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("ISOFLOW_VAULT_KEY", VAULT_KEY)
+            .env("RUST_LOG", "info"),
+    );
+    process.wait_for_stderr_line(LONG, |l| l.contains("listening on 127.0.0.1"));
+    process
 }
 
 fn start() -> Node {
@@ -64,16 +77,9 @@ fn start() -> Node {
         ),
     )
     .expect("write the config");
-    let mut process = Process::spawn(
-        Command::new(env!("CARGO_BIN_EXE_isoflow"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("ISOFLOW_VAULT_KEY", VAULT_KEY)
-            .env("RUST_LOG", "info"),
-    );
-    process.wait_for_stderr_line(LONG, |l| l.contains("listening on 127.0.0.1"));
+    let process = spawn(&config);
     let node = Node {
-        _dir: dir,
+        dir,
         process,
         api: format!("http://127.0.0.1:{api}"),
         http,
@@ -336,4 +342,82 @@ fn a_signed_sync_webhook_answers_with_the_output_and_refuses_bad_or_replayed_sig
         !node.process.stderr().contains(HMAC_KEY),
         "the key is in no log"
     );
+}
+
+const TICKER: &str = r#"
+apiVersion: isoflow.dev/v1
+name: ticker
+version: 1
+triggers:
+  - id: every-second
+    type: cron
+    schedule: "* * * * * *"
+    timezone: Europe/Berlin
+    overlap: allow
+steps:
+  - id: wrap
+    type: code
+    source: "export default (input) => input"
+"#;
+
+/// The ticks of the finished runs of `ticker`, in start order.
+fn ticks(node: &Node) -> Vec<String> {
+    runtime().block_on(async {
+        let client = Client::connect(&node.api, Some(ACME))
+            .await
+            .expect("connects");
+        let mut ticks = Vec::new();
+        for run in client.runs(Some(1000)).await.expect("runs").iter().rev() {
+            if run.integration != "ticker" {
+                continue;
+            }
+            let run = client.wait(&run.run_id).await.expect("ends");
+            assert_eq!(run.status(), v1::RunStatus::Succeeded, "{run:?}");
+            let output = client.output(&run.run_id).await.expect("an output");
+            assert_eq!(output["trigger"], json!("every-second"));
+            ticks.push(output["tick"].as_str().expect("a tick").to_owned());
+        }
+        ticks
+    })
+}
+
+fn wait_for_runs(node: &Node, n: usize) {
+    let deadline = std::time::Instant::now() + LONG;
+    while runs(node, ACME).len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fewer than {n} cron runs:\n{}",
+            node.process.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_cron_trigger_fires_each_tick_once_across_a_kill_and_a_restart() {
+    let mut node = start();
+    runtime().block_on(async {
+        let acme = Client::connect(&node.api, Some(ACME))
+            .await
+            .expect("connects");
+        acme.deploy(TICKER, "ticker.yaml", HashMap::new())
+            .await
+            .expect("deploys");
+    });
+    wait_for_runs(&node, 3);
+    let config = node.dir.path().join("all.toml");
+    let killed = std::mem::replace(&mut node.process, Process::spawn(&mut Command::new("true")));
+    let before = killed.kill();
+    let fired_before = before.stderr.matches("cron tick fired").count();
+    std::thread::sleep(Duration::from_secs(2));
+    node.process = spawn(&config);
+    wait_for_runs(&node, fired_before + 2);
+    let ticks = ticks(&node);
+    let mut unique = ticks.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), ticks.len(), "a tick ran twice: {ticks:?}");
+    assert!(ticks.len() >= fired_before + 2, "{ticks:?}");
+    // Each tick is a whole second, read in Berlin's zone and stored in UTC.
+    assert!(ticks.iter().all(|t| t.ends_with("+00:00")), "{ticks:?}");
 }
