@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use isoflow_client::Client;
 use isoflow_proto::v1;
-use isoflow_testkit::free_port;
 use isoflow_testkit::process::Process;
+use isoflow_testkit::{HttpFixture, Responder, free_port};
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(120);
@@ -71,7 +71,7 @@ fn start() -> Node {
         &config,
         format!(
             "role = \"all\"\ndata_dir = \"{}\"\nmax_payload_bytes = 65536\n[api]\nlisten = \"127.0.0.1:{api}\"\n\
-             [http]\nlisten = \"127.0.0.1:{http}\"\n[vault.key]\nid = \"k1\"\nenv = \"ISOFLOW_VAULT_KEY\"\n\
+             [http]\nlisten = \"127.0.0.1:{http}\"\n[egress]\nallow = [\"127.0.0.1\"]\n[vault.key]\nid = \"k1\"\nenv = \"ISOFLOW_VAULT_KEY\"\n\
              [[auth.tokens]]\ntenant = \"acme\"\ntoken = \"{ACME}\"\n[[auth.tokens]]\ntenant = \"globex\"\ntoken = \"{GLOBEX}\"\n",
             dir.path().join("data").display()
         ),
@@ -420,4 +420,71 @@ fn a_cron_trigger_fires_each_tick_once_across_a_kill_and_a_restart() {
     assert!(ticks.len() >= fired_before + 2, "{ticks:?}");
     // Each tick is a whole second, read in Berlin's zone and stored in UTC.
     assert!(ticks.iter().all(|t| t.ends_with("+00:00")), "{ticks:?}");
+}
+
+#[test]
+fn a_failed_run_sends_one_signed_alert_per_window_and_a_slow_one_its_own() {
+    let node = start();
+    let receiver = HttpFixture::start();
+    receiver.route("POST", "/alerts", Responder::Echo);
+    let failing = format!(
+        "apiVersion: isoflow.dev/v1\nname: failing\nversion: 1\nalerts:\n  - on: failed\n    webhook: \"{url}\"\n    \
+         secret: hook-hmac\n  - on: slow\n    threshold: 1ms\n    webhook: \"{url}\"\n    secret: hook-hmac\n\
+         steps:\n  - id: boom\n    type: code\n    source: \"export default () => {{ throw new Error('the ERP said no'); }}\"\n",
+        url = receiver.url("/alerts")
+    );
+    runtime().block_on(async {
+        let acme = Client::connect(&node.api, Some(ACME))
+            .await
+            .expect("connects");
+        acme.deploy(&failing, "failing.yaml", HashMap::new())
+            .await
+            .expect("deploys");
+        for _ in 0..3 {
+            let run = acme
+                .start_run("failing", None, &json!(null))
+                .await
+                .expect("starts");
+            let run = acme.wait(&run.run_id).await.expect("ends");
+            assert_eq!(run.status(), v1::RunStatus::Failed);
+        }
+    });
+    // One `failed` and one `slow` alert: the other two runs of each cause
+    // fall in the first one's window.
+    assert!(
+        receiver.wait_for_count("POST", "/alerts", 2, LONG),
+        "{}",
+        node.process.stderr()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let alerts = receiver.requests("POST", "/alerts");
+    assert_eq!(
+        alerts.len(),
+        2,
+        "throttled to one per cause: {}",
+        node.process.stderr()
+    );
+    let mut causes: Vec<String> = Vec::new();
+    for alert in &alerts {
+        let body = alert.json();
+        causes.push(body["cause"].as_str().expect("a cause").to_owned());
+        assert_eq!(body["integration"], json!("failing"));
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("the ERP said no"),
+            "{body}"
+        );
+        // Signed like a webhook, with the tenant's key.
+        let signature = alert.header("x-isoflow-signature").expect("signed");
+        let time: u64 = signature
+            .split(',')
+            .find_map(|p| p.strip_prefix("t="))
+            .and_then(|t| t.parse().ok())
+            .expect("a time");
+        assert_eq!(signature, sign(HMAC_KEY, time, alert.text().as_bytes()));
+    }
+    causes.sort();
+    assert_eq!(causes, ["failed", "slow"]);
 }

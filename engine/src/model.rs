@@ -192,9 +192,43 @@ pub struct Integration {
     /// loops' steps included.
     #[schemars(length(min = 1))]
     pub steps: Vec<Step>,
-    /// What starts a run besides an API call: webhooks.
+    /// What starts a run besides an API call: webhooks and schedules.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<Trigger>,
+    /// Who is told when a run fails or is slow.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<Alert>,
+}
+
+/// An alert: a signed JSON POST when a run ends the way `on` says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Alert {
+    pub on: AlertOn,
+    /// `slow` only: a run that took longer than this.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "duration::option"
+    )]
+    #[schemars(with = "Option<HumanDuration>")]
+    pub threshold: Option<Duration>,
+    /// Where the alert is posted (http or https; the node's egress policy
+    /// applies).
+    pub webhook: String,
+    /// The tenant's credential whose secret signs the alert
+    /// (`X-Isoflow-Signature`, as webhooks are signed).
+    pub secret: CredentialName,
+}
+
+/// When an alert is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertOn {
+    /// The run ended failed (after its retries).
+    Failed,
+    /// The run took longer than `threshold`, however it ended.
+    Slow,
 }
 
 /// Something that starts a run of the integration.

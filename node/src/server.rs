@@ -31,6 +31,7 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::config::{Config, Role};
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod cluster;
@@ -218,6 +219,10 @@ async fn serve_grpc(
     let address = listener.local_addr()?;
     // Cron triggers fire where the store is: here, while this node serves.
     let schedules = tokio::spawn(cron::run(coordinator.clone(), stop.clone()));
+    // Alerts go out through the same egress policy as http steps.
+    let alert_client = isoflow_engine::action::http::Client::new(&config.egress.policy()?)
+        .map_err(|e| anyhow::anyhow!("cannot make the alerts' http client: {e}"))?;
+    let alerts = tokio::spawn(alerts::run(coordinator.clone(), alert_client, stop.clone()));
     let hooks = match config.http.listen {
         Some(http) => {
             let listener = tokio::net::TcpListener::bind(http)
@@ -280,5 +285,6 @@ async fn serve_grpc(
         hooks.await??;
     }
     schedules.await?;
+    alerts.await?;
     Ok(())
 }

@@ -20,8 +20,8 @@ use super::{
     MAX_ATTEMPTS, MAX_CONCURRENCY, Method, Retry, Root, Step, StepId, Template, TemplateString,
 };
 use super::{
-    CatchUp, CronTrigger, DEFAULT_WEBHOOK_TIMEOUT, LONGEST_WEBHOOK_TIMEOUT, Overlap, Trigger,
-    TriggerId, Webhook, WebhookAuth, WebhookMode,
+    Alert, AlertOn, CatchUp, CronTrigger, DEFAULT_WEBHOOK_TIMEOUT, LONGEST_WEBHOOK_TIMEOUT,
+    Overlap, Trigger, TriggerId, Webhook, WebhookAuth, WebhookMode,
 };
 use crate::sandbox::Runtime;
 
@@ -33,7 +33,9 @@ const INTEGRATION_FIELDS: &[&str] = &[
     "output",
     "steps",
     "triggers",
+    "alerts",
 ];
+const ALERT_FIELDS: &[&str] = &["on", "threshold", "webhook", "secret"];
 const TRIGGER_FIELDS: &[&str] = &["id", "type", "auth", "secret", "mode", "timeout"];
 const CRON_FIELDS: &[&str] = &[
     "id", "type", "schedule", "timezone", "overlap", "catch_up", "jitter",
@@ -290,6 +292,7 @@ impl Decoder {
             .and_then(|n| self.steps(n, None, at));
         let output = self.optional(&mut f, "output", |d, n| d.template(n, "output", at));
         let triggers = self.optional(&mut f, "triggers", |d, n| d.triggers(n));
+        let alerts = self.optional(&mut f, "alerts", |d, n| d.alerts(n));
         self.unknown_fields(&f, None, INTEGRATION_FIELDS, "an integration");
         Some(Integration {
             api_version: api_version.ok()?,
@@ -299,7 +302,90 @@ impl Decoder {
             output: output.ok()?,
             steps: steps.ok()?,
             triggers: triggers.ok()?.unwrap_or_default(),
+            alerts: alerts.ok()?.unwrap_or_default(),
         })
+    }
+
+    fn alerts(&mut self, node: &Node) -> Required<Vec<Alert>> {
+        let top = At {
+            label: None,
+            consumer: Consumer {
+                step: None,
+                in_loop: None,
+            },
+        };
+        let Kind::Seq(items) = &node.kind else {
+            return self.type_error(node, "alerts", top, "a list of alerts");
+        };
+        let mut alerts = Vec::new();
+        let mut failed = false;
+        for (i, item) in items.iter().enumerate() {
+            let label = format!("alert #{}", i + 1);
+            let at = At {
+                label: Some(&label),
+                consumer: top.consumer,
+            };
+            let Kind::Map(entries) = &item.kind else {
+                failed = true;
+                self.problem(
+                    item.line,
+                    at.label,
+                    format!(
+                        "an alert must be a mapping with on, webhook and secret, found {}",
+                        item.describe()
+                    ),
+                );
+                continue;
+            };
+            let mut f = Fields::new(item.line, entries);
+            let on = self.required(&mut f, "on", at).and_then(|n| match &n.kind {
+                Kind::String(o) if o == "failed" => Ok(AlertOn::Failed),
+                Kind::String(o) if o == "slow" => Ok(AlertOn::Slow),
+                _ => self.fail(
+                    n.line,
+                    at.label,
+                    format!("on must be failed or slow, found {}", n.describe()),
+                ),
+            });
+            let threshold = self.optional(&mut f, "threshold", |d, n| {
+                d.positive_duration(n, "threshold", at)
+            });
+            let webhook = self.required(&mut f, "webhook", at).and_then(|n| {
+                let text = self.string(n, "webhook", at)?;
+                match reqwest::Url::parse(text) {
+                    Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(text.to_owned()),
+                    _ => self.fail(
+                        n.line,
+                        at.label,
+                        format!("webhook {text:?} is not an http or https URL"),
+                    ),
+                }
+            });
+            let secret = self.required(&mut f, "secret", at).and_then(|n| {
+                let text = self.string(n, "secret", at)?;
+                CredentialName::new(text.to_owned()).map_err(|e| self.problem(n.line, at.label, e))
+            });
+            self.unknown_fields(&f, at.label, ALERT_FIELDS, "an alert");
+            if on == Ok(AlertOn::Slow) && threshold == Ok(None) {
+                failed = true;
+                self.problem(
+                    item.line,
+                    at.label,
+                    "an alert on slow runs needs a threshold".to_owned(),
+                );
+                continue;
+            }
+            match (on, threshold, webhook, secret) {
+                (Ok(on), Ok(threshold), Ok(webhook), Ok(secret)) => alerts.push(Alert {
+                    on,
+                    threshold,
+                    webhook,
+                    secret,
+                }),
+                _ => failed = true,
+            }
+        }
+        if failed { Err(()) } else { Ok(alerts) }
     }
 
     fn triggers(&mut self, node: &Node) -> Required<Vec<Trigger>> {
