@@ -197,6 +197,37 @@ fn a_token_webhook_starts_a_run_once_per_idempotency_key() {
         client.output(&run_id).await.expect("an output")
     });
     assert_eq!(run, json!({ "got": { "order": 7 } }));
+    // Its history is acme's alone: another tenant gets NOT_FOUND.
+    runtime().block_on(async {
+        let acme = Client::connect(&node.api, Some(ACME))
+            .await
+            .expect("connects");
+        assert_eq!(
+            acme.input(&run_id).await.expect("input"),
+            json!({ "order": 7 })
+        );
+        assert_eq!(
+            acme.step_output(&run_id, "wrap").await.expect("output"),
+            json!({ "got": { "order": 7 } })
+        );
+        let globex = Client::connect(&node.api, Some(GLOBEX))
+            .await
+            .expect("connects");
+        for error in [
+            globex.input(&run_id).await.expect_err("not globex's"),
+            globex
+                .step_output(&run_id, "wrap")
+                .await
+                .expect_err("not globex's"),
+            globex
+                .logs(&run_id)
+                .await
+                .map(|_| ())
+                .expect_err("not globex's"),
+        ] {
+            assert!(format!("{error:?}").contains("NotFound"), "{error:?}");
+        }
+    });
 
     // The same delivery again, with a key: one run.
     let keyed = [

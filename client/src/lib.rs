@@ -286,6 +286,68 @@ impl Client {
         Ok(serde_json::from_slice(&bytes)?)
     }
 
+    /// The input the run was started with.
+    ///
+    /// # Errors
+    /// `NOT_FOUND`; [`Error::Json`] if the joined chunks are not JSON.
+    pub async fn input(&self, run_id: &str) -> Result<serde_json::Value> {
+        let request = v1::GetRunInputRequest {
+            run_id: run_id.to_owned(),
+        };
+        let chunks = self
+            .inner
+            .clone()
+            .get_run_input(request)
+            .await?
+            .into_inner();
+        json_of(chunks).await
+    }
+
+    /// The output a step of the run checkpointed (`step_key` as in
+    /// [`v1::Step::step_key`]): what the step after it got.
+    ///
+    /// # Errors
+    /// `NOT_FOUND` for a run or a step not checkpointed.
+    pub async fn step_output(&self, run_id: &str, step_key: &str) -> Result<serde_json::Value> {
+        let request = v1::GetStepOutputRequest {
+            run_id: run_id.to_owned(),
+            step_key: step_key.to_owned(),
+        };
+        let chunks = self
+            .inner
+            .clone()
+            .get_step_output(request)
+            .await?
+            .into_inner();
+        json_of(chunks).await
+    }
+
+    /// Every log line of the run so far, in order (all pages).
+    ///
+    /// # Errors
+    /// `NOT_FOUND`.
+    pub async fn logs(&self, run_id: &str) -> Result<Vec<v1::LogLine>> {
+        let mut lines = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .inner
+                .clone()
+                .get_run_logs(v1::GetRunLogsRequest {
+                    run_id: run_id.to_owned(),
+                    limit: 0,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            lines.extend(page.lines);
+            if page.next_page_token.is_empty() {
+                return Ok(lines);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
     /// [`Client::output`] as the JSON text the server stored, chunks
     /// joined, not parsed.
     ///
@@ -443,6 +505,18 @@ impl Client {
             .into_inner()
             .deleted)
     }
+}
+
+/// A payload's chunks, joined and parsed.
+async fn json_of(mut chunks: tonic::Streaming<v1::PayloadChunk>) -> Result<serde_json::Value> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = chunks.message().await? {
+        bytes.extend_from_slice(&chunk.data);
+    }
+    if bytes.is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    Ok(serde_json::from_slice(&bytes)?)
 }
 
 /// `host:port` means `http://host:port`; anything with a scheme is kept.

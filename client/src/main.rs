@@ -86,6 +86,13 @@ enum Command {
     },
     /// Print the output of a run that succeeded, as JSON
     Output { run_id: String },
+    /// Print the input a run was started with, as JSON
+    Input { run_id: String },
+    /// Print what a step of a run checkpointed, as JSON (its key as `show`
+    /// lists it)
+    StepOutput { run_id: String, step_key: String },
+    /// Print a run's log lines, finished or not
+    Logs { run_id: String },
     /// Cancel a run: steps in flight finish, no others start
     Cancel { run_id: String },
     /// Credentials http steps send (`credential: <name>`), sealed on the
@@ -225,6 +232,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Output { run_id } => {
             let output = client.output(&run_id).await?;
             writeln!(out, "{}", pretty(&output))?;
+        }
+        Command::Input { run_id } => {
+            let input = client.input(&run_id).await?;
+            writeln!(out, "{}", pretty(&input))?;
+        }
+        Command::StepOutput { run_id, step_key } => {
+            let output = client.step_output(&run_id, &step_key).await?;
+            writeln!(out, "{}", pretty(&output))?;
+        }
+        Command::Logs { run_id } => {
+            for line in client.logs(&run_id).await? {
+                writeln!(
+                    out,
+                    "{} {} {}#{} {}",
+                    timestamp(line.time_ms),
+                    line.level,
+                    line.step_key,
+                    line.attempt,
+                    line.message
+                )?;
+            }
         }
         Command::Cancel { run_id } => {
             let run = client.cancel(&run_id).await?;

@@ -225,6 +225,20 @@ fn deploys_runs_and_shows_the_seed_integration() {
         "{}",
         text(&shown.stdout)
     );
+    // The run's history: its input, what each step handed the next, its logs.
+    let given = ctl(&server, &["input", &run_id]);
+    let given: Value = serde_json::from_slice(&given.stdout).expect("the input is JSON");
+    assert_eq!(given, serde_json::from_str::<Value>(&input).expect("json"));
+    let fetched = ctl(&server, &["step-output", &run_id, "filter"]);
+    assert!(fetched.status.success(), "{}", text(&fetched.stderr));
+    let filtered: Value = serde_json::from_slice(&fetched.stdout).expect("JSON");
+    assert!(filtered.is_object() || filtered.is_array(), "{filtered}");
+    let missing = ctl(&server, &["step-output", &run_id, "nope"]);
+    assert_eq!(missing.status.code(), Some(2), "{}", text(&missing.stderr));
+    let logs = ctl(&server, &["logs", &run_id]);
+    assert!(logs.status.success(), "{}", text(&logs.stderr));
+    assert!(!text(&logs.stdout).is_empty(), "the seed's steps log");
+
     let fetched = ctl(&server, &["output", &run_id]);
     let again: Value = serde_json::from_slice(&fetched.stdout).expect("JSON");
     assert_eq!(again, output);

@@ -677,7 +677,38 @@ impl Store {
         tenant: &str,
         run_id: &str,
     ) -> Result<Option<Box<dyn std::io::Read + Send>>, StoreError> {
-        Ok(match self.stored_payload(tenant, run_id, OUTPUT_BLOB)? {
+        self.payload_reader(tenant, run_id, OUTPUT_BLOB)
+    }
+
+    /// The run's input as JSON text, a piece at a time.
+    pub fn run_input_reader(
+        &self,
+        tenant: &str,
+        run_id: &str,
+    ) -> Result<Option<Box<dyn std::io::Read + Send>>, StoreError> {
+        self.payload_reader(tenant, run_id, INPUT_BLOB)
+    }
+
+    /// A checkpointed step's output as JSON text, a piece at a time.
+    pub fn step_output_reader(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        step_key: &str,
+    ) -> Result<Option<Box<dyn std::io::Read + Send>>, StoreError> {
+        if step_key.starts_with('#') {
+            return Ok(None);
+        }
+        self.payload_reader(tenant, run_id, step_key)
+    }
+
+    fn payload_reader(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        name: &str,
+    ) -> Result<Option<Box<dyn std::io::Read + Send>>, StoreError> {
+        Ok(match self.stored_payload(tenant, run_id, name)? {
             None => None,
             Some(Stored::Inline(stored)) => {
                 let mut json = std::io::Cursor::new(stored);

@@ -325,39 +325,94 @@ impl Isoflow for Api {
         }
         let store = self.coordinator.store.clone();
         let reader = blocking(move || Ok(store.run_output_reader(&tenant, &run_id)?)).await?;
-        // Read a chunk at a time as the client takes them: a 1 GB output is
-        // never held whole, parsed or copied here.
-        let (tx, rx) = mpsc::channel(4);
-        tokio::task::spawn_blocking(move || {
-            let Some(mut reader) = reader else {
-                let _ = tx.blocking_send(Ok(v1::PayloadChunk {
-                    data: b"null".to_vec(),
-                }));
-                return;
-            };
-            loop {
-                let mut data = vec![0u8; CHUNK_BYTES];
-                let mut filled = 0;
-                while filled < data.len() {
-                    match reader.read(&mut data[filled..]) {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            let _ = tx.blocking_send(Err(Status::internal(format!(
-                                "cannot read the run's output: {e}"
-                            ))));
-                            return;
-                        }
-                    }
-                }
-                data.truncate(filled);
-                if filled == 0 || tx.blocking_send(Ok(v1::PayloadChunk { data })).is_err() {
-                    return;
-                }
+        Ok(Response::new(chunks(reader, "the run's output")))
+    }
+
+    type GetRunInputStream = ChunkStream;
+
+    async fn get_run_input(
+        &self,
+        request: Request<v1::GetRunInputRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let tenant = tenant(&request)?;
+        let run_id = request.into_inner().run_id;
+        check_run_id(&run_id)?;
+        self.run_or_not_found(&tenant, &run_id)?;
+        let store = self.coordinator.store.clone();
+        let reader = blocking(move || Ok(store.run_input_reader(&tenant, &run_id)?)).await?;
+        Ok(Response::new(chunks(reader, "the run's input")))
+    }
+
+    type GetStepOutputStream = ChunkStream;
+
+    async fn get_step_output(
+        &self,
+        request: Request<v1::GetStepOutputRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let tenant = tenant(&request)?;
+        let request = request.into_inner();
+        check_run_id(&request.run_id)?;
+        if request.step_key.is_empty() || request.step_key.contains('\0') {
+            return Err(Status::invalid_argument(
+                "step_key is empty or holds a NUL character",
+            ));
+        }
+        self.run_or_not_found(&tenant, &request.run_id)?;
+        let store = self.coordinator.store.clone();
+        let (run_id, step_key) = (request.run_id, request.step_key);
+        let reader = blocking(move || {
+            if store.step(&tenant, &run_id, &step_key)?.is_none() {
+                return Ok(Err(step_key));
             }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+            Ok(Ok(store.step_output_reader(&tenant, &run_id, &step_key)?))
+        })
+        .await?
+        .map_err(|step| Status::not_found(format!("the run has no checkpointed step {step:?}")))?;
+        Ok(Response::new(chunks(reader, "the step's output")))
+    }
+
+    async fn get_run_logs(
+        &self,
+        request: Request<v1::GetRunLogsRequest>,
+    ) -> Result<Response<v1::GetRunLogsResponse>, Status> {
+        let tenant = tenant(&request)?;
+        let request = request.into_inner();
+        check_run_id(&request.run_id)?;
+        self.run_or_not_found(&tenant, &request.run_id)?;
+        let limit = match request.limit {
+            0 => 1000,
+            n => usize::try_from(n).unwrap_or(MAX_LOG_PAGE).min(MAX_LOG_PAGE),
+        };
+        let skip: usize = if request.page_token.is_empty() {
+            0
+        } else {
+            request
+                .page_token
+                .parse()
+                .map_err(|_| Status::invalid_argument("page_token is not one GetRunLogs gave"))?
+        };
+        let store = self.coordinator.store.clone();
+        let run_id = request.run_id;
+        let (lines, more) = blocking(move || {
+            let logs = store.logs(&tenant, &run_id)?;
+            let more = logs.len() > skip.saturating_add(limit);
+            let page: Vec<_> = logs
+                .iter()
+                .skip(skip)
+                .take(limit)
+                .map(convert::log)
+                .collect();
+            Ok((page, more))
+        })
+        .await?;
+        Ok(Response::new(v1::GetRunLogsResponse {
+            next_page_token: if more {
+                (skip + lines.len()).to_string()
+            } else {
+                String::new()
+            },
+            lines,
+        }))
     }
 
     type WatchRunStream = UpdateStream;
@@ -565,6 +620,46 @@ const DEFAULT_LIST: usize = 100;
 const MAX_LIST: usize = 1_000;
 
 /// The number of runs a `ListRuns` asking for `requested` gets.
+/// The most log lines one GetRunLogs page holds.
+const MAX_LOG_PAGE: usize = 10_000;
+
+/// A stored payload as a stream of chunks, read a chunk at a time as the
+/// client takes them: a 1 GB payload is never held whole, parsed or copied
+/// here. No payload reads as `null`.
+fn chunks(reader: Option<Box<dyn Read + Send>>, what: &'static str) -> ChunkStream {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let Some(mut reader) = reader else {
+            let _ = tx.blocking_send(Ok(v1::PayloadChunk {
+                data: b"null".to_vec(),
+            }));
+            return;
+        };
+        loop {
+            let mut data = vec![0u8; CHUNK_BYTES];
+            let mut filled = 0;
+            while filled < data.len() {
+                match reader.read(&mut data[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(Status::internal(format!(
+                            "cannot read {what}: {e}"
+                        ))));
+                        return;
+                    }
+                }
+            }
+            data.truncate(filled);
+            if filled == 0 || tx.blocking_send(Ok(v1::PayloadChunk { data })).is_err() {
+                return;
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
 /// Runs a vault call off the async threads; its errors as statuses.
 async fn blocking_vault<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, VaultError> + Send + 'static,
