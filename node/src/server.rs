@@ -10,6 +10,7 @@
 //!
 //! With `[tls]` the listener speaks only TLS; a coordinator's workers then
 //! connect with mutual TLS (`[worker.tls]`), each known by its certificate.
+//! etcd may be reached over TLS, with a user and password.
 //!
 //! Where to look next: `server/coordinator.rs` (assignments, checkpoints),
 //! `server/cluster.rs` (the coordinator's side of a worker's stream),
@@ -101,12 +102,7 @@ pub async fn serve(
                      cross the network in the clear; set [tls] in production"
                 );
             }
-            let etcd = etcd::Etcd::connect(
-                &config.etcd.endpoints,
-                &config.etcd.prefix,
-                config.etcd.lease_ttl,
-            )
-            .await;
+            let etcd = etcd::Etcd::connect(&config.etcd).await?;
             let address = config.advertise();
             let mut lease = etcd.register(etcd.coordinator_key(&id), address.clone());
             let granted = loop {
@@ -147,12 +143,7 @@ pub async fn serve(
             let discovery: Box<dyn worker::Discovery> = match &config.worker.coordinator {
                 Some(address) => Box::new(worker::Fixed(address.clone())),
                 None => {
-                    let etcd = etcd::Etcd::connect(
-                        &config.etcd.endpoints,
-                        &config.etcd.prefix,
-                        config.etcd.lease_ttl,
-                    )
-                    .await;
+                    let etcd = etcd::Etcd::connect(&config.etcd).await?;
                     let _registered = etcd.register(
                         etcd.worker_key(&id),
                         format!("{{\"capacity\":{}}}", config.worker.capacity),

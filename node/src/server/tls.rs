@@ -1,6 +1,6 @@
-//! TLS for a node's connections: the listener (`[tls]`) and a worker's
-//! connection to its coordinator (`[worker.tls]`). rustls with ring,
-//! through tonic.
+//! TLS for a node's connections: the listener (`[tls]`), a worker's
+//! connection to its coordinator (`[worker.tls]`) and the connection to
+//! etcd (`[etcd]` ca, cert, key). rustls with ring, through tonic.
 //!
 //! Every file is read and parsed when the node starts, so that a missing
 //! or wrong file stops it with one sentence naming the key and the path,
@@ -130,6 +130,19 @@ pub fn worker(tls: &config::WorkerTls) -> anyhow::Result<Option<ClientTlsConfig>
         client = client.domain_name(name.clone());
     }
     Ok(Some(client))
+}
+
+/// The TLS options for etcd, when `etcd.ca` is set.
+pub fn etcd(etcd: &config::Etcd) -> anyhow::Result<Option<etcd_client::TlsOptions>> {
+    let Some(ca) = &etcd.ca else {
+        return Ok(None);
+    };
+    let mut options = etcd_client::TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(read_certificates("etcd.ca", ca)?));
+    if let (Some(cert), Some(key)) = (&etcd.cert, &etcd.key) {
+        options = options.identity(identity(("etcd.cert", cert), ("etcd.key", key))?);
+    }
+    Ok(Some(options))
 }
 
 /// The names a certificate (DER) carries: its subject's common names, then
