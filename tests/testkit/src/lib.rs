@@ -24,8 +24,8 @@
 //! Also here: [`seed_orders_xml`] (`seed.rs`), the seed integration's order
 //! export, and [`process`], child processes for multi-process tests (the
 //! real `isoflow` binary, killed when the test lets go of it), [`etcd`], a
-//! real etcd server ([`Etcd`]) for cluster tests, and [`tls`], certificates
-//! made for a test.
+//! real etcd server ([`Etcd`]) for cluster tests, with authentication and
+//! optionally TLS, and [`tls`], certificates made for a test.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
