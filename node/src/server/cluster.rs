@@ -46,8 +46,10 @@ impl Cluster for ClusterService {
         let certificate = if self.tls {
             let chain = request.peer_certs().unwrap_or_default();
             let Some(first) = chain.first() else {
+                // The interceptor (auth::ClusterAuth) refuses this first.
                 return Err(Status::unauthenticated(
-                    "a worker must present a client certificate signed by the cluster's CA",
+                    "a worker must present a client certificate signed by the cluster's CA \
+                     (the coordinator's tls.client_ca)",
                 ));
             };
             Some(first.to_vec())
