@@ -9,6 +9,9 @@
 //! more show, on an `all` node with two tenants, that tenants take turns
 //! for its slots and that a tenant at its run limit leaves them to others.
 //!
+//! etcd runs with authentication on: the nodes log in as the fixture's
+//! `isoflow` user (TLS everywhere is `tests/tls.rs`).
+//!
 //! What the cluster promises, and so what these tests hold it to: every run
 //! completes with the output an uninterrupted run has; a step the
 //! coordinator acknowledged is never run again, whatever dies; the step in
@@ -115,8 +118,7 @@ impl Cluster {
 [auth]
 cluster_token = "{CLUSTER_TOKEN}"
 [etcd]
-endpoints = ["{}"]
-prefix = "/isoflow-test"
+{}prefix = "/isoflow-test"
 lease_ttl = "3s"
 [cluster]
 heartbeat_interval = "250ms"
@@ -124,7 +126,7 @@ heartbeat_timeout = "3s"
 [egress]
 allow = ["127.0.0.1"]
 "#,
-            self.etcd.endpoint()
+            self.etcd.node_config()
         )
     }
 

@@ -35,6 +35,14 @@ pub enum Error {
     /// The token holds characters an HTTP header cannot carry.
     #[error("the token holds characters a header cannot carry")]
     InvalidToken,
+    /// A CA certificate was given for a server that is not `https://`.
+    #[error(
+        "a CA certificate was given, but {server} is not an https:// address: the connection would not use TLS"
+    )]
+    CaWithoutTls { server: String },
+    /// The CA given holds no PEM certificate.
+    #[error("the CA certificate given holds no PEM certificate (-----BEGIN CERTIFICATE-----)")]
+    InvalidCa,
     /// A file (a definition, a code file) could not be read.
     #[error("cannot read {}: {error}", path.display())]
     Io {

@@ -17,6 +17,21 @@
 //! # }
 //! ```
 //!
+//! A server with TLS is an `https://` address; [`Client::connect_with`]
+//! takes the CA that signs its certificate:
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), isoflow_client::Error> {
+//! use isoflow_client::{Client, ConnectOptions};
+//!
+//! let options = ConnectOptions::new()
+//!     .token("acme-token")
+//!     .ca_file("/etc/isoflow/ca.pem")?;
+//! let client = Client::connect_with("https://isoflow.internal:7700", &options).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Invariants: payloads (run inputs and outputs) travel in chunks of at most
 //! [`isoflow_proto::CHUNK_BYTES`], so no message comes near
 //! [`isoflow_proto::MAX_MESSAGE_BYTES`]; a server's refusal reaches the
@@ -37,7 +52,7 @@ use isoflow_proto::v1::start_run_request::Part;
 use isoflow_proto::{CHUNK_BYTES, MAX_MESSAGE_BYTES};
 use tokio_stream::{Stream, StreamExt};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 mod auth;
 mod error;
@@ -52,6 +67,60 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How long opening the connection may take before `connect` gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a PEM certificate starts with.
+const CERTIFICATE_PEM: &[u8] = b"-----BEGIN CERTIFICATE-----";
+
+/// How [`Client::connect_with`] connects: the token, and for an `https://`
+/// server the CA certificate to trust.
+#[derive(Clone, Default)]
+pub struct ConnectOptions {
+    token: Option<String>,
+    ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("token", &self.token.as_ref().map(|_| "<token>"))
+            .field("ca", &self.ca_pem.is_some())
+            .finish()
+    }
+}
+
+impl ConnectOptions {
+    #[must_use]
+    pub fn new() -> Self {
+        ConnectOptions::default()
+    }
+
+    /// Every call carries `authorization: Bearer <token>`; the server
+    /// serves the token's tenant.
+    #[must_use]
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// The CA certificate (PEM) that signs the server's certificate: the
+    /// only one trusted. Without it, an `https://` server's certificate is
+    /// checked against the Mozilla roots bundled in this crate.
+    #[must_use]
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// [`ConnectOptions::ca_pem`] with the file at `path`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the file cannot be read.
+    pub fn ca_file(self, path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let pem = std::fs::read(path).map_err(io_error(path))?;
+        Ok(self.ca_pem(pem))
+    }
+}
 
 /// A connection to an Isoflow server, as one tenant (the token's).
 ///
@@ -75,27 +144,60 @@ impl Client {
     /// Connects to `server` (`http://host:port`; a bare `host:port` means
     /// `http://`). With a token, every call carries
     /// `authorization: Bearer <token>`, and the server serves the token's
-    /// tenant.
+    /// tenant. An `https://` server's certificate is checked against the
+    /// Mozilla roots; for a private CA, see [`Client::connect_with`].
     ///
     /// # Errors
     /// [`Error::Address`], [`Error::InvalidToken`], or [`Error::Connect`]
     /// when no connection opens within 10 seconds.
     pub async fn connect(server: &str, token: Option<&str>) -> Result<Client> {
-        let bearer = Bearer::new(token)?;
+        let mut options = ConnectOptions::new();
+        options.token = token.map(str::to_owned);
+        Client::connect_with(server, &options).await
+    }
+
+    /// [`Client::connect`] with options: the token, and the CA certificate
+    /// that signs an `https://` server's certificate.
+    ///
+    /// # Errors
+    /// As [`Client::connect`]; [`Error::CaWithoutTls`] for a CA with an
+    /// `http://` server; [`Error::InvalidCa`] for a CA that holds no PEM
+    /// certificate; [`Error::Connect`] also when the server's certificate
+    /// is not signed by the CA or does not name the server.
+    pub async fn connect_with(server: &str, options: &ConnectOptions) -> Result<Client> {
+        let bearer = Bearer::new(options.token.as_deref())?;
         let uri = server_uri(server);
-        let channel = Endpoint::from_shared(uri.clone())
+        let mut endpoint = Endpoint::from_shared(uri.clone())
             .map_err(|error| Error::Address {
                 server: server.to_owned(),
                 error,
             })?
             .tcp_nodelay(true)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .connect()
-            .await
-            .map_err(|error| Error::Connect {
+            .connect_timeout(CONNECT_TIMEOUT);
+        if uri.starts_with("https://") {
+            let tls = match &options.ca_pem {
+                Some(pem) => {
+                    if !pem
+                        .windows(CERTIFICATE_PEM.len())
+                        .any(|w| w == CERTIFICATE_PEM)
+                    {
+                        return Err(Error::InvalidCa);
+                    }
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+                }
+                None => ClientTlsConfig::new().with_webpki_roots(),
+            };
+            endpoint = endpoint.tls_config(tls).map_err(|error| Error::Connect {
                 server: uri.clone(),
                 error,
             })?;
+        } else if options.ca_pem.is_some() {
+            return Err(Error::CaWithoutTls { server: uri });
+        }
+        let channel = endpoint.connect().await.map_err(|error| Error::Connect {
+            server: uri.clone(),
+            error,
+        })?;
         let inner = IsoflowClient::with_interceptor(channel, bearer)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -683,6 +785,32 @@ mod tests {
             server_uri("https://isoflow.example"),
             "https://isoflow.example"
         );
+    }
+
+    #[tokio::test]
+    async fn a_ca_is_for_https_and_must_hold_a_certificate() {
+        // Refused before any connection is tried: nothing listens here.
+        let options = ConnectOptions::new().ca_pem("-----BEGIN CERTIFICATE-----\n");
+        let error = Client::connect_with("127.0.0.1:1", &options)
+            .await
+            .expect_err("http with a CA");
+        assert!(
+            matches!(&error, Error::CaWithoutTls { server } if server == "http://127.0.0.1:1"),
+            "{error}"
+        );
+        let options = ConnectOptions::new().ca_pem("not a certificate");
+        let error = Client::connect_with("https://127.0.0.1:1", &options)
+            .await
+            .expect_err("no certificate in it");
+        assert!(matches!(error, Error::InvalidCa), "{error}");
+        let missing = ConnectOptions::new()
+            .ca_file("/nonexistent/ca.pem")
+            .expect_err("no such file");
+        assert!(
+            missing.to_string().contains("/nonexistent/ca.pem"),
+            "{missing}"
+        );
+        assert!(!format!("{:?}", ConnectOptions::new().token("secret-token")).contains("secret"));
     }
 
     #[test]

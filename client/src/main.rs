@@ -18,7 +18,7 @@ use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
 use isoflow_client::v1::run_update::Update;
 use isoflow_client::v1::{self, RunStatus, StepStatus};
-use isoflow_client::{Client, Error};
+use isoflow_client::{Client, ConnectOptions, Error};
 use serde_json::Value;
 use tokio_stream::StreamExt;
 
@@ -29,7 +29,7 @@ use tokio_stream::StreamExt;
     about = "Talks to an Isoflow server: deploy integrations, start runs and follow them"
 )]
 struct Cli {
-    /// The server's gRPC address
+    /// The server's gRPC address (https://... for a server with TLS)
     #[arg(
         long,
         env = "ISOFLOW_SERVER",
@@ -37,6 +37,10 @@ struct Cli {
         global = true
     )]
     server: String,
+    /// The CA certificate (PEM) that signs an https:// server's certificate
+    /// [default: the Mozilla roots]
+    #[arg(long, env = "ISOFLOW_CA", global = true)]
+    ca: Option<PathBuf>,
     /// The API token; it names the tenant
     #[arg(long, env = "ISOFLOW_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
@@ -170,8 +174,15 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // An empty ISOFLOW_TOKEN is no token, as an unset one.
-    let token = cli.token.as_deref().filter(|token| !token.is_empty());
-    let client = Client::connect(&cli.server, token).await?;
+    let mut options = ConnectOptions::new();
+    if let Some(token) = cli.token.filter(|token| !token.is_empty()) {
+        options = options.token(token);
+    }
+    // An empty ISOFLOW_CA is no CA, as an unset one.
+    if let Some(ca) = cli.ca.filter(|ca| !ca.as_os_str().is_empty()) {
+        options = options.ca_file(&ca)?;
+    }
+    let client = Client::connect_with(&cli.server, &options).await?;
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::Deploy { file } => {

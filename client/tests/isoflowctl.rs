@@ -270,3 +270,59 @@ fn deploys_runs_and_shows_the_seed_integration() {
     );
     drop(node);
 }
+
+#[test]
+fn talks_to_a_server_with_tls_given_its_ca() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let port = free_port();
+    let ca = isoflow_testkit::tls::Ca::new("isoflowctl test CA");
+    let ca_file = ca.write(dir.path(), "ca");
+    let server_cert = ca.server(&["127.0.0.1"]).write(dir.path(), "server");
+    let config = dir.path().join("isoflow.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "role = \"all\"\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n\
+             [tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            dir.path().join("data").display(),
+            server_cert.cert.display(),
+            server_cert.key.display()
+        ),
+    )
+    .expect("write the config");
+    let mut node = Process::spawn(
+        Command::new(server_binary())
+            .args(["serve", "--config"])
+            .arg(&config),
+    );
+    node.wait_for_stderr_line(LONG, |l| l.contains("listening on https://"));
+    let server = format!("https://127.0.0.1:{port}");
+    let ca_arg = ca_file.to_str().expect("utf-8 path");
+
+    let listed = ctl(&server, &["--ca", ca_arg, "runs"]);
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    assert_eq!(text(&listed.stderr), "no runs\n");
+
+    let from_env = Command::new(env!("CARGO_BIN_EXE_isoflowctl"))
+        .args(["--server", &server, "integrations"])
+        .env("ISOFLOW_CA", &ca_file)
+        .output()
+        .expect("isoflowctl runs");
+    assert!(from_env.status.success(), "{}", text(&from_env.stderr));
+
+    // Without the CA, the server's certificate is not trusted: exit 2 and
+    // one line that says so.
+    let untrusted = Command::new(env!("CARGO_BIN_EXE_isoflowctl"))
+        .args(["--server", &server, "runs"])
+        .env_remove("ISOFLOW_CA")
+        .output()
+        .expect("isoflowctl runs");
+    assert_eq!(untrusted.status.code(), Some(2));
+    let error = text(&untrusted.stderr);
+    assert!(
+        error.starts_with(&format!("error: cannot connect to {server}"))
+            && error.contains("certificate"),
+        "{error}"
+    );
+    drop(node);
+}

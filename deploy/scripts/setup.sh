@@ -2,7 +2,8 @@
 # Installs everything Isoflow's build and tests need on a fresh Debian 12 machine.
 # Idempotent: a warm machine skips what it already has. Run as root (or with sudo).
 #
-#   - Debian packages: protoc, libclang (bindgen), etcd, libnode's runtime deps
+#   - Debian packages: protoc, libclang (bindgen), etcd, libnode's runtime deps,
+#     openssl (cluster.sh makes its certificates with it)
 #   - libnode108 + libnode-dev (V8 10.2) extracted into .deps/libnode, because the
 #     package conflicts with the preinstalled nodejs and must not be apt-installed
 set -euo pipefail
@@ -11,7 +12,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 deps="$root/.deps"
 libnode_dir="$deps/libnode"
 
-packages=(protobuf-compiler libclang-dev etcd-server etcd-client libuv1 libc-ares2 python3-pip)
+packages=(protobuf-compiler libclang-dev etcd-server etcd-client libuv1 libc-ares2 python3-pip openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

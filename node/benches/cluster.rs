@@ -94,8 +94,8 @@ fn main() {
     let port = free_port();
     let erp = fixture.url("");
     let common = format!(
-        "[auth]\ncluster_token = \"{CLUSTER_TOKEN}\"\n[etcd]\nendpoints = [\"{}\"]\nlease_ttl = \"2s\"\n[cluster]\nheartbeat_interval = \"200ms\"\nheartbeat_timeout = \"1s\"\n[egress]\nallow = [\"127.0.0.1\"]\n",
-        etcd.endpoint()
+        "[auth]\ncluster_token = \"{CLUSTER_TOKEN}\"\n[etcd]\n{}lease_ttl = \"2s\"\n[cluster]\nheartbeat_interval = \"200ms\"\nheartbeat_timeout = \"1s\"\n[egress]\nallow = [\"127.0.0.1\"]\n",
+        etcd.node_config()
     );
     let coordinator_config = write(
         dir.path(),

@@ -39,6 +39,7 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     pub api: Api,
     pub http: Http,
+    pub tls: Tls,
     pub auth: Auth,
     pub etcd: Etcd,
     pub cluster: Cluster,
@@ -64,6 +65,7 @@ impl Default for Config {
             data_dir: None,
             api: Api::default(),
             http: Http::default(),
+            tls: Tls::default(),
             auth: Auth::default(),
             etcd: Etcd::default(),
             cluster: Cluster::default(),
@@ -84,7 +86,8 @@ impl Default for Config {
 pub struct Api {
     /// Where the gRPC server listens (coordinator and all).
     pub listen: SocketAddr,
-    /// The address other nodes reach this one at [default: http://<listen>].
+    /// The address other nodes reach this one at [default: http://<listen>,
+    /// or https:// with [tls]].
     pub advertise: Option<String>,
 }
 
@@ -103,6 +106,27 @@ impl Default for Api {
 pub struct Http {
     /// Where it listens, e.g. 127.0.0.1:7701 [default: no listener].
     pub listen: Option<SocketAddr>,
+}
+
+/// TLS on the gRPC listener (coordinator and all), which the public API and
+/// the workers' API share. On when `cert` is set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// The node's certificate chain, PEM.
+    pub cert: Option<PathBuf>,
+    /// Its private key, PEM.
+    pub key: Option<PathBuf>,
+    /// The CA that signs workers' client certificates (PEM). A coordinator
+    /// with TLS needs it: the workers' API then takes only workers that
+    /// present a certificate it signed, naming the worker's id.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl Tls {
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
 }
 
 /// What http steps may connect to besides public addresses: networks
@@ -173,7 +197,23 @@ impl std::fmt::Debug for ApiToken {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Etcd {
+    /// `http://` or, with `ca`, `https://` URLs.
     pub endpoints: Vec<String>,
+    /// The CA that signs etcd's server certificate (PEM); needed for
+    /// https:// endpoints.
+    pub ca: Option<PathBuf>,
+    /// This node's client certificate and key (PEM), for an etcd that
+    /// requires them (`--client-cert-auth`).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The etcd user (with etcd's authentication on), and a file holding
+    /// its password.
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// The password itself, from `ISOFLOW_ETCD_PASSWORD` only (it beats
+    /// `password_file`).
+    #[serde(skip)]
+    pub password: Option<Password>,
     /// Where this cluster's keys live, so clusters can share an etcd.
     pub prefix: String,
     /// How long a node's registration outlives its last keep-alive: a
@@ -187,9 +227,54 @@ impl Default for Etcd {
     fn default() -> Self {
         Etcd {
             endpoints: vec!["http://127.0.0.1:2379".to_owned()],
+            ca: None,
+            cert: None,
+            key: None,
+            user: None,
+            password_file: None,
+            password: None,
             prefix: "/isoflow".to_owned(),
             lease_ttl: Duration::from_secs(3),
         }
+    }
+}
+
+impl Etcd {
+    /// True when the endpoints are reached over TLS.
+    pub fn tls(&self) -> bool {
+        self.ca.is_some()
+    }
+
+    /// The user and password to authenticate as, if any: the password from
+    /// `ISOFLOW_ETCD_PASSWORD`, or else read from `password_file` now (its
+    /// trailing line break dropped).
+    pub fn credentials(&self) -> anyhow::Result<Option<(String, Password)>> {
+        let Some(user) = &self.user else {
+            return Ok(None);
+        };
+        if let Some(password) = &self.password {
+            return Ok(Some((user.clone(), password.clone())));
+        }
+        let Some(path) = &self.password_file else {
+            bail!("etcd.user is {user:?} but there is no password: set etcd.password_file");
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read etcd.password_file {}", path.display()))?;
+        let password = text.trim_end_matches(['\n', '\r']);
+        if password.is_empty() {
+            bail!("etcd.password_file {} is empty", path.display());
+        }
+        Ok(Some((user.clone(), Password(password.to_owned()))))
+    }
+}
+
+/// A secret that debug output does not show.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(<hidden>)")
     }
 }
 
@@ -230,6 +315,7 @@ pub struct Worker {
     pub capacity: u32,
     /// The coordinator's address; without it, the elected leader in etcd.
     pub coordinator: Option<String>,
+    pub tls: WorkerTls,
 }
 
 impl Default for Worker {
@@ -237,7 +323,29 @@ impl Default for Worker {
         Worker {
             capacity: 16,
             coordinator: None,
+            tls: WorkerTls::default(),
         }
+    }
+}
+
+/// How a worker reaches a coordinator that uses TLS. On when `ca` is set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerTls {
+    /// The CA that signs the coordinator's certificate (PEM).
+    pub ca: Option<PathBuf>,
+    /// This worker's client certificate and key (PEM). The certificate's
+    /// common name (or one of its DNS names) must be this node's id.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The name the coordinator's certificate must carry [default: the
+    /// host in the coordinator's address].
+    pub server_name: Option<String>,
+}
+
+impl WorkerTls {
+    pub fn enabled(&self) -> bool {
+        self.ca.is_some()
     }
 }
 
@@ -564,6 +672,32 @@ impl Config {
         if let Some(coordinator) = get("ISOFLOW_COORDINATOR") {
             self.worker.coordinator = Some(coordinator.clone());
         }
+        let path = |name: &str| get(name).map(PathBuf::from);
+        for (name, value) in [
+            ("ISOFLOW_TLS_CERT", &mut self.tls.cert),
+            ("ISOFLOW_TLS_KEY", &mut self.tls.key),
+            ("ISOFLOW_TLS_CLIENT_CA", &mut self.tls.client_ca),
+            ("ISOFLOW_WORKER_TLS_CA", &mut self.worker.tls.ca),
+            ("ISOFLOW_WORKER_TLS_CERT", &mut self.worker.tls.cert),
+            ("ISOFLOW_WORKER_TLS_KEY", &mut self.worker.tls.key),
+            ("ISOFLOW_ETCD_CA", &mut self.etcd.ca),
+            ("ISOFLOW_ETCD_CERT", &mut self.etcd.cert),
+            ("ISOFLOW_ETCD_KEY", &mut self.etcd.key),
+            ("ISOFLOW_ETCD_PASSWORD_FILE", &mut self.etcd.password_file),
+        ] {
+            if let Some(path) = path(name) {
+                *value = Some(path);
+            }
+        }
+        if let Some(name) = get("ISOFLOW_WORKER_TLS_SERVER_NAME") {
+            self.worker.tls.server_name = Some(name.clone());
+        }
+        if let Some(user) = get("ISOFLOW_ETCD_USER") {
+            self.etcd.user = Some(user.clone());
+        }
+        if let Some(password) = get("ISOFLOW_ETCD_PASSWORD") {
+            self.etcd.password = Some(Password(password.clone()));
+        }
         if let Some(capacity) = get("ISOFLOW_WORKER_CAPACITY") {
             self.worker.capacity = capacity.parse().with_context(|| {
                 format!("ISOFLOW_WORKER_CAPACITY is {capacity:?}: not a whole number")
@@ -654,6 +788,8 @@ impl Config {
         {
             bail!("auth.cluster_token is shorter than 16 characters");
         }
+        self.check_tls()?;
+        self.check_etcd()?;
         if self.role == Role::All
             && self.auth.tokens.is_empty()
             && !self.api.listen.ip().is_loopback()
@@ -663,6 +799,104 @@ impl Config {
                  who reaches it as tenant \"local\": listen on loopback, or set tokens",
                 self.api.listen
             );
+        }
+        Ok(())
+    }
+
+    /// No setting that would leave a connection open that looks closed.
+    fn check_tls(&self) -> anyhow::Result<()> {
+        let tls = &self.tls;
+        if tls.cert.is_some() != tls.key.is_some() {
+            bail!("tls.cert and tls.key go together: set both, or neither");
+        }
+        if tls.client_ca.is_some() && !tls.enabled() {
+            bail!(
+                "tls.client_ca is set without tls.cert and tls.key: the listener would not use TLS"
+            );
+        }
+        if self.role == Role::Coordinator && tls.enabled() && tls.client_ca.is_none() {
+            bail!(
+                "a coordinator with [tls] needs tls.client_ca, the CA that signs workers' \
+                 certificates: without it, the workers' API would take any worker that has \
+                 the cluster token"
+            );
+        }
+        if self.role == Role::Coordinator {
+            match self.api.advertise.as_deref() {
+                Some(address) if tls.enabled() && address.starts_with("http://") => bail!(
+                    "api.advertise is {address}, but the API uses TLS: advertise an https:// address"
+                ),
+                Some(address) if !tls.enabled() && address.starts_with("https://") => bail!(
+                    "api.advertise is {address}, but [tls] is not set: the API does not use TLS"
+                ),
+                _ => {}
+            }
+        }
+        let worker = &self.worker.tls;
+        let any = worker.ca.is_some()
+            || worker.cert.is_some()
+            || worker.key.is_some()
+            || worker.server_name.is_some();
+        if worker.cert.is_some() != worker.key.is_some() {
+            bail!("worker.tls.cert and worker.tls.key go together: set both, or neither");
+        }
+        if any && !worker.enabled() {
+            bail!("[worker.tls] needs ca, the CA that signs the coordinator's certificate");
+        }
+        if worker.enabled() && worker.cert.is_none() {
+            bail!(
+                "worker.tls.ca is set without worker.tls.cert and worker.tls.key: a coordinator \
+                 with TLS takes only workers that present a certificate"
+            );
+        }
+        if let Some(address) = &self.worker.coordinator {
+            if worker.enabled() && address.starts_with("http://") {
+                bail!(
+                    "worker.coordinator is {address}, but [worker.tls] is set: \
+                     give the coordinator's https:// address"
+                );
+            }
+            if !worker.enabled() && address.starts_with("https://") {
+                bail!(
+                    "worker.coordinator is {address}, which uses TLS: set [worker.tls] \
+                     (ca, cert and key)"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn check_etcd(&self) -> anyhow::Result<()> {
+        let etcd = &self.etcd;
+        if etcd.cert.is_some() != etcd.key.is_some() {
+            bail!("etcd.cert and etcd.key go together: set both, or neither");
+        }
+        if etcd.cert.is_some() && !etcd.tls() {
+            bail!("etcd.cert is set without etcd.ca: a client certificate needs TLS");
+        }
+        for endpoint in &etcd.endpoints {
+            if etcd.tls() && endpoint.starts_with("http://") {
+                bail!(
+                    "etcd.ca is set, but the etcd endpoint {endpoint} is not https://: \
+                     the connection would not use TLS"
+                );
+            }
+            if !etcd.tls() && endpoint.starts_with("https://") {
+                bail!(
+                    "the etcd endpoint {endpoint} uses TLS: set etcd.ca, the CA that signs \
+                     etcd's certificate"
+                );
+            }
+        }
+        let password = etcd.password.is_some() || etcd.password_file.is_some();
+        match (&etcd.user, password) {
+            (Some(user), false) => bail!(
+                "etcd.user is {user:?} but there is no password: set etcd.password_file \
+                 (or ISOFLOW_ETCD_PASSWORD)"
+            ),
+            (None, true) => bail!("an etcd password is set without etcd.user"),
+            (Some(user), true) if user.is_empty() => bail!("etcd.user is empty"),
+            _ => {}
         }
         Ok(())
     }
@@ -687,10 +921,11 @@ impl Config {
 
     /// How other nodes reach this one.
     pub fn advertise(&self) -> String {
+        let scheme = if self.tls.enabled() { "https" } else { "http" };
         self.api
             .advertise
             .clone()
-            .unwrap_or_else(|| format!("http://{}", self.api.listen))
+            .unwrap_or_else(|| format!("{scheme}://{}", self.api.listen))
     }
 }
 
@@ -790,7 +1025,19 @@ mod tests {
             .expect("the example has a vault key");
         assert_eq!(keyring.current_id(), "2026-11");
         assert_eq!(config.cluster.tenant_runs_in_flight, 12);
-        assert_eq!(config.advertise(), "http://10.0.0.5:7700");
+        assert_eq!(config.advertise(), "https://10.0.0.5:7700");
+        assert_eq!(
+            config.tls.client_ca.as_deref(),
+            Some(Path::new("/etc/isoflow/ca.pem"))
+        );
+        assert_eq!(
+            config.worker.tls.server_name.as_deref(),
+            Some("coordinator.isoflow.internal")
+        );
+        assert_eq!(
+            (config.etcd.user.as_deref(), config.etcd.tls()),
+            (Some("isoflow"), true)
+        );
         let sandbox = config.sandbox.engine_config();
         assert_eq!(
             (sandbox.concurrency, sandbox.processes, sandbox.spare),
@@ -905,6 +1152,163 @@ mod tests {
              token = \"0123456789abcdef\"\n",
         )
         .expect("with tokens");
+    }
+
+    #[test]
+    fn insecure_transport_settings_are_refused_in_one_sentence() {
+        let error = |text: &str| load_text(text).expect_err(text).to_string();
+        let coordinator = "role = \"coordinator\"\n[auth]\ncluster_token = \"cluster-token-0123456789\"\n\
+                           [[auth.tokens]]\ntenant = \"a\"\ntoken = \"0123456789abcdef\"\n";
+        assert_eq!(
+            error(&format!(
+                "{coordinator}[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n"
+            )),
+            "a coordinator with [tls] needs tls.client_ca, the CA that signs workers' \
+             certificates: without it, the workers' API would take any worker that has the \
+             cluster token"
+        );
+        let with_tls = load_text(&format!(
+            "{coordinator}[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nclient_ca = \"ca.pem\"\n"
+        ))
+        .expect("TLS with a client CA");
+        assert_eq!(with_tls.advertise(), "https://127.0.0.1:7700");
+        assert_eq!(
+            error(&format!(
+                "{coordinator}[api]\nadvertise = \"http://10.0.0.5:7700\"\n\
+                 [tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nclient_ca = \"ca.pem\"\n"
+            )),
+            "api.advertise is http://10.0.0.5:7700, but the API uses TLS: advertise an https:// address"
+        );
+        // Without [tls] a coordinator still serves, over plain HTTP.
+        assert_eq!(
+            load_text(coordinator).expect("plain").advertise(),
+            "http://127.0.0.1:7700"
+        );
+        assert_eq!(
+            error("[tls]\ncert = \"c.pem\"\n"),
+            "tls.cert and tls.key go together: set both, or neither"
+        );
+        assert_eq!(
+            error("[tls]\nclient_ca = \"ca.pem\"\n"),
+            "tls.client_ca is set without tls.cert and tls.key: the listener would not use TLS"
+        );
+        load_text("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n")
+            .expect("an all node needs no client CA");
+
+        let worker = "role = \"worker\"\n[auth]\ncluster_token = \"cluster-token-0123456789\"\n";
+        assert_eq!(
+            error(&format!("{worker}[worker.tls]\nca = \"ca.pem\"\n")),
+            "worker.tls.ca is set without worker.tls.cert and worker.tls.key: a coordinator \
+             with TLS takes only workers that present a certificate"
+        );
+        assert_eq!(
+            error(&format!(
+                "{worker}[worker.tls]\ncert = \"w.pem\"\nkey = \"k.pem\"\n"
+            )),
+            "[worker.tls] needs ca, the CA that signs the coordinator's certificate"
+        );
+        let tls = "[worker.tls]\nca = \"ca.pem\"\ncert = \"w.pem\"\nkey = \"k.pem\"\n";
+        assert_eq!(
+            error(&format!(
+                "{worker}[worker]\ncoordinator = \"http://10.0.0.5:7700\"\n{tls}"
+            )),
+            "worker.coordinator is http://10.0.0.5:7700, but [worker.tls] is set: give the \
+             coordinator's https:// address"
+        );
+        assert_eq!(
+            error(&format!(
+                "{worker}[worker]\ncoordinator = \"https://10.0.0.5:7700\"\n"
+            )),
+            "worker.coordinator is https://10.0.0.5:7700, which uses TLS: set [worker.tls] \
+             (ca, cert and key)"
+        );
+        load_text(&format!(
+            "{worker}[worker]\ncoordinator = \"https://10.0.0.5:7700\"\n{tls}"
+        ))
+        .expect("mutual TLS to a fixed coordinator");
+
+        assert_eq!(
+            error("[etcd]\nendpoints = [\"https://10.0.0.9:2379\"]\n"),
+            "the etcd endpoint https://10.0.0.9:2379 uses TLS: set etcd.ca, the CA that signs \
+             etcd's certificate"
+        );
+        assert_eq!(
+            error("[etcd]\nca = \"ca.pem\"\n"),
+            "etcd.ca is set, but the etcd endpoint http://127.0.0.1:2379 is not https://: the \
+             connection would not use TLS"
+        );
+        assert_eq!(
+            error("[etcd]\ncert = \"c.pem\"\nkey = \"k.pem\"\n"),
+            "etcd.cert is set without etcd.ca: a client certificate needs TLS"
+        );
+        assert_eq!(
+            error("[etcd]\nuser = \"isoflow\"\n"),
+            "etcd.user is \"isoflow\" but there is no password: set etcd.password_file \
+             (or ISOFLOW_ETCD_PASSWORD)"
+        );
+        assert_eq!(
+            error("[etcd]\npassword_file = \"p\"\n"),
+            "an etcd password is set without etcd.user"
+        );
+    }
+
+    #[test]
+    fn the_etcd_password_comes_from_the_environment_or_its_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("password");
+        std::fs::write(&file, "from-the-file\n").expect("write");
+        let config = dir.path().join("isoflow.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[etcd]\nuser = \"isoflow\"\npassword_file = \"{}\"\n",
+                file.display()
+            ),
+        )
+        .expect("write");
+        let flags = Flags {
+            config: Some(config),
+            ..Flags::default()
+        };
+        let from_file = Config::load(&flags, &HashMap::new()).expect("valid");
+        let (user, password) = from_file
+            .etcd
+            .credentials()
+            .expect("readable")
+            .expect("a user");
+        assert_eq!(
+            (user.as_str(), password.0.as_str()),
+            ("isoflow", "from-the-file")
+        );
+        assert!(
+            !format!("{from_file:?}").contains("from-the"),
+            "no secret in debug output"
+        );
+
+        let from_env = Config::load(
+            &flags,
+            &env(&[
+                ("ISOFLOW_ETCD_USER", "other"),
+                ("ISOFLOW_ETCD_PASSWORD", "from-the-env"),
+            ]),
+        )
+        .expect("valid");
+        let (user, password) = from_env
+            .etcd
+            .credentials()
+            .expect("readable")
+            .expect("a user");
+        assert_eq!(
+            (user.as_str(), password.0.as_str()),
+            ("other", "from-the-env")
+        );
+
+        std::fs::write(&file, "\n").expect("write");
+        let error = from_file.etcd.credentials().expect_err("empty").to_string();
+        assert_eq!(
+            error,
+            format!("etcd.password_file {} is empty", file.display())
+        );
     }
 
     #[test]

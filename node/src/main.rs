@@ -136,11 +136,18 @@ fn serve(flags: &config::Flags) -> anyhow::Result<ExitCode> {
         .collect();
     let home = std::env::var_os("HOME").map(PathBuf::from);
     let config = config::Config::load(flags, &env)?;
+    // tonic logs a refused TLS handshake (a client certificate from another
+    // CA, plain HTTP on the TLS port) at debug only; an operator needs to
+    // see those, whatever the level of the rest.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .add_directive(
+            "tonic::transport::server::io_stream=debug"
+                .parse()
+                .expect("a valid directive"),
+        );
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

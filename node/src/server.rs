@@ -8,12 +8,16 @@
 //!   waits in the election and opens the store only when it leads.
 //! - `worker`: registers in etcd, finds the leader, takes runs.
 //!
+//! With `[tls]` the listener speaks only TLS; a coordinator's workers then
+//! connect with mutual TLS (`[worker.tls]`), each known by its certificate.
+//! etcd may be reached over TLS, with a user and password.
+//!
 //! Where to look next: `server/coordinator.rs` (assignments, checkpoints),
 //! `server/scheduler.rs` (which run goes where and when: queues, turns
 //! between tenants, worker slots),
 //! `server/cluster.rs` (the coordinator's side of a worker's stream),
 //! `server/worker.rs` (the worker's side), `server/api.rs` (the public API),
-//! `server/etcd.rs` (membership and election).
+//! `server/etcd.rs` (membership and election), `server/tls.rs` (certificates).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,9 +46,27 @@ pub mod etcd;
 pub mod hooks;
 pub mod payload;
 pub mod scheduler;
+pub mod tls;
 pub mod worker;
 
 use coordinator::Coordinator;
+
+/// `text`, then each cause in `source`'s chain that it does not already
+/// say: where the useful part of a transport or TLS error is.
+pub(crate) fn with_causes(
+    mut text: String,
+    mut source: Option<&(dyn std::error::Error + 'static)>,
+) -> String {
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
 
 /// How long in-flight steps get to finish when a node is asked to stop.
 const GRACE: Duration = Duration::from_secs(10);
@@ -90,6 +112,7 @@ pub async fn serve(
     let id = config.node_id();
     match config.role {
         Role::All => {
+            let tls = tls::server(&config.tls)?;
             let dir = data_dir(&config, home.as_deref())?;
             let store = Arc::new(Store::open(&StoreConfig::new(&dir))?);
             let vault = open_vault(&config, &store)?;
@@ -107,17 +130,21 @@ pub async fn serve(
             let engine =
                 Engine::with_store(engine_config(&config, &dir, credentials)?, Some(store)).await?;
             coordinator.add_local(config.worker.capacity, engine.clone());
-            let served = serve_grpc(&config, coordinator, None, stop).await;
+            let served = serve_grpc(&config, tls, coordinator, None, stop).await;
             engine.shutdown(GRACE).await;
             served
         }
         Role::Coordinator => {
-            let etcd = etcd::Etcd::connect(
-                &config.etcd.endpoints,
-                &config.etcd.prefix,
-                config.etcd.lease_ttl,
-            )
-            .await;
+            // Read now, not once leading: a standby with a wrong file says
+            // so at start.
+            let tls = tls::server(&config.tls)?;
+            if tls.is_none() {
+                tracing::warn!(
+                    "serving without TLS: API tokens, the cluster token and every payload \
+                     cross the network in the clear; set [tls] in production"
+                );
+            }
+            let etcd = etcd::Etcd::connect(&config.etcd).await?;
             let address = config.advertise();
             let mut lease = etcd.register(etcd.coordinator_key(&id), address.clone());
             let granted = loop {
@@ -153,7 +180,7 @@ pub async fn serve(
                 }
             };
             tokio::select! {
-                served = serve_grpc(&config, coordinator, Some(cluster_token), stop) => served,
+                served = serve_grpc(&config, tls, coordinator, Some(cluster_token), stop) => served,
                 () = lost => anyhow::bail!("lost leadership: the etcd lease it was won with expired; stopping so that a restart campaigns again"),
             }
         }
@@ -164,15 +191,11 @@ pub async fn serve(
             let engine =
                 Engine::with_store(engine_config(&config, &dir, credentials.clone())?, None)
                     .await?;
+            let tls = tls::worker(&config.worker.tls)?;
             let discovery: Box<dyn worker::Discovery> = match &config.worker.coordinator {
                 Some(address) => Box::new(worker::Fixed(address.clone())),
                 None => {
-                    let etcd = etcd::Etcd::connect(
-                        &config.etcd.endpoints,
-                        &config.etcd.prefix,
-                        config.etcd.lease_ttl,
-                    )
-                    .await;
+                    let etcd = etcd::Etcd::connect(&config.etcd).await?;
                     let _registered = etcd.register(
                         etcd.worker_key(&id),
                         format!("{{\"capacity\":{}}}", config.worker.capacity),
@@ -189,6 +212,7 @@ pub async fn serve(
                     config.auth.cluster_token.as_deref().unwrap_or_default(),
                 )?,
                 discovery,
+                tls,
                 max_payload_bytes: config.max_payload_bytes,
                 heartbeat_timeout: config.cluster.heartbeat_timeout,
             };
@@ -209,6 +233,7 @@ impl worker::Discovery for EtcdDiscovery {
 
 async fn serve_grpc(
     config: &Config,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     coordinator: Arc<Coordinator>,
     cluster_token: Option<String>,
     mut stop: watch::Receiver<bool>,
@@ -257,19 +282,30 @@ async fn serve_grpc(
                 coordinator: coordinator.clone(),
                 heartbeat_interval: config.cluster.heartbeat_interval,
                 heartbeat_timeout: config.cluster.heartbeat_timeout,
+                tls: tls.is_some(),
             })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            auth::ClusterAuth::new(&token),
+            auth::ClusterAuth::new(&token, tls.is_some()),
         )
     });
+    let mut server = tonic::transport::Server::builder();
+    let scheme = match tls {
+        Some(tls) => {
+            server = server
+                .tls_config(tls)
+                .context("the certificate and key in [tls] cannot be used")?;
+            "https"
+        }
+        None => "http",
+    };
     // The line scripts and tests wait for.
     eprintln!(
-        "isoflow: {} {} listening on {address}",
+        "isoflow: {} {} listening on {scheme}://{address}",
         config.role_name(),
         coordinator.id
     );
-    tonic::transport::Server::builder()
+    server
         .add_service(api)
         .add_optional_service(cluster)
         // Nagle off on every accepted connection: small messages (an Ack,

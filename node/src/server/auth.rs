@@ -1,5 +1,8 @@
 //! Bearer tokens: a public API call runs as the tenant its token names; a
-//! worker's call must carry the cluster token.
+//! worker's call must carry the cluster token and, on a listener with TLS,
+//! come over a connection with a client certificate (signed by
+//! `tls.client_ca`, which the TLS layer already checked). Which worker the
+//! certificate names is checked against its Hello in `cluster.rs`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -78,10 +81,12 @@ impl Interceptor for ApiAuth {
     }
 }
 
-/// The cluster token, for the workers' API.
+/// The cluster token (and, with TLS, a client certificate), for the
+/// workers' API.
 #[derive(Clone)]
 pub struct ClusterAuth {
     token: Arc<Vec<u8>>,
+    require_certificate: bool,
 }
 
 impl std::fmt::Debug for ClusterAuth {
@@ -91,15 +96,24 @@ impl std::fmt::Debug for ClusterAuth {
 }
 
 impl ClusterAuth {
-    pub fn new(token: &str) -> Self {
+    /// `require_certificate`: the listener uses TLS, so a worker must have
+    /// presented a client certificate.
+    pub fn new(token: &str, require_certificate: bool) -> Self {
         ClusterAuth {
             token: Arc::new(token.as_bytes().to_vec()),
+            require_certificate,
         }
     }
 }
 
 impl Interceptor for ClusterAuth {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        if self.require_certificate && request.peer_certs().is_none_or(|certs| certs.is_empty()) {
+            return Err(Status::unauthenticated(
+                "a worker must present a client certificate signed by the cluster's CA \
+                 (the coordinator's tls.client_ca)",
+            ));
+        }
         match bearer(&request) {
             Some(presented) if same(&self.token, presented) => Ok(request),
             Some(_) => Err(Status::unauthenticated("the cluster token is not valid")),

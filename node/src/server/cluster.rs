@@ -27,6 +27,9 @@ pub struct ClusterService {
     pub coordinator: Arc<Coordinator>,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
+    /// The listener uses TLS: a worker's id must be named by the client
+    /// certificate it presented (which `auth::ClusterAuth` requires).
+    pub tls: bool,
 }
 
 type OutStream = Pin<Box<dyn Stream<Item = Result<v1::CoordinatorMessage, Status>> + Send>>;
@@ -43,6 +46,19 @@ impl Cluster for ClusterService {
         &self,
         request: Request<Streaming<v1::WorkerMessage>>,
     ) -> Result<Response<OutStream>, Status> {
+        let certificate = if self.tls {
+            let chain = request.peer_certs().unwrap_or_default();
+            let Some(first) = chain.first() else {
+                // The interceptor (auth::ClusterAuth) refuses this first.
+                return Err(Status::unauthenticated(
+                    "a worker must present a client certificate signed by the cluster's CA \
+                     (the coordinator's tls.client_ca)",
+                ));
+            };
+            Some(first.to_vec())
+        } else {
+            None
+        };
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(self.heartbeat_timeout, inbound.message()).await {
             Ok(Ok(Some(v1::WorkerMessage {
@@ -58,6 +74,12 @@ impl Cluster for ClusterService {
             return Err(Status::invalid_argument(
                 "Hello needs a worker_id and a capacity of at least 1",
             ));
+        }
+        if let Some(certificate) = &certificate
+            && let Err(refused) = super::tls::check_worker_id(&hello.worker_id, certificate)
+        {
+            tracing::warn!(worker = %hello.worker_id, "worker refused: {}", refused.message());
+            return Err(refused);
         }
         let coordinator = self.coordinator.clone();
         let (out_tx, out_rx) = mpsc::channel(32);

@@ -8,6 +8,10 @@
 //! without another word: the coordinator gives them to other workers, from
 //! their last acknowledged checkpoint. It takes no work until it reaches a
 //! coordinator again.
+//!
+//! With `[worker.tls]` it reaches the coordinator only over TLS, verifying
+//! the coordinator's certificate and presenting its own; it never sends
+//! the cluster token to an `http://` address.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -56,6 +60,8 @@ pub struct WorkerNode {
     pub engine: Engine,
     pub token: AddToken,
     pub discovery: Box<dyn Discovery>,
+    /// TLS towards the coordinator (`[worker.tls]`).
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
     pub max_payload_bytes: u64,
     /// How long to wait for a coordinator to answer a connection.
     pub heartbeat_timeout: Duration,
@@ -109,11 +115,21 @@ impl WorkerNode {
         address: &str,
         stop: &mut tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
-        let channel = tonic::transport::Endpoint::from_shared(address.to_owned())?
+        let mut endpoint = tonic::transport::Endpoint::from_shared(address.to_owned())?
             .connect_timeout(self.heartbeat_timeout)
-            .tcp_nodelay(true)
-            .connect()
-            .await?;
+            .tcp_nodelay(true);
+        match (&self.tls, address.starts_with("https://")) {
+            (Some(tls), true) => endpoint = endpoint.tls_config(tls.clone())?,
+            (Some(_), false) => anyhow::bail!(
+                "the coordinator's address {address} is not https://, and this worker has \
+                 [worker.tls]: it does not send its cluster token in the clear"
+            ),
+            (None, true) => anyhow::bail!(
+                "the coordinator at {address} uses TLS: set [worker.tls] (ca, cert and key)"
+            ),
+            (None, false) => {}
+        }
+        let channel = endpoint.connect().await?;
         let mut client = ClusterClient::with_interceptor(channel, self.token.clone())
             .max_decoding_message_size(isoflow_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(isoflow_proto::MAX_MESSAGE_BYTES);
@@ -125,7 +141,31 @@ impl WorkerNode {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
             })))
             .await?;
-        let mut inbound = client.work(ReceiverStream::new(out_rx)).await?.into_inner();
+        let mut inbound = client
+            .work(ReceiverStream::new(out_rx))
+            .await
+            .map_err(|status| match status.code() {
+                code @ (tonic::Code::PermissionDenied
+                | tonic::Code::Unauthenticated
+                | tonic::Code::InvalidArgument) => anyhow::anyhow!(
+                    "the coordinator at {address} refused this worker ({code:?}): {}",
+                    status.message()
+                ),
+                // Under TLS 1.3 a server refuses a client certificate after
+                // the client considers the handshake done: the worker sees
+                // only a closed connection.
+                code if self.tls.is_some() => anyhow::anyhow!(
+                    "the connection to the coordinator at {address} closed before the Work \
+                     stream opened ({code:?}: {}); if this goes on, check that this worker's \
+                     certificate (worker.tls.cert) is signed by the coordinator's tls.client_ca",
+                    status_text(&status)
+                ),
+                code => anyhow::anyhow!(
+                    "the Work stream to the coordinator at {address} did not open ({code:?}): {}",
+                    status_text(&status)
+                ),
+            })?
+            .into_inner();
         let welcome = match tokio::time::timeout(self.heartbeat_timeout, inbound.message()).await {
             Ok(Ok(Some(v1::CoordinatorMessage {
                 kind: Some(In::Welcome(welcome)),
@@ -419,6 +459,15 @@ impl Credentials for StreamCredentials {
             }
         })
     }
+}
+
+/// A status's message with its causes: a TLS alert from the coordinator
+/// (a refused certificate) is in a source, behind "transport error".
+fn status_text(status: &tonic::Status) -> String {
+    super::with_causes(
+        status.message().to_owned(),
+        std::error::Error::source(status),
+    )
 }
 
 fn worker_message(kind: Out) -> v1::WorkerMessage {

@@ -1,20 +1,27 @@
 //! A real etcd server for multi-process cluster tests: Debian's
 //! `etcd-server` (etcd 3.4), one member on loopback, its data and log in a
-//! temporary directory.
+//! temporary directory, with authentication on, as in production.
 //!
 //! ```no_run
 //! use isoflow_testkit::Etcd;
 //!
 //! let mut etcd = Etcd::start()?;
-//! // ... point the nodes at etcd.endpoint() ...
+//! // ... put etcd.node_config() in the nodes' [etcd] section ...
 //! etcd.kill(); // etcd goes away, as in a crash
 //! etcd.restart()?; // same ports, same data
 //! # anyhow::Ok(())
 //! ```
 //!
+//! Users (made with `etcdctl` before `auth enable`): `root`, and
+//! [`USER`] (`isoflow`), whose role may read and write every key that
+//! starts with [`PREFIX`] (`/isoflow`, so `/isoflow-test/...` too).
+//! [`Etcd::start_tls`] also serves clients over TLS only and requires a
+//! client certificate signed by the test's CA.
+//!
 //! Dropping an [`Etcd`] kills (SIGKILL) and reaps the server, then removes
 //! its directory. [`request`] is a tiny HTTP/1.0 client over a std
-//! `TcpStream`, for `/health` and the v3 JSON gateway (`/v3/kv/put`, ...).
+//! `TcpStream`, for `/health` and the v3 JSON gateway (`/v3/kv/put`, ...);
+//! [`Etcd::request`] sends the gateway calls as `root`.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -27,9 +34,24 @@ use anyhow::{Context, Result, bail};
 use tempfile::TempDir;
 
 use crate::free_port;
+use crate::tls::{Ca, Files};
 
 /// Where Debian's `etcd-server` puts the binary.
 pub const ETCD_BIN: &str = "/usr/bin/etcd";
+
+/// Where Debian's `etcd-client` puts `etcdctl`.
+pub const ETCDCTL_BIN: &str = "/usr/bin/etcdctl";
+
+/// The user the nodes log in as.
+pub const USER: &str = "isoflow";
+
+/// The keys [`USER`] may read and write: every key starting with this.
+pub const PREFIX: &str = "/isoflow";
+
+/// The common name of the nodes' client certificate with TLS: not the name
+/// of an etcd user, since etcd takes a certificate's common name as the
+/// user of a request that carries no token.
+pub const NODE_CERT_NAME: &str = "isoflow-node";
 
 /// How long [`Etcd::start`] and [`Etcd::restart`] wait for `/health`.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(20);
@@ -48,38 +70,142 @@ const LOG_TAIL: usize = 20;
 pub struct Etcd {
     client_port: u16,
     peer_port: u16,
+    /// Plain HTTP `/health` (`--listen-metrics-urls`), TLS or not.
+    metrics_port: u16,
     child: Option<Child>,
-    /// Holds `data/` (the data dir) and `etcd.log`; removed when dropped,
-    /// after the server is gone (see `Drop`).
+    /// Holds `data/` (the data dir), `etcd.log`, the password file and the
+    /// certificates; removed when dropped, after the server is gone (see
+    /// `Drop`).
     dir: TempDir,
+    root_password: String,
+    password: String,
+    tls: Option<Tls>,
+    /// Users and roles are made once, on the first start.
+    auth_enabled: bool,
+}
+
+/// The files of an etcd with TLS.
+#[derive(Debug, Clone)]
+struct Tls {
+    ca: PathBuf,
+    server: Files,
+    /// `etcdctl`'s, and `request`'s if it spoke TLS.
+    admin: Files,
+    /// The nodes' ([`NODE_CERT_NAME`]).
+    node: Files,
+}
+
+/// A node's TLS files for an etcd with TLS: `etcd.ca`, `etcd.cert`,
+/// `etcd.key`.
+#[derive(Debug, Clone)]
+pub struct ClientFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Etcd {
-    /// Starts etcd on two free loopback ports (client and peer) with a
-    /// fresh data dir, and waits until `/health` says it is healthy (at
-    /// most 20 s). An error quotes the end of etcd's log.
+    /// Starts etcd on free loopback ports (client, peer and metrics) with
+    /// a fresh data dir, waits until `/health` says it is healthy (at most
+    /// 20 s), then makes the users and turns authentication on. An error
+    /// quotes the end of etcd's log.
     pub fn start() -> Result<Etcd> {
-        if !Path::new(ETCD_BIN).exists() {
-            bail!("etcd is not installed ({ETCD_BIN} is missing): run deploy/scripts/setup.sh");
+        Etcd::start_with(None)
+    }
+
+    /// [`Etcd::start`], serving clients over TLS only (a server certificate
+    /// for 127.0.0.1 signed by `ca`) and requiring a client certificate
+    /// signed by `ca` (`--client-cert-auth`). [`Etcd::client_files`] has
+    /// one for the nodes.
+    pub fn start_tls(ca: &Ca) -> Result<Etcd> {
+        Etcd::start_with(Some(ca))
+    }
+
+    fn start_with(ca: Option<&Ca>) -> Result<Etcd> {
+        for bin in [ETCD_BIN, ETCDCTL_BIN] {
+            if !Path::new(bin).exists() {
+                bail!("etcd is not installed ({bin} is missing): run deploy/scripts/setup.sh");
+            }
         }
         let dir = tempfile::Builder::new()
             .prefix("isoflow-etcd-")
             .tempdir()
             .context("creating etcd's temporary directory")?;
-        let (client_port, peer_port) = two_free_ports();
+        let tls = ca.map(|ca| Tls {
+            ca: ca.write(dir.path(), "etcd-ca"),
+            server: ca
+                .server(&["127.0.0.1", "localhost"])
+                .write(dir.path(), "etcd-server"),
+            admin: ca.client("etcd-admin").write(dir.path(), "etcd-admin"),
+            node: ca.client(NODE_CERT_NAME).write(dir.path(), "etcd-node"),
+        });
+        let (client_port, peer_port, metrics_port) = three_free_ports();
         let mut etcd = Etcd {
             client_port,
             peer_port,
+            metrics_port,
             child: None,
             dir,
+            root_password: secret("root"),
+            password: secret(USER),
+            tls,
+            auth_enabled: false,
         };
+        std::fs::write(etcd.password_file(), &etcd.password)
+            .context("writing the password file")?;
         etcd.launch()?;
         Ok(etcd)
     }
 
-    /// `http://127.0.0.1:<client port>`, for clients.
+    /// `http://127.0.0.1:<client port>` (`https://` with TLS), for clients.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The user nodes log in as: [`USER`].
+    pub fn user(&self) -> &str {
+        USER
+    }
+
+    /// [`USER`]'s password.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// A file holding [`USER`]'s password, for `etcd.password_file`.
+    pub fn password_file(&self) -> PathBuf {
+        self.dir.path().join("password")
+    }
+
+    /// The CA and a client certificate for the nodes (common name
+    /// [`NODE_CERT_NAME`]), when etcd uses TLS.
+    pub fn client_files(&self) -> Option<ClientFiles> {
+        self.tls.as_ref().map(|tls| ClientFiles {
+            ca: tls.ca.clone(),
+            cert: tls.node.cert.clone(),
+            key: tls.node.key.clone(),
+        })
+    }
+
+    /// The lines of a node's `[etcd]` section that reach this etcd as
+    /// [`USER`]: `endpoints`, `user`, `password_file`, and with TLS `ca`,
+    /// `cert` and `key`.
+    pub fn node_config(&self) -> String {
+        let mut lines = format!(
+            "endpoints = [\"{}\"]\nuser = \"{USER}\"\npassword_file = \"{}\"\n",
+            self.endpoint(),
+            self.password_file().display()
+        );
+        if let Some(files) = self.client_files() {
+            lines.push_str(&format!(
+                "ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                files.ca.display(),
+                files.cert.display(),
+                files.key.display()
+            ));
+        }
+        lines
     }
 
     pub fn client_port(&self) -> u16 {
@@ -140,9 +266,39 @@ impl Etcd {
         self.launch()
     }
 
-    /// [`request`] to this server's client port.
+    /// [`request`] to this server's client port; every path but `/health`
+    /// as `root` (a token from `/v3/auth/authenticate` in the
+    /// `Authorization` header). Not with TLS: the gateway is then behind it.
     pub fn request(&self, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
-        request(self.client_port, method, path, body)
+        use std::io::{Error, ErrorKind};
+
+        if self.tls.is_some() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "etcd serves its JSON gateway over TLS only: request() speaks plain HTTP",
+            ));
+        }
+        if path == "/health" || !self.auth_enabled {
+            return request(self.client_port, method, path, body, None);
+        }
+        let login = format!(
+            "{{\"name\":\"root\",\"password\":\"{}\"}}",
+            self.root_password
+        );
+        let (status, text) = request(
+            self.client_port,
+            "POST",
+            "/v3/auth/authenticate",
+            login.as_bytes(),
+            None,
+        )?;
+        let token = text
+            .split("\"token\":\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .filter(|_| status == 200)
+            .ok_or_else(|| Error::other(format!("etcd refused root's login: {status} {text}")))?;
+        request(self.client_port, method, path, body, Some(token))
     }
 
     /// Spawns etcd and waits for `/health`; on failure the child is killed.
@@ -154,17 +310,23 @@ impl Etcd {
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
         let log_err = log.try_clone().context("duplicating the log's handle")?;
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut command = Command::new(ETCD_BIN);
-        // etcd reads ETCD_* variables as flags: none of the test's own
-        // environment reaches it.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("ETCD_") {
-                command.env_remove(key);
-            }
+        clear_env(&mut command);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server.cert)
+                .arg("--key-file")
+                .arg(&tls.server.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
         }
         command
+            .arg("--listen-metrics-urls")
+            .arg(format!("http://127.0.0.1:{}", self.metrics_port))
             .arg("--name")
             .arg(NAME)
             .arg("--data-dir")
@@ -188,9 +350,98 @@ impl Etcd {
             .spawn()
             .with_context(|| format!("cannot start {ETCD_BIN}"))?;
         self.child = Some(child);
-        if let Err(e) = self.wait_healthy() {
+        let ready = self.wait_healthy().and_then(|()| self.enable_auth());
+        if let Err(e) = ready {
             self.kill();
             return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Once: `root` (with etcd's root role), [`USER`] with a role that may
+    /// read and write under [`PREFIX`], then `auth enable`. The data dir
+    /// keeps them.
+    fn enable_auth(&mut self) -> Result<()> {
+        if self.auth_enabled {
+            return Ok(());
+        }
+        let steps: [(&[&str], Option<&str>); 8] = [
+            (
+                &["user", "add", "root", "--interactive=false"],
+                Some(self.root_password.as_str()),
+            ),
+            (&["role", "add", "root"], None),
+            (&["user", "grant-role", "root", "root"], None),
+            (
+                &["user", "add", USER, "--interactive=false"],
+                Some(self.password.as_str()),
+            ),
+            (&["role", "add", USER], None),
+            (
+                &[
+                    "role",
+                    "grant-permission",
+                    USER,
+                    "readwrite",
+                    "--prefix=true",
+                    PREFIX,
+                ],
+                None,
+            ),
+            (&["user", "grant-role", USER, USER], None),
+            (&["auth", "enable"], None),
+        ];
+        for (args, stdin) in steps {
+            self.etcdctl(args, stdin)?;
+        }
+        self.auth_enabled = true;
+        Ok(())
+    }
+
+    /// Runs `etcdctl` against this server (before `auth enable`: no user
+    /// needed); an error quotes its output.
+    fn etcdctl(&self, args: &[&str], stdin: Option<&str>) -> Result<()> {
+        let mut command = Command::new(ETCDCTL_BIN);
+        clear_env(&mut command);
+        command
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(self.endpoint())
+            .arg("--dial-timeout=5s")
+            .arg("--command-timeout=10s");
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cacert")
+                .arg(&tls.ca)
+                .arg("--cert")
+                .arg(&tls.admin.cert)
+                .arg("--key")
+                .arg(&tls.admin.key);
+        }
+        command
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start {ETCDCTL_BIN}"))?;
+        // Dropped at once either way: etcdctl sees the end of its input.
+        let input = child.stdin.take();
+        if let (Some(mut input), Some(text)) = (input, stdin) {
+            input
+                .write_all(format!("{text}\n").as_bytes())
+                .context("writing to etcdctl")?;
+        }
+        let output = child.wait_with_output().context("waiting for etcdctl")?;
+        if !output.status.success() {
+            bail!(
+                "etcdctl {} failed ({}): {}{}",
+                args.join(" "),
+                output.status,
+                String::from_utf8_lossy(&output.stdout).trim(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
         }
         Ok(())
     }
@@ -199,7 +450,7 @@ impl Etcd {
         let started = Instant::now();
         let deadline = started + HEALTHY_WITHIN;
         loop {
-            let last = match self.request("GET", "/health", b"") {
+            let last = match request(self.metrics_port, "GET", "/health", b"", None) {
                 Ok((200, body)) if body.contains("\"health\":\"true\"") => return Ok(()),
                 Ok((status, body)) => format!("{status} {}", body.trim()),
                 Err(e) => e.to_string(),
@@ -243,28 +494,64 @@ impl std::fmt::Debug for Etcd {
         f.debug_struct("Etcd")
             .field("endpoint", &self.endpoint())
             .field("peer_port", &self.peer_port)
+            .field("metrics_port", &self.metrics_port)
             .field("pid", &self.child.as_ref().map(Child::id))
             .field("dir", &self.dir.path())
             .finish()
     }
 }
 
-/// Two distinct ports that were free a moment ago.
-fn two_free_ports() -> (u16, u16) {
-    let client = free_port();
-    loop {
-        let peer = free_port();
-        if peer != client {
-            return (client, peer);
+/// Three distinct ports that were free a moment ago.
+fn three_free_ports() -> (u16, u16, u16) {
+    let mut ports = Vec::with_capacity(3);
+    while ports.len() < 3 {
+        let port = free_port();
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    (ports[0], ports[1], ports[2])
+}
+
+/// etcd and etcdctl read ETCD_* and ETCDCTL_* variables as flags: none of
+/// the test's own environment reaches them.
+fn clear_env(command: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ETCD") {
+            command.env_remove(key);
         }
     }
 }
 
+/// A password no other test run shares.
+fn secret(user: &str) -> String {
+    let mut bytes = [0u8; 12];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .is_ok();
+    if !random {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        bytes[..8].copy_from_slice(&(nanos as u64).to_le_bytes());
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{user}-{hex}")
+}
+
 /// One HTTP/1.0 request to `127.0.0.1:port`: `body` is sent as
-/// `application/json` when it is not empty. Returns the status and the
-/// body (invalid UTF-8 replaced). Connecting waits at most 500 ms, reading
-/// and writing at most 5 s each.
-pub fn request(port: u16, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
+/// `application/json` when it is not empty, `token` as the `Authorization`
+/// header etcd's gateway reads. Returns the status and the body (invalid
+/// UTF-8 replaced). Connecting waits at most 500 ms, reading and writing at
+/// most 5 s each.
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    token: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Error, ErrorKind};
 
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -272,6 +559,9 @@ pub fn request(port: u16, method: &str, path: &str, body: &[u8]) -> std::io::Res
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut head = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n");
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: {token}\r\n"));
+    }
     if !body.is_empty() {
         head.push_str("Content-Type: application/json\r\n");
     }

@@ -23,8 +23,9 @@
 //!
 //! Also here: [`seed_orders_xml`] (`seed.rs`), the seed integration's order
 //! export, and [`process`], child processes for multi-process tests (the
-//! real `isoflow` binary, killed when the test lets go of it), and
-//! [`etcd`], a real etcd server ([`Etcd`]) for cluster tests.
+//! real `isoflow` binary, killed when the test lets go of it), [`etcd`], a
+//! real etcd server ([`Etcd`]) for cluster tests, with authentication and
+//! optionally TLS, and [`tls`], certificates made for a test.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -46,6 +47,7 @@ use tokio::sync::{oneshot, watch};
 pub mod etcd;
 pub mod process;
 mod seed;
+pub mod tls;
 
 pub use etcd::Etcd;
 pub use seed::{SEED_EXPORTED, SeedExpected, seed_orders_expected, seed_orders_xml};
