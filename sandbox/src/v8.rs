@@ -560,10 +560,13 @@ fn outcome(
         }
         ffi::SYNTAX => Err(StepError::Syntax {
             message: call.message,
+            // V8 gives no position for some errors at the end of the
+            // source (an unterminated template after a backslash): the
+            // last line is where they are.
             location: location().unwrap_or(Location {
                 filename: job.filename.to_owned(),
-                line: 0,
-                column: 0,
+                line: u32::try_from(js_line_count(job.source)).unwrap_or(u32::MAX),
+                column: 1,
             }),
         }),
         ffi::EXCEPTION => Err(StepError::Exception {
@@ -599,4 +602,13 @@ fn strip_error_name(message: String) -> String {
         }
     }
     message
+}
+
+/// How many lines JavaScript sees in `source` (at least 1).
+fn js_line_count(source: &str) -> usize {
+    1 + source
+        .replace("\r\n", "\n")
+        .chars()
+        .filter(|c| matches!(c, '\n' | '\r' | '\u{2028}' | '\u{2029}'))
+        .count()
 }
