@@ -9,14 +9,22 @@
 //! | `<prefix>/workers/<node id>` | the worker's capacity, JSON | the worker's |
 //! | `<prefix>/coordinators/<node id>` | the coordinator's address | its own |
 //! | `<prefix>/election` (etcd election) | the leader's address | the leader's |
+//!
+//! etcd may be reached over TLS (`etcd.ca`, and a client certificate with
+//! `etcd.cert`/`etcd.key`) and with a user (`etcd.user`, whose role needs
+//! read and write on the prefix). The client authenticates when it
+//! connects and again whenever etcd says its token expired (a restarted
+//! etcd forgets every token). Refused credentials stop the node at start,
+//! with etcd's sentence; an unreachable etcd is waited for.
 
 use std::time::Duration;
 
 use anyhow::Context;
-use etcd_client::{Client, ConnectOptions, EventType, PutOptions, WatchOptions};
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
 use tokio::sync::watch;
 
 use super::coordinator::Coordinator;
+use crate::config;
 
 #[derive(Clone)]
 pub struct Etcd {
@@ -35,26 +43,68 @@ impl std::fmt::Debug for Etcd {
 }
 
 impl Etcd {
-    /// Connects, retrying until etcd answers (a node may start before it).
-    pub async fn connect(endpoints: &[String], prefix: &str, ttl: Duration) -> Etcd {
+    /// Connects, retrying until etcd answers (a node may start before it),
+    /// and reads the prefix once, so that credentials etcd refuses (a wrong
+    /// password, no user where etcd wants one, a role without the prefix)
+    /// are an error now, not a node that silently never registers.
+    pub async fn connect(config: &config::Etcd) -> anyhow::Result<Etcd> {
+        let endpoints = &config.endpoints;
+        let prefix = config.prefix.trim_end_matches('/').to_owned();
         // No per-call time-out: a campaign waits for as long as another
         // coordinator leads. A dead connection is found by HTTP/2 pings.
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2));
+        if let Some(tls) = super::tls::etcd(config)? {
+            options = options.with_tls(tls);
+        }
+        let credentials = config.credentials()?;
+        let user = credentials.as_ref().map(|(user, _)| user.clone());
+        if let Some((user, password)) = credentials {
+            // etcd's simple tokens expire after 5 idle minutes and die with
+            // the etcd process: authenticate again when one is refused.
+            options = options
+                .with_user(user, password.0)
+                .with_auto_token_refresh(true);
+        }
         let mut logged = false;
         loop {
-            match Client::connect(endpoints, Some(options.clone())).await {
+            let attempt = async {
+                let mut client = Client::connect(endpoints, Some(options.clone())).await?;
+                client
+                    .get(
+                        format!("{prefix}/"),
+                        Some(GetOptions::new().with_prefix().with_count_only()),
+                    )
+                    .await?;
+                Ok::<_, etcd_client::Error>(client)
+            };
+            match attempt.await {
                 Ok(client) => {
-                    return Etcd {
+                    return Ok(Etcd {
                         client,
-                        prefix: prefix.trim_end_matches('/').to_owned(),
-                        ttl,
+                        prefix,
+                        ttl: config.lease_ttl,
+                    });
+                }
+                Err(etcd_client::Error::GRpcStatus(status)) if refusal(&status) => {
+                    let who = match &user {
+                        Some(user) => format!("as user {user:?}"),
+                        None => "without a user (etcd.user)".to_owned(),
                     };
+                    anyhow::bail!(
+                        "etcd at {} refused access to the keys under {prefix}/ {who}: {}",
+                        endpoints.join(", "),
+                        status.message()
+                    );
                 }
                 Err(e) => {
                     if !logged {
-                        tracing::warn!(?endpoints, "cannot reach etcd yet, retrying: {e}");
+                        tracing::warn!(
+                            ?endpoints,
+                            "cannot reach etcd yet, retrying: {}",
+                            describe(&e)
+                        );
                         logged = true;
                     }
                     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -180,6 +230,31 @@ impl Etcd {
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         });
+    }
+}
+
+/// etcd said no to who is asking (as opposed to: not reachable, no leader).
+fn refusal(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::InvalidArgument
+            | tonic::Code::PermissionDenied
+            | tonic::Code::Unauthenticated
+            | tonic::Code::FailedPrecondition
+    )
+}
+
+/// An etcd client error with its causes (a TLS failure is in a source).
+fn describe(error: &etcd_client::Error) -> String {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => super::with_causes(
+            status.message().to_owned(),
+            std::error::Error::source(status),
+        ),
+        etcd_client::Error::TransportError(e) => {
+            super::with_causes(e.to_string(), std::error::Error::source(e))
+        }
+        other => other.to_string(),
     }
 }
 
