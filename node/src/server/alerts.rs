@@ -142,13 +142,11 @@ async fn send(
         AlertOn::Failed => "failed",
         AlertOn::Slow => "slow",
     };
-    let Some(vault) = coordinator.vault.clone() else {
-        tracing::warn!(tenant = %run.tenant, "alert not sent: this node has no vault for its signing secret");
-        return;
-    };
-    let (tenant, name) = (run.tenant.clone(), alert.secret.as_str().to_owned());
-    let secret = match tokio::task::spawn_blocking(move || vault.get(&tenant, &name)).await {
-        Ok(Ok(Some(credential))) => credential.kind.secret().clone(),
+    let secret = match coordinator
+        .tenant_secret(&run.tenant, alert.secret.as_str())
+        .await
+    {
+        Ok(Some(secret)) => secret,
         _ => {
             tracing::warn!(tenant = %run.tenant, secret = alert.secret.as_str(), "alert not sent: its signing credential is missing");
             return;

@@ -33,8 +33,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use isoflow_engine::credential::Credential;
 use isoflow_engine::credential::vault::Vault;
+use isoflow_engine::credential::{Credential, Secret};
 use isoflow_engine::model::{CredentialName, Integration, Step};
 use isoflow_engine::run::{
     Engine, Journal, JournalError, JournalFuture, JournalWrite, StoreJournal, WriteKind,
@@ -484,6 +484,23 @@ impl Coordinator {
             self.dispatch();
         }
         Ok(())
+    }
+
+    /// The secret of the tenant's credential `name` (a webhook's key, an
+    /// alert's signing key), read off the async threads. `None`: the tenant
+    /// has no such credential, or this node has no vault.
+    pub async fn tenant_secret(&self, tenant: &str, name: &str) -> anyhow::Result<Option<Secret>> {
+        let Some(vault) = self.vault.clone() else {
+            tracing::warn!(
+                tenant,
+                credential = name,
+                "a credential was wanted, but this node has no vault"
+            );
+            return Ok(None);
+        };
+        let (tenant, name) = (tenant.to_owned(), name.to_owned());
+        let credential = tokio::task::spawn_blocking(move || vault.get(&tenant, &name)).await??;
+        Ok(credential.map(|c| c.kind.secret().clone()))
     }
 
     /// The credential `name` for a step of the run under assignment `id`,

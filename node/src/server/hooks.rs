@@ -32,6 +32,7 @@ use isoflow_engine::store::RunStatus;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
+use super::auth::same;
 use super::coordinator::{Coordinator, UpdateKind};
 
 /// How far a signature's timestamp may be from the node's clock.
@@ -269,17 +270,12 @@ impl Hooks {
     /// The webhook's secret from the tenant's vault. Without one (or
     /// without a vault) the webhook does not exist for callers.
     async fn secret(&self, tenant: &str, webhook: &Webhook) -> Result<String, Refusal> {
-        let Some(vault) = self.coordinator.vault.clone() else {
-            tracing::warn!(tenant, "a webhook was called, but this node has no vault");
-            return Err(not_found());
-        };
-        let (tenant, name) = (tenant.to_owned(), webhook.secret.as_str().to_owned());
-        let credential = tokio::task::spawn_blocking(move || vault.get(&tenant, &name))
+        self.coordinator
+            .tenant_secret(tenant, webhook.secret.as_str())
             .await
-            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .ok_or_else(not_found)?;
-        Ok(credential.kind.secret().expose().to_owned())
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?
+            .map(|secret| secret.expose().to_owned())
+            .ok_or_else(not_found)
     }
 
     fn ended(&self, tenant: &str, run_id: &str) -> bool {
@@ -458,11 +454,6 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
         .collect()
-}
-
-/// Compares in time independent of where the inputs differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
