@@ -591,6 +591,28 @@ impl Client {
             .into_inner())
     }
 
+    /// Starts the authorization-code flow of an OAuth2 credential: the URL
+    /// a user opens to sign in at the provider, which sends the browser back
+    /// to the node's `/oauth/callback`.
+    ///
+    /// # Errors
+    /// `NOT_FOUND`, `INVALID_ARGUMENT` for a credential of another grant,
+    /// `FAILED_PRECONDITION` when the node has no `http.public_url`.
+    pub async fn authorize_credential(
+        &self,
+        name: &str,
+    ) -> Result<v1::AuthorizeCredentialResponse> {
+        let request = v1::AuthorizeCredentialRequest {
+            name: name.to_owned(),
+        };
+        Ok(self
+            .inner
+            .clone()
+            .authorize_credential(request)
+            .await?
+            .into_inner())
+    }
+
     /// Deletes a credential; whether there was one.
     ///
     /// # Errors

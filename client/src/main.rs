@@ -105,6 +105,13 @@ enum Command {
     Credentials(CredentialCommand),
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum GrantArg {
+    ClientCredentials,
+    RefreshToken,
+    AuthorizationCode,
+}
+
 #[derive(Debug, Subcommand)]
 enum CredentialCommand {
     /// Store a credential (or replace one); the secret is read from stdin
@@ -134,7 +141,47 @@ enum CredentialCommand {
         #[arg(long, default_value = "stdin")]
         secret_from: String,
     },
-    /// List credentials: names, kinds, origins, versions; no secrets
+    /// Store an OAuth2 credential (or replace one): steps send its access
+    /// token as a bearer token, renewed by the server before it expires and
+    /// after a 401. The client secret is read from stdin unless
+    /// --secret-from says otherwise
+    SetOauth2 {
+        name: String,
+        /// The provider's token endpoint
+        #[arg(long)]
+        token_url: String,
+        #[arg(long)]
+        client_id: String,
+        #[arg(long, value_enum)]
+        grant: GrantArg,
+        /// A scope to ask for (repeat for several)
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// The refresh token of the refresh-token grant: stdin, env:NAME or
+        /// file:PATH
+        #[arg(long)]
+        refresh_token_from: Option<String>,
+        /// The authorization-code grant's sign-in page
+        #[arg(long)]
+        authorize_url: Option<String>,
+        /// Send the client secret in the form body instead of HTTP Basic
+        #[arg(long)]
+        client_secret_in_body: bool,
+        /// Where the access token may be sent (repeat for several)
+        #[arg(long = "origin", required = true)]
+        origins: Vec<String>,
+        /// Accept http:// origins and endpoints
+        #[arg(long)]
+        allow_plain_http: bool,
+        /// The client secret: stdin, env:NAME or file:PATH
+        #[arg(long, default_value = "stdin")]
+        secret_from: String,
+    },
+    /// Start the authorization-code flow of an OAuth2 credential: prints
+    /// the URL to open in a browser
+    Authorize { name: String },
+    /// List credentials: names, kinds, origins, versions, OAuth2 state; no
+    /// secrets
     List,
     /// Replace a credential's secret, keeping its kind and origins
     Rotate {
@@ -321,17 +368,75 @@ async fn credentials(
                 info.name, info.version, info.kind, info.key_id
             )?;
         }
+        CredentialCommand::SetOauth2 {
+            name,
+            token_url,
+            client_id,
+            grant,
+            scopes,
+            refresh_token_from,
+            authorize_url,
+            client_secret_in_body,
+            origins,
+            allow_plain_http,
+            secret_from,
+        } => {
+            let client_secret = read_secret(&secret_from)?;
+            let refresh_token = match refresh_token_from {
+                Some(from) => read_secret(&from)?,
+                None => String::new(),
+            };
+            let mut oauth2 = v1::OAuth2Credential {
+                token_url,
+                client_id,
+                client_secret,
+                scopes,
+                refresh_token,
+                authorize_url: authorize_url.unwrap_or_default(),
+                client_secret_in_body,
+                ..Default::default()
+            };
+            oauth2.set_grant(match grant {
+                GrantArg::ClientCredentials => v1::Oauth2Grant::ClientCredentials,
+                GrantArg::RefreshToken => v1::Oauth2Grant::RefreshToken,
+                GrantArg::AuthorizationCode => v1::Oauth2Grant::AuthorizationCode,
+            });
+            let info = client
+                .set_credential(v1::SetCredentialRequest {
+                    name,
+                    kind: Some(Kind::Oauth2(oauth2)),
+                    origins,
+                    allow_plain_http,
+                })
+                .await?;
+            writeln!(
+                out,
+                "credential {} version {} ({}, key {})",
+                info.name, info.version, info.kind, info.key_id
+            )?;
+        }
+        CredentialCommand::Authorize { name } => {
+            let authorization = client.authorize_credential(&name).await?;
+            writeln!(out, "{}", authorization.authorize_url)?;
+            eprintln!(
+                "open it in a browser and sign in before {}",
+                timestamp(authorization.expires_at_ms)
+            );
+        }
         CredentialCommand::List => {
             let infos = client.credentials().await?;
             if infos.is_empty() {
                 eprintln!("no credentials");
                 return Ok(());
             }
-            writeln!(out, "NAME\tKIND\tDETAIL\tVERSION\tKEY\tUPDATED\tORIGINS")?;
+            writeln!(
+                out,
+                "NAME\tKIND\tDETAIL\tVERSION\tKEY\tUPDATED\tORIGINS\tSTATE"
+            )?;
             for info in infos {
                 writeln!(
                     out,
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                     info.name,
                     info.kind,
                     if info.detail.is_empty() {
@@ -342,7 +447,8 @@ async fn credentials(
                     info.version,
                     info.key_id,
                     timestamp(info.updated_at_ms),
-                    info.origins.join(",")
+                    info.origins.join(","),
+                    oauth2_state(info.oauth2.as_ref())
                 )?;
             }
         }
@@ -359,6 +465,29 @@ async fn credentials(
         }
     }
     Ok(())
+}
+
+/// An OAuth2 credential's state in a few words; `-` for other kinds.
+fn oauth2_state(status: Option<&v1::OAuth2Status>) -> String {
+    let Some(status) = status else {
+        return "-".to_owned();
+    };
+    if !status.unhealthy.is_empty() {
+        let what = if status.needs_attention {
+            "needs attention"
+        } else {
+            "unhealthy"
+        };
+        return format!("{what}: {}", status.unhealthy);
+    }
+    if status.awaiting_authorization {
+        return "awaiting authorization".to_owned();
+    }
+    match status.expires_at_ms {
+        0 if status.renewals == 0 => "no token yet".to_owned(),
+        0 => format!("token {}", status.renewals),
+        expires => format!("token {} expires {}", status.renewals, timestamp(expires)),
+    }
 }
 
 /// `--secret-from`: `stdin` (one line, its line break dropped), `env:NAME`

@@ -23,6 +23,7 @@ use std::pin::Pin;
 use crate::action::http;
 use crate::action::origin::Origin;
 
+pub mod oauth2;
 pub mod vault;
 
 /// A secret an http step sends; never logged, never given to JavaScript.
@@ -169,6 +170,9 @@ pub const MAX_SECRET_BYTES: usize = 16 * 1024;
 pub struct Credential {
     pub kind: CredentialKind,
     pub origins: Vec<Origin>,
+    /// An OAuth2 access token: after a 401, [`Credentials::renewed`] may
+    /// give a new one, and the request is sent once more with it.
+    pub renewable: bool,
 }
 
 impl Credential {
@@ -181,6 +185,7 @@ impl Credential {
         Credential {
             kind,
             origins: origins.into_iter().collect(),
+            renewable: false,
         }
     }
 
@@ -290,6 +295,21 @@ pub trait Credentials: Send + Sync + 'static {
         run_id: &'a str,
         name: &'a str,
     ) -> CredentialFuture<'a>;
+
+    /// The credential again after the server refused `rejected` (what
+    /// [`Credentials::credential`] gave) with a 401: a renewed one if it
+    /// can be renewed. The default renews nothing and gives `rejected`'s
+    /// credential back unchanged, so the request is not sent again.
+    fn renewed<'a>(
+        &'a self,
+        tenant: &'a str,
+        run_id: &'a str,
+        name: &'a str,
+        rejected: &'a Secret,
+    ) -> CredentialFuture<'a> {
+        let _ = rejected;
+        self.credential(tenant, run_id, name)
+    }
 }
 
 /// Credentials from a fixed map (tenant, name) → credential, filled by

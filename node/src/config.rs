@@ -100,12 +100,27 @@ impl Default for Api {
     }
 }
 
-/// The node's HTTP listener (coordinator and all): webhooks.
+/// The node's HTTP listener (coordinator and all): webhooks and the OAuth2
+/// callback.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Http {
     /// Where it listens, e.g. 127.0.0.1:7701 [default: no listener].
     pub listen: Option<SocketAddr>,
+    /// The address users' browsers reach the listener at, e.g.
+    /// `https://isoflow.example.com`: OAuth2 providers send users back to
+    /// `<public_url>/oauth/callback` [default: none, and no OAuth2
+    /// authorization code flow].
+    pub public_url: Option<String>,
+}
+
+impl Http {
+    /// The OAuth2 callback's URL, if there is a public URL.
+    pub fn oauth_callback(&self) -> Option<String> {
+        self.public_url
+            .as_deref()
+            .map(|url| format!("{}/oauth/callback", url.trim_end_matches('/')))
+    }
 }
 
 /// TLS on the gRPC listener (coordinator and all), which the public API and
@@ -730,6 +745,18 @@ impl Config {
             bail!("sandbox.uid and sandbox.gid must not be 0: customer code never runs as root");
         }
         self.egress.policy()?;
+        if let Some(url) = &self.http.public_url {
+            let parsed = reqwest::Url::parse(url)
+                .map_err(|e| anyhow::anyhow!("http.public_url {url:?}: {e}"))?;
+            if !matches!(parsed.scheme(), "http" | "https")
+                || parsed.query().is_some()
+                || parsed.fragment().is_some()
+            {
+                bail!(
+                    "http.public_url {url:?} must be an http or https URL without query or fragment, like https://isoflow.example.com"
+                );
+            }
+        }
         if self.limits.step_timeout.is_zero()
             || self.limits.step_timeout > isoflow_engine::model::LONGEST_DURATION
         {

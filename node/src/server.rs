@@ -44,6 +44,7 @@ pub mod coordinator;
 pub mod cron;
 pub mod etcd;
 pub mod hooks;
+mod oauth;
 pub mod payload;
 pub mod scheduler;
 pub mod tls;
@@ -90,7 +91,13 @@ fn open_vault(config: &Config, store: &Arc<Store>) -> anyhow::Result<Option<Arc<
     let Some(keyring) = &config.keyring else {
         return Ok(None);
     };
-    Ok(Some(Arc::new(Vault::open(store.clone(), keyring.clone())?)))
+    let vault = Vault::open(store.clone(), keyring.clone())?;
+    // OAuth2 token endpoints are reached as any step's request would be.
+    vault.renew_with(
+        isoflow_engine::action::http::Client::new(&config.egress.policy()?)
+            .map_err(|e| anyhow::anyhow!("cannot make the token endpoints' http client: {e}"))?,
+    );
+    Ok(Some(Arc::new(vault)))
 }
 
 fn data_dir(config: &Config, home: Option<&std::path::Path>) -> anyhow::Result<std::path::PathBuf> {
@@ -271,6 +278,7 @@ async fn serve_grpc(
         IsoflowServer::new(api::Api {
             coordinator: coordinator.clone(),
             limits: config.limits.model(),
+            oauth_callback: config.http.oauth_callback(),
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES),

@@ -63,6 +63,18 @@ mod hidden {
         }
     }
 
+    impl fmt::Debug for v1::OAuth2Credential {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("OAuth2Credential")
+                .field("token_url", &self.token_url)
+                .field("client_id", &self.client_id)
+                .field("scopes", &self.scopes)
+                .field("grant", &self.grant())
+                .field("authorize_url", &self.authorize_url)
+                .finish_non_exhaustive()
+        }
+    }
+
     #[cfg(test)]
     mod tests {
         use super::v1;
@@ -90,6 +102,17 @@ mod hidden {
                 secret: "n3w".into(),
             };
             assert!(!format!("{rotate:?}").contains("n3w"));
+            let oauth2 = v1::OAuth2Credential {
+                client_id: "client".into(),
+                client_secret: "cl13nt-s3cret".into(),
+                refresh_token: "r3fresh".into(),
+                ..Default::default()
+            };
+            let shown = format!("{oauth2:?}");
+            assert!(
+                shown.contains("client") && !shown.contains("s3cret") && !shown.contains("r3fresh"),
+                "{shown}"
+            );
         }
     }
 }

@@ -19,6 +19,7 @@
 //! previous key can be dropped; a record under a key the keyring does not
 //! hold stops the open with a sentence that names the key id.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -26,7 +27,9 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
+use super::oauth2::{self, Ask, OAuth2Setup, OAuth2State, Pending, TokenSet, Unhealthy};
 use super::{Credential, CredentialError, CredentialFuture, CredentialKind, Credentials, Secret};
+use crate::action::http;
 use crate::action::origin::Origin;
 use crate::model::CredentialName;
 use crate::store::{Store, StoreError, now_ms};
@@ -147,6 +150,17 @@ pub struct CredentialInfo {
     pub key_id: String,
     pub created_ms: u64,
     pub updated_ms: u64,
+    /// An OAuth2 credential's state: grant, endpoint, expiry, health.
+    pub oauth2: Option<OAuth2State>,
+}
+
+/// An OAuth2 credential went unhealthy: its tokens could not be renewed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unrenewable {
+    pub tenant: String,
+    pub name: String,
+    /// One sentence, without secrets.
+    pub reason: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +194,9 @@ pub enum VaultError {
         name: String,
         reason: String,
     },
+    /// An OAuth2 credential has no usable token and cannot get one now.
+    #[error("credential {name:?}: {reason}")]
+    Unusable { name: String, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -198,8 +215,11 @@ struct Record {
     key_id: String,
     /// base64.
     nonce: String,
-    /// base64: the secret, encrypted, with the tag.
+    /// base64: the secret, encrypted, with the tag. For OAuth2: the
+    /// [`TokenSet`] as JSON.
     sealed: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    oauth2: Option<OAuth2State>,
 }
 
 impl Record {
@@ -215,6 +235,14 @@ impl Record {
             self.version,
             &self.key_id,
         ))
+        .map(|mut aad| {
+            // Appended only when there is one: records sealed before
+            // OAuth2 existed keep their additional data.
+            if let Some(state) = &self.oauth2 {
+                aad.extend(serde_json::to_vec(state).expect("plain data always serialises"));
+            }
+            aad
+        })
         .expect("strings always serialise")
     }
 
@@ -228,9 +256,19 @@ impl Record {
             key_id: self.key_id.clone(),
             created_ms: self.created_ms,
             updated_ms: self.updated_ms,
+            oauth2: self.oauth2.clone().map(|mut state| {
+                // Its state hash is of no use to anyone reading a listing.
+                if let Some(pending) = &mut state.pending {
+                    pending.state_sha256.clear();
+                }
+                state
+            }),
         }
     }
 }
+
+/// One credential's renewal turn.
+type Flight = Arc<tokio::sync::Mutex<()>>;
 
 /// Credentials in the run store, sealed.
 #[derive(Debug)]
@@ -241,6 +279,12 @@ pub struct Vault {
     /// Held across each read-modify-write, so that a rotation and a
     /// replacement of one credential cannot interleave.
     writing: std::sync::Mutex<()>,
+    /// Renews OAuth2 tokens; without it they are used until they expire.
+    http: std::sync::OnceLock<http::Client>,
+    /// One renewal at a time per (tenant, name): concurrent users of an
+    /// expired token wait for the one renewal, then share its token.
+    flights: std::sync::Mutex<HashMap<(String, String), Flight>>,
+    unrenewable: tokio::sync::broadcast::Sender<Unrenewable>,
 }
 
 impl Vault {
@@ -254,6 +298,9 @@ impl Vault {
             keys: keys.into(),
             random: SystemRandom::new(),
             writing: std::sync::Mutex::new(()),
+            http: std::sync::OnceLock::new(),
+            flights: std::sync::Mutex::default(),
+            unrenewable: tokio::sync::broadcast::channel(64).0,
         };
         let mut resealed = 0;
         // One record in memory at a time, however many there are.
@@ -323,6 +370,7 @@ impl Vault {
             key_id: String::new(),
             nonce: String::new(),
             sealed: String::new(),
+            oauth2: None,
         };
         self.seal(tenant, name, &mut record, kind.secret())?;
         self.store.put_credential(tenant, name, &to_json(&record))?;
@@ -342,16 +390,32 @@ impl Vault {
                 tenant: tenant.to_owned(),
                 name: name.to_owned(),
             })?;
-        let kind = kind_of(&record, secret).map_err(|reason| VaultError::Corrupt {
-            tenant: tenant.to_owned(),
-            name: name.to_owned(),
-            reason,
-        })?;
-        kind.check()
+        let sealed = if record.oauth2.is_some() {
+            // An OAuth2 credential's secret is its client secret.
+            let mut tokens = self.tokens(tenant, name, &record)?;
+            CredentialKind::Bearer {
+                token: secret.clone(),
+            }
+            .check()
             .map_err(|e| VaultError::Invalid(format!("credential {name:?}: {e}")))?;
+            tokens.client_secret = secret.expose().to_owned();
+            if let Some(state) = &mut record.oauth2 {
+                state.unhealthy = None;
+            }
+            token_secret(&tokens)
+        } else {
+            let kind = kind_of(&record, secret).map_err(|reason| VaultError::Corrupt {
+                tenant: tenant.to_owned(),
+                name: name.to_owned(),
+                reason,
+            })?;
+            kind.check()
+                .map_err(|e| VaultError::Invalid(format!("credential {name:?}: {e}")))?;
+            kind.secret().clone()
+        };
         record.version = record.version.saturating_add(1);
         record.updated_ms = now_ms();
-        self.seal(tenant, name, &mut record, kind.secret())?;
+        self.seal(tenant, name, &mut record, &sealed)?;
         self.store.put_credential(tenant, name, &to_json(&record))?;
         Ok(record.info(name))
     }
@@ -382,6 +446,9 @@ impl Vault {
         let Some(record) = self.find(tenant, name)? else {
             return Ok(None);
         };
+        if record.oauth2.is_some() {
+            return self.bearer(tenant, name, &record).map(Some);
+        }
         let secret = self.unseal(tenant, name, &record)?;
         let corrupt = |reason: String| VaultError::Corrupt {
             tenant: tenant.to_owned(),
@@ -480,6 +547,441 @@ impl Vault {
     }
 }
 
+/// OAuth2 credentials: set, authorize, and tokens renewed on use.
+impl Vault {
+    /// Lets the vault renew OAuth2 tokens through `client` (whose egress
+    /// policy applies to token endpoints). Set once; later calls are
+    /// ignored.
+    pub fn renew_with(&self, client: http::Client) {
+        let _ = self.http.set(client);
+    }
+
+    /// OAuth2 credentials that went unhealthy, as it happens.
+    pub fn unrenewable(&self) -> tokio::sync::broadcast::Receiver<Unrenewable> {
+        self.unrenewable.subscribe()
+    }
+
+    /// Stores (or replaces) a tenant's OAuth2 credential. It holds no
+    /// access token yet: the first use gets one (the authorization code
+    /// grant needs [`Vault::authorize`] first).
+    pub fn set_oauth2(
+        &self,
+        tenant: &str,
+        name: &str,
+        setup: &OAuth2Setup,
+        origins: &[String],
+        allow_http: bool,
+    ) -> Result<CredentialInfo, VaultError> {
+        CredentialName::new(name.to_owned())
+            .map_err(|e| VaultError::Invalid(format!("credential name {name:?}: {e}")))?;
+        setup
+            .check(allow_http)
+            .map_err(|e| VaultError::Invalid(format!("credential {name:?}: {e}")))?;
+        let origins = checked_origins(name, origins, allow_http)?;
+        let _writing = self
+            .writing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = now_ms();
+        let previous = self.find(tenant, name)?;
+        if previous.is_none() && self.store.credential_count(tenant)? >= MAX_CREDENTIALS {
+            return Err(VaultError::Invalid(format!(
+                "tenant {tenant:?} has {MAX_CREDENTIALS} credentials, the most a tenant keeps: delete one first"
+            )));
+        }
+        let mut record = Record {
+            kind: "oauth2".to_owned(),
+            detail: Some(setup.client_id.clone()),
+            origins,
+            version: previous.as_ref().map_or(1, |r| r.version.saturating_add(1)),
+            created_ms: previous.as_ref().map_or(now, |r| r.created_ms),
+            updated_ms: now,
+            key_id: String::new(),
+            nonce: String::new(),
+            sealed: String::new(),
+            oauth2: Some(OAuth2State {
+                token_url: setup.token_url.clone(),
+                client_id: setup.client_id.clone(),
+                scopes: setup.scopes.clone(),
+                client_auth: setup.client_auth,
+                grant: setup.grant,
+                authorize_url: setup.authorize_url.clone(),
+                expires_ms: None,
+                renewals: 0,
+                renewed_ms: None,
+                unhealthy: None,
+                pending: None,
+            }),
+        };
+        let tokens = TokenSet {
+            client_secret: setup.client_secret.expose().to_owned(),
+            access_token: None,
+            refresh_token: setup.refresh_token.as_ref().map(|t| t.expose().to_owned()),
+        };
+        self.seal(tenant, name, &mut record, &token_secret(&tokens))?;
+        self.store.put_credential(tenant, name, &to_json(&record))?;
+        Ok(record.info(name))
+    }
+
+    /// Starts the authorization code flow of an OAuth2 credential: the URL
+    /// the user opens. Its `state` is good for one callback within
+    /// [`oauth2::AUTHORIZATION_WINDOW`]; a new authorization replaces it.
+    pub fn authorize(
+        &self,
+        tenant: &str,
+        name: &str,
+        redirect_uri: &str,
+    ) -> Result<String, VaultError> {
+        let state_param = format!(
+            "{}.{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{tenant}\0{name}")),
+            oauth2::new_state(&self.random).map_err(VaultError::Key)?
+        );
+        let expires_ms = now_ms().saturating_add(
+            u64::try_from(oauth2::AUTHORIZATION_WINDOW.as_millis()).unwrap_or(u64::MAX),
+        );
+        let mut url = None;
+        self.update_oauth2(tenant, name, None, |state, _| {
+            if state.authorize_url.is_none() {
+                return Err(VaultError::Invalid(format!(
+                    "credential {name:?} uses the {} grant, which needs no authorization",
+                    state.grant.as_str()
+                )));
+            }
+            state.pending = Some(Pending {
+                state_sha256: oauth2::sha256_hex(state_param.as_bytes()),
+                redirect_uri: redirect_uri.to_owned(),
+                expires_ms,
+            });
+            url = Some(
+                oauth2::authorization_url(state, redirect_uri, &state_param)
+                    .map_err(VaultError::Invalid)?,
+            );
+            Ok(())
+        })?;
+        Ok(url.expect("set when the update succeeds"))
+    }
+
+    /// Finishes an authorization: the callback's `state` and `code`. The
+    /// state is used up whether or not the code gets tokens. Returns the
+    /// tenant and name of the credential authorized.
+    pub async fn complete_authorization(
+        &self,
+        state_param: &str,
+        code: &str,
+    ) -> Result<(String, String), VaultError> {
+        let unknown = || {
+            VaultError::Invalid(
+                "this authorization is unknown, used or expired: start it again".to_owned(),
+            )
+        };
+        let (encoded, _) = state_param.split_once('.').ok_or_else(unknown)?;
+        let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(encoded)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .ok_or_else(unknown)?;
+        let (tenant, name) = decoded.split_once('\0').ok_or_else(unknown)?;
+        if code.is_empty() || code.len() > 4096 || code.chars().any(char::is_control) {
+            return Err(VaultError::Invalid(
+                "the callback's code is empty, longer than 4096 bytes or holds control characters"
+                    .into(),
+            ));
+        }
+        let hash = oauth2::sha256_hex(state_param.as_bytes());
+        let mut redirect_uri = String::new();
+        self.update_oauth2(tenant, name, None, |state, _| {
+            let pending = state.pending.take().ok_or_else(unknown)?;
+            if pending.state_sha256 != hash || pending.expires_ms < now_ms() {
+                // A wrong guess does not spend the real one.
+                if pending.expires_ms >= now_ms() {
+                    state.pending = Some(pending);
+                }
+                return Err(unknown());
+            }
+            redirect_uri = pending.redirect_uri;
+            Ok(())
+        })
+        .map_err(|e| match e {
+            VaultError::NotFound { .. } => unknown(),
+            other => other,
+        })?;
+        let record = self.find(tenant, name)?.ok_or_else(unknown)?;
+        let tokens = self.tokens(tenant, name, &record)?;
+        let state = record.oauth2.clone().ok_or_else(unknown)?;
+        let ask = Ask::Code {
+            code,
+            redirect_uri: &redirect_uri,
+        };
+        self.grant(tenant, name, &record, &state, &tokens, ask)
+            .await?;
+        Ok((tenant.to_owned(), name.to_owned()))
+    }
+
+    /// The credential to send now: for OAuth2, an access token renewed if
+    /// it expires within [`oauth2::RENEW_BEFORE`], or if it is the one
+    /// `rejected` names (its SHA-256, hex: a 401 came back for it) and is
+    /// still the current one. Concurrent
+    /// callers share one renewal. Other kinds are returned as stored.
+    pub async fn access(
+        &self,
+        tenant: &str,
+        name: &str,
+        rejected: Option<&str>,
+    ) -> Result<Option<Credential>, VaultError> {
+        let Some(record) = self.find(tenant, name)? else {
+            return Ok(None);
+        };
+        if record.oauth2.is_none() {
+            return self.get(tenant, name);
+        }
+        if let Some(credential) = self.usable(tenant, name, &record, rejected)? {
+            return Ok(Some(credential));
+        }
+        let flight = {
+            let mut flights = self
+                .flights
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            flights
+                .entry((tenant.to_owned(), name.to_owned()))
+                .or_default()
+                .clone()
+        };
+        let _turn = flight.lock().await;
+        // Whoever held the turn before may have renewed it.
+        let Some(record) = self.find(tenant, name)? else {
+            return Ok(None);
+        };
+        let result = match self.usable(tenant, name, &record, rejected)? {
+            Some(credential) => Ok(Some(credential)),
+            None => self.renew(tenant, name, &record).await.map(Some),
+        };
+        drop(_turn);
+        let mut flights = self
+            .flights
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The map and this function's copy: nobody else is waiting.
+        if Arc::strong_count(&flight) == 2 {
+            flights.remove(&(tenant.to_owned(), name.to_owned()));
+        }
+        result
+    }
+
+    /// The stored token, if it may be sent as it is.
+    fn usable(
+        &self,
+        tenant: &str,
+        name: &str,
+        record: &Record,
+        rejected: Option<&str>,
+    ) -> Result<Option<Credential>, VaultError> {
+        let state = record.oauth2.as_ref().expect("an OAuth2 record");
+        if let Some(unhealthy) = state.unhealthy.as_ref().filter(|u| u.permanent) {
+            return Err(VaultError::Unusable {
+                name: name.to_owned(),
+                reason: unhealthy.reason.clone(),
+            });
+        }
+        let renew_before = u64::try_from(oauth2::RENEW_BEFORE.as_millis()).unwrap_or(u64::MAX);
+        let fresh = state
+            .expires_ms
+            .is_none_or(|expires| expires > now_ms().saturating_add(renew_before));
+        let tokens = self.tokens(tenant, name, record)?;
+        let Some(access) = tokens.access_token.filter(|_| fresh) else {
+            return Ok(None);
+        };
+        if rejected.is_some_and(|r| r == oauth2::sha256_hex(access.as_bytes())) {
+            return Ok(None);
+        }
+        self.bearer(tenant, name, record).map(Some)
+    }
+
+    /// Gets a new access token with the credential's refresh token, or its
+    /// client credentials.
+    async fn renew(
+        &self,
+        tenant: &str,
+        name: &str,
+        record: &Record,
+    ) -> Result<Credential, VaultError> {
+        let state = record.oauth2.clone().expect("an OAuth2 record");
+        let tokens = self.tokens(tenant, name, record)?;
+        let refresh = tokens.refresh_token.clone();
+        let ask = match (state.grant, &refresh) {
+            (oauth2::Grant::ClientCredentials, _) => Ask::ClientCredentials,
+            (_, Some(token)) => Ask::Refresh(token),
+            (_, None) => {
+                return Err(VaultError::Unusable {
+                    name: name.to_owned(),
+                    reason: "it has not been authorized yet: open the URL `isoflowctl credentials authorize` prints".to_owned(),
+                });
+            }
+        };
+        self.grant(tenant, name, record, &state, &tokens, ask).await
+    }
+
+    /// Asks the token endpoint, and stores what it answers: the new tokens,
+    /// or that the credential is unhealthy.
+    async fn grant(
+        &self,
+        tenant: &str,
+        name: &str,
+        record: &Record,
+        state: &OAuth2State,
+        tokens: &TokenSet,
+        ask: Ask<'_>,
+    ) -> Result<Credential, VaultError> {
+        let Some(client) = self.http.get() else {
+            return Err(VaultError::Unusable {
+                name: name.to_owned(),
+                reason: "this node cannot reach token endpoints".to_owned(),
+            });
+        };
+        let answer =
+            oauth2::request_tokens(client, tenant, state, &tokens.client_secret, ask).await;
+        let version = record.version;
+        match answer {
+            Ok(got) => {
+                let now = now_ms();
+                self.update_oauth2(tenant, name, Some(version), |state, stored| {
+                    stored.access_token = Some(got.access_token.clone());
+                    if let Some(refresh) = &got.refresh_token {
+                        // A rotating endpoint invalidates the old one.
+                        stored.refresh_token = Some(refresh.clone());
+                    }
+                    state.expires_ms = got.expires_in.map(|d| {
+                        now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                    });
+                    state.renewals = state.renewals.saturating_add(1);
+                    state.renewed_ms = Some(now);
+                    state.unhealthy = None;
+                    Ok(())
+                })?;
+                tracing::info!(tenant, credential = name, "OAuth2 access token renewed");
+                let record = self
+                    .find(tenant, name)?
+                    .ok_or_else(|| VaultError::NotFound {
+                        tenant: tenant.to_owned(),
+                        name: name.to_owned(),
+                    })?;
+                self.bearer(tenant, name, &record)
+            }
+            Err(error) => {
+                let reason = format!("cannot renew its access token: {error}");
+                let mut newly = false;
+                let permanent = error.permanent;
+                self.update_oauth2(tenant, name, Some(version), |state, _| {
+                    newly = state.unhealthy.is_none();
+                    state.unhealthy = Some(Unhealthy {
+                        reason: reason.clone(),
+                        since_ms: state.unhealthy.as_ref().map_or_else(now_ms, |u| u.since_ms),
+                        permanent,
+                    });
+                    Ok(())
+                })?;
+                tracing::warn!(
+                    tenant,
+                    credential = name,
+                    "OAuth2 credential unhealthy: {reason}"
+                );
+                if newly {
+                    let _ = self.unrenewable.send(Unrenewable {
+                        tenant: tenant.to_owned(),
+                        name: name.to_owned(),
+                        reason: reason.clone(),
+                    });
+                }
+                Err(VaultError::Unusable {
+                    name: name.to_owned(),
+                    reason,
+                })
+            }
+        }
+    }
+
+    /// Changes an OAuth2 record and its tokens under the write lock, and
+    /// reseals it. With `version`, only if the credential was not set again
+    /// since (a renewal that raced a replacement is dropped).
+    fn update_oauth2(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<u32>,
+        change: impl FnOnce(&mut OAuth2State, &mut TokenSet) -> Result<(), VaultError>,
+    ) -> Result<(), VaultError> {
+        let _writing = self
+            .writing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut record = self
+            .find(tenant, name)?
+            .ok_or_else(|| VaultError::NotFound {
+                tenant: tenant.to_owned(),
+                name: name.to_owned(),
+            })?;
+        if version.is_some_and(|v| v != record.version) {
+            return Ok(());
+        }
+        let mut tokens = self.tokens(tenant, name, &record)?;
+        let Some(state) = record.oauth2.as_mut() else {
+            return Err(VaultError::Invalid(format!(
+                "credential {name:?} is a {} credential, not OAuth2",
+                record.kind
+            )));
+        };
+        change(state, &mut tokens)?;
+        record.updated_ms = now_ms();
+        self.seal(tenant, name, &mut record, &token_secret(&tokens))?;
+        self.store.put_credential(tenant, name, &to_json(&record))?;
+        Ok(())
+    }
+
+    /// An OAuth2 record's sealed tokens.
+    fn tokens(&self, tenant: &str, name: &str, record: &Record) -> Result<TokenSet, VaultError> {
+        let secret = self.unseal(tenant, name, record)?;
+        serde_json::from_str(secret.expose()).map_err(|_| VaultError::Corrupt {
+            tenant: tenant.to_owned(),
+            name: name.to_owned(),
+            reason: "its sealed tokens are not a token set".to_owned(),
+        })
+    }
+
+    /// An OAuth2 record's access token as a bearer credential.
+    fn bearer(&self, tenant: &str, name: &str, record: &Record) -> Result<Credential, VaultError> {
+        let access = self
+            .tokens(tenant, name, record)?
+            .access_token
+            .ok_or_else(|| VaultError::Unusable {
+                name: name.to_owned(),
+                reason: "it holds no access token yet".to_owned(),
+            })?;
+        let origins = record
+            .origins
+            .iter()
+            .map(|o| o.parse::<Origin>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|reason| VaultError::Corrupt {
+                tenant: tenant.to_owned(),
+                name: name.to_owned(),
+                reason,
+            })?;
+        let mut credential = Credential::of(
+            CredentialKind::Bearer {
+                token: Secret::new(access),
+            },
+            origins,
+        );
+        credential.renewable = true;
+        Ok(credential)
+    }
+}
+
+fn token_secret(tokens: &TokenSet) -> Secret {
+    Secret::new(serde_json::to_string(tokens).expect("strings always serialise"))
+}
+
 fn checked_origins(
     name: &str,
     origins: &[String],
@@ -561,10 +1063,26 @@ impl Credentials for Vault {
         _run_id: &'a str,
         name: &'a str,
     ) -> CredentialFuture<'a> {
-        let found = self
-            .get(tenant, name)
-            .map_err(|e| CredentialError(e.to_string()));
-        Box::pin(std::future::ready(found))
+        Box::pin(async move {
+            self.access(tenant, name, None)
+                .await
+                .map_err(|e| CredentialError(e.to_string()))
+        })
+    }
+
+    fn renewed<'a>(
+        &'a self,
+        tenant: &'a str,
+        _run_id: &'a str,
+        name: &'a str,
+        rejected: &'a Secret,
+    ) -> CredentialFuture<'a> {
+        Box::pin(async move {
+            let rejected = oauth2::sha256_hex(rejected.expose().as_bytes());
+            self.access(tenant, name, Some(&rejected))
+                .await
+                .map_err(|e| CredentialError(e.to_string()))
+        })
     }
 }
 
@@ -725,5 +1243,223 @@ mod tests {
         assert!(vault.delete("acme", "crm").expect("deleted"));
         assert!(!vault.delete("acme", "crm").expect("gone"));
         assert!(vault.list("other").expect("list").is_empty());
+    }
+}
+
+#[cfg(test)]
+mod oauth2_tests {
+    use std::time::Duration;
+
+    use isoflow_testkit::oauth2::{CLIENT_ID, CLIENT_SECRET, Provider};
+
+    use super::*;
+    use crate::action::egress::EgressPolicy;
+    use crate::credential::oauth2::{ClientAuth, Grant};
+    use crate::store::StoreConfig;
+
+    fn vault(dir: &tempfile::TempDir) -> (Arc<Store>, Arc<Vault>) {
+        let store = Arc::new(Store::open(&StoreConfig::new(dir.path())).expect("a store"));
+        let vault = Vault::open(
+            store.clone(),
+            Keyring::new(Key::new("k1", &[7; KEY_BYTES]).expect("a key")),
+        )
+        .expect("a vault");
+        vault.renew_with(http::Client::new(&EgressPolicy::anywhere()).expect("a client"));
+        (store, Arc::new(vault))
+    }
+
+    fn setup(provider: &Provider, grant: Grant) -> OAuth2Setup {
+        OAuth2Setup {
+            token_url: provider.url("/token"),
+            client_id: CLIENT_ID.into(),
+            client_secret: Secret::new(CLIENT_SECRET),
+            scopes: vec!["orders".into()],
+            client_auth: ClientAuth::Basic,
+            grant,
+            refresh_token: None,
+            authorize_url: None,
+        }
+    }
+
+    fn origins(provider: &Provider) -> Vec<String> {
+        vec![provider.url("/api/")]
+    }
+
+    async fn token(vault: &Vault, rejected: Option<&str>) -> Result<String, VaultError> {
+        let credential = vault
+            .access("acme", "crm", rejected)
+            .await?
+            .expect("the credential exists");
+        assert!(credential.renewable);
+        Ok(credential.kind.secret().expose().to_owned())
+    }
+
+    fn sha(token: &str) -> String {
+        oauth2::sha256_hex(token.as_bytes())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_token_is_renewed_before_it_expires_once_for_all_who_wait_and_after_a_401() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (store, vault) = vault(&dir);
+        // Lives 30 s: inside the renewal margin, so the next use renews it.
+        let provider = Provider::start(30);
+        vault
+            .set_oauth2(
+                "acme",
+                "crm",
+                &setup(&provider, Grant::ClientCredentials),
+                &origins(&provider),
+                true,
+            )
+            .expect("stored");
+        assert_eq!(token(&vault, None).await.expect("a token"), "at-1");
+        assert_eq!(provider.grants(), ["client_credentials"]);
+
+        // Ten users of the expiring token at once, the endpoint slow: one
+        // renewal, one new token for all.
+        provider.set_lifetime(3600);
+        provider.set_delay(Duration::from_millis(300));
+        let users: Vec<_> = (0..10)
+            .map(|_| {
+                let vault = vault.clone();
+                tokio::spawn(async move { token(&vault, None).await })
+            })
+            .collect();
+        for user in users {
+            assert_eq!(user.await.expect("joined").expect("a token"), "at-2");
+        }
+        assert_eq!(provider.grants().len(), 2, "{:?}", provider.grants());
+        assert_eq!(token(&vault, None).await.expect("fresh"), "at-2");
+        assert_eq!(provider.grants().len(), 2);
+
+        // A 401 for the current token renews it; a late 401 for the old one
+        // does not renew again.
+        provider.set_delay(Duration::ZERO);
+        assert_eq!(
+            token(&vault, Some(&sha("at-2"))).await.expect("renewed"),
+            "at-3"
+        );
+        assert_eq!(
+            token(&vault, Some(&sha("at-2"))).await.expect("current"),
+            "at-3"
+        );
+        assert_eq!(provider.grants().len(), 3);
+
+        // Nothing of it is on disk in the clear.
+        let raw = store
+            .credential("acme", "crm")
+            .expect("read")
+            .expect("stored");
+        let raw = String::from_utf8_lossy(&raw);
+        assert!(
+            !raw.contains("at-3") && !raw.contains(CLIENT_SECRET),
+            "{raw}"
+        );
+        let listed = vault.list("acme").expect("listed");
+        let state = listed[0].oauth2.as_ref().expect("OAuth2 state");
+        assert_eq!((listed[0].kind.as_str(), state.renewals), ("oauth2", 3));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rotated_refresh_tokens_are_kept_and_a_revoked_one_makes_the_credential_unhealthy() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (_store, vault) = vault(&dir);
+        let provider = Provider::start(3600);
+        provider.add_refresh_token("rt-0");
+        let mut refreshing = setup(&provider, Grant::RefreshToken);
+        refreshing.refresh_token = Some(Secret::new("rt-0"));
+        refreshing.client_auth = ClientAuth::Post;
+        vault
+            .set_oauth2("acme", "crm", &refreshing, &origins(&provider), true)
+            .expect("stored");
+        let mut unhealthy = vault.unrenewable();
+        assert_eq!(token(&vault, None).await.expect("a token"), "at-1");
+        // rt-0 is spent; the renewal after a 401 uses the rotated rt-1.
+        assert_eq!(
+            token(&vault, Some(&sha("at-1"))).await.expect("renewed"),
+            "at-2"
+        );
+        assert_eq!(provider.grants(), ["refresh_token", "refresh_token"]);
+
+        provider.revoke_refresh_tokens();
+        let error = token(&vault, Some(&sha("at-2")))
+            .await
+            .expect_err("revoked");
+        assert!(
+            error.to_string().contains("invalid_grant"),
+            "the sentence says what the endpoint said: {error}"
+        );
+        let event = unhealthy.try_recv().expect("one unhealthy event");
+        assert_eq!(
+            (event.tenant.as_str(), event.name.as_str()),
+            ("acme", "crm")
+        );
+        let state = vault.list("acme").expect("listed")[0]
+            .oauth2
+            .clone()
+            .expect("OAuth2 state");
+        assert!(state.unhealthy.as_ref().is_some_and(|u| u.permanent));
+        // Until someone acts, the endpoint is not asked again.
+        token(&vault, None).await.expect_err("still unusable");
+        assert_eq!(provider.grants().len(), 3);
+        assert!(unhealthy.try_recv().is_err(), "one event per transition");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_authorization_code_flow_takes_one_callback_with_its_state() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (_store, vault) = vault(&dir);
+        let provider = Provider::start(3600);
+        let mut code_flow = setup(&provider, Grant::AuthorizationCode);
+        code_flow.authorize_url = Some(provider.url("/authorize"));
+        vault
+            .set_oauth2("acme", "crm", &code_flow, &origins(&provider), true)
+            .expect("stored");
+        let before = token(&vault, None).await.expect_err("not authorized yet");
+        assert!(
+            before.to_string().contains("not been authorized"),
+            "{before}"
+        );
+
+        let redirect = "https://isoflow.example.com/oauth/callback";
+        let url = vault.authorize("acme", "crm", redirect).expect("a URL");
+        let url = reqwest::Url::parse(&url).expect("a URL");
+        let state = url
+            .query_pairs()
+            .find(|(k, _)| k == "state")
+            .map(|(_, v)| v.into_owned())
+            .expect("a state");
+        let code = provider.issue_code(redirect);
+
+        // A forged state (right credential, wrong secret part) is refused
+        // and does not spend the real one.
+        let (prefix, _) = state.split_once('.').expect("prefix.random");
+        let forged = format!("{prefix}.AAAA");
+        vault
+            .complete_authorization(&forged, &code)
+            .await
+            .expect_err("forged");
+        let (tenant, name) = vault
+            .complete_authorization(&state, &code)
+            .await
+            .expect("authorized");
+        assert_eq!((tenant.as_str(), name.as_str()), ("acme", "crm"));
+        assert_eq!(token(&vault, None).await.expect("a token"), "at-2");
+        // Used once.
+        let replay = vault
+            .complete_authorization(&state, &code)
+            .await
+            .expect_err("replayed");
+        assert!(
+            replay.to_string().contains("unknown, used or expired"),
+            "{replay}"
+        );
+        // The refresh token it got renews the next one.
+        assert_eq!(
+            token(&vault, Some(&sha("at-2"))).await.expect("renewed"),
+            "at-3"
+        );
+        assert_eq!(provider.grants(), ["authorization_code", "refresh_token"]);
     }
 }

@@ -180,6 +180,7 @@ pub(crate) async fn run_http(shared: &Shared, job: HttpJob) -> Result<Value, Fai
         credential,
         run_id,
     } = job;
+    let mut sent = None;
     if let Some(name) = credential {
         let credential = shared
             .credentials
@@ -188,9 +189,30 @@ pub(crate) async fn run_http(shared: &Shared, job: HttpJob) -> Result<Value, Fai
             .map_err(|e| Failure::transient(format!("cannot fetch credential {name:?}: {e}")))?
             .ok_or_else(|| Failure::permanent(format!("credential {name:?} is not defined")))?;
         admit(&name, &credential, &request)?;
+        let bare = request.clone();
         credential.apply(&mut request);
+        sent = Some((name, credential, bare));
     }
-    match shared.http.send(&request).await {
+    let mut result = shared.http.send(&request).await;
+    // An OAuth2 access token refused with 401 is renewed, and the request
+    // sent once more with the new one.
+    if let (Err(http::HttpError::Status { status: 401, .. }), Some((name, credential, bare))) =
+        (&result, sent)
+        && credential.renewable
+    {
+        let renewed = shared
+            .credentials
+            .renewed(&bare.tenant, &run_id, &name, credential.kind.secret())
+            .await
+            .map_err(|e| Failure::transient(format!("cannot renew credential {name:?}: {e}")))?;
+        if let Some(renewed) = renewed.filter(|r| r.kind.secret() != credential.kind.secret()) {
+            admit(&name, &renewed, &bare)?;
+            request = bare;
+            renewed.apply(&mut request);
+            result = shared.http.send(&request).await;
+        }
+    }
+    match result {
         Ok(response) => serde_json::to_value(response)
             .map_err(|e| Failure::permanent(format!("cannot represent the response: {e}"))),
         Err(error) => {

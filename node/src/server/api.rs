@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use isoflow_engine::credential::Secret;
+use isoflow_engine::credential::oauth2;
 use isoflow_engine::credential::vault::{Vault, VaultError};
 use isoflow_engine::model;
 use isoflow_engine::run::inline_code;
@@ -28,6 +29,9 @@ pub struct Api {
     pub coordinator: Arc<Coordinator>,
     /// What a deployed definition may set.
     pub limits: model::Limits,
+    /// Where OAuth2 providers send users back (`http.public_url` +
+    /// `/oauth/callback`); none without a public URL.
+    pub oauth_callback: Option<String>,
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<v1::PayloadChunk, Status>> + Send>>;
@@ -554,22 +558,42 @@ impl Isoflow for Api {
         let tenant = tenant(&request)?;
         let vault = self.vault()?;
         let request = request.into_inner();
-        let kind = request.kind.map(convert::credential_kind).ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "credential {:?} has no kind: give bearer, basic, header or query",
+        let Some(kind) = request.kind else {
+            return Err(Status::invalid_argument(format!(
+                "credential {:?} has no kind: give bearer, basic, header, query or oauth2",
                 request.name
-            ))
-        })?;
-        let info = blocking_vault(move || {
-            vault.set(
-                &tenant,
-                &request.name,
-                &kind,
-                &request.origins,
-                request.allow_plain_http,
-            )
-        })
-        .await?;
+            )));
+        };
+        let info = match kind {
+            v1::set_credential_request::Kind::Oauth2(oauth2) => {
+                let setup = convert::oauth2_setup(oauth2).map_err(|why| {
+                    Status::invalid_argument(format!("credential {:?}: {why}", request.name))
+                })?;
+                blocking_vault(move || {
+                    vault.set_oauth2(
+                        &tenant,
+                        &request.name,
+                        &setup,
+                        &request.origins,
+                        request.allow_plain_http,
+                    )
+                })
+                .await?
+            }
+            other => {
+                let kind = convert::credential_kind(other).expect("not OAuth2");
+                blocking_vault(move || {
+                    vault.set(
+                        &tenant,
+                        &request.name,
+                        &kind,
+                        &request.origins,
+                        request.allow_plain_http,
+                    )
+                })
+                .await?
+            }
+        };
         tracing::info!(credential = %info.name, kind = %info.kind, version = info.version, "credential set");
         Ok(Response::new(convert::credential_info(&info)))
     }
@@ -610,6 +634,29 @@ impl Isoflow for Api {
         let name = request.into_inner().name;
         let deleted = blocking_vault(move || vault.delete(&tenant, &name)).await?;
         Ok(Response::new(v1::DeleteCredentialResponse { deleted }))
+    }
+
+    async fn authorize_credential(
+        &self,
+        request: Request<v1::AuthorizeCredentialRequest>,
+    ) -> Result<Response<v1::AuthorizeCredentialResponse>, Status> {
+        let tenant = tenant(&request)?;
+        let vault = self.vault()?;
+        let Some(callback) = self.oauth_callback.clone() else {
+            return Err(Status::failed_precondition(
+                "this node has no http.public_url, the address browsers reach its HTTP listener at, so an OAuth2 provider cannot send the user back to it",
+            ));
+        };
+        let name = request.into_inner().name;
+        let expires_at_ms = isoflow_engine::store::now_ms().saturating_add(
+            u64::try_from(oauth2::AUTHORIZATION_WINDOW.as_millis()).unwrap_or(u64::MAX),
+        );
+        let authorize_url =
+            blocking_vault(move || vault.authorize(&tenant, &name, &callback)).await?;
+        Ok(Response::new(v1::AuthorizeCredentialResponse {
+            authorize_url,
+            expires_at_ms,
+        }))
     }
 }
 
@@ -671,6 +718,9 @@ async fn blocking_vault<T: Send + 'static>(
             VaultError::Invalid(why) => Status::invalid_argument(why),
             VaultError::NotFound { name, .. } => {
                 Status::not_found(format!("there is no credential {name:?}"))
+            }
+            unusable @ VaultError::Unusable { .. } => {
+                Status::failed_precondition(unusable.to_string())
             }
             other => internal(other),
         })

@@ -237,7 +237,10 @@ async fn read_loop(
                 tokio::spawn(async move {
                     let _permit = permit;
                     let id = request.assignment_id;
-                    let result = match coordinator.credential_for(&worker, id, &request.name).await
+                    let rejected = Some(request.rejected_sha256.as_str()).filter(|r| !r.is_empty());
+                    let result = match coordinator
+                        .credential_for(&worker, id, &request.name, rejected)
+                        .await
                     {
                         Ok(Some(credential)) => {
                             Reply::Credential(convert::worker_credential(&credential))

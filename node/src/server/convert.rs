@@ -1,6 +1,7 @@
 //! Between the engine's records and the API's messages.
 
 use isoflow_engine::action::origin::Origin;
+use isoflow_engine::credential::oauth2::{ClientAuth, Grant, OAuth2Setup};
 use isoflow_engine::credential::vault::CredentialInfo;
 use isoflow_engine::credential::{Credential, CredentialKind, Secret};
 use isoflow_engine::store::{LogRecord, RunRecord, RunStatus, StepRecord, StepStatus};
@@ -107,10 +108,11 @@ pub fn log_from(line: &v1::LogLine) -> LogRecord {
     }
 }
 
-/// A credential's kind as `SetCredential` gives it.
-pub fn credential_kind(kind: v1::set_credential_request::Kind) -> CredentialKind {
+/// A credential's kind as `SetCredential` gives it; `None` for OAuth2,
+/// which is set up with [`oauth2_setup`].
+pub fn credential_kind(kind: v1::set_credential_request::Kind) -> Option<CredentialKind> {
     use v1::set_credential_request::Kind;
-    match kind {
+    Some(match kind {
         Kind::Bearer(b) => CredentialKind::Bearer {
             token: Secret::new(b.token),
         },
@@ -126,6 +128,45 @@ pub fn credential_kind(kind: v1::set_credential_request::Kind) -> CredentialKind
             param: q.param,
             value: Secret::new(q.value),
         },
+        Kind::Oauth2(_) => return None,
+    })
+}
+
+/// An OAuth2 credential as `SetCredential` gives it.
+pub fn oauth2_setup(message: v1::OAuth2Credential) -> Result<OAuth2Setup, String> {
+    let grant = match message.grant() {
+        v1::Oauth2Grant::ClientCredentials => Grant::ClientCredentials,
+        v1::Oauth2Grant::RefreshToken => Grant::RefreshToken,
+        v1::Oauth2Grant::AuthorizationCode => Grant::AuthorizationCode,
+        v1::Oauth2Grant::Unspecified => {
+            return Err(
+                "an OAuth2 credential names its grant: client_credentials, refresh_token or authorization_code"
+                    .into(),
+            );
+        }
+    };
+    let given = |text: String| (!text.is_empty()).then_some(text);
+    Ok(OAuth2Setup {
+        token_url: message.token_url,
+        client_id: message.client_id,
+        client_secret: Secret::new(message.client_secret),
+        scopes: message.scopes,
+        client_auth: if message.client_secret_in_body {
+            ClientAuth::Post
+        } else {
+            ClientAuth::Basic
+        },
+        grant,
+        refresh_token: given(message.refresh_token).map(Secret::new),
+        authorize_url: given(message.authorize_url),
+    })
+}
+
+fn grant_message(grant: Grant) -> v1::Oauth2Grant {
+    match grant {
+        Grant::ClientCredentials => v1::Oauth2Grant::ClientCredentials,
+        Grant::RefreshToken => v1::Oauth2Grant::RefreshToken,
+        Grant::AuthorizationCode => v1::Oauth2Grant::AuthorizationCode,
     }
 }
 
@@ -139,6 +180,22 @@ pub fn credential_info(info: &CredentialInfo) -> v1::CredentialInfo {
         key_id: info.key_id.clone(),
         created_at_ms: info.created_ms,
         updated_at_ms: info.updated_ms,
+        oauth2: info.oauth2.as_ref().map(|state| v1::OAuth2Status {
+            grant: grant_message(state.grant).into(),
+            token_url: state.token_url.clone(),
+            client_id: state.client_id.clone(),
+            scopes: state.scopes.clone(),
+            expires_at_ms: state.expires_ms.unwrap_or_default(),
+            renewals: state.renewals,
+            renewed_at_ms: state.renewed_ms.unwrap_or_default(),
+            unhealthy: state
+                .unhealthy
+                .as_ref()
+                .map(|u| u.reason.clone())
+                .unwrap_or_default(),
+            needs_attention: state.unhealthy.as_ref().is_some_and(|u| u.permanent),
+            awaiting_authorization: state.pending.is_some(),
+        }),
     }
 }
 
@@ -165,6 +222,7 @@ pub fn worker_credential(credential: &Credential) -> v1::WorkerCredential {
     v1::WorkerCredential {
         kind: Some(kind),
         origins: credential.origins.iter().map(ToString::to_string).collect(),
+        renewable: credential.renewable,
     }
 }
 
@@ -182,5 +240,8 @@ pub fn credential_from_worker(message: v1::WorkerCredential) -> Result<Credentia
         .iter()
         .map(|o| o.parse::<Origin>())
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Credential::of(credential_kind(kind), origins))
+    let kind = credential_kind(kind).ok_or("the credential has no kind")?;
+    let mut credential = Credential::of(kind, origins);
+    credential.renewable = message.renewable;
+    Ok(credential)
 }

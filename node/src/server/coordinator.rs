@@ -513,6 +513,7 @@ impl Coordinator {
         worker: &str,
         id: u64,
         name: &str,
+        rejected_sha256: Option<&str>,
     ) -> Result<Option<Credential>, String> {
         if CredentialName::new(name.to_owned()).is_err() {
             return Err("that is not a credential name".to_owned());
@@ -525,23 +526,31 @@ impl Coordinator {
             return Ok(None);
         };
         let store = self.store.clone();
-        let name = name.to_owned();
+        let wanted = name.to_owned();
+        let (tenant_, run_id_) = (tenant.clone(), run_id.clone());
         tokio::task::spawn_blocking(move || {
             let definition = store
-                .run_definition(&tenant, &run_id)
+                .run_definition(&tenant_, &run_id_)
                 .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("run {run_id} has no definition"))?;
+                .ok_or_else(|| format!("run {run_id_} has no definition"))?;
             let integration: Integration = serde_json::from_value(definition)
                 .map_err(|e| format!("the run's definition cannot be read: {e}"))?;
-            if !names_credential(&integration.steps, &name) {
-                return Err(format!(
-                    "no http step of the run's definition sends credential {name:?}"
-                ));
+            if names_credential(&integration.steps, &wanted) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "no http step of the run's definition sends credential {wanted:?}"
+                ))
             }
-            vault.get(&tenant, &name).map_err(|e| e.to_string())
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())??;
+        // The coordinator renews OAuth2 tokens: one renewal per
+        // credential, however many workers ask at once.
+        vault
+            .access(&tenant, name, rejected_sha256)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Cancels a run: a queued one ends at once, an assigned one is stopped
@@ -802,7 +811,7 @@ mod tests {
         let (id, _) = assigned(&mut a)[0].clone();
 
         let given = coordinator
-            .credential_for("a", id, "erp-api")
+            .credential_for("a", id, "erp-api", None)
             .await
             .expect("a holds the run")
             .expect("acme has erp-api");
@@ -811,22 +820,24 @@ mod tests {
             bearer("acme-secret"),
             "the run's tenant's, never another's"
         );
-        let unnamed = coordinator.credential_for("a", id, "unused").await;
+        let unnamed = coordinator.credential_for("a", id, "unused", None).await;
         assert!(
             unnamed.is_err(),
             "no step of the run names it, so its worker may not have it: {unnamed:?}"
         );
         let bad = coordinator
-            .credential_for("a", id, &"x".repeat(100_000))
+            .credential_for("a", id, &"x".repeat(100_000), None)
             .await;
         assert!(bad.is_err(), "not a credential name");
-        let other = coordinator.credential_for("b", id, "erp-api").await;
+        let other = coordinator.credential_for("b", id, "erp-api", None).await;
         assert!(other.is_err(), "b does not hold the run: {other:?}");
-        let unknown = coordinator.credential_for("a", id + 100, "erp-api").await;
+        let unknown = coordinator
+            .credential_for("a", id + 100, "erp-api", None)
+            .await;
         assert!(unknown.is_err(), "no such assignment: {unknown:?}");
 
         coordinator.remove_worker("a", Some(a_connection), "test");
-        let after = coordinator.credential_for("a", id, "erp-api").await;
+        let after = coordinator.credential_for("a", id, "erp-api", None).await;
         assert!(
             after.is_err(),
             "a revoked assignment gets nothing: {after:?}"

@@ -62,7 +62,8 @@ pub async fn serve(
     coordinator: Arc<Coordinator>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(coordinator))
+    let routes = router(coordinator.clone()).merge(super::oauth::router(coordinator));
+    axum::serve(listener, routes)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|stop| *stop).await;
         })

@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use isoflow_engine::credential::{CredentialError, CredentialFuture, Credentials};
+use isoflow_engine::credential::{
+    Credential, CredentialError, CredentialFuture, Credentials, Secret, oauth2,
+};
 use isoflow_engine::model::Integration;
 use isoflow_engine::run::{
     Engine, Journal, JournalError, JournalFuture, JournalWrite, Restored, WriteKind,
@@ -422,7 +424,32 @@ impl Credentials for StreamCredentials {
         run_id: &'a str,
         name: &'a str,
     ) -> CredentialFuture<'a> {
-        Box::pin(async move {
+        Box::pin(self.ask(tenant, run_id, name, String::new()))
+    }
+
+    /// Asks again naming the refused token by its hash: the coordinator
+    /// renews it (once, however many workers ask) unless it already has.
+    fn renewed<'a>(
+        &'a self,
+        tenant: &'a str,
+        run_id: &'a str,
+        name: &'a str,
+        rejected: &'a Secret,
+    ) -> CredentialFuture<'a> {
+        let rejected = oauth2::sha256_hex(rejected.expose().as_bytes());
+        Box::pin(self.ask(tenant, run_id, name, rejected))
+    }
+}
+
+impl StreamCredentials {
+    async fn ask(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        name: &str,
+        rejected_sha256: String,
+    ) -> Result<Option<Credential>, CredentialError> {
+        {
             use v1::credential_reply::Result as Reply;
             let link = locked(&self.runs)
                 .get(&(tenant.to_owned(), run_id.to_owned()))
@@ -438,6 +465,7 @@ impl Credentials for StreamCredentials {
                         request_id,
                         assignment_id: link.assignment,
                         name: name.to_owned(),
+                        rejected_sha256,
                     },
                 )))
                 .await;
@@ -457,7 +485,7 @@ impl Credentials for StreamCredentials {
                 Reply::NotFound(_) => Ok(None),
                 Reply::Error(why) => Err(CredentialError(why)),
             }
-        })
+        }
     }
 }
 

@@ -25,7 +25,8 @@
 //! export, and [`process`], child processes for multi-process tests (the
 //! real `isoflow` binary, killed when the test lets go of it), [`etcd`], a
 //! real etcd server ([`Etcd`]) for cluster tests, with authentication and
-//! optionally TLS, and [`tls`], certificates made for a test.
+//! optionally TLS, [`tls`], certificates made for a test, and [`oauth2`],
+//! an OAuth2 provider (token endpoint and protected API) on loopback.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -45,6 +46,7 @@ use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
 
 pub mod etcd;
+pub mod oauth2;
 pub mod process;
 mod seed;
 pub mod tls;
@@ -79,6 +81,23 @@ pub enum Responder {
     Echo,
     /// The reply, after a delay.
     Slow(Duration, Reply),
+    /// The reply a function of the request makes, after the delay it says
+    /// (a stateful peer, such as [`oauth2::Provider`]).
+    With(Answer),
+}
+
+/// A function that answers a request: the delay before the reply, and the
+/// reply.
+#[derive(Clone)]
+pub struct Answer(pub Arc<AnswerFn>);
+
+/// What an [`Answer`] calls.
+pub type AnswerFn = dyn Fn(&Recorded) -> (Duration, Reply) + Send + Sync;
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Answer(…)")
+    }
 }
 
 /// A response: status, headers and body.
@@ -491,6 +510,10 @@ impl Route {
             }
             Handler::Respond(Responder::Slow(delay, reply)) => Plan::After(*delay, reply.clone()),
             Handler::Respond(Responder::Echo) => Plan::Now(echo(request)),
+            Handler::Respond(Responder::With(answer)) => {
+                let (delay, reply) = (answer.0)(request);
+                Plan::After(delay, reply)
+            }
             Handler::Seed { token } => Plan::Now(seed_post(token, request)),
         }
     }
