@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use isoflow_client::Client;
 use isoflow_proto::v1;
 use isoflow_testkit::etcd::Etcd;
+use isoflow_testkit::oauth2::{self, Provider};
 use isoflow_testkit::process::Process;
 use isoflow_testkit::{Gate, HttpFixture, Reply, Responder, free_port, seed_orders_expected};
 use serde_json::{Value, json};
@@ -1513,4 +1514,73 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
         }
         let _ = to.shutdown(std::net::Shutdown::Both);
     });
+}
+
+#[test]
+fn workers_share_one_oauth2_renewal_that_the_coordinator_makes() {
+    let cluster = Cluster::start(2);
+    let provider = Provider::start(3600);
+    let mut oauth2 = v1::OAuth2Credential {
+        token_url: provider.url("/token"),
+        client_id: oauth2::CLIENT_ID.into(),
+        client_secret: oauth2::CLIENT_SECRET.into(),
+        ..Default::default()
+    };
+    oauth2.set_grant(v1::Oauth2Grant::ClientCredentials);
+    let yaml = format!(
+        "apiVersion: isoflow.dev/v1\nname: crm\nversion: 1\nsteps:\n  - id: orders\n    type: http\n    \
+         method: GET\n    url: \"{}\"\n    credential: crm\n    retry: {{ max_attempts: 1 }}\n",
+        provider.url("/api/orders")
+    );
+    runtime().block_on(async {
+        let acme = client(&cluster, TOKEN).await;
+        acme.set_credential(v1::SetCredentialRequest {
+            name: "crm".into(),
+            kind: Some(v1::set_credential_request::Kind::Oauth2(oauth2)),
+            origins: vec![provider.url("/api/")],
+            allow_plain_http: true,
+        })
+        .await
+        .expect("stored");
+        deploy(&acme, &yaml, "crm.yaml").await;
+        let first = acme
+            .start_run("crm", None, &json!(null))
+            .await
+            .expect("starts");
+        assert_eq!(
+            status(&wait(&acme, &first.run_id).await),
+            v1::RunStatus::Succeeded
+        );
+
+        // Every run's request now gets a 401 for the old token, on both
+        // workers at once, and the token endpoint is slow: each worker asks
+        // the coordinator to renew, and one renewal serves them all.
+        provider.revoke_access_tokens();
+        provider.set_delay(Duration::from_millis(500));
+        let mut ids = Vec::new();
+        for _ in 0..6 {
+            let run = acme
+                .start_run("crm", None, &json!(null))
+                .await
+                .expect("starts");
+            ids.push(run.run_id);
+        }
+        for id in &ids {
+            let run = wait(&acme, id).await;
+            assert_eq!(
+                status(&run),
+                v1::RunStatus::Succeeded,
+                "{run:?}\n{}",
+                cluster.describe()
+            );
+            let output = acme.output(id).await.expect("an output");
+            assert_eq!(output["body"]["issued"], json!(2), "the renewed token");
+        }
+    });
+    assert_eq!(
+        provider.grants(),
+        ["client_credentials", "client_credentials"],
+        "one renewal for six refused requests"
+    );
+    assert_eq!(provider.api_requests().len(), 13);
 }

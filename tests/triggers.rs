@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use isoflow_client::Client;
 use isoflow_proto::v1;
+use isoflow_testkit::oauth2::{self, Provider};
 use isoflow_testkit::process::Process;
 use isoflow_testkit::{HttpFixture, Responder, free_port};
 use serde_json::{Value, json};
@@ -71,7 +72,7 @@ fn start() -> Node {
         &config,
         format!(
             "role = \"all\"\ndata_dir = \"{}\"\nmax_payload_bytes = 65536\n[api]\nlisten = \"127.0.0.1:{api}\"\n\
-             [http]\nlisten = \"127.0.0.1:{http}\"\n[egress]\nallow = [\"127.0.0.1\"]\n[vault.key]\nid = \"k1\"\nenv = \"ISOFLOW_VAULT_KEY\"\n\
+             [http]\nlisten = \"127.0.0.1:{http}\"\npublic_url = \"http://127.0.0.1:{http}\"\n[egress]\nallow = [\"127.0.0.1\"]\n[vault.key]\nid = \"k1\"\nenv = \"ISOFLOW_VAULT_KEY\"\n\
              [[auth.tokens]]\ntenant = \"acme\"\ntoken = \"{ACME}\"\n[[auth.tokens]]\ntenant = \"globex\"\ntoken = \"{GLOBEX}\"\n",
             dir.path().join("data").display()
         ),
@@ -124,10 +125,26 @@ fn post(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, HashMap<String, String>, Value) {
+    let (status, headers, text) = exchange(port, "POST", path, headers, body);
+    (
+        status,
+        headers,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+    )
+}
+
+/// One HTTP/1.1 request; the status, headers (lowercase names) and body.
+fn exchange(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, HashMap<String, String>, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("the listener accepts");
     stream.set_read_timeout(Some(LONG)).expect("a timeout");
     let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
     for (name, value) in headers {
@@ -150,8 +167,7 @@ fn post(
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    let json = serde_json::from_str(body).unwrap_or(Value::Null);
-    (status, headers, json)
+    (status, headers, body.to_owned())
 }
 
 fn sign(secret: &str, time: u64, body: &[u8]) -> String {
@@ -518,4 +534,214 @@ fn a_failed_run_sends_one_signed_alert_per_window_and_a_slow_one_its_own() {
     }
     causes.sort();
     assert_eq!(causes, ["failed", "slow"]);
+}
+
+/// An integration whose one step calls the provider's API with `credential`.
+fn crm_sync(provider: &Provider, credential: &str) -> String {
+    format!(
+        "apiVersion: isoflow.dev/v1\nname: sync-{credential}\nversion: 1\nsteps:\n  - id: orders\n    type: http\n    \
+         method: GET\n    url: \"{}\"\n    credential: {credential}\n    retry: {{ max_attempts: 1 }}\n",
+        provider.url("/api/orders")
+    )
+}
+
+fn oauth2_request(
+    provider: &Provider,
+    name: &str,
+    grant: v1::Oauth2Grant,
+    fill: impl FnOnce(&mut v1::OAuth2Credential),
+) -> v1::SetCredentialRequest {
+    let mut oauth2 = v1::OAuth2Credential {
+        token_url: provider.url("/token"),
+        client_id: oauth2::CLIENT_ID.into(),
+        client_secret: oauth2::CLIENT_SECRET.into(),
+        scopes: vec!["orders".into()],
+        ..Default::default()
+    };
+    oauth2.set_grant(grant);
+    fill(&mut oauth2);
+    v1::SetCredentialRequest {
+        name: name.into(),
+        kind: Some(v1::set_credential_request::Kind::Oauth2(oauth2)),
+        origins: vec![provider.url("/api/")],
+        allow_plain_http: true,
+    }
+}
+
+/// Runs `integration` once as acme: the run as it ended, and its output.
+async fn run_once(acme: &Client, integration: &str) -> (v1::Run, Value) {
+    let run = acme
+        .start_run(integration, None, &json!(null))
+        .await
+        .expect("starts");
+    let run = acme.wait(&run.run_id).await.expect("ends");
+    let output = if run.status() == v1::RunStatus::Succeeded {
+        acme.output(&run.run_id).await.expect("an output")
+    } else {
+        Value::Null
+    };
+    (run, output)
+}
+
+#[test]
+fn an_oauth2_credential_renews_itself_and_says_when_it_cannot() {
+    let node = start();
+    let provider = Provider::start(3600);
+    provider.add_refresh_token("rt-0");
+    runtime().block_on(async {
+        let acme = Client::connect(&node.api, Some(ACME))
+            .await
+            .expect("connects");
+        acme.set_credential(oauth2_request(
+            &provider,
+            "crm",
+            v1::Oauth2Grant::RefreshToken,
+            |o| o.refresh_token = "rt-0".into(),
+        ))
+        .await
+        .expect("stored");
+        acme.deploy(&crm_sync(&provider, "crm"), "crm.yaml", HashMap::new())
+            .await
+            .expect("deploys");
+
+        let (run, output) = run_once(&acme, "sync-crm").await;
+        assert_eq!(run.status(), v1::RunStatus::Succeeded, "{run:?}");
+        assert_eq!(output["body"]["issued"], json!(1));
+
+        // The provider drops its access tokens early: the step's request
+        // gets a 401, the token is renewed (with the rotated refresh
+        // token), and the request is sent once more.
+        provider.revoke_access_tokens();
+        let (run, output) = run_once(&acme, "sync-crm").await;
+        assert_eq!(run.status(), v1::RunStatus::Succeeded, "{run:?}");
+        assert_eq!(output["body"]["issued"], json!(2));
+        assert_eq!(provider.grants(), ["refresh_token", "refresh_token"]);
+        assert_eq!(provider.api_requests().len(), 3);
+
+        // The user revoked the app: the run fails saying so, and the
+        // credential is listed as needing attention.
+        provider.revoke_refresh_tokens();
+        provider.revoke_access_tokens();
+        let (run, _) = run_once(&acme, "sync-crm").await;
+        assert_eq!(run.status(), v1::RunStatus::Failed, "{run:?}");
+        assert!(run.error.contains("invalid_grant"), "{}", run.error);
+        let listed = acme.credentials().await.expect("listed");
+        let status = listed[0].oauth2.clone().expect("OAuth2 status");
+        assert!(status.needs_attention, "{status:?}");
+        assert!(status.unhealthy.contains("invalid_grant"), "{status:?}");
+        assert_eq!(status.renewals, 2);
+        // globex sees none of it.
+        let globex = Client::connect(&node.api, Some(GLOBEX))
+            .await
+            .expect("connects");
+        assert!(globex.credentials().await.expect("listed").is_empty());
+    });
+    let logs = node.process.stderr();
+    for secret in [
+        oauth2::CLIENT_SECRET,
+        "at-1",
+        "at-2",
+        "rt-0",
+        "rt-1",
+        "rt-2",
+    ] {
+        assert!(!logs.contains(secret), "{secret} is in the node's log");
+    }
+}
+
+#[test]
+fn an_oauth2_authorization_completes_once_through_the_callback() {
+    let node = start();
+    let provider = Provider::start(3600);
+    let callback = format!("http://127.0.0.1:{}/oauth/callback", node.http);
+    let url = runtime().block_on(async {
+        let acme = Client::connect(&node.api, Some(ACME))
+            .await
+            .expect("connects");
+        acme.set_credential(oauth2_request(
+            &provider,
+            "crm-user",
+            v1::Oauth2Grant::AuthorizationCode,
+            |o| o.authorize_url = provider.url("/authorize"),
+        ))
+        .await
+        .expect("stored");
+        let globex = Client::connect(&node.api, Some(GLOBEX))
+            .await
+            .expect("connects");
+        let other = globex
+            .authorize_credential("crm-user")
+            .await
+            .expect_err("not globex's");
+        assert!(other.to_string().contains("no credential"), "{other}");
+        acme.authorize_credential("crm-user")
+            .await
+            .expect("an authorization")
+            .authorize_url
+    });
+    let url = reqwest::Url::parse(&url).expect("a URL");
+    let param = |name: &str| {
+        url.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+            .expect("the parameter")
+    };
+    assert_eq!(param("redirect_uri"), callback);
+    assert_eq!(param("client_id"), oauth2::CLIENT_ID);
+    let state = param("state");
+    let code = provider.issue_code(&callback);
+    let query = |pairs: &[(&str, &str)]| {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query.extend_pairs(pairs);
+        format!("/oauth/callback?{}", query.finish())
+    };
+
+    let (status, _, page) = exchange(
+        node.http,
+        "GET",
+        &query(&[("state", &state), ("error", "access_denied")]),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 400, "{page}");
+    let forged = format!("{}.AAAA", state.split_once('.').expect("two parts").0);
+    let (status, _, page) = exchange(
+        node.http,
+        "GET",
+        &query(&[("state", &forged), ("code", &code)]),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 400, "{page}");
+    let (status, headers, page) = exchange(
+        node.http,
+        "GET",
+        &query(&[("state", &state), ("code", &code)]),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 200, "{page}\n{}", node.process.stderr());
+    assert!(page.contains("is connected"), "{page}");
+    assert_eq!(headers["cache-control"], "no-store");
+    let (status, _, page) = exchange(
+        node.http,
+        "GET",
+        &query(&[("state", &state), ("code", &code)]),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 400, "used once: {page}");
+
+    runtime().block_on(async {
+        let acme = Client::connect(&node.api, Some(ACME))
+            .await
+            .expect("connects");
+        acme.deploy(&crm_sync(&provider, "crm-user"), "crm.yaml", HashMap::new())
+            .await
+            .expect("deploys");
+        let (run, output) = run_once(&acme, "sync-crm-user").await;
+        assert_eq!(run.status(), v1::RunStatus::Succeeded, "{run:?}");
+        assert_eq!(output["body"]["issued"], json!(2));
+    });
+    assert_eq!(provider.grants(), ["authorization_code"]);
 }

@@ -1,8 +1,8 @@
 //! An OAuth2 provider on loopback, as a SaaS API that customers' stored
 //! credentials are for: a token endpoint (`POST /token`: client
 //! credentials, refresh token and authorization code grants, RFC 6749) and
-//! a protected API (`/api/*`) that answers 200 to a live access token and
-//! 401 to anything else.
+//! a protected API (`/api/*`) that answers 200 to a live access token
+//! (`{"ok": true, "issued": N}` for token `at-N`) and 401 to anything else.
 //!
 //! Tokens are counted (`at-1`, `at-2`, ... and `rt-1`, ...), refresh tokens
 //! rotate on each use (the old one is refused after), and a test can expire,
@@ -258,7 +258,12 @@ fn api(state: &Mutex<State>, request: &Recorded) -> Reply {
                 .is_some_and(|until| *until > Instant::now())
         });
     match live {
-        Some(token) => Reply::json(200, &json!({ "ok": true, "token": token })),
+        // Which token it was, by number: a client scrubs the token itself
+        // from what it reads.
+        Some(token) => Reply::json(
+            200,
+            &json!({ "ok": true, "issued": token.trim_start_matches("at-").parse::<u64>().ok() }),
+        ),
         None => error(
             401,
             "invalid_token",
