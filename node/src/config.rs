@@ -1052,6 +1052,10 @@ mod tests {
             .expect("the example has a vault key");
         assert_eq!(keyring.current_id(), "2026-11");
         assert_eq!(config.cluster.tenant_runs_in_flight, 12);
+        assert_eq!(
+            config.http.oauth_callback().as_deref(),
+            Some("https://isoflow.example.com/oauth/callback")
+        );
         assert_eq!(config.advertise(), "https://10.0.0.5:7700");
         assert_eq!(
             config.tls.client_ca.as_deref(),
