@@ -745,3 +745,54 @@ fn an_oauth2_authorization_completes_once_through_the_callback() {
     });
     assert_eq!(provider.grants(), ["authorization_code"]);
 }
+
+#[test]
+fn execute_run_answers_with_the_output_in_one_call() {
+    let node = start();
+    runtime().block_on(async {
+        let acme = Client::connect(&node.api, Some(ACME))
+            .await
+            .expect("connects");
+        let (run, output) = acme
+            .execute("echo", None, &json!({ "order": 9 }), "")
+            .await
+            .expect("executes");
+        assert_eq!(run.status(), v1::RunStatus::Succeeded, "{run:?}");
+        assert_eq!(run.steps.len(), 1, "the run comes with its steps");
+        assert_eq!(output, Some(json!({ "got": { "order": 9 } })));
+
+        // Retried with its request_id: the same run, not a second.
+        let (first, _) = acme
+            .execute("echo", None, &json!(1), "order-10")
+            .await
+            .expect("executes");
+        let (again, output) = acme
+            .execute("echo", None, &json!(2), "order-10")
+            .await
+            .expect("executes");
+        assert_eq!(first.run_id, again.run_id);
+        assert_eq!(output, Some(json!({ "got": 1 })));
+
+        let failing = "apiVersion: isoflow.dev/v1\nname: refuse\nversion: 1\nsteps:\n  - id: no\n    type: code\n    \
+                       source: \"export default () => { throw new Error('out of stock'); }\"\n";
+        acme.deploy(failing, "refuse.yaml", HashMap::new())
+            .await
+            .expect("deploys");
+        let (run, output) = acme
+            .execute("refuse", None, &json!(null), "")
+            .await
+            .expect("executes");
+        assert_eq!(run.status(), v1::RunStatus::Failed);
+        assert!(run.error.contains("out of stock"), "{}", run.error);
+        assert_eq!(output, None);
+
+        let globex = Client::connect(&node.api, Some(GLOBEX))
+            .await
+            .expect("connects");
+        let error = globex
+            .execute("echo", None, &json!(null), "")
+            .await
+            .expect_err("not globex's");
+        assert!(error.to_string().contains("not deployed"), "{error}");
+    });
+}

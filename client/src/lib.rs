@@ -345,6 +345,47 @@ impl Client {
         Ok(self.inner.clone().start_run(requests).await?.into_inner())
     }
 
+    /// Starts a run and waits for it to end, in one call: the run as it
+    /// ended (with its steps), and its output if it succeeded. With a
+    /// `request_id`, a retried call waits for the run the first one
+    /// started. Bound the wait with a timeout around the call; the run goes
+    /// on if the caller leaves.
+    ///
+    /// # Errors
+    /// As [`Client::start_run`]; [`Error::Json`] if the output is not JSON.
+    pub async fn execute(
+        &self,
+        integration: &str,
+        version: Option<u32>,
+        input: &serde_json::Value,
+        request_id: &str,
+    ) -> Result<(v1::Run, Option<serde_json::Value>)> {
+        use v1::execute_run_response::Part;
+        let input = serde_json::to_vec(input)?;
+        let requests = tokio_stream::iter(start_requests(integration, version, input, request_id));
+        let mut parts = self.inner.clone().execute_run(requests).await?.into_inner();
+        let mut run = None;
+        let mut output = Vec::new();
+        while let Some(message) = parts.message().await? {
+            match message.part {
+                Some(Part::Run(ended)) => run = Some(ended),
+                Some(Part::OutputChunk(chunk)) => output.extend_from_slice(&chunk),
+                None => {}
+            }
+        }
+        let run = run.ok_or_else(|| {
+            Error::Status(tonic::Status::internal("ExecuteRun ended without the run"))
+        })?;
+        let output = if run.status() != v1::RunStatus::Succeeded {
+            None
+        } else if output.is_empty() {
+            Some(serde_json::Value::Null)
+        } else {
+            Some(serde_json::from_slice(&output)?)
+        };
+        Ok((run, output))
+    }
+
     /// A run with its checkpointed steps.
     ///
     /// # Errors

@@ -71,6 +71,20 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Start a run and print its output when it ends, in one call; exit 1
+    /// if it fails or is cancelled
+    Execute {
+        integration: String,
+        /// The version to run [default: the latest]
+        #[arg(long)]
+        version: Option<u32>,
+        /// The input: JSON text, @path to read it from a file, @- from stdin
+        #[arg(long, default_value = "null")]
+        input: String,
+        /// Makes a retried call wait for the run the first one started
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
     /// List runs, newest first, a page at a time
     Runs {
         #[arg(long, default_value_t = 20)]
@@ -264,6 +278,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if run.status() == RunStatus::Succeeded {
                 let output = client.output(&run.run_id).await?;
                 writeln!(out, "{}", pretty(&output))?;
+            }
+            return Ok(outcome(&run));
+        }
+        Command::Execute {
+            integration,
+            version,
+            input,
+            request_id,
+        } => {
+            let input: serde_json::Value =
+                serde_json::from_slice(&read_input(&input)?).context("the input is not JSON")?;
+            let (run, output) = client
+                .execute(&integration, version, &input, &request_id)
+                .await?;
+            match output {
+                Some(output) => writeln!(out, "{}", pretty(&output))?,
+                None => eprintln!(
+                    "run {} {}: {}",
+                    run.run_id,
+                    run.status().as_str_name(),
+                    run.error
+                ),
             }
             return Ok(outcome(&run));
         }

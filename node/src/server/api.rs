@@ -16,8 +16,8 @@ use isoflow_proto::v1::isoflow_server::Isoflow;
 use isoflow_proto::{CHUNK_BYTES, v1};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::Tenant;
@@ -36,6 +36,7 @@ pub struct Api {
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<v1::PayloadChunk, Status>> + Send>>;
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<v1::RunUpdate, Status>> + Send>>;
+type ExecuteStream = Pin<Box<dyn Stream<Item = Result<v1::ExecuteRunResponse, Status>> + Send>>;
 
 fn tenant<T>(request: &Request<T>) -> Result<String, Status> {
     request
@@ -102,6 +103,72 @@ impl Api {
                 "this node keeps no credentials: its configuration has no vault.key",
             )
         })
+    }
+
+    /// Reads a StartRun stream (target, then input chunks up to the payload
+    /// limit) and starts the run, or returns the run an earlier call with
+    /// the same request_id started (then `false`).
+    async fn start(
+        &self,
+        tenant: &str,
+        mut stream: Streaming<v1::StartRunRequest>,
+    ) -> Result<(RunRecord, bool), Status> {
+        let target = match stream.message().await? {
+            Some(v1::StartRunRequest {
+                part: Some(v1::start_run_request::Part::Target(target)),
+            }) => target,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of StartRun must name the integration (target)",
+                ));
+            }
+        };
+        let limit = self.coordinator.max_payload_bytes;
+        let mut input = Vec::new();
+        while let Some(message) = stream.message().await? {
+            match message.part {
+                Some(v1::start_run_request::Part::InputChunk(chunk)) => {
+                    if (input.len() + chunk.len()) as u64 > limit {
+                        return Err(Status::resource_exhausted(format!(
+                            "the run's input is over the payload limit of {limit} bytes"
+                        )));
+                    }
+                    input.extend_from_slice(&chunk);
+                }
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "after the target, StartRun takes only input chunks",
+                    ));
+                }
+            }
+        }
+        let input: serde_json::Value = if input.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&input).map_err(|e| {
+                Status::invalid_argument(format!("the run's input is not JSON: {e}"))
+            })?
+        };
+        if target.integration.is_empty() || target.integration.contains('\0') {
+            return Err(Status::invalid_argument(
+                "target.integration is empty or holds a NUL character",
+            ));
+        }
+        let version = (target.version != 0).then_some(target.version);
+        let request = if target.request_id.is_empty() {
+            None
+        } else if target.request_id.len() > 256 || target.request_id.contains('\0') {
+            return Err(Status::invalid_argument(
+                "target.request_id is longer than 256 bytes or holds a NUL character",
+            ));
+        } else {
+            Some(("api".to_owned(), target.request_id.clone()))
+        };
+        self.coordinator
+            .start_run(tenant, &target.integration, version, input, request)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| integration_not_found(&target.integration, version))
     }
 
     fn run_or_not_found(&self, tenant: &str, run_id: &str) -> Result<RunRecord, Status> {
@@ -203,67 +270,70 @@ impl Isoflow for Api {
         request: Request<Streaming<v1::StartRunRequest>>,
     ) -> Result<Response<v1::Run>, Status> {
         let tenant = tenant(&request)?;
-        let mut stream = request.into_inner();
-        let target = match stream.message().await? {
-            Some(v1::StartRunRequest {
-                part: Some(v1::start_run_request::Part::Target(target)),
-            }) => target,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "the first message of StartRun must name the integration (target)",
-                ));
-            }
-        };
-        let limit = self.coordinator.max_payload_bytes;
-        let mut input = Vec::new();
-        while let Some(message) = stream.message().await? {
-            match message.part {
-                Some(v1::start_run_request::Part::InputChunk(chunk)) => {
-                    if (input.len() + chunk.len()) as u64 > limit {
-                        return Err(Status::resource_exhausted(format!(
-                            "the run's input is over the payload limit of {limit} bytes"
-                        )));
-                    }
-                    input.extend_from_slice(&chunk);
-                }
-                _ => {
-                    return Err(Status::invalid_argument(
-                        "after the target, StartRun takes only input chunks",
-                    ));
-                }
-            }
-        }
-        let input: serde_json::Value = if input.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_slice(&input).map_err(|e| {
-                Status::invalid_argument(format!("the run's input is not JSON: {e}"))
-            })?
-        };
-        if target.integration.is_empty() || target.integration.contains('\0') {
-            return Err(Status::invalid_argument(
-                "target.integration is empty or holds a NUL character",
-            ));
-        }
-        let version = (target.version != 0).then_some(target.version);
-        let request = if target.request_id.is_empty() {
-            None
-        } else if target.request_id.len() > 256 || target.request_id.contains('\0') {
-            return Err(Status::invalid_argument(
-                "target.request_id is longer than 256 bytes or holds a NUL character",
-            ));
-        } else {
-            Some(("api".to_owned(), target.request_id.clone()))
-        };
-        let started = self
-            .coordinator
-            .start_run(&tenant, &target.integration, version, input, request)
-            .await
-            .map_err(internal)?;
-        let Some((run, _)) = started else {
-            return Err(integration_not_found(&target.integration, version));
-        };
+        let (run, _) = self.start(&tenant, request.into_inner()).await?;
         Ok(Response::new(convert::run(&run, &[])))
+    }
+
+    type ExecuteRunStream = ExecuteStream;
+
+    async fn execute_run(
+        &self,
+        request: Request<Streaming<v1::StartRunRequest>>,
+    ) -> Result<Response<ExecuteStream>, Status> {
+        let tenant = tenant(&request)?;
+        // Subscribed before the run starts: its end cannot be missed.
+        let updates = self.coordinator.subscribe();
+        let (run, _) = self.start(&tenant, request.into_inner()).await?;
+        let run_id = run.run_id.clone();
+        let coordinator = self.coordinator.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            use v1::execute_run_response::Part;
+            let ended = coordinator
+                .wait_for_end(updates, &tenant, &run_id, None)
+                .await;
+            let answer = async {
+                let run = ended
+                    .map_err(internal)?
+                    .ok_or_else(|| Status::unavailable("the node is stopping; the run goes on"))?;
+                let steps = coordinator
+                    .store
+                    .steps(&tenant, &run_id)
+                    .map_err(internal)?;
+                let output = if run.status == RunStatus::Succeeded {
+                    let store = coordinator.store.clone();
+                    let (tenant, run_id) = (tenant.clone(), run_id.clone());
+                    blocking(move || Ok(store.run_output_reader(&tenant, &run_id)?)).await?
+                } else {
+                    None
+                };
+                Ok::<_, Status>((convert::run(&run, &steps), output))
+            }
+            .await;
+            let (run, output) = match answer {
+                Ok(answer) => answer,
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            };
+            let first = v1::ExecuteRunResponse {
+                part: Some(Part::Run(run)),
+            };
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            let mut chunks = chunks(output, "the run's output");
+            while let Some(chunk) = chunks.next().await {
+                let message = chunk.map(|c| v1::ExecuteRunResponse {
+                    part: Some(Part::OutputChunk(c.data)),
+                });
+                if tx.send(message).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn get_run(

@@ -181,6 +181,55 @@ impl Coordinator {
         self.updates.subscribe()
     }
 
+    /// Waits until the run has ended (or `deadline` passes): the run as
+    /// stored then. `updates` must have been subscribed before the run
+    /// could end. `None`: the deadline passed or updates stopped (the node
+    /// is stopping).
+    pub async fn wait_for_end(
+        &self,
+        mut updates: broadcast::Receiver<Arc<Update>>,
+        tenant: &str,
+        run_id: &str,
+        deadline: Option<tokio::time::Instant>,
+    ) -> anyhow::Result<Option<RunRecord>> {
+        use broadcast::error::RecvError;
+        let finished = || -> anyhow::Result<Option<RunRecord>> {
+            Ok(self
+                .store
+                .run(tenant, run_id)?
+                .filter(|run| run.status.is_finished()))
+        };
+        if let Some(run) = finished()? {
+            return Ok(Some(run));
+        }
+        loop {
+            let next = match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, updates.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => return Ok(None),
+                },
+                None => updates.recv().await,
+            };
+            match next {
+                Ok(update)
+                    if update.run_id == run_id
+                        && update.tenant == tenant
+                        && matches!(update.kind, UpdateKind::Finished) =>
+                {
+                    return finished();
+                }
+                Ok(_) => {}
+                // Missed updates: the store says whether it ended.
+                Err(RecvError::Lagged(_)) => {
+                    if let Some(run) = finished()? {
+                        return Ok(Some(run));
+                    }
+                }
+                Err(RecvError::Closed) => return Ok(None),
+            }
+        }
+    }
+
     fn publish(&self, tenant: &str, run_id: &str, kind: UpdateKind) {
         let _ = self.updates.send(Arc::new(Update {
             tenant: tenant.to_owned(),

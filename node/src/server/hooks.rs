@@ -30,10 +30,9 @@ use axum::routing::post;
 use isoflow_engine::model::{Integration, Trigger, Webhook, WebhookAuth, WebhookMode};
 use isoflow_engine::store::RunStatus;
 use serde_json::{Value, json};
-use tokio::sync::broadcast::error::RecvError;
 
 use super::auth::same;
-use super::coordinator::{Coordinator, UpdateKind};
+use super::coordinator::Coordinator;
 
 /// How far a signature's timestamp may be from the node's clock.
 pub const SIGNATURE_TOLERANCE: Duration = Duration::from_secs(300);
@@ -192,7 +191,7 @@ impl Hooks {
                 ))
             }
         };
-        let mut updates = self.coordinator.subscribe();
+        let updates = self.coordinator.subscribe();
         let (run, created) = self
             .coordinator
             .start_run(tenant, integration, None, input, request)
@@ -209,25 +208,10 @@ impl Hooks {
         );
         if webhook.mode == WebhookMode::Sync && !run.status.is_finished() {
             let deadline = tokio::time::Instant::now() + webhook.timeout;
-            loop {
-                match tokio::time::timeout_at(deadline, updates.recv()).await {
-                    Err(_) => break,
-                    Ok(Ok(update))
-                        if update.run_id == run.run_id
-                            && update.tenant == tenant
-                            && matches!(update.kind, UpdateKind::Finished) =>
-                    {
-                        break;
-                    }
-                    Ok(Ok(_) | Err(RecvError::Lagged(_))) => {
-                        // Missed updates: the store says whether it ended.
-                        if self.ended(tenant, &run.run_id) {
-                            break;
-                        }
-                    }
-                    Ok(Err(RecvError::Closed)) => break,
-                }
-            }
+            self.coordinator
+                .wait_for_end(updates, tenant, &run.run_id, Some(deadline))
+                .await
+                .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
         }
         if webhook.mode == WebhookMode::Sync {
             return Ok(self.outcome(tenant, &run.run_id).await);
@@ -277,15 +261,6 @@ impl Hooks {
             .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?
             .map(|secret| secret.expose().to_owned())
             .ok_or_else(not_found)
-    }
-
-    fn ended(&self, tenant: &str, run_id: &str) -> bool {
-        self.coordinator
-            .store
-            .run(tenant, run_id)
-            .ok()
-            .flatten()
-            .is_some_and(|r| r.status.is_finished())
     }
 
     /// A sync webhook's answer: the output, the error, or 202.
