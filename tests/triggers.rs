@@ -796,3 +796,85 @@ fn execute_run_answers_with_the_output_in_one_call() {
         assert!(error.to_string().contains("not deployed"), "{error}");
     });
 }
+
+#[test]
+fn a_paused_cron_trigger_starts_nothing_and_resumes_without_catching_up() {
+    let node = start();
+    let acme = || async {
+        Client::connect(&node.api, Some(ACME))
+            .await
+            .expect("connects")
+    };
+    runtime().block_on(async {
+        acme()
+            .await
+            .deploy(TICKER, "ticker.yaml", HashMap::new())
+            .await
+            .expect("deploys");
+    });
+    wait_for_runs(&node, 2);
+    let paused = runtime().block_on(async {
+        let client = acme().await;
+        let info = client
+            .set_trigger_paused("ticker", "every-second", true)
+            .await
+            .expect("paused");
+        assert!(info.paused && info.r#type == "cron", "{info:?}");
+        // Not another tenant's to pause, and a webhook does not pause.
+        let globex = Client::connect(&node.api, Some(GLOBEX))
+            .await
+            .expect("connects");
+        let error = globex
+            .set_trigger_paused("ticker", "every-second", true)
+            .await
+            .expect_err("not globex's");
+        assert!(error.to_string().contains("not deployed"), "{error}");
+        let error = client
+            .set_trigger_paused("echo", "by-token", true)
+            .await
+            .expect_err("a webhook");
+        assert!(
+            error.to_string().contains("only cron triggers pause"),
+            "{error}"
+        );
+        let listed = client.triggers(Some("ticker")).await.expect("listed");
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].paused && listed[0].next_tick_ms > 0, "{listed:?}");
+        // A pass that read the trigger just before the pause may still
+        // start one run.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        now()
+    });
+    let count = runs(&node, ACME).len();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(runs(&node, ACME).len(), count, "runs started while paused");
+
+    let resumed_at = runtime().block_on(async {
+        let info = acme()
+            .await
+            .set_trigger_paused("ticker", "every-second", false)
+            .await
+            .expect("resumed");
+        assert!(!info.paused);
+        now()
+    });
+    wait_for_runs(&node, count + 2);
+    // The paused seconds were passed over, not caught up.
+    let ticks = ticks(&node);
+    let after_pause: Vec<&String> = ticks
+        .iter()
+        .filter(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| u64::try_from(t.timestamp()).unwrap_or(0) > paused)
+                .unwrap_or(false)
+        })
+        .collect();
+    assert!(
+        after_pause.iter().all(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| u64::try_from(t.timestamp()).unwrap_or(0) + 1 >= resumed_at)
+                .unwrap_or(false)
+        }),
+        "a paused tick ran: paused at {paused}, resumed at {resumed_at}, ticks {ticks:?}"
+    );
+}

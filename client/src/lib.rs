@@ -386,6 +386,48 @@ impl Client {
         Ok((run, output))
     }
 
+    /// The triggers of an integration's latest version (`None`: of every
+    /// integration), with each cron trigger's state.
+    ///
+    /// # Errors
+    /// `NOT_FOUND` for an integration that is not deployed.
+    pub async fn triggers(&self, integration: Option<&str>) -> Result<Vec<v1::TriggerInfo>> {
+        let request = v1::ListTriggersRequest {
+            integration: integration.unwrap_or_default().to_owned(),
+        };
+        Ok(self
+            .inner
+            .clone()
+            .list_triggers(request)
+            .await?
+            .into_inner()
+            .triggers)
+    }
+
+    /// Pauses or resumes a cron trigger: paused, its ticks pass without
+    /// runs, and are not caught up on resuming.
+    ///
+    /// # Errors
+    /// `NOT_FOUND`; `INVALID_ARGUMENT` for a webhook trigger.
+    pub async fn set_trigger_paused(
+        &self,
+        integration: &str,
+        trigger: &str,
+        paused: bool,
+    ) -> Result<v1::TriggerInfo> {
+        let request = v1::SetTriggerPausedRequest {
+            integration: integration.to_owned(),
+            trigger: trigger.to_owned(),
+            paused,
+        };
+        Ok(self
+            .inner
+            .clone()
+            .set_trigger_paused(request)
+            .await?
+            .into_inner())
+    }
+
     /// A run with its checkpointed steps.
     ///
     /// # Errors

@@ -113,10 +113,29 @@ enum Command {
     Logs { run_id: String },
     /// Cancel a run: steps in flight finish, no others start
     Cancel { run_id: String },
+    /// Triggers: list them, pause and resume cron triggers
+    #[command(subcommand)]
+    Triggers(TriggerCommand),
     /// Credentials http steps send (`credential: <name>`), sealed on the
     /// server; no command prints a secret
     #[command(subcommand)]
     Credentials(CredentialCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TriggerCommand {
+    /// The triggers of an integration (or of all), with cron state
+    List { integration: Option<String> },
+    /// Pause a cron trigger: its ticks pass without runs
+    Pause {
+        integration: String,
+        trigger: String,
+    },
+    /// Resume a paused cron trigger from its next tick
+    Resume {
+        integration: String,
+        trigger: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -315,6 +334,63 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Credentials(command) => credentials(&client, command, &mut out).await?,
+        Command::Triggers(command) => {
+            let infos = match command {
+                TriggerCommand::List { integration } => {
+                    client.triggers(integration.as_deref()).await?
+                }
+                TriggerCommand::Pause {
+                    integration,
+                    trigger,
+                } => vec![
+                    client
+                        .set_trigger_paused(&integration, &trigger, true)
+                        .await?,
+                ],
+                TriggerCommand::Resume {
+                    integration,
+                    trigger,
+                } => vec![
+                    client
+                        .set_trigger_paused(&integration, &trigger, false)
+                        .await?,
+                ],
+            };
+            writeln!(
+                out,
+                "INTEGRATION\tTRIGGER\tTYPE\tSCHEDULE\tSTATE\tLAST\tNEXT"
+            )?;
+            let time = |ms: u64| {
+                if ms == 0 {
+                    "-".to_owned()
+                } else {
+                    timestamp(ms)
+                }
+            };
+            for info in infos {
+                let schedule = if info.schedule.is_empty() {
+                    "-".to_owned()
+                } else {
+                    format!("{} {}", info.schedule, info.timezone)
+                };
+                let state = match (info.r#type.as_str(), info.paused) {
+                    ("cron", true) => "paused",
+                    ("cron", false) => "active",
+                    _ => "-",
+                };
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    info.integration,
+                    info.trigger,
+                    info.r#type,
+                    schedule,
+                    state,
+                    time(info.last_tick_ms),
+                    time(info.next_tick_ms)
+                )?;
+            }
+        }
         Command::Show { run_id } => {
             let run = client.run(&run_id).await?;
             show(&mut out, &run)?;

@@ -395,6 +395,26 @@ impl Store {
         self.write(batch, "mark_request")
     }
 
+    /// Pauses (or resumes) what `scope` names for `tenant` (a cron
+    /// trigger's requests); kept beside the requests themselves.
+    pub fn set_paused(&self, tenant: &str, scope: &str, paused: bool) -> Result<(), StoreError> {
+        let key = request_key(tenant, PAUSED_SCOPE, scope)?;
+        let mut batch = WriteBatch::default();
+        if paused {
+            batch.put_cf(self.cf(REQUESTS), key, []);
+        } else {
+            batch.delete_cf(self.cf(REQUESTS), key);
+        }
+        self.write(batch, "set_paused")
+    }
+
+    /// Whether [`Store::set_paused`] paused `scope`.
+    pub fn paused(&self, tenant: &str, scope: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .get(REQUESTS, &request_key(tenant, PAUSED_SCOPE, scope)?)?
+            .is_some())
+    }
+
     /// The latest version of every tenant's integrations, as (tenant,
     /// record): what the cron triggers are read from.
     pub fn latest_integrations(&self) -> Result<Vec<(String, IntegrationRecord)>, StoreError> {
@@ -1065,6 +1085,8 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 /// Blob names of a run's own payloads; step keys cannot start with '#'.
+/// The request scope that holds paused scopes.
+const PAUSED_SCOPE: &str = "paused";
 const INPUT_BLOB: &str = "#input";
 const OUTPUT_BLOB: &str = "#output";
 const DEFINITION_BLOB: &str = "#definition";

@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::auth::Tenant;
 use super::convert;
 use super::coordinator::{CancelOutcome, Coordinator, UpdateKind};
+use super::cron;
 
 #[derive(Debug, Clone)]
 pub struct Api {
@@ -59,6 +60,12 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(internal)?
         .map_err(internal)
+}
+
+async fn blocking_status<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f).await.map_err(internal)?
 }
 
 fn check_run_id(run_id: &str) -> Result<(), Status> {
@@ -706,6 +713,86 @@ impl Isoflow for Api {
         Ok(Response::new(v1::DeleteCredentialResponse { deleted }))
     }
 
+    async fn list_triggers(
+        &self,
+        request: Request<v1::ListTriggersRequest>,
+    ) -> Result<Response<v1::ListTriggersResponse>, Status> {
+        let tenant = tenant(&request)?;
+        let integration = request.into_inner().integration;
+        let coordinator = self.coordinator.clone();
+        let triggers = blocking_status(move || {
+            let records = if integration.is_empty() {
+                coordinator.store.integrations(&tenant).map_err(internal)?
+            } else {
+                let record = coordinator
+                    .store
+                    .integration(&tenant, &integration, None)
+                    .map_err(internal)?
+                    .ok_or_else(|| integration_not_found(&integration, None))?;
+                vec![record]
+            };
+            let mut triggers = Vec::new();
+            for record in records {
+                let definition: model::Integration =
+                    serde_json::from_value(record.definition.clone()).map_err(internal)?;
+                for trigger in &definition.triggers {
+                    triggers.push(trigger_info(&coordinator, &tenant, &record.name, trigger)?);
+                }
+            }
+            Ok(triggers)
+        })
+        .await?;
+        Ok(Response::new(v1::ListTriggersResponse { triggers }))
+    }
+
+    async fn set_trigger_paused(
+        &self,
+        request: Request<v1::SetTriggerPausedRequest>,
+    ) -> Result<Response<v1::TriggerInfo>, Status> {
+        let tenant = tenant(&request)?;
+        let request = request.into_inner();
+        let coordinator = self.coordinator.clone();
+        let info = blocking_status(move || {
+            let record = coordinator
+                .store
+                .integration(&tenant, &request.integration, None)
+                .map_err(internal)?
+                .ok_or_else(|| integration_not_found(&request.integration, None))?;
+            let definition: model::Integration =
+                serde_json::from_value(record.definition).map_err(internal)?;
+            let trigger = definition
+                .triggers
+                .iter()
+                .find(|t| t.id().as_str() == request.trigger)
+                .ok_or_else(|| {
+                    Status::not_found(format!(
+                        "integration {:?} has no trigger {:?}",
+                        request.integration, request.trigger
+                    ))
+                })?;
+            if !matches!(trigger, model::Trigger::Cron(_)) {
+                return Err(Status::invalid_argument(format!(
+                    "trigger {:?} is a webhook: only cron triggers pause",
+                    request.trigger
+                )));
+            }
+            let scope = cron::scope(&request.integration, &request.trigger);
+            coordinator
+                .store
+                .set_paused(&tenant, &scope, request.paused)
+                .map_err(internal)?;
+            tracing::info!(
+                integration = %request.integration,
+                trigger = %request.trigger,
+                paused = request.paused,
+                "cron trigger paused or resumed"
+            );
+            trigger_info(&coordinator, &tenant, &request.integration, trigger)
+        })
+        .await?;
+        Ok(Response::new(info))
+    }
+
     async fn authorize_credential(
         &self,
         request: Request<v1::AuthorizeCredentialRequest>,
@@ -794,6 +881,41 @@ async fn blocking_vault<T: Send + 'static>(
             }
             other => internal(other),
         })
+}
+
+/// A trigger as `ListTriggers` shows it, with a cron trigger's state.
+fn trigger_info(
+    coordinator: &Coordinator,
+    tenant: &str,
+    integration: &str,
+    trigger: &model::Trigger,
+) -> Result<v1::TriggerInfo, Status> {
+    let mut info = v1::TriggerInfo {
+        integration: integration.to_owned(),
+        trigger: trigger.id().as_str().to_owned(),
+        ..Default::default()
+    };
+    let ms = |t: chrono::DateTime<chrono::Utc>| u64::try_from(t.timestamp_millis()).unwrap_or(0);
+    match trigger {
+        model::Trigger::Webhook(_) => info.r#type = "webhook".into(),
+        model::Trigger::Cron(cron_trigger) => {
+            let state = cron::state(
+                &coordinator.store,
+                tenant,
+                integration,
+                cron_trigger,
+                chrono::Utc::now(),
+            )
+            .map_err(internal)?;
+            info.r#type = "cron".into();
+            info.schedule = cron_trigger.schedule.clone();
+            info.timezone = cron_trigger.timezone.clone();
+            info.paused = state.paused;
+            info.last_tick_ms = state.last_tick.map_or(0, ms);
+            info.next_tick_ms = state.next_tick.map_or(0, ms);
+        }
+    }
+    Ok(info)
 }
 
 fn list_limit(requested: u32) -> usize {

@@ -22,6 +22,8 @@
 //!   has not ended is skipped; `allow` starts it anyway.
 //! - `jitter`: each tick fires up to this much later, by an amount derived
 //!   from the tenant, integration, trigger and tick, so every node agrees.
+//! - Paused (`SetTriggerPaused`): ticks pass as skipped, so resuming does
+//!   not catch up on the paused time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,6 +100,50 @@ pub fn jitter_of(jitter: Duration, key: &str) -> Duration {
     Duration::from_millis(hash % millis)
 }
 
+/// The request scope of a cron trigger's ticks.
+pub fn scope(integration: &str, trigger: &str) -> String {
+    format!("cron\u{1}{integration}\u{1}{trigger}")
+}
+
+/// A cron trigger as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CronState {
+    pub paused: bool,
+    /// The last tick recorded (run or passed).
+    pub last_tick: Option<DateTime<Utc>>,
+    /// The next tick after now (before jitter).
+    pub next_tick: Option<DateTime<Utc>>,
+}
+
+/// The state of `cron`, a trigger of `tenant`'s `integration`, at `now`.
+pub fn state(
+    store: &isoflow_engine::store::Store,
+    tenant: &str,
+    integration: &str,
+    cron: &CronTrigger,
+    now: DateTime<Utc>,
+) -> anyhow::Result<CronState> {
+    let scope = scope(integration, cron.id.as_str());
+    let last_tick = store
+        .last_request(tenant, &scope)?
+        .and_then(|(key, _)| tick_from_key(&key));
+    let next_tick = match (
+        isoflow_engine::model::parse_schedule(&cron.schedule),
+        cron.timezone.parse::<chrono_tz::Tz>(),
+    ) {
+        (Ok(schedule), Ok(tz)) => schedule
+            .find_next_occurrence(&now.with_timezone(&tz), false)
+            .ok()
+            .map(|next| next.with_timezone(&Utc)),
+        _ => None,
+    };
+    Ok(CronState {
+        paused: store.paused(tenant, &scope)?,
+        last_tick,
+        next_tick,
+    })
+}
+
 fn tick_key(tick: DateTime<Utc>) -> String {
     format!("{:016}", tick.timestamp_millis().max(0))
 }
@@ -153,7 +199,7 @@ async fn fire(
     cron: &CronTrigger,
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
-    let scope = format!("cron\u{1}{integration}\u{1}{}", cron.id.as_str());
+    let scope = scope(integration, cron.id.as_str());
     let store = coordinator.store.clone();
     let last = store.last_request(tenant, &scope)?;
     let Some((last_key, last_run)) = last else {
@@ -190,6 +236,9 @@ async fn fire(
             tracing::info!(tenant, integration, trigger = cron.id.as_str(), %tick, "cron tick skipped: the previous run is still going");
             runs = false;
         }
+    }
+    if runs && store.paused(tenant, &scope)? {
+        runs = false;
     }
     if !runs {
         store.mark_request(tenant, &scope, &tick_key(tick))?;
