@@ -177,12 +177,20 @@ allow = ["127.0.0.1"]
     }
 
     fn start_coordinator(&mut self) {
+        let mut process = self.spawn_coordinator("coordinator", self.api_port);
+        process.wait_for_stderr_line(LONG, |l| l.contains("listening on"));
+        self.coordinator = Some(process);
+    }
+
+    /// A coordinator process named `id` serving on `api_port`, on the
+    /// cluster's one data directory (a standby shares the leader's volume).
+    fn spawn_coordinator(&self, id: &str, api_port: u16) -> Process {
         let config = self.config(
-            "coordinator",
+            id,
             &format!(
                 r#"
 role = "coordinator"
-node_id = "coordinator"
+node_id = "{id}"
 data_dir = "{}"
 [api]
 listen = "127.0.0.1:{}"
@@ -198,14 +206,12 @@ tenant = "globex"
 token = "{OTHER_TOKEN}"
 "#,
                 self.dir.path().join("coordinator-data").display(),
-                self.api_port,
+                api_port,
                 self.vault_key().display(),
                 self.common()
             ),
         );
-        let mut process = self.spawn(&config);
-        process.wait_for_stderr_line(LONG, |l| l.contains("listening on"));
-        self.coordinator = Some(process);
+        self.spawn(&config)
     }
 
     /// A worker; `coordinator` overrides finding the leader in etcd.
@@ -1583,4 +1589,54 @@ fn workers_share_one_oauth2_renewal_that_the_coordinator_makes() {
         "one renewal for six refused requests"
     );
     assert_eq!(provider.api_requests().len(), 13);
+}
+
+#[test]
+fn a_standby_takes_over_the_cron_ticks_of_a_killed_leader_without_repeating_one() {
+    let mut cluster = Cluster::start(1);
+    let ticker = "apiVersion: isoflow.dev/v1\nname: ticker\nversion: 1\ntriggers:\n  - id: every-second\n    \
+                  type: cron\n    schedule: \"* * * * * *\"\n    overlap: allow\nsteps:\n  - id: wrap\n    \
+                  type: code\n    source: \"export default (input) => input\"\n";
+    runtime()
+        .block_on(async { deploy(&client(&cluster, TOKEN).await, ticker, "ticker.yaml").await });
+    // The standby waits in the election, its store closed.
+    let standby_port = free_port();
+    let mut standby = cluster.spawn_coordinator("standby", standby_port);
+    standby.wait_for_stderr_line(LONG, |l| l.contains("waiting to lead"));
+    let fired = |log: &str| log.matches("cron tick fired").count();
+    let deadline = Instant::now() + LONG;
+    while fired(&cluster.coordinator_log()) < 3 {
+        assert!(Instant::now() < deadline, "{}", cluster.describe());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Killed between ticks or in the middle of one: the tick's run and its
+    // record are one write, so either both are stored or neither.
+    std::thread::sleep(Duration::from_millis(400));
+    cluster.kill_coordinator();
+    let fired_by_leader = fired(&cluster.coordinator_log());
+    standby.wait_for_stderr_line(LONG, |l| l.contains("listening on"));
+    let deadline = Instant::now() + LONG;
+    while fired(&standby.stderr()) < 3 {
+        assert!(Instant::now() < deadline, "{}", standby.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ticks = runtime().block_on(async {
+        let acme = Client::connect(&format!("http://127.0.0.1:{standby_port}"), Some(TOKEN))
+            .await
+            .expect("the standby serves");
+        let mut ticks = Vec::new();
+        for run in acme.runs(Some(1000)).await.expect("runs") {
+            let input = acme.input(&run.run_id).await.expect("its input");
+            ticks.push(input["tick"].as_str().expect("a tick").to_owned());
+        }
+        ticks
+    });
+    let mut unique = ticks.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), ticks.len(), "a tick ran twice: {ticks:?}");
+    assert!(
+        ticks.len() >= fired_by_leader + 3,
+        "the leader's runs and the standby's are all there: {ticks:?}"
+    );
 }
