@@ -878,3 +878,59 @@ fn a_paused_cron_trigger_starts_nothing_and_resumes_without_catching_up() {
         "a paused tick ran: paused at {paused}, resumed at {resumed_at}, ticks {ticks:?}"
     );
 }
+
+#[test]
+fn a_queued_cron_tick_waits_for_the_previous_run_and_then_runs_at_once() {
+    let node = start();
+    let slow = HttpFixture::start();
+    slow.route(
+        "GET",
+        "/slow",
+        Responder::Slow(
+            Duration::from_millis(2500),
+            isoflow_testkit::Reply::text(200, "done"),
+        ),
+    );
+    let queued = format!(
+        "apiVersion: isoflow.dev/v1\nname: queued\nversion: 1\ntriggers:\n  - id: every-2s\n    type: cron\n    \
+         schedule: \"*/2 * * * * *\"\n    overlap: queue\nsteps:\n  - id: wait\n    type: http\n    method: GET\n    \
+         url: \"{}\"\n",
+        slow.url("/slow")
+    );
+    runtime().block_on(async {
+        let acme = Client::connect(&node.api, Some(ACME))
+            .await
+            .expect("connects");
+        acme.deploy(&queued, "queued.yaml", HashMap::new())
+            .await
+            .expect("deploys");
+    });
+    wait_for_runs(&node, 3);
+    runtime().block_on(async {
+        let acme = Client::connect(&node.api, Some(ACME))
+            .await
+            .expect("connects");
+        let mut runs = acme.runs(Some(100)).await.expect("runs");
+        runs.reverse();
+        let mut waited = 0;
+        let mut previous_end = 0;
+        for run in &runs[..3] {
+            let run = acme.wait(&run.run_id).await.expect("ends");
+            let input = acme.input(&run.run_id).await.expect("its input");
+            let tick =
+                chrono::DateTime::parse_from_rfc3339(input["tick"].as_str().expect("a tick"))
+                    .expect("a time");
+            let tick_ms = u64::try_from(tick.timestamp_millis()).expect("after 1970");
+            // Never beside the previous run: each starts after it ended.
+            assert!(run.created_at_ms >= previous_end, "{runs:?}");
+            // A tick that came due during the previous run started when
+            // that run ended, not at the next tick.
+            if run.created_at_ms >= tick_ms + 400 {
+                waited += 1;
+                assert!(run.created_at_ms <= previous_end + 1000, "{runs:?}");
+            }
+            previous_end = run.updated_at_ms;
+        }
+        assert!(waited >= 1, "no tick waited for its predecessor: {runs:?}");
+    });
+}

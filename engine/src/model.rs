@@ -289,8 +289,12 @@ fn utc() -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Overlap {
+    /// The tick is recorded and passes without a run.
     #[default]
     Skip,
+    /// The latest such tick waits, and runs when the previous run ends.
+    Queue,
+    /// The tick's run starts beside the previous one.
     Allow,
 }
 

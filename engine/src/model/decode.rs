@@ -447,10 +447,14 @@ impl Decoder {
         let overlap = self.optional(f, "overlap", |d, n| match &n.kind {
             Kind::String(o) if o == "skip" => Ok(Overlap::Skip),
             Kind::String(o) if o == "allow" => Ok(Overlap::Allow),
+            Kind::String(o) if o == "queue" => Ok(Overlap::Queue),
             _ => d.fail(
                 n.line,
                 at.label,
-                format!("overlap must be skip or allow, found {}", n.describe()),
+                format!(
+                    "overlap must be skip, queue or allow, found {}",
+                    n.describe()
+                ),
             ),
         });
         let catch_up = self.optional(f, "catch_up", |d, n| match &n.kind {

@@ -19,7 +19,8 @@
 //!   others are skipped. `once`: the latest runs however late. Never more
 //!   than one run per pass, so downtime is not replayed tick by tick.
 //! - `overlap: skip` (default): a tick due while the trigger's previous run
-//!   has not ended is skipped; `allow` starts it anyway.
+//!   has not ended is skipped; `queue`: the latest such tick waits
+//!   (unrecorded) and runs when that run ends; `allow` starts it anyway.
 //! - `jitter`: each tick fires up to this much later, by an amount derived
 //!   from the tenant, integration, trigger and tick, so every node agrees.
 //! - Paused (`SetTriggerPaused`): ticks pass as skipped, so resuming does
@@ -235,6 +236,20 @@ async fn fire(
         if previous.is_some_and(|run| !run.status.is_finished()) {
             tracing::info!(tenant, integration, trigger = cron.id.as_str(), %tick, "cron tick skipped: the previous run is still going");
             runs = false;
+        }
+    }
+    if cron.overlap == Overlap::Queue
+        && !last_run.is_empty()
+        && let Some(previous) = store.run(tenant, &last_run)?
+    {
+        if !previous.status.is_finished() {
+            // Unrecorded, the latest due tick stays due until it ends.
+            return Ok(());
+        }
+        // It waited for a run that ended after it came due: it runs
+        // however late that made it.
+        if u64::try_from(tick.timestamp_millis()).unwrap_or(0) <= previous.updated_at_ms {
+            runs = true;
         }
     }
     if runs && store.paused(tenant, &scope)? {
