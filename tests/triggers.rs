@@ -934,3 +934,104 @@ fn a_queued_cron_tick_waits_for_the_previous_run_and_then_runs_at_once() {
         assert!(waited >= 1, "no tick waited for its predecessor: {runs:?}");
     });
 }
+
+/// The gRPC code of a client error.
+fn code_of(error: &isoflow_client::Error) -> tonic::Code {
+    match error {
+        isoflow_client::Error::Status(status) => status.code(),
+        other => panic!("not a status: {other}"),
+    }
+}
+
+#[test]
+fn another_tenant_gets_not_found_from_every_call_and_route() {
+    let node = start();
+    runtime().block_on(async {
+        let acme = Client::connect(&node.api, Some(ACME))
+            .await
+            .expect("connects");
+        acme.deploy(TICKER, "ticker.yaml", HashMap::new())
+            .await
+            .expect("deploys");
+        let (run, _) = acme
+            .execute("echo", None, &json!({ "secret": "acme-only" }), "")
+            .await
+            .expect("executes");
+        let id = run.run_id.as_str();
+        let globex = Client::connect(&node.api, Some(GLOBEX))
+            .await
+            .expect("connects");
+        let not_found = |what: &str, result: Result<(), isoflow_client::Error>| {
+            let error = result.expect_err(what);
+            assert_eq!(code_of(&error), tonic::Code::NotFound, "{what}: {error}");
+        };
+        not_found(
+            "GetIntegration",
+            globex.integration("echo", None).await.map(drop),
+        );
+        not_found(
+            "StartRun",
+            globex.start_run("echo", None, &json!(null)).await.map(drop),
+        );
+        not_found(
+            "ExecuteRun",
+            globex
+                .execute("echo", None, &json!(null), "")
+                .await
+                .map(drop),
+        );
+        not_found("GetRun", globex.run(id).await.map(drop));
+        not_found("GetRunOutput", globex.output(id).await.map(drop));
+        not_found("GetRunInput", globex.input(id).await.map(drop));
+        not_found(
+            "GetStepOutput",
+            globex.step_output(id, "wrap").await.map(drop),
+        );
+        not_found("GetRunLogs", globex.logs(id).await.map(drop));
+        not_found("WatchRun", globex.watch(id, true).await.map(drop));
+        not_found("CancelRun", globex.cancel(id).await.map(drop));
+        not_found(
+            "ListTriggers",
+            globex.triggers(Some("ticker")).await.map(drop),
+        );
+        not_found(
+            "SetTriggerPaused",
+            globex
+                .set_trigger_paused("ticker", "every-second", true)
+                .await
+                .map(drop),
+        );
+        not_found(
+            "RotateCredential",
+            globex.rotate_credential("hook-token", "x").await.map(drop),
+        );
+        not_found(
+            "AuthorizeCredential",
+            globex.authorize_credential("hook-token").await.map(drop),
+        );
+        assert!(
+            !globex
+                .delete_credential("hook-token")
+                .await
+                .expect("answers")
+        );
+        assert!(globex.integrations().await.expect("lists").is_empty());
+        assert!(globex.runs(Some(100)).await.expect("lists").is_empty());
+        assert!(globex.credentials().await.expect("lists").is_empty());
+        assert!(globex.triggers(None).await.expect("lists").is_empty());
+        // acme's still work, untouched.
+        assert_eq!(acme.credentials().await.expect("lists").len(), 2);
+        assert_eq!(acme.triggers(None).await.expect("lists").len(), 3);
+    });
+    // A webhook route names its tenant: globex's path to acme's trigger is
+    // unknown, and acme's needs acme's token.
+    let json = [("Content-Type", "application/json")];
+    for path in [
+        format!("/hooks/globex/echo/by-token/{HOOK_TOKEN}"),
+        "/hooks/acme/echo/by-token/globex-guess".to_owned(),
+    ] {
+        let (status, _, body) = post(node.http, &path, &json, b"{}");
+        assert_eq!(status, 404, "{path}: {body}");
+    }
+    assert!(runs(&node, GLOBEX).is_empty());
+}
