@@ -298,3 +298,36 @@ fn acknowledged_checkpoints_survive_sigkill() {
     }
     assert_eq!(store.unfinished_runs().unwrap().len(), 1);
 }
+
+#[test]
+fn the_latest_version_of_each_integration_is_read_from_keys() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let store = open(&dir);
+    let deploy = |tenant: &str, name: &str, version: u32| {
+        store
+            .put_integration(
+                tenant,
+                isoflow_engine::store::IntegrationRecord {
+                    name: name.into(),
+                    version,
+                    deployed_at_ms: 0,
+                    definition: serde_json::json!({ "v": version }),
+                },
+            )
+            .expect("stored");
+    };
+    // Versions whose big-endian bytes hold zeros and the separator's value.
+    for version in [1, 256, 2] {
+        deploy("acme", "orders", version);
+    }
+    deploy("acme", "crm", 7);
+    deploy("globex", "orders", 65_536);
+    assert_eq!(
+        store.latest_versions().expect("listed"),
+        [
+            ("acme".to_owned(), "crm".to_owned(), 7),
+            ("acme".to_owned(), "orders".to_owned(), 256),
+            ("globex".to_owned(), "orders".to_owned(), 65_536),
+        ]
+    );
+}

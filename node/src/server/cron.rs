@@ -26,11 +26,13 @@
 //! - Paused (`SetTriggerPaused`): ticks pass as skipped, so resuming does
 //!   not catch up on the paused time.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use isoflow_engine::model::{CatchUp, CronTrigger, Integration, Overlap, Trigger};
+use isoflow_engine::store::Store;
 use serde_json::json;
 
 use super::coordinator::Coordinator;
@@ -157,33 +159,73 @@ fn tick_from_key(key: &str) -> Option<DateTime<Utc>> {
 pub async fn run(coordinator: Arc<Coordinator>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut pass = tokio::time::interval(PASS);
     pass.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut schedules = Schedules::default();
     loop {
         tokio::select! {
             _ = pass.tick() => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
-        if let Err(e) = fire_due(&coordinator, Utc::now()).await {
+        if let Err(e) = fire_due(&coordinator, &mut schedules, Utc::now()).await {
             tracing::error!("cron: {e:#}");
         }
     }
 }
 
+/// The cron triggers of each deployed version seen, by (tenant, name,
+/// version): a version's definition never changes, so it is parsed once.
+#[derive(Debug, Default)]
+pub struct Schedules(HashMap<(String, String, u32), Arc<Vec<CronTrigger>>>);
+
+impl Schedules {
+    fn of(
+        &mut self,
+        store: &Store,
+        tenant: &str,
+        name: &str,
+        version: u32,
+    ) -> anyhow::Result<Arc<Vec<CronTrigger>>> {
+        let key = (tenant.to_owned(), name.to_owned(), version);
+        if let Some(crons) = self.0.get(&key) {
+            return Ok(crons.clone());
+        }
+        let crons: Vec<CronTrigger> = store
+            .integration(tenant, name, Some(version))?
+            .and_then(|record| serde_json::from_value::<Integration>(record.definition).ok())
+            .map(|definition| {
+                definition
+                    .triggers
+                    .into_iter()
+                    .filter_map(|trigger| match trigger {
+                        Trigger::Cron(cron) => Some(cron),
+                        Trigger::Webhook(_) => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let crons = Arc::new(crons);
+        self.0.insert(key, crons.clone());
+        Ok(crons)
+    }
+}
+
 /// One pass over every cron trigger at `now`.
-pub async fn fire_due(coordinator: &Arc<Coordinator>, now: DateTime<Utc>) -> anyhow::Result<()> {
+pub async fn fire_due(
+    coordinator: &Arc<Coordinator>,
+    schedules: &mut Schedules,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
     let store = coordinator.store.clone();
-    let integrations = tokio::task::spawn_blocking(move || store.latest_integrations()).await??;
-    for (tenant, record) in integrations {
-        let Ok(definition) = serde_json::from_value::<Integration>(record.definition) else {
-            continue;
-        };
-        for trigger in &definition.triggers {
-            let Trigger::Cron(cron) = trigger else {
-                continue;
-            };
-            if let Err(e) = fire(coordinator, &tenant, &record.name, cron, now).await {
+    let latest = tokio::task::spawn_blocking(move || store.latest_versions()).await??;
+    // Versions no longer latest are not looked at again.
+    let live: std::collections::HashSet<_> = latest.iter().cloned().collect();
+    schedules.0.retain(|key, _| live.contains(key));
+    for (tenant, name, version) in latest {
+        let crons = schedules.of(&coordinator.store, &tenant, &name, version)?;
+        for cron in crons.iter() {
+            if let Err(e) = fire(coordinator, &tenant, &name, cron, now).await {
                 tracing::error!(
                     tenant,
-                    integration = record.name,
+                    integration = name,
                     trigger = cron.id.as_str(),
                     "cron: {e:#}"
                 );
