@@ -32,6 +32,7 @@ use isoflow_proto::v1;
 use isoflow_testkit::etcd::Etcd;
 use isoflow_testkit::oauth2::{self, Provider};
 use isoflow_testkit::process::Process;
+use isoflow_testkit::webhook::{post, sign};
 use isoflow_testkit::{Gate, HttpFixture, Reply, Responder, free_port, seed_orders_expected};
 use serde_json::{Value, json};
 
@@ -85,6 +86,8 @@ struct Cluster {
     dir: tempfile::TempDir,
     etcd: Etcd,
     api_port: u16,
+    /// The coordinator's HTTP listener (webhooks).
+    http_port: u16,
     coordinator: Option<Process>,
     workers: BTreeMap<String, Process>,
     /// Stderr of processes that were killed, for failure messages.
@@ -100,6 +103,7 @@ impl Cluster {
             dir: tempfile::tempdir().expect("a temp dir"),
             etcd,
             api_port: free_port(),
+            http_port: free_port(),
             coordinator: None,
             workers: BTreeMap::new(),
             history: Vec::new(),
@@ -177,14 +181,15 @@ allow = ["127.0.0.1"]
     }
 
     fn start_coordinator(&mut self) {
-        let mut process = self.spawn_coordinator("coordinator", self.api_port);
+        let mut process = self.spawn_coordinator("coordinator", self.api_port, self.http_port);
         process.wait_for_stderr_line(LONG, |l| l.contains("listening on"));
         self.coordinator = Some(process);
     }
 
-    /// A coordinator process named `id` serving on `api_port`, on the
-    /// cluster's one data directory (a standby shares the leader's volume).
-    fn spawn_coordinator(&self, id: &str, api_port: u16) -> Process {
+    /// A coordinator process named `id` serving on `api_port` (and webhooks
+    /// on `http_port`), on the cluster's one data directory (a standby
+    /// shares the leader's volume).
+    fn spawn_coordinator(&self, id: &str, api_port: u16, http_port: u16) -> Process {
         let config = self.config(
             id,
             &format!(
@@ -194,6 +199,8 @@ node_id = "{id}"
 data_dir = "{}"
 [api]
 listen = "127.0.0.1:{}"
+[http]
+listen = "127.0.0.1:{http_port}"
 [vault.key]
 id = "test-1"
 file = "{}"
@@ -1601,7 +1608,7 @@ fn a_standby_takes_over_the_cron_ticks_of_a_killed_leader_without_repeating_one(
         .block_on(async { deploy(&client(&cluster, TOKEN).await, ticker, "ticker.yaml").await });
     // The standby waits in the election, its store closed.
     let standby_port = free_port();
-    let mut standby = cluster.spawn_coordinator("standby", standby_port);
+    let mut standby = cluster.spawn_coordinator("standby", standby_port, free_port());
     standby.wait_for_stderr_line(LONG, |l| l.contains("waiting to lead"));
     let fired = |log: &str| log.matches("cron tick fired").count();
     let deadline = Instant::now() + LONG;
@@ -1639,4 +1646,66 @@ fn a_standby_takes_over_the_cron_ticks_of_a_killed_leader_without_repeating_one(
         ticks.len() >= fired_by_leader + 3,
         "the leader's runs and the standby's are all there: {ticks:?}"
     );
+}
+
+#[test]
+fn a_signed_webhook_runs_on_a_worker_and_answers_with_the_output() {
+    const HOOK_KEY: &str = "cluster-hook-key-5d2c";
+    let cluster = Cluster::start(1);
+    let hooked = "apiVersion: isoflow.dev/v1\nname: hooked\nversion: 1\ntriggers:\n  - id: orders\n    type: webhook\n    \
+                  auth: hmac\n    secret: hook-key\n    mode: sync\n    timeout: 60s\nsteps:\n  - id: wrap\n    \
+                  type: code\n    source: \"export default (input) => ({ got: input })\"\n";
+    runtime().block_on(async {
+        let acme = client(&cluster, TOKEN).await;
+        deploy(&acme, hooked, "hooked.yaml").await;
+        acme.set_credential(v1::SetCredentialRequest {
+            name: "hook-key".into(),
+            kind: Some(v1::set_credential_request::Kind::Bearer(
+                v1::BearerCredential {
+                    token: HOOK_KEY.into(),
+                },
+            )),
+            origins: vec!["https://webhook.invalid".into()],
+            allow_plain_http: false,
+        })
+        .await
+        .expect("stored");
+    });
+    let body = br#"{"order": 11}"#;
+    let time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let signature = sign(HOOK_KEY, time, body);
+    let (status, headers, answer) = post(
+        cluster.http_port,
+        "/hooks/acme/hooked/orders",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Isoflow-Signature", &signature),
+        ],
+        body,
+    );
+    assert_eq!(status, 200, "{answer}\n{}", cluster.describe());
+    assert_eq!(answer, json!({ "got": { "order": 11 } }));
+    let run_id = headers["x-isoflow-run-id"].clone();
+    assert_eq!(
+        cluster.worker_of(&run_id).as_deref(),
+        Some("worker-1"),
+        "the run went to the worker"
+    );
+    // Signed with another key: refused, nothing started.
+    let forged = sign("not-the-key", time, body);
+    let (status, _, _) = post(
+        cluster.http_port,
+        "/hooks/acme/hooked/orders",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Isoflow-Signature", &forged),
+        ],
+        body,
+    );
+    assert_eq!(status, 401);
+    let runs = runtime().block_on(async { client(&cluster, TOKEN).await.runs(Some(10)).await });
+    assert_eq!(runs.expect("runs").len(), 1);
 }

@@ -5,8 +5,6 @@
 //! runs). A cron trigger is watched across a SIGKILL and a restart.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,6 +12,7 @@ use isoflow_client::Client;
 use isoflow_proto::v1;
 use isoflow_testkit::oauth2::{self, Provider};
 use isoflow_testkit::process::Process;
+use isoflow_testkit::webhook::{exchange, post, sign};
 use isoflow_testkit::{HttpFixture, Responder, free_port};
 use serde_json::{Value, json};
 
@@ -116,67 +115,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("a runtime")
-}
-
-/// One HTTP/1.1 POST; the status, headers (lowercase names) and JSON body.
-fn post(
-    port: u16,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, HashMap<String, String>, Value) {
-    let (status, headers, text) = exchange(port, "POST", path, headers, body);
-    (
-        status,
-        headers,
-        serde_json::from_str(&text).unwrap_or(Value::Null),
-    )
-}
-
-/// One HTTP/1.1 request; the status, headers (lowercase names) and body.
-fn exchange(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, HashMap<String, String>, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("the listener accepts");
-    stream.set_read_timeout(Some(LONG)).expect("a timeout");
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).expect("sent");
-    stream.write_all(body).expect("sent");
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a response");
-    let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
-}
-
-fn sign(secret: &str, time: u64, body: &[u8]) -> String {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-    let mut signed = format!("{time}.").into_bytes();
-    signed.extend_from_slice(body);
-    let tag = ring::hmac::sign(&key, &signed);
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("t={time},v1={hex}")
 }
 
 fn now() -> u64 {

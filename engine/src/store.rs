@@ -425,7 +425,8 @@ impl Store {
         while let Some(key) = iter.key() {
             // tenant \0 name \0 version (4 bytes, big-endian)
             let mut parts = key.splitn(3, |b| *b == 0);
-            if let (Some(tenant), Some(name), Some(version)) = (parts.next(), parts.next(), parts.next())
+            if let (Some(tenant), Some(name), Some(version)) =
+                (parts.next(), parts.next(), parts.next())
                 && let Ok(version) = <[u8; 4]>::try_from(version)
             {
                 let (tenant, name) = (

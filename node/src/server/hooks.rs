@@ -36,6 +36,9 @@ use super::coordinator::Coordinator;
 
 /// How far a signature's timestamp may be from the node's clock.
 pub const SIGNATURE_TOLERANCE: Duration = Duration::from_secs(300);
+/// The header of a sync webhook's 200 that names its run.
+pub const RUN_ID_HEADER: &str = "x-isoflow-run-id";
+
 /// The header carrying `t=<unix seconds>,v1=<hex HMAC-SHA256>`.
 pub const SIGNATURE_HEADER: &str = "x-isoflow-signature";
 
@@ -280,9 +283,12 @@ impl Hooks {
         .await;
         match found {
             Ok(Ok((Some(run), output))) => match run.status {
-                RunStatus::Succeeded => {
-                    (StatusCode::OK, axum::Json(output.unwrap_or(Value::Null))).into_response()
-                }
+                RunStatus::Succeeded => (
+                    StatusCode::OK,
+                    [(RUN_ID_HEADER, run.run_id.clone())],
+                    axum::Json(output.unwrap_or(Value::Null)),
+                )
+                    .into_response(),
                 RunStatus::Failed | RunStatus::Cancelled => (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     axum::Json(json!({

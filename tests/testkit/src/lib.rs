@@ -50,6 +50,7 @@ pub mod oauth2;
 pub mod process;
 mod seed;
 pub mod tls;
+pub mod webhook;
 
 pub use etcd::Etcd;
 pub use seed::{SEED_EXPORTED, SeedExpected, seed_orders_expected, seed_orders_xml};
