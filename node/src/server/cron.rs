@@ -22,6 +22,8 @@
 //!   has not ended is skipped; `allow` starts it anyway.
 //! - `jitter`: each tick fires up to this much later, by an amount derived
 //!   from the tenant, integration, trigger and tick, so every node agrees.
+//!
+//! A disabled tenant's triggers do not fire.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,6 +128,11 @@ pub async fn fire_due(coordinator: &Arc<Coordinator>, now: DateTime<Utc>) -> any
     let store = coordinator.store.clone();
     let integrations = tokio::task::spawn_blocking(move || store.latest_integrations()).await??;
     for (tenant, record) in integrations {
+        // A disabled tenant's ticks do not fire (nor are they recorded: an
+        // enabled tenant's schedule goes on as `catch_up` says).
+        if coordinator.tenants.is_disabled(&tenant) {
+            continue;
+        }
         let Ok(definition) = serde_json::from_value::<Integration>(record.definition) else {
             continue;
         };
