@@ -1,13 +1,14 @@
 //! Generates the `isoflow.v1` messages and services with protoc (from the
 //! `protobuf-compiler` package, or `PROTOC`).
 
-const SECRET_MESSAGES: [&str; 6] = [
+const SECRET_MESSAGES: [&str; 7] = [
     "isoflow.v1.BearerCredential",
     "isoflow.v1.BasicCredential",
     "isoflow.v1.HeaderCredential",
     "isoflow.v1.QueryCredential",
     "isoflow.v1.RotateCredentialRequest",
     "isoflow.v1.OAuth2Credential",
+    "isoflow.v1.IssuedToken",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

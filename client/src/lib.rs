@@ -37,6 +37,9 @@
 //! [`isoflow_proto::MAX_MESSAGE_BYTES`]; a server's refusal reaches the
 //! caller untouched as [`Error::Status`] (code and sentence).
 //!
+//! [`AdminClient`] calls the admin API (`isoflow.v1.Admin`: tenants, their
+//! tokens and quotas) with the node's admin token.
+//!
 //! Depends on `isoflow-proto` only, never on the engine: a program that only
 //! calls the API must build in seconds, without V8 or RocksDB. The
 //! `isoflowctl` binary (`main.rs`, feature `cli`) is a thin shell over this
@@ -54,9 +57,11 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+mod admin;
 mod auth;
 mod error;
 
+pub use admin::AdminClient;
 pub use error::Error;
 pub use isoflow_proto::v1;
 
@@ -165,39 +170,7 @@ impl Client {
     /// certificate; [`Error::Connect`] also when the server's certificate
     /// is not signed by the CA or does not name the server.
     pub async fn connect_with(server: &str, options: &ConnectOptions) -> Result<Client> {
-        let bearer = Bearer::new(options.token.as_deref())?;
-        let uri = server_uri(server);
-        let mut endpoint = Endpoint::from_shared(uri.clone())
-            .map_err(|error| Error::Address {
-                server: server.to_owned(),
-                error,
-            })?
-            .tcp_nodelay(true)
-            .connect_timeout(CONNECT_TIMEOUT);
-        if uri.starts_with("https://") {
-            let tls = match &options.ca_pem {
-                Some(pem) => {
-                    if !pem
-                        .windows(CERTIFICATE_PEM.len())
-                        .any(|w| w == CERTIFICATE_PEM)
-                    {
-                        return Err(Error::InvalidCa);
-                    }
-                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
-                }
-                None => ClientTlsConfig::new().with_webpki_roots(),
-            };
-            endpoint = endpoint.tls_config(tls).map_err(|error| Error::Connect {
-                server: uri.clone(),
-                error,
-            })?;
-        } else if options.ca_pem.is_some() {
-            return Err(Error::CaWithoutTls { server: uri });
-        }
-        let channel = endpoint.connect().await.map_err(|error| Error::Connect {
-            server: uri.clone(),
-            error,
-        })?;
+        let (channel, bearer, uri) = open_channel(server, options).await?;
         let inner = IsoflowClient::with_interceptor(channel, bearer)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -447,7 +420,7 @@ impl Client {
     pub async fn runs(&self, limit: Option<u32>) -> Result<Vec<v1::Run>> {
         let request = v1::ListRunsRequest {
             limit: limit.unwrap_or(0),
-            page_token: String::new(),
+            ..v1::ListRunsRequest::default()
         };
         Ok(self
             .inner
@@ -618,9 +591,23 @@ impl Client {
         let request = v1::ListRunsRequest {
             limit: limit.unwrap_or(0),
             page_token: page_token.to_owned(),
+            ..v1::ListRunsRequest::default()
         };
         let page = self.inner.clone().list_runs(request).await?.into_inner();
         Ok((page.runs, page.next_page_token))
+    }
+
+    /// One page of runs that match the request's filters (integration,
+    /// version, status, creation time), newest first. A page may hold fewer
+    /// runs than asked (even none) and still have a `next_page_token`: the
+    /// server reads a bounded number of runs per call. Go on until the
+    /// token is empty.
+    ///
+    /// # Errors
+    /// A status from the server (`INVALID_ARGUMENT` for a token it did not
+    /// give, or a time range that is empty).
+    pub async fn list_runs(&self, request: v1::ListRunsRequest) -> Result<v1::ListRunsResponse> {
+        Ok(self.inner.clone().list_runs(request).await?.into_inner())
     }
 
     /// Stores a credential for this tenant's http steps, or replaces the
@@ -712,6 +699,45 @@ impl Client {
             .into_inner()
             .deleted)
     }
+}
+
+/// The connection `connect_with` opens, the bearer its calls carry and the
+/// server's address.
+async fn open_channel(server: &str, options: &ConnectOptions) -> Result<(Channel, Bearer, String)> {
+    let bearer = Bearer::new(options.token.as_deref())?;
+    let uri = server_uri(server);
+    let mut endpoint = Endpoint::from_shared(uri.clone())
+        .map_err(|error| Error::Address {
+            server: server.to_owned(),
+            error,
+        })?
+        .tcp_nodelay(true)
+        .connect_timeout(CONNECT_TIMEOUT);
+    if uri.starts_with("https://") {
+        let tls = match &options.ca_pem {
+            Some(pem) => {
+                if !pem
+                    .windows(CERTIFICATE_PEM.len())
+                    .any(|w| w == CERTIFICATE_PEM)
+                {
+                    return Err(Error::InvalidCa);
+                }
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+            }
+            None => ClientTlsConfig::new().with_webpki_roots(),
+        };
+        endpoint = endpoint.tls_config(tls).map_err(|error| Error::Connect {
+            server: uri.clone(),
+            error,
+        })?;
+    } else if options.ca_pem.is_some() {
+        return Err(Error::CaWithoutTls { server: uri });
+    }
+    let channel = endpoint.connect().await.map_err(|error| Error::Connect {
+        server: uri.clone(),
+        error,
+    })?;
+    Ok((channel, bearer, uri))
 }
 
 /// A payload's chunks, joined and parsed.

@@ -12,13 +12,13 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
 use isoflow_client::v1::run_update::Update;
 use isoflow_client::v1::{self, RunStatus, StepStatus};
-use isoflow_client::{Client, ConnectOptions, Error};
+use isoflow_client::{AdminClient, Client, ConnectOptions, Error};
 use serde_json::Value;
 use tokio_stream::StreamExt;
 
@@ -85,13 +85,40 @@ enum Command {
         #[arg(long, default_value = "")]
         request_id: String,
     },
-    /// List runs, newest first, a page at a time
+    /// List runs, newest first, a page at a time, optionally only those of
+    /// an integration, a version, a status or a time range
     Runs {
         #[arg(long, default_value_t = 20)]
         limit: u32,
         /// The page after the one that printed this token
         #[arg(long, default_value = "")]
         page_token: String,
+        /// Only runs of this integration
+        #[arg(long)]
+        integration: Option<String>,
+        /// Only runs of this version
+        #[arg(long = "version", value_name = "VERSION")]
+        integration_version: Option<u32>,
+        /// Only runs with this status: pending, running, succeeded, failed
+        /// or cancelled
+        #[arg(long)]
+        status: Option<String>,
+        /// Only runs created since: a time (2026-11-28T10:00:00Z) or a
+        /// duration ago (2h, 3days)
+        #[arg(long)]
+        since: Option<String>,
+        /// Only runs created before: a time or a duration ago
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Tenant administration with the node's admin token (from
+    /// --admin-token-file or ISOFLOW_ADMIN_TOKEN, never the command line)
+    Admin {
+        /// A file holding the admin token
+        #[arg(long, global = true)]
+        admin_token_file: Option<PathBuf>,
+        #[command(subcommand)]
+        command: AdminCommand,
     },
     /// Show a run: status, error and steps
     Show { run_id: String },
@@ -143,6 +170,74 @@ enum GrantArg {
     ClientCredentials,
     RefreshToken,
     AuthorizationCode,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Tenants: create, list, disable, enable, set quotas
+    #[command(subcommand)]
+    Tenants(TenantCommand),
+    /// Tenants' API tokens: issue, list, revoke
+    #[command(subcommand)]
+    Tokens(TokenCommand),
+}
+
+/// A tenant's quotas; each one left out takes the node's default.
+#[derive(Debug, Default, clap::Args)]
+struct QuotaArgs {
+    /// Runs on workers at once (0: no limit)
+    #[arg(long)]
+    runs_in_flight: Option<u32>,
+    /// The largest run input, in bytes
+    #[arg(long)]
+    max_payload_bytes: Option<u64>,
+    /// Runs webhooks may start per minute (0: no limit)
+    #[arg(long)]
+    webhook_runs_per_minute: Option<u32>,
+    /// How long finished runs are kept (30days, 12h; 0s: forever)
+    #[arg(long)]
+    retention: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCommand {
+    /// Create a tenant
+    Create {
+        name: String,
+        #[command(flatten)]
+        quotas: QuotaArgs,
+    },
+    /// List tenants with their quotas
+    List,
+    /// Disable a tenant: its tokens are refused, its webhooks and cron
+    /// triggers stop; its data stays
+    Disable { name: String },
+    /// Enable a disabled tenant
+    Enable { name: String },
+    /// Replace a tenant's quotas (those left out take the node's defaults)
+    Quotas {
+        name: String,
+        #[command(flatten)]
+        quotas: QuotaArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Issue a token for a tenant and print it: the only time it is shown
+    Issue {
+        tenant: String,
+        /// What the token is for
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List issued tokens (ids, tenants, labels), never the tokens
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a token by its id
+    Revoke { token_id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -262,9 +357,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(ca) = cli.ca.filter(|ca| !ca.as_os_str().is_empty()) {
         options = options.ca_file(&ca)?;
     }
-    let client = Client::connect_with(&cli.server, &options).await?;
     let mut out = std::io::stdout().lock();
-    match cli.command {
+    let command = match cli.command {
+        Command::Admin {
+            admin_token_file,
+            command,
+        } => {
+            let token = admin_token(admin_token_file.as_deref())?;
+            let admin = AdminClient::connect_with(&cli.server, &options.token(token)).await?;
+            admin_command(&admin, command, &mut out).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        command => command,
+    };
+    let client = Client::connect_with(&cli.server, &options).await?;
+    match command {
+        // Answered above, with the admin token.
+        Command::Admin { .. } => {}
         Command::Deploy { file } => {
             let integration = client.deploy_file(&file).await?;
             deployed(&mut out, &integration)?;
@@ -322,15 +431,56 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             return Ok(outcome(&run));
         }
-        Command::Runs { limit, page_token } => {
-            let (runs, next) = client.runs_page(Some(limit), &page_token).await?;
-            if runs.is_empty() {
+        Command::Runs {
+            limit,
+            page_token,
+            integration,
+            integration_version,
+            status,
+            since,
+            until,
+        } => {
+            let now = SystemTime::now();
+            let mut request = v1::ListRunsRequest {
+                limit,
+                page_token,
+                integration: integration.unwrap_or_default(),
+                version: integration_version.unwrap_or(0),
+                status: match &status {
+                    Some(status) => parse_status(status)? as i32,
+                    None => 0,
+                },
+                created_from_ms: since
+                    .as_deref()
+                    .map(|t| time_ms(t, now, "--since"))
+                    .transpose()?
+                    .unwrap_or(0),
+                created_to_ms: until
+                    .as_deref()
+                    .map(|t| time_ms(t, now, "--until"))
+                    .transpose()?
+                    .unwrap_or(0),
+            };
+            // A filter that matches little may answer empty pages with a
+            // token: follow them (a bounded number) to the first runs.
+            let mut page = client.list_runs(request.clone()).await?;
+            for _ in 0..100 {
+                if !page.runs.is_empty() || page.next_page_token.is_empty() {
+                    break;
+                }
+                request.page_token = page.next_page_token.clone();
+                page = client.list_runs(request.clone()).await?;
+            }
+            if page.runs.is_empty() {
                 eprintln!("no runs");
             } else {
-                runs_table(&mut out, &runs)?;
+                runs_table(&mut out, &page.runs)?;
             }
-            if !next.is_empty() {
-                eprintln!("more: isoflowctl runs --limit {limit} --page-token {next}");
+            if !page.next_page_token.is_empty() {
+                eprintln!(
+                    "more: the same command with --page-token {}",
+                    page.next_page_token
+                );
             }
         }
         Command::Credentials(command) => credentials(&client, command, &mut out).await?,
@@ -600,6 +750,175 @@ fn oauth2_state(status: Option<&v1::OAuth2Status>) -> String {
         0 => format!("token {}", status.renewals),
         expires => format!("token {} expires {}", status.renewals, timestamp(expires)),
     }
+}
+
+/// The admin token: from `--admin-token-file`, else `ISOFLOW_ADMIN_TOKEN`.
+/// Never an argument: those show in `ps`.
+fn admin_token(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    let text = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| anyhow!("cannot read the admin token file {}: {e}", path.display()))?,
+        None => std::env::var("ISOFLOW_ADMIN_TOKEN").map_err(|_| {
+            anyhow!("no admin token: give --admin-token-file or set ISOFLOW_ADMIN_TOKEN")
+        })?,
+    };
+    let token = text.trim_end_matches(['\n', '\r']);
+    if token.is_empty() {
+        anyhow::bail!("the admin token is empty");
+    }
+    Ok(token.to_owned())
+}
+
+fn parse_status(text: &str) -> anyhow::Result<RunStatus> {
+    Ok(match text {
+        "pending" => RunStatus::Pending,
+        "running" => RunStatus::Running,
+        "succeeded" => RunStatus::Succeeded,
+        "failed" => RunStatus::Failed,
+        "cancelled" => RunStatus::Cancelled,
+        other => anyhow::bail!(
+            "--status is {other:?}: use pending, running, succeeded, failed or cancelled"
+        ),
+    })
+}
+
+/// `--since`/`--until`: an RFC 3339 time, or a duration before `now`; as
+/// ms since 1970.
+fn time_ms(text: &str, now: SystemTime, flag: &str) -> anyhow::Result<u64> {
+    let at = match humantime::parse_rfc3339_weak(text) {
+        Ok(at) => at,
+        Err(_) => {
+            let ago = humantime::parse_duration(text).map_err(|_| {
+                anyhow!(
+                    "{flag} is {text:?}: give a time (2026-11-28T10:00:00Z) or a duration ago (2h)"
+                )
+            })?;
+            now.checked_sub(ago)
+                .ok_or_else(|| anyhow!("{flag} is {text:?}: that is before 1970"))?
+        }
+    };
+    let ms = at
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| anyhow!("{flag} is {text:?}: that is before 1970"))?
+        .as_millis();
+    Ok(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+fn quotas(args: QuotaArgs) -> anyhow::Result<v1::TenantQuotas> {
+    let retention_seconds = args
+        .retention
+        .map(|text| {
+            humantime::parse_duration(&text)
+                .map(|d| d.as_secs())
+                .map_err(|_| anyhow!("--retention is {text:?}: give a duration (30days, 12h)"))
+        })
+        .transpose()?;
+    Ok(v1::TenantQuotas {
+        runs_in_flight: args.runs_in_flight,
+        max_payload_bytes: args.max_payload_bytes,
+        webhook_runs_per_minute: args.webhook_runs_per_minute,
+        retention_seconds,
+    })
+}
+
+fn quota_text<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "default".to_owned(), |v| v.to_string())
+}
+
+fn tenant_line(tenant: &v1::Tenant) -> String {
+    let quotas = tenant.quotas.unwrap_or_default();
+    format!(
+        "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+        tenant.name,
+        if tenant.disabled {
+            "disabled"
+        } else {
+            "enabled"
+        },
+        if tenant.from_config {
+            "config"
+        } else {
+            "admin"
+        },
+        quota_text(quotas.runs_in_flight),
+        quota_text(quotas.max_payload_bytes),
+        quota_text(quotas.webhook_runs_per_minute),
+        quotas.retention_seconds.map_or_else(
+            || "default".to_owned(),
+            |s| if s == 0 {
+                "forever".to_owned()
+            } else {
+                humantime::format_duration(Duration::from_secs(s)).to_string()
+            }
+        ),
+    )
+}
+
+const TENANT_HEADER: &str =
+    "NAME\tSTATE\tSOURCE\tRUNS_IN_FLIGHT\tMAX_PAYLOAD_BYTES\tWEBHOOK_RUNS_PER_MINUTE\tRETENTION";
+
+async fn admin_command(
+    admin: &AdminClient,
+    command: AdminCommand,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    match command {
+        AdminCommand::Tenants(TenantCommand::Create { name, quotas: q }) => {
+            let tenant = admin.create_tenant(&name, quotas(q)?).await?;
+            writeln!(out, "{TENANT_HEADER}")?;
+            writeln!(out, "{}", tenant_line(&tenant))?;
+        }
+        AdminCommand::Tenants(TenantCommand::List) => {
+            writeln!(out, "{TENANT_HEADER}")?;
+            for tenant in admin.tenants().await? {
+                writeln!(out, "{}", tenant_line(&tenant))?;
+            }
+        }
+        AdminCommand::Tenants(TenantCommand::Disable { name }) => {
+            admin.set_disabled(&name, true).await?;
+            writeln!(out, "tenant {name} disabled")?;
+        }
+        AdminCommand::Tenants(TenantCommand::Enable { name }) => {
+            admin.set_disabled(&name, false).await?;
+            writeln!(out, "tenant {name} enabled")?;
+        }
+        AdminCommand::Tenants(TenantCommand::Quotas { name, quotas: q }) => {
+            let tenant = admin.set_quotas(&name, quotas(q)?).await?;
+            writeln!(out, "{TENANT_HEADER}")?;
+            writeln!(out, "{}", tenant_line(&tenant))?;
+        }
+        AdminCommand::Tokens(TokenCommand::Issue { tenant, label }) => {
+            let issued = admin.issue_token(&tenant, &label).await?;
+            let info = issued.info.unwrap_or_default();
+            eprintln!(
+                "token {} for tenant {}: shown this once, keep it now",
+                info.token_id, info.tenant
+            );
+            writeln!(out, "{}", issued.token)?;
+        }
+        AdminCommand::Tokens(TokenCommand::List { tenant }) => {
+            writeln!(out, "ID\tTENANT\tCREATED\tLABEL")?;
+            for token in admin.tokens(tenant.as_deref()).await? {
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}",
+                    token.token_id,
+                    token.tenant,
+                    timestamp(token.created_at_ms),
+                    token.label
+                )?;
+            }
+        }
+        AdminCommand::Tokens(TokenCommand::Revoke { token_id }) => {
+            let info = admin.revoke_token(&token_id).await?;
+            writeln!(
+                out,
+                "token {} of tenant {} revoked",
+                info.token_id, info.tenant
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// `--secret-from`: `stdin` (one line, its line break dropped), `env:NAME`
@@ -909,6 +1228,55 @@ mod tests {
             (integration.as_str(), version, input.as_str(), wait),
             ("orders", Some(3), r#"{"a":1}"#, true)
         );
+    }
+
+    #[test]
+    fn runs_filters_parse_times_and_statuses() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(
+            time_ms("2h", now, "--since").expect("a duration"),
+            (1_800_000_000 - 7200) * 1000
+        );
+        assert_eq!(
+            time_ms("2026-11-28T10:00:00Z", now, "--since").expect("a time"),
+            1_795_860_000_000
+        );
+        let error = time_ms("yesterday-ish", now, "--since").expect_err("neither");
+        assert!(error.to_string().starts_with("--since is"), "{error}");
+        assert_eq!(parse_status("failed").expect("valid"), RunStatus::Failed);
+        assert!(parse_status("broken").is_err());
+        let cli = Cli::try_parse_from([
+            "isoflowctl",
+            "runs",
+            "--integration",
+            "orders",
+            "--status",
+            "failed",
+            "--since",
+            "1h",
+            "--version",
+            "2",
+        ])
+        .expect("valid command line");
+        let Command::Runs {
+            integration,
+            integration_version,
+            ..
+        } = cli.command
+        else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(
+            (integration.as_deref(), integration_version),
+            (Some("orders"), Some(2))
+        );
+        let quotas = quotas(QuotaArgs {
+            retention: Some("30days".into()),
+            ..QuotaArgs::default()
+        })
+        .expect("valid");
+        assert_eq!(quotas.retention_seconds, Some(30 * 86_400));
+        assert_eq!(quotas.runs_in_flight, None);
     }
 
     #[test]

@@ -18,6 +18,8 @@
 //! | `integrations` | tenant · name · version (big-endian `u32`) | [`IntegrationRecord`] (JSON) |
 //! | `requests` | tenant · scope · key | the run id a request key started (a webhook's `Idempotency-Key`) |
 //! | `credentials` | tenant · name | a sealed credential ([`crate::credential::vault`]: JSON, its secret encrypted) |
+//! | `tenants` | tenant | [`TenantRecord`] (JSON): created through the admin API, with its quotas |
+//! | `tokens` | SHA-256 of an API token (32 bytes) | [`TokenRecord`] (JSON): the tenant it names; the token itself is never stored |
 //!
 //! `·` is a 0 byte, which tenant ids, run ids and step keys cannot contain;
 //! attempt and sequence are big-endian `u32`s. Run ids are UUIDv7,
@@ -34,6 +36,15 @@
 //! batch that names it, so a committed checkpoint never points at a missing
 //! or partial file. Payloads from 64 KiB to the file threshold go to
 //! RocksDB's blob files (BlobDB), so they are not rewritten by compaction.
+//!
+//! # Retention
+//!
+//! [`Store::expired_runs`] finds finished runs that ended before a cutoff
+//! (per tenant); [`Store::delete_runs`] deletes each with its record,
+//! steps, payloads, logs and request keys in one write (`delete_range` over
+//! the run's contiguous keys), then its payload files; [`Store::compact`]
+//! flushes and compacts every column family so that the space (blob files
+//! included) comes back. An unfinished run is never deleted.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
@@ -55,7 +66,9 @@ const LOGS: &str = "logs";
 const INTEGRATIONS: &str = "integrations";
 const CREDENTIALS: &str = "credentials";
 const REQUESTS: &str = "requests";
-const FAMILIES: [&str; 8] = [
+const TENANTS: &str = "tenants";
+const TOKENS: &str = "tokens";
+const FAMILIES: [&str; 10] = [
     RUNS,
     ACTIVE,
     STEPS,
@@ -64,6 +77,8 @@ const FAMILIES: [&str; 8] = [
     INTEGRATIONS,
     CREDENTIALS,
     REQUESTS,
+    TENANTS,
+    TOKENS,
 ];
 
 /// Where and how durably to store.
@@ -225,6 +240,98 @@ pub struct IntegrationRecord {
     pub deployed_at_ms: u64,
     /// The definition with its code inlined, as JSON.
     pub definition: Value,
+}
+
+/// A tenant's own limits; each one unset takes the node's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantQuotas {
+    /// Runs on workers at once; 0: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs_in_flight: Option<u32>,
+    /// The largest run input, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_payload_bytes: Option<u64>,
+    /// Runs webhooks may start per minute; 0: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_runs_per_minute: Option<u32>,
+    /// How long finished runs are kept, in seconds; 0: forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_seconds: Option<u64>,
+}
+
+/// A tenant created through the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantRecord {
+    pub name: String,
+    #[serde(default)]
+    pub disabled: bool,
+    pub created_at_ms: u64,
+    #[serde(default)]
+    pub quotas: TenantQuotas,
+}
+
+/// An issued API token, stored under its SHA-256 hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// The first 8 bytes of the hash, in hex: names the token in lists.
+    pub token_id: String,
+    pub tenant: String,
+    #[serde(default)]
+    pub label: String,
+    pub created_at_ms: u64,
+}
+
+/// Which runs [`Store::runs_page`] lists; `None` matches any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    pub integration: Option<String>,
+    pub version: Option<u32>,
+    pub status: Option<RunStatus>,
+    /// Created at or after (ms since 1970).
+    pub created_from_ms: Option<u64>,
+    /// Created before (ms since 1970).
+    pub created_to_ms: Option<u64>,
+}
+
+impl RunFilter {
+    pub fn matches(&self, run: &RunRecord) -> bool {
+        self.integration
+            .as_ref()
+            .is_none_or(|name| *name == run.integration)
+            && self.version.is_none_or(|v| v == run.version)
+            && self.status.is_none_or(|s| s == run.status)
+            && self.created_from_ms.is_none_or(|t| run.created_at_ms >= t)
+            && self.created_to_ms.is_none_or(|t| run.created_at_ms < t)
+    }
+}
+
+/// One page of [`Store::runs_page`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunsPage {
+    pub runs: Vec<RunRecord>,
+    /// Where the next page starts (a run id, passed back as `before`);
+    /// `None` when nothing older can match.
+    pub next: Option<String>,
+}
+
+/// How far apart a run's id time and its `created_at_ms` may be: they are
+/// read from the clock one after the other.
+const ID_CLOCK_SLACK_MS: u64 = 1_000;
+
+/// The creation time (ms) a UUIDv7 run id carries in its first 48 bits.
+fn id_time_ms(run_id: &str) -> Option<u64> {
+    let hex: String = run_id.get(..13)?.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 12 {
+        return None;
+    }
+    u64::from_str_radix(&hex, 16).ok()
+}
+
+/// The prefix every run id created at `ms` or later is greater than or
+/// equal to (UUIDv7 ids in lowercase hex order by time).
+fn id_prefix_at(ms: u64) -> String {
+    let ms = ms.min((1 << 48) - 1);
+    format!("{:08x}-{:04x}", ms >> 16, ms & 0xffff)
 }
 
 /// What [`Store::put_integration`] did.
@@ -587,6 +694,332 @@ impl Store {
             runs.push(from_json(&value, "run record")?);
         }
         Ok(runs)
+    }
+
+    /// One page of a tenant's runs that match `filter`, newest first,
+    /// older than run `before` (from the newest, given `None`): at most
+    /// `limit` runs, examining at most `max_scan` stored runs. A page cut
+    /// short by `max_scan` has `next` set even with fewer than `limit`
+    /// runs, so that a filter that matches nothing reads a bounded amount
+    /// per call. A time range seeks by run id (UUIDv7, time-ordered)
+    /// instead of reading the runs outside it.
+    pub fn runs_page(
+        &self,
+        tenant: &str,
+        filter: &RunFilter,
+        before: Option<&str>,
+        limit: usize,
+        max_scan: usize,
+    ) -> Result<RunsPage, StoreError> {
+        debug_assert!(max_scan > 0, "a call reads at least one run");
+        let prefix = prefix(&[tenant])?;
+        let mut start = match before {
+            Some(run_id) => run_key(tenant, run_id)?,
+            None => {
+                let mut end = prefix.clone();
+                *end.last_mut().expect("prefix ends with a separator") = 1;
+                end
+            }
+        };
+        if let Some(to) = filter.created_to_ms {
+            let mut bound = prefix.clone();
+            bound.extend_from_slice(id_prefix_at(to.saturating_add(ID_CLOCK_SLACK_MS)).as_bytes());
+            if bound < start {
+                start = bound;
+            }
+        }
+        let oldest_id_ms = filter
+            .created_from_ms
+            .map(|from| from.saturating_sub(ID_CLOCK_SLACK_MS));
+        let iter = self.db.iterator_cf(
+            self.cf(RUNS),
+            IteratorMode::From(&start, Direction::Reverse),
+        );
+        let mut page = RunsPage::default();
+        let mut scanned = 0;
+        let mut last_seen = None;
+        for item in iter {
+            let (key, value) = item.map_err(|source| StoreError::Db {
+                operation: "list runs",
+                source,
+            })?;
+            if !key.starts_with(&prefix) {
+                return Ok(page);
+            }
+            if key[..] == start[..] {
+                continue;
+            }
+            let run_id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            if let (Some(oldest), Some(at)) = (oldest_id_ms, id_time_ms(&run_id))
+                && at < oldest
+            {
+                return Ok(page);
+            }
+            if scanned == max_scan {
+                page.next = last_seen;
+                return Ok(page);
+            }
+            scanned += 1;
+            let run: RunRecord = from_json(&value, "run record")?;
+            if filter.matches(&run) {
+                if page.runs.len() == limit {
+                    page.next = page.runs.last().map(|r| r.run_id.clone());
+                    return Ok(page);
+                }
+                page.runs.push(run);
+            }
+            last_seen = Some(run_id);
+        }
+        Ok(page)
+    }
+
+    /// Finished runs that ended before their tenant's cutoff (ms since
+    /// 1970; `cutoff` answers `None` for a tenant whose runs are kept
+    /// forever), as (tenant, run id), at most `max`. Per tenant it reads
+    /// from the oldest run up to the first created after the cutoff: a run
+    /// created later cannot have ended before it.
+    pub fn expired_runs(
+        &self,
+        cutoff: impl Fn(&str) -> Option<u64>,
+        max: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut expired = Vec::new();
+        let mut from: Vec<u8> = Vec::new();
+        'tenants: loop {
+            let first = self
+                .db
+                .iterator_cf(self.cf(RUNS), IteratorMode::From(&from, Direction::Forward))
+                .next();
+            let Some(first) = first else {
+                return Ok(expired);
+            };
+            let (key, _) = first.map_err(|source| StoreError::Db {
+                operation: "find expired runs",
+                source,
+            })?;
+            let Some(end) = key.iter().position(|b| *b == 0) else {
+                return Err(StoreError::Corrupt {
+                    what: "run key".into(),
+                    reason: "it has no tenant".into(),
+                });
+            };
+            let tenant = String::from_utf8_lossy(&key[..end]).into_owned();
+            let tenant_prefix = key[..=end].to_vec();
+            // The next tenant's keys start after "tenant\x01".
+            from = tenant_prefix.clone();
+            *from.last_mut().expect("a separator") = 1;
+            let Some(cutoff) = cutoff(&tenant) else {
+                continue;
+            };
+            let iter = self.db.iterator_cf(
+                self.cf(RUNS),
+                IteratorMode::From(&tenant_prefix, Direction::Forward),
+            );
+            for item in iter {
+                let (key, value) = item.map_err(|source| StoreError::Db {
+                    operation: "find expired runs",
+                    source,
+                })?;
+                if !key.starts_with(&tenant_prefix) {
+                    break;
+                }
+                let run: RunRecord = from_json(&value, "run record")?;
+                if run.created_at_ms >= cutoff {
+                    break;
+                }
+                if run.status.is_finished() && run.updated_at_ms < cutoff {
+                    expired.push((tenant.clone(), run.run_id));
+                    if expired.len() >= max {
+                        break 'tenants;
+                    }
+                }
+            }
+        }
+        Ok(expired)
+    }
+
+    /// Deletes a tenant's finished runs with everything stored for them:
+    /// record, steps, payloads (and their files), logs and the request keys
+    /// that started them, in one write. The last request key of each scope
+    /// stays, with no run, so that a cron schedule keeps its place. An
+    /// unfinished or unknown run is left alone. Returns how many runs were
+    /// deleted; [`Store::compact`] gives the space back.
+    pub fn delete_runs(&self, tenant: &str, run_ids: &[String]) -> Result<usize, StoreError> {
+        let mut batch = WriteBatch::default();
+        let mut deleted = std::collections::HashSet::new();
+        for run_id in run_ids {
+            let Some(run) = self.run(tenant, run_id)? else {
+                continue;
+            };
+            if !run.status.is_finished() {
+                continue;
+            }
+            let key = run_key(tenant, run_id)?;
+            let from = prefix(&[tenant, run_id])?;
+            let mut to = from.clone();
+            *to.last_mut().expect("prefix ends with a separator") = 1;
+            batch.delete_cf(self.cf(RUNS), &key);
+            batch.delete_cf(self.cf(ACTIVE), &key);
+            for family in [STEPS, BLOBS, LOGS] {
+                batch.delete_range_cf(self.cf(family), &from, &to);
+            }
+            deleted.insert(run_id.as_bytes().to_vec());
+        }
+        if deleted.is_empty() {
+            return Ok(0);
+        }
+        // Request keys are by scope, not by run: read the tenant's once.
+        let tenant_prefix = prefix(&[tenant])?;
+        let iter = self.db.iterator_cf(
+            self.cf(REQUESTS),
+            IteratorMode::From(&tenant_prefix, Direction::Forward),
+        );
+        let mut previous: Option<(Vec<u8>, Vec<u8>)> = None;
+        let scope_of = |key: &[u8]| -> Vec<u8> {
+            let rest = &key[tenant_prefix.len()..];
+            let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+            rest[..end].to_vec()
+        };
+        for item in iter {
+            let (key, value) = item.map_err(|source| StoreError::Db {
+                operation: "read requests",
+                source,
+            })?;
+            if !key.starts_with(&tenant_prefix) {
+                break;
+            }
+            if let Some((prev_key, prev_value)) = previous.take() {
+                let last_of_scope = scope_of(&prev_key) != scope_of(&key);
+                if deleted.contains(&prev_value) {
+                    if last_of_scope {
+                        batch.put_cf(self.cf(REQUESTS), &prev_key, []);
+                    } else {
+                        batch.delete_cf(self.cf(REQUESTS), &prev_key);
+                    }
+                }
+            }
+            previous = Some((key.to_vec(), value.to_vec()));
+        }
+        if let Some((prev_key, prev_value)) = previous
+            && deleted.contains(&prev_value)
+        {
+            batch.put_cf(self.cf(REQUESTS), &prev_key, []);
+        }
+        self.write(batch, "delete_runs")?;
+        for run_id in &deleted {
+            let run_id = String::from_utf8_lossy(run_id);
+            let file = payload_file_name(tenant, &run_id, "x");
+            let dir = self
+                .payloads
+                .join(Path::new(&file).parent().unwrap_or(Path::new("")));
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StoreError::Io { path: dir, source }),
+            }
+        }
+        Ok(deleted.len())
+    }
+
+    /// Flushes and fully compacts every column family: deleted data (and
+    /// blob files no live key references) leaves the disk.
+    pub fn compact(&self) -> Result<(), StoreError> {
+        let mut options = rocksdb::CompactOptions::default();
+        options.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        for family in FAMILIES {
+            let cf = self.cf(family);
+            self.db.flush_cf(cf).map_err(|source| StoreError::Db {
+                operation: "flush",
+                source,
+            })?;
+            self.db
+                .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &options);
+        }
+        Ok(())
+    }
+
+    /// The bytes the store's folder holds (database and payload files).
+    pub fn disk_usage(&self) -> u64 {
+        fn walk(dir: &Path) -> u64 {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return 0;
+            };
+            entries
+                .flatten()
+                .map(|entry| match entry.file_type() {
+                    Ok(t) if t.is_dir() => walk(&entry.path()),
+                    Ok(_) => entry.metadata().map_or(0, |m| m.len()),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        walk(self.path())
+    }
+
+    /// Stores a tenant's record (new, or changed).
+    pub fn put_tenant(&self, record: &TenantRecord) -> Result<(), StoreError> {
+        check("tenant id", &record.name)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(TENANTS), record.name.as_bytes(), to_json(record));
+        self.write(batch, "put_tenant")
+    }
+
+    pub fn tenant(&self, name: &str) -> Result<Option<TenantRecord>, StoreError> {
+        check("tenant id", name)?;
+        self.get(TENANTS, name.as_bytes())?
+            .map(|v| from_json(&v, "tenant record"))
+            .transpose()
+    }
+
+    /// Every tenant created through the admin API, by name.
+    pub fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
+        self.scan(TENANTS, &[], "tenant record")
+    }
+
+    /// Stores an issued token's record under `hash`, the SHA-256 of the
+    /// token.
+    pub fn put_token(&self, hash: &[u8], record: &TokenRecord) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(TOKENS), hash, to_json(record));
+        self.write(batch, "put_token")
+    }
+
+    /// The token whose SHA-256 is `hash`, if one was issued and not revoked.
+    pub fn token(&self, hash: &[u8]) -> Result<Option<TokenRecord>, StoreError> {
+        self.get(TOKENS, hash)?
+            .map(|v| from_json(&v, "token record"))
+            .transpose()
+    }
+
+    /// Every issued token, as (hash, record), in hash order.
+    pub fn tokens(&self) -> Result<Vec<(Vec<u8>, TokenRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(TOKENS), IteratorMode::Start) {
+            let (key, value) = item.map_err(|source| StoreError::Db {
+                operation: "list tokens",
+                source,
+            })?;
+            out.push((key.to_vec(), from_json(&value, "token record")?));
+        }
+        Ok(out)
+    }
+
+    /// Deletes the token with this id; its hash and record, if there was one.
+    pub fn delete_token(
+        &self,
+        token_id: &str,
+    ) -> Result<Option<(Vec<u8>, TokenRecord)>, StoreError> {
+        let Some(found) = self
+            .tokens()?
+            .into_iter()
+            .find(|(_, record)| record.token_id == token_id)
+        else {
+            return Ok(None);
+        };
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(TOKENS), &found.0);
+        self.write(batch, "delete_token")?;
+        Ok(Some(found))
     }
 
     /// A run's step checkpoints, in key order.

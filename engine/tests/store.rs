@@ -11,8 +11,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use isoflow_engine::store::{
-    FILE_PAYLOAD_BYTES, LogRecord, RunRecord, RunStatus, StepRecord, StepStatus, Store,
-    StoreConfig, StoreError, now_ms,
+    FILE_PAYLOAD_BYTES, LogRecord, RunFilter, RunRecord, RunStatus, StepRecord, StepStatus, Store,
+    StoreConfig, StoreError, TenantQuotas, TenantRecord, TokenRecord, now_ms,
 };
 use serde_json::{Value, json};
 
@@ -210,6 +210,289 @@ fn unfinished_runs_are_those_not_yet_finished() {
     store.update_run(&done, None).unwrap();
     let unfinished = store.unfinished_runs().unwrap();
     assert_eq!(unfinished, [running]);
+}
+
+/// Waits for the clock's next millisecond, so that runs made on either
+/// side of it have ids in creation order.
+fn next_ms() {
+    let t = now_ms();
+    while now_ms() == t {
+        std::hint::spin_loop();
+    }
+}
+
+#[test]
+fn tenants_and_token_hashes_are_kept_and_tokens_revoked_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = TenantRecord {
+        name: "acme".into(),
+        disabled: false,
+        created_at_ms: now_ms(),
+        quotas: TenantQuotas {
+            runs_in_flight: Some(2),
+            webhook_runs_per_minute: Some(60),
+            ..TenantQuotas::default()
+        },
+    };
+    let hash = [7u8; 32];
+    let token = TokenRecord {
+        token_id: "0707070707070707".into(),
+        tenant: "acme".into(),
+        label: "ci".into(),
+        created_at_ms: now_ms(),
+    };
+    {
+        let store = open(&dir);
+        assert_eq!(store.tenant("acme").unwrap(), None);
+        store.put_tenant(&record).unwrap();
+        store.put_token(&hash, &token).unwrap();
+    }
+    let store = open(&dir);
+    assert_eq!(store.tenant("acme").unwrap(), Some(record.clone()));
+    assert_eq!(store.tenants().unwrap(), [record]);
+    assert_eq!(store.token(&hash).unwrap(), Some(token.clone()));
+    assert_eq!(store.token(&[8u8; 32]).unwrap(), None);
+    assert_eq!(store.delete_token("nope").unwrap(), None);
+    assert_eq!(
+        store.delete_token("0707070707070707").unwrap(),
+        Some((hash.to_vec(), token))
+    );
+    assert_eq!(store.token(&hash).unwrap(), None, "revoked");
+    assert!(matches!(
+        store.tenant("a\0b"),
+        Err(StoreError::InvalidKey { .. })
+    ));
+}
+
+#[test]
+fn run_filters_page_through_matches_and_bound_what_one_call_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let mut made = Vec::new();
+    for i in 0..12u32 {
+        let mut run = RunRecord::new(
+            "acme",
+            if i % 3 == 0 { "orders" } else { "stock" },
+            1 + i % 2,
+        );
+        store.create_run(&run, &json!({}), &Value::Null).unwrap();
+        if i % 4 == 0 {
+            run.status = RunStatus::Failed;
+            store.update_run(&run, None).unwrap();
+        }
+        made.push(run);
+        next_ms();
+    }
+    // Another tenant's runs never show.
+    let other = RunRecord::new("acme-eu", "orders", 1);
+    store.create_run(&other, &json!({}), &Value::Null).unwrap();
+
+    let all_pages = |filter: &RunFilter, limit: usize, max_scan: usize| {
+        let mut ids = Vec::new();
+        let mut before: Option<String> = None;
+        let mut calls = 0;
+        loop {
+            calls += 1;
+            let page = store
+                .runs_page("acme", filter, before.as_deref(), limit, max_scan)
+                .unwrap();
+            assert!(page.runs.len() <= limit);
+            ids.extend(page.runs.into_iter().map(|r| r.run_id));
+            match page.next {
+                Some(next) => before = Some(next),
+                None => return (ids, calls),
+            }
+        }
+    };
+    let expected = |keep: &dyn Fn(&RunRecord) -> bool| -> Vec<String> {
+        made.iter()
+            .rev()
+            .filter(|r| keep(r))
+            .map(|r| r.run_id.clone())
+            .collect()
+    };
+    let orders = RunFilter {
+        integration: Some("orders".into()),
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        all_pages(&orders, 2, 1000).0,
+        expected(&|r| r.integration == "orders")
+    );
+    let failed_v1 = RunFilter {
+        status: Some(RunStatus::Failed),
+        version: Some(1),
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        all_pages(&failed_v1, 100, 1000).0,
+        expected(&|r| r.status == RunStatus::Failed && r.version == 1)
+    );
+    // A time range: runs 4 to 7.
+    let range = RunFilter {
+        created_from_ms: Some(made[4].created_at_ms),
+        created_to_ms: Some(made[8].created_at_ms),
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        all_pages(&range, 100, 1000).0,
+        expected(&|r| r.created_at_ms >= made[4].created_at_ms
+            && r.created_at_ms < made[8].created_at_ms)
+    );
+    // A filter that matches nothing: each call reads at most 5 runs and
+    // says where to go on; the last call says there is nothing more.
+    let nothing = RunFilter {
+        integration: Some("missing".into()),
+        ..RunFilter::default()
+    };
+    let first = store.runs_page("acme", &nothing, None, 10, 5).unwrap();
+    assert!(first.runs.is_empty());
+    assert_eq!(first.next.as_deref(), Some(made[7].run_id.as_str()));
+    let (ids, calls) = all_pages(&nothing, 10, 5);
+    assert!(ids.is_empty());
+    assert_eq!(calls, 3, "12 runs, 5 a call");
+    // Bounded reads still find every match, only over more calls.
+    assert_eq!(all_pages(&orders, 10, 5).0, all_pages(&orders, 10, 1000).0);
+    // Without a filter, the pages join up to every run, newest first.
+    assert_eq!(
+        all_pages(&RunFilter::default(), 5, 1000).0,
+        expected(&|_| true)
+    );
+}
+
+#[test]
+fn retention_deletes_finished_runs_with_everything_they_stored_and_compaction_frees_the_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let big_inline = Value::String("b".repeat(300 * 1024));
+    let big_file = Value::String("f".repeat(FILE_PAYLOAD_BYTES + 1024));
+    let mut old = Vec::new();
+    for i in 0..6 {
+        let mut run = RunRecord::new("acme", "sync", 1);
+        let input = if i == 0 { &big_file } else { &big_inline };
+        store
+            .create_requested_run(&run, &json!({}), input, "hook\u{1}sync", &format!("k{i}"))
+            .unwrap();
+        run.status = RunStatus::Running;
+        store
+            .checkpoint(
+                &run,
+                vec![(step("fetch", None), Some(&big_inline))],
+                &[log("fetch", 1, "fetched")],
+            )
+            .unwrap();
+        run.status = RunStatus::Succeeded;
+        run.updated_at_ms = 1_000;
+        store.update_run(&run, Some(&json!({"ok": i}))).unwrap();
+        old.push(run);
+    }
+    // Unfinished, and finished but recent, and another tenant's: kept.
+    next_ms();
+    let running = RunRecord::new("acme", "sync", 1);
+    store.create_run(&running, &json!({}), &big_inline).unwrap();
+    next_ms();
+    let mut recent = RunRecord::new("acme", "sync", 1);
+    store.create_run(&recent, &json!({}), &json!(1)).unwrap();
+    recent.status = RunStatus::Failed;
+    store.update_run(&recent, None).unwrap();
+    let mut kept = RunRecord::new("globex", "sync", 1);
+    store.create_run(&kept, &json!({}), &json!(2)).unwrap();
+    kept.status = RunStatus::Succeeded;
+    kept.updated_at_ms = 1_000;
+    store.update_run(&kept, None).unwrap();
+
+    let cutoff = now_ms() - 60_000;
+    let expired = store
+        .expired_runs(
+            |tenant| (tenant == "acme").then_some(cutoff.max(2_000)),
+            100,
+        )
+        .unwrap();
+    let ids: Vec<String> = old.iter().map(|r| r.run_id.clone()).collect();
+    assert!(
+        expired.is_empty(),
+        "created in the last minute: {expired:?}"
+    );
+    let expired = store
+        .expired_runs(|tenant| (tenant == "acme").then_some(now_ms() + 1), 100)
+        .unwrap();
+    let mut expected: Vec<(String, String)> = ids
+        .iter()
+        .chain([&recent.run_id])
+        .map(|id| ("acme".to_owned(), id.clone()))
+        .collect();
+    expected.sort();
+    let mut got = expired.clone();
+    got.sort();
+    assert_eq!(got, expected, "every finished acme run, none running");
+    assert_eq!(
+        store.expired_runs(|_| Some(now_ms() + 1), 3).unwrap().len(),
+        3
+    );
+
+    let before = store.disk_usage();
+    let deleted = store.delete_runs("acme", &ids).unwrap();
+    assert_eq!(deleted, 6);
+    assert_eq!(
+        store
+            .delete_runs("acme", std::slice::from_ref(&running.run_id))
+            .unwrap(),
+        0,
+        "an unfinished run is never deleted"
+    );
+    store.compact().unwrap();
+    let after = store.disk_usage();
+    println!(
+        "store folder: {before} bytes before, {after} bytes after deleting 6 runs and compacting"
+    );
+    assert!(
+        after + 1_000_000 < before,
+        "about 3.3 MB of payloads were freed: {before} -> {after}"
+    );
+    for run in &old {
+        assert_eq!(store.run("acme", &run.run_id).unwrap(), None);
+        assert!(store.steps("acme", &run.run_id).unwrap().is_empty());
+        assert!(store.logs("acme", &run.run_id).unwrap().is_empty());
+        assert_eq!(store.run_input("acme", &run.run_id).unwrap(), None);
+        assert_eq!(store.run_output("acme", &run.run_id).unwrap(), None);
+        assert_eq!(
+            store.step_output("acme", &run.run_id, "fetch").unwrap(),
+            None
+        );
+    }
+    // The request keys that started them are gone, but the last of the
+    // scope stays (with no run), so a schedule keeps its place.
+    for i in 0..5 {
+        assert_eq!(
+            store
+                .requested_run("acme", "hook\u{1}sync", &format!("k{i}"))
+                .unwrap(),
+            None
+        );
+    }
+    assert_eq!(
+        store.last_request("acme", "hook\u{1}sync").unwrap(),
+        Some(("k5".to_owned(), String::new()))
+    );
+    assert!(
+        walk(&dir.path().join("payloads"))
+            .iter()
+            .all(|f| !f.to_string_lossy().contains("json")),
+        "payload files are gone"
+    );
+    let left: Vec<String> = store
+        .runs("acme", 100)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
+    assert_eq!(left, [recent.run_id.clone(), running.run_id.clone()]);
+    assert_eq!(
+        store.run_input("acme", &running.run_id).unwrap(),
+        Some(big_inline)
+    );
+    assert!(store.run("globex", &kept.run_id).unwrap().is_some());
+    assert_eq!(store.unfinished_runs().unwrap(), [running]);
 }
 
 const CHILD_DIR: &str = "ISOFLOW_TEST_STORE_CHILD_DIR";

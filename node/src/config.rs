@@ -48,6 +48,7 @@ pub struct Config {
     pub egress: Egress,
     pub limits: Limits,
     pub vault: Vault,
+    pub retention: Retention,
     /// Refused with a sentence: credentials of a node live in its vault.
     credentials: Vec<toml::Value>,
     /// The largest payload a run may take or produce.
@@ -74,6 +75,7 @@ impl Default for Config {
             egress: Egress::default(),
             limits: Limits::default(),
             vault: Vault::default(),
+            retention: Retention::default(),
             credentials: Vec::new(),
             max_payload_bytes: 1 << 30,
             keyring: None,
@@ -192,6 +194,71 @@ pub struct Auth {
     pub tokens: Vec<ApiToken>,
     /// The token workers present to the coordinator (required in a cluster).
     pub cluster_token: Option<String>,
+    /// A file holding the admin token (`isoflow.v1.Admin`: tenants, their
+    /// tokens and quotas), only its owner may read it. Without it (or
+    /// `ISOFLOW_ADMIN_TOKEN`) admin calls are refused. With it, every API
+    /// caller needs a token, even with none in `tokens`.
+    pub admin_token_file: Option<PathBuf>,
+    /// The admin token, read by `load` from `ISOFLOW_ADMIN_TOKEN` or
+    /// `admin_token_file`.
+    #[serde(skip)]
+    pub admin_token: Option<Password>,
+}
+
+/// How long finished runs are kept (coordinator and all).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    /// Finished runs are deleted this long after they ended, with their
+    /// input, steps, outputs and logs (e.g. "30days"); a tenant's own
+    /// setting beats it. Unset or 0: kept forever.
+    #[serde(with = "humantime_serde")]
+    pub keep: Option<Duration>,
+    /// How often the coordinator looks for runs to delete.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            keep: None,
+            sweep_interval: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+impl Auth {
+    /// The admin token: `ISOFLOW_ADMIN_TOKEN`, else the content of
+    /// `admin_token_file` (its trailing line break dropped), which only its
+    /// owner may read.
+    fn read_admin_token(&self, env: &HashMap<String, String>) -> anyhow::Result<Option<Password>> {
+        if let Some(token) = env.get("ISOFLOW_ADMIN_TOKEN").filter(|t| !t.is_empty()) {
+            return Ok(Some(Password(token.clone())));
+        }
+        let Some(path) = &self.admin_token_file else {
+            return Ok(None);
+        };
+        use std::os::unix::fs::PermissionsExt;
+        let cannot = || format!("auth.admin_token_file {}: cannot read it", path.display());
+        let file = std::fs::File::open(path).with_context(cannot)?;
+        let mode = file.metadata().with_context(cannot)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            bail!(
+                "auth.admin_token_file {} may be read by others (mode {:o}): chmod 600 it",
+                path.display(),
+                mode & 0o777
+            );
+        }
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(file, 4096), &mut text)
+            .with_context(cannot)?;
+        let token = text.trim_end_matches(['\n', '\r']);
+        if token.is_empty() {
+            bail!("auth.admin_token_file {} is empty", path.display());
+        }
+        Ok(Some(Password(token.to_owned())))
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -609,6 +676,7 @@ impl Config {
         if let Some(dir) = &flags.data_dir {
             config.data_dir = Some(dir.clone());
         }
+        config.auth.admin_token = config.auth.read_admin_token(env)?;
         config.check()?;
         config.keyring = config.vault.keyring(env)?.map(Arc::new);
         Ok(config)
@@ -787,9 +855,25 @@ impl Config {
                 bail!("etcd.endpoints is empty: a cluster node needs etcd");
             }
         }
-        if self.role == Role::Coordinator && self.auth.tokens.is_empty() {
+        if let Some(admin) = &self.auth.admin_token {
+            if admin.0.len() < 16 {
+                bail!("the admin token is shorter than 16 characters");
+            }
+            if self.auth.tokens.iter().any(|t| t.token == admin.0)
+                || self.auth.cluster_token.as_deref() == Some(admin.0.as_str())
+            {
+                bail!("the admin token is also an API or cluster token: give it its own");
+            }
+        }
+        if self.retention.sweep_interval.is_zero() {
+            bail!("retention.sweep_interval must be more than 0");
+        }
+        if self.role == Role::Coordinator
+            && self.auth.tokens.is_empty()
+            && self.auth.admin_token.is_none()
+        {
             bail!(
-                "a coordinator needs at least one API token (auth.tokens or ISOFLOW_API_TOKENS): every API call in a cluster is authenticated"
+                "a coordinator needs at least one API token (auth.tokens or ISOFLOW_API_TOKENS) or an admin token to issue them (auth.admin_token_file): every API call in a cluster is authenticated"
             );
         }
         let mut tenant_of = HashMap::new();
@@ -819,6 +903,7 @@ impl Config {
         self.check_etcd()?;
         if self.role == Role::All
             && self.auth.tokens.is_empty()
+            && self.auth.admin_token.is_none()
             && !self.api.listen.ip().is_loopback()
         {
             bail!(
@@ -1056,6 +1141,11 @@ mod tests {
             config.http.oauth_callback().as_deref(),
             Some("https://isoflow.example.com/oauth/callback")
         );
+        assert_eq!(
+            config.retention.keep,
+            Some(Duration::from_secs(90 * 86_400))
+        );
+        assert_eq!(config.retention.sweep_interval, Duration::from_secs(3600));
         assert_eq!(config.advertise(), "https://10.0.0.5:7700");
         assert_eq!(
             config.tls.client_ca.as_deref(),
@@ -1340,6 +1430,50 @@ mod tests {
             error,
             format!("etcd.password_file {} is empty", file.display())
         );
+    }
+
+    #[test]
+    fn the_admin_token_comes_from_its_file_or_the_environment_and_is_its_own() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("admin-token");
+        std::fs::write(&file, "admin-token-0123456789\n").expect("write");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let text = format!("[auth]\nadmin_token_file = \"{}\"\n", file.display());
+        let error = load_text(&text)
+            .expect_err("others may read it")
+            .to_string();
+        assert!(error.contains("chmod 600"), "{error}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let config = load_text(&text).expect("valid");
+        assert_eq!(
+            config.auth.admin_token,
+            Some(Password("admin-token-0123456789".into()))
+        );
+        // With an admin token, a coordinator needs no API token in its file,
+        // and an all node may listen beyond loopback: every call needs a
+        // token.
+        load_text(&format!(
+            "role = \"coordinator\"\n[api]\nlisten = \"0.0.0.0:7700\"\n{text}cluster_token = \"cluster-token-0123456789\"\n"
+        ))
+        .expect("a coordinator with an admin token");
+        let error = load_text(&format!(
+            "{text}[[auth.tokens]]\ntenant = \"a\"\ntoken = \"admin-token-0123456789\"\n"
+        ))
+        .expect_err("the same token")
+        .to_string();
+        assert_eq!(
+            error,
+            "the admin token is also an API or cluster token: give it its own"
+        );
+        let from_env = Config::load(&Flags::default(), &env(&[("ISOFLOW_ADMIN_TOKEN", "short")]))
+            .expect_err("short")
+            .to_string();
+        assert_eq!(from_env, "the admin token is shorter than 16 characters");
+        let error = load_text("[retention]\nkeep = \"forever\"\n")
+            .expect_err("not a duration")
+            .to_string();
+        assert!(error.contains("isoflow.toml:2"), "{error}");
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //! between tenants, worker slots),
 //! `server/cluster.rs` (the coordinator's side of a worker's stream),
 //! `server/worker.rs` (the worker's side), `server/api.rs` (the public API),
+//! `server/admin.rs` and `server/tenants.rs` (tenants, their tokens and
+//! quotas), `server/retention.rs` (deleting old runs),
 //! `server/etcd.rs` (membership and election), `server/tls.rs` (certificates).
 
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use isoflow_engine::credential::{Credentials, StaticCredentials};
 use isoflow_engine::run::{Engine, EngineConfig};
 use isoflow_engine::store::{Store, StoreConfig};
 use isoflow_proto::MAX_MESSAGE_BYTES;
+use isoflow_proto::v1::admin_server::AdminServer;
 use isoflow_proto::v1::cluster_server::ClusterServer;
 use isoflow_proto::v1::isoflow_server::IsoflowServer;
 use tokio::sync::watch;
@@ -35,6 +38,7 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::config::{Config, Role};
 
+pub mod admin;
 pub mod alerts;
 pub mod api;
 pub mod auth;
@@ -46,7 +50,9 @@ pub mod etcd;
 pub mod hooks;
 mod oauth;
 pub mod payload;
+pub mod retention;
 pub mod scheduler;
+pub mod tenants;
 pub mod tls;
 pub mod worker;
 
@@ -255,6 +261,13 @@ async fn serve_grpc(
     let alert_client = isoflow_engine::action::http::Client::new(&config.egress.policy()?)
         .map_err(|e| anyhow::anyhow!("cannot make the alerts' http client: {e}"))?;
     let alerts = tokio::spawn(alerts::run(coordinator.clone(), alert_client, stop.clone()));
+    // Old runs are deleted where the store is, too.
+    let retention = tokio::spawn(retention::run(
+        coordinator.clone(),
+        config.retention.keep,
+        config.retention.sweep_interval,
+        stop.clone(),
+    ));
     let hooks = match config.http.listen {
         Some(http) => {
             let listener = tokio::net::TcpListener::bind(http)
@@ -274,6 +287,10 @@ async fn serve_grpc(
         .tokens
         .iter()
         .map(|t| (t.tenant.clone(), t.token.clone()));
+    let api_auth = auth::ApiAuth::new(tokens).with_tenants(
+        coordinator.tenants.clone(),
+        config.auth.admin_token.is_some(),
+    );
     let api = InterceptedService::new(
         IsoflowServer::new(api::Api {
             coordinator: coordinator.clone(),
@@ -282,7 +299,22 @@ async fn serve_grpc(
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        auth::ApiAuth::new(tokens),
+        api_auth.clone(),
+    );
+    let admin = InterceptedService::new(
+        AdminServer::new(admin::AdminService {
+            coordinator: coordinator.clone(),
+            config_tenants: config
+                .auth
+                .tokens
+                .iter()
+                .map(|t| t.tenant.clone())
+                .collect(),
+        }),
+        auth::AdminAuth::new(
+            config.auth.admin_token.as_ref().map(|t| t.0.as_str()),
+            api_auth,
+        ),
     );
     let cluster = cluster_token.map(|token| {
         InterceptedService::new(
@@ -315,6 +347,7 @@ async fn serve_grpc(
     );
     server
         .add_service(api)
+        .add_service(admin)
         .add_optional_service(cluster)
         // Nagle off on every accepted connection: small messages (an Ack,
         // a step update) must not wait for the peer's delayed ACK.
@@ -330,5 +363,6 @@ async fn serve_grpc(
     }
     schedules.await?;
     alerts.await?;
+    retention.await?;
     Ok(())
 }

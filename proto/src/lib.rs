@@ -1,5 +1,6 @@
 //! Isoflow's gRPC API, `isoflow.v1`: the public API (`Isoflow`: integrations
-//! and runs) and the internal one (`Cluster`: how workers take work from the
+//! and runs), tenant administration (`Admin`: tenants, their tokens and
+//! quotas) and the internal one (`Cluster`: how workers take work from the
 //! coordinator), generated from `proto/isoflow/v1/*.proto` at build time.
 //!
 //! This crate is the only thing the client crate depends on, so it stays
@@ -75,6 +76,14 @@ mod hidden {
         }
     }
 
+    impl fmt::Debug for v1::IssuedToken {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("IssuedToken")
+                .field("info", &self.info)
+                .finish_non_exhaustive()
+        }
+    }
+
     #[cfg(test)]
     mod tests {
         use super::v1;
@@ -113,6 +122,11 @@ mod hidden {
                 shown.contains("client") && !shown.contains("s3cret") && !shown.contains("r3fresh"),
                 "{shown}"
             );
+            let issued = v1::IssuedToken {
+                info: None,
+                token: "ifl_s3cret".into(),
+            };
+            assert!(!format!("{issued:?}").contains("s3cret"));
         }
     }
 }

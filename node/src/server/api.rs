@@ -11,7 +11,7 @@ use isoflow_engine::credential::oauth2;
 use isoflow_engine::credential::vault::{Vault, VaultError};
 use isoflow_engine::model;
 use isoflow_engine::run::inline_code;
-use isoflow_engine::store::{Deployed, IntegrationRecord, RunRecord, RunStatus, now_ms};
+use isoflow_engine::store::{Deployed, IntegrationRecord, RunFilter, RunRecord, RunStatus, now_ms};
 use isoflow_proto::v1::isoflow_server::Isoflow;
 use isoflow_proto::{CHUNK_BYTES, v1};
 use tokio::sync::broadcast::error::RecvError;
@@ -130,7 +130,7 @@ impl Api {
                 ));
             }
         };
-        let limit = self.coordinator.max_payload_bytes;
+        let limit = self.coordinator.tenants.payload_limit(tenant);
         let mut input = Vec::new();
         while let Some(message) = stream.message().await? {
             match message.part {
@@ -366,25 +366,23 @@ impl Isoflow for Api {
         let tenant = tenant(&request)?;
         let request = request.into_inner();
         let limit = list_limit(request.limit);
-        // The token is the last run id of the previous page: run ids order
-        // a tenant's runs, and the key it names is under the caller's tenant.
-        let before = Some(request.page_token).filter(|t| !t.is_empty());
+        // The token is the last run id the previous page examined: run ids
+        // order a tenant's runs, and the key it names is under the
+        // caller's tenant.
+        let before = Some(request.page_token.clone()).filter(|t| !t.is_empty());
         if let Some(token) = &before {
             check_run_id(token)
                 .map_err(|_| Status::invalid_argument("page_token is not one ListRuns gave"))?;
         }
+        let filter = run_filter(&request)?;
         let store = self.coordinator.store.clone();
-        let mut runs =
-            blocking(move || Ok(store.runs_before(&tenant, before.as_deref(), limit + 1)?)).await?;
-        let next_page_token = if runs.len() > limit {
-            runs.truncate(limit);
-            runs.last().map(|r| r.run_id.clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let page = blocking(move || {
+            Ok(store.runs_page(&tenant, &filter, before.as_deref(), limit, MAX_SCAN)?)
+        })
+        .await?;
         Ok(Response::new(v1::ListRunsResponse {
-            runs: runs.iter().map(|r| convert::run(r, &[])).collect(),
-            next_page_token,
+            runs: page.runs.iter().map(|r| convert::run(r, &[])).collect(),
+            next_page_token: page.next.unwrap_or_default(),
         }))
     }
 
@@ -823,7 +821,11 @@ impl Isoflow for Api {
 const DEFAULT_LIST: usize = 100;
 const MAX_LIST: usize = 1_000;
 
-/// The number of runs a `ListRuns` asking for `requested` gets.
+/// The most stored runs one `ListRuns` reads: a filter that matches few
+/// runs answers a page short (with a token to go on) instead of reading a
+/// tenant's whole history in one call.
+const MAX_SCAN: usize = 10_000;
+
 /// The most log lines one GetRunLogs page holds.
 const MAX_LOG_PAGE: usize = 10_000;
 
@@ -916,6 +918,38 @@ fn trigger_info(
         }
     }
     Ok(info)
+}
+
+/// A `ListRuns` request's filters, checked.
+fn run_filter(request: &v1::ListRunsRequest) -> Result<RunFilter, Status> {
+    if request.integration.contains('\0') {
+        return Err(Status::invalid_argument(
+            "integration holds a NUL character",
+        ));
+    }
+    let status =
+        match request.status {
+            0 => None,
+            n => Some(convert::run_status_from(n).ok_or_else(|| {
+                Status::invalid_argument(format!("status {n} is not a run status"))
+            })?),
+        };
+    let created_from_ms = (request.created_from_ms != 0).then_some(request.created_from_ms);
+    let created_to_ms = (request.created_to_ms != 0).then_some(request.created_to_ms);
+    if let (Some(from), Some(to)) = (created_from_ms, created_to_ms)
+        && from >= to
+    {
+        return Err(Status::invalid_argument(format!(
+            "created_from_ms ({from}) is not before created_to_ms ({to}): no run can match"
+        )));
+    }
+    Ok(RunFilter {
+        integration: Some(request.integration.clone()).filter(|i| !i.is_empty()),
+        version: (request.version != 0).then_some(request.version),
+        status,
+        created_from_ms,
+        created_to_ms,
+    })
 }
 
 fn list_limit(requested: u32) -> usize {

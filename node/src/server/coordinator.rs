@@ -46,6 +46,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::convert;
 use super::scheduler::{Admitted, Revoked, Scheduler, Written};
+use super::tenants::Tenants;
 
 pub use super::scheduler::RunKey;
 
@@ -113,6 +114,9 @@ pub enum ApplyError {
 pub struct Coordinator {
     pub id: String,
     pub store: Arc<Store>,
+    /// Tenants created through the admin API: issued tokens, quotas,
+    /// disabled or not.
+    pub tenants: Arc<Tenants>,
     /// The tenants' credentials; `None` when no vault key is configured.
     pub vault: Option<Arc<Vault>>,
     pub max_payload_bytes: u64,
@@ -149,6 +153,10 @@ impl Coordinator {
     ) -> anyhow::Result<Arc<Self>> {
         let (updates, _) = broadcast::channel(4096);
         let mut scheduler = Scheduler::new(tenant_runs_in_flight);
+        let tenants = Tenants::load(store.clone(), max_payload_bytes)?;
+        for record in tenants.records() {
+            scheduler.set_tenant_limit(&record.name, record.quotas.runs_in_flight);
+        }
         for run in store.unfinished_runs()? {
             scheduler.enqueue((run.tenant, run.run_id));
         }
@@ -161,6 +169,7 @@ impl Coordinator {
         Ok(Arc::new(Coordinator {
             id,
             store,
+            tenants,
             vault,
             max_payload_bytes,
             state: Mutex::new(State {
@@ -255,8 +264,11 @@ impl Coordinator {
         let (tenant, name) = (tenant.to_owned(), integration.to_owned());
         let started = tokio::task::spawn_blocking(move || {
             let _one_at_a_time = request.as_ref().map(|_| lock(&starting));
+            // A key kept with no run (its run was deleted by retention)
+            // starts a new one.
             if let Some((scope, key)) = &request
                 && let Some(run_id) = store.requested_run(&tenant, scope, key)?
+                && !run_id.is_empty()
                 && let Some(run) = store.run(&tenant, &run_id)?
             {
                 return Ok(Some((run, false)));
@@ -278,6 +290,13 @@ impl Coordinator {
             self.enqueue((run.tenant.clone(), run.run_id.clone()));
         }
         Ok(started)
+    }
+
+    /// Gives `tenant` its own limit of runs in flight (`None`: the
+    /// node's default), and dispatches what it now allows.
+    pub fn set_tenant_runs_in_flight(self: &Arc<Self>, tenant: &str, limit: Option<u32>) {
+        lock(&self.state).scheduler.set_tenant_limit(tenant, limit);
+        self.dispatch();
     }
 
     /// Queues a run that was just stored.

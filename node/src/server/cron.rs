@@ -25,6 +25,8 @@
 //!   from the tenant, integration, trigger and tick, so every node agrees.
 //! - Paused (`SetTriggerPaused`): ticks pass as skipped, so resuming does
 //!   not catch up on the paused time.
+//!
+//! A disabled tenant's triggers do not fire.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -220,6 +222,11 @@ pub async fn fire_due(
     let live: std::collections::HashSet<_> = latest.iter().cloned().collect();
     schedules.0.retain(|key, _| live.contains(key));
     for (tenant, name, version) in latest {
+        // A disabled tenant's ticks do not fire (nor are they recorded: an
+        // enabled tenant's schedule goes on as `catch_up` says).
+        if coordinator.tenants.is_disabled(&tenant) {
+            continue;
+        }
         let crons = schedules.of(&coordinator.store, &tenant, &name, version)?;
         for cron in crons.iter() {
             if let Err(e) = fire(coordinator, &tenant, &name, cron, now).await {

@@ -10,16 +10,21 @@
 //!
 //! Every answer is JSON. 404 for anything unknown (a tenant, an
 //! integration, a trigger, or a token that is wrong: a caller cannot tell
-//! which); 401 for a missing, malformed, wrong or stale signature; 413 over
-//! the payload limit; 415 for another content type; 400 for a body that
-//! does not parse. `async` answers 202 with the run id and a `Location`;
-//! `sync` waits up to the trigger's `timeout` and answers 200 with the
-//! run's output, 500 with its error if it failed, or 202 as `async` if it
-//! is still going. An `Idempotency-Key` header makes a retried delivery
-//! answer with the run the first one started.
+//! which), and for a disabled tenant's webhooks; 401 for a missing,
+//! malformed, wrong or stale signature; 413 over the tenant's payload limit
+//! (its quota, else the node's); 415 for another content type; 400 for a
+//! body that does not parse; 429 with `Retry-After` when the tenant has
+//! started its `webhook_runs_per_minute` (a token bucket per tenant, kept
+//! in memory: a restarted node starts every bucket full). `async` answers
+//! 202 with the run id and a `Location`; `sync` waits up to the trigger's
+//! `timeout` and answers 200 with the run's output, 500 with its error if
+//! it failed, or 202 as `async` if it is still going. An
+//! `Idempotency-Key` header makes a retried delivery answer with the run
+//! the first one started.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -45,6 +50,45 @@ pub const SIGNATURE_HEADER: &str = "x-isoflow-signature";
 #[derive(Debug, Clone)]
 struct Hooks {
     coordinator: Arc<Coordinator>,
+    /// Each tenant's bucket of webhook runs.
+    buckets: Arc<std::sync::Mutex<HashMap<String, Bucket>>>,
+}
+
+/// A token bucket: `rate` runs a minute, up to `rate` at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    /// Takes one run from a bucket of `rate` a minute at `now`; when it is
+    /// empty, how long until it holds one.
+    pub fn take(
+        bucket: Option<&mut Bucket>,
+        rate: u32,
+        now: Instant,
+    ) -> (Bucket, Result<(), Duration>) {
+        let per_second = f64::from(rate) / 60.0;
+        let capacity = f64::from(rate);
+        let mut current = match bucket {
+            Some(b) => *b,
+            None => Bucket {
+                tokens: capacity,
+                at: now,
+            },
+        };
+        let elapsed = now.saturating_duration_since(current.at).as_secs_f64();
+        current.tokens = (current.tokens + elapsed * per_second).min(capacity);
+        current.at = now;
+        if current.tokens >= 1.0 {
+            current.tokens -= 1.0;
+            (current, Ok(()))
+        } else {
+            let wait = (1.0 - current.tokens) / per_second;
+            (current, Err(Duration::from_secs_f64(wait)))
+        }
+    }
 }
 
 /// The listener's routes.
@@ -55,7 +99,10 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
             "/hooks/{tenant}/{integration}/{trigger}/{token}",
             post(with_token),
         )
-        .with_state(Hooks { coordinator })
+        .with_state(Hooks {
+            coordinator,
+            buckets: Arc::default(),
+        })
 }
 
 /// Serves `router` on `listener` until `stop`.
@@ -74,18 +121,33 @@ pub async fn serve(
 }
 
 /// A refusal: its status, and one sentence, answered as
-/// `{"error": sentence}`.
+/// `{"error": sentence}`; with a `Retry-After` (seconds) when it says when
+/// to try again.
 #[derive(Debug)]
-struct Refusal(StatusCode, String);
+struct Refusal(StatusCode, String, Option<u64>);
+
+impl Refusal {
+    fn limited(sentence: String, retry_after: u64) -> Refusal {
+        Refusal(StatusCode::TOO_MANY_REQUESTS, sentence, Some(retry_after))
+    }
+}
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        (self.0, axum::Json(json!({ "error": self.1 }))).into_response()
+        match self.2 {
+            Some(seconds) => (
+                self.0,
+                [(header::RETRY_AFTER, seconds.to_string())],
+                axum::Json(json!({ "error": self.1, "retry_after_seconds": seconds })),
+            )
+                .into_response(),
+            None => (self.0, axum::Json(json!({ "error": self.1 }))).into_response(),
+        }
     }
 }
 
 fn error(status: StatusCode, sentence: impl Into<String>) -> Refusal {
-    Refusal(status, sentence.into())
+    Refusal(status, sentence.into(), None)
 }
 
 fn not_found() -> Refusal {
@@ -152,6 +214,9 @@ impl Hooks {
         headers: &HeaderMap,
         body: Body,
     ) -> Result<Response, Refusal> {
+        if self.coordinator.tenants.is_disabled(tenant) {
+            return Err(not_found());
+        }
         let webhook = self.webhook(tenant, integration, trigger).await?;
         let secret = self.secret(tenant, &webhook).await?;
         match (webhook.auth, token) {
@@ -163,11 +228,12 @@ impl Hooks {
             (WebhookAuth::Hmac, None) => {}
             _ => return Err(not_found()),
         }
-        let limit = usize::try_from(self.coordinator.max_payload_bytes).unwrap_or(usize::MAX);
+        let limit =
+            usize::try_from(self.coordinator.tenants.payload_limit(tenant)).unwrap_or(usize::MAX);
         let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
             error(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the body is over this node's payload limit of {limit} bytes"),
+                format!("the body is over the tenant's payload limit of {limit} bytes"),
             )
         })?;
         if webhook.auth == WebhookAuth::Hmac {
@@ -194,6 +260,7 @@ impl Hooks {
                 ))
             }
         };
+        self.admit(tenant)?;
         let updates = self.coordinator.subscribe();
         let (run, created) = self
             .coordinator
@@ -220,6 +287,30 @@ impl Hooks {
             return Ok(self.outcome(tenant, &run.run_id).await);
         }
         Ok(accepted(&run.run_id))
+    }
+
+    /// Takes a run from the tenant's bucket, or refuses with 429 and when
+    /// to try again.
+    fn admit(&self, tenant: &str) -> Result<(), Refusal> {
+        let Some(rate) = self.coordinator.tenants.webhook_runs_per_minute(tenant) else {
+            return Ok(());
+        };
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (bucket, taken) = Bucket::take(buckets.get_mut(tenant), rate, Instant::now());
+        buckets.insert(tenant.to_owned(), bucket);
+        taken.map_err(|wait| {
+            let seconds = wait.as_secs() + 1;
+            Refusal::limited(
+                format!(
+                    "tenant {tenant:?} has started its {rate} webhook runs this minute: \
+                     try again in {seconds} s"
+                ),
+                seconds,
+            )
+        })
     }
 
     /// The latest version's webhook trigger `trigger`, or 404.
@@ -476,6 +567,33 @@ mod tests {
         assert!(verify_signature(&with_signature(&moved), body, b"k3y", now).is_err());
         assert!(verify_signature(&HeaderMap::new(), body, b"k3y", now).is_err());
         assert!(verify_signature(&with_signature("v1=zz"), body, b"k3y", now).is_err());
+    }
+
+    #[test]
+    fn a_bucket_gives_its_rate_at_once_then_one_run_per_share_of_a_minute() {
+        let start = Instant::now();
+        let mut bucket = None;
+        let mut take = |at: Duration| {
+            let (next, taken) = Bucket::take(bucket.as_mut(), 6, start + at);
+            bucket = Some(next);
+            taken
+        };
+        for _ in 0..6 {
+            assert_eq!(take(Duration::ZERO), Ok(()));
+        }
+        let wait = take(Duration::ZERO).expect_err("empty");
+        assert!(
+            (9.9..=10.1).contains(&wait.as_secs_f64()),
+            "6 a minute: one every 10 s, {wait:?}"
+        );
+        assert!(take(Duration::from_secs(5)).is_err(), "half a run");
+        assert_eq!(take(Duration::from_secs(10)), Ok(()));
+        assert!(take(Duration::from_secs(10)).is_err());
+        // A long pause fills it up to its rate, no more.
+        for _ in 0..6 {
+            assert_eq!(take(Duration::from_secs(3600)), Ok(()));
+        }
+        assert!(take(Duration::from_secs(3600)).is_err());
     }
 
     #[test]

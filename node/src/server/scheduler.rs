@@ -31,7 +31,9 @@
 //!
 //! A tenant with `tenant_runs_in_flight` assignments (those revoked but
 //! still writing included: they hold a slot) is skipped until one ends;
-//! its runs wait while other tenants' runs go. 0 means no limit.
+//! its runs wait while other tenants' runs go. 0 means no limit. A
+//! tenant's own limit ([`Scheduler::set_tenant_limit`], its quota set
+//! through the admin API) replaces that default for it.
 //!
 //! The run chosen goes to the worker with the most free slots, ties to the
 //! one given the fewest runs since it joined, so idle workers take turns;
@@ -133,6 +135,8 @@ struct Tenant {
 pub struct Scheduler {
     /// Assignments a tenant may hold at once; 0: no limit.
     tenant_runs_in_flight: u32,
+    /// Tenants' own limits, in place of `tenant_runs_in_flight`.
+    limits: HashMap<String, u32>,
     /// Every tenant seen: a tenant's turn must outlive its runs.
     tenants: HashMap<String, Tenant>,
     /// Tenants with waiting runs, in the order they are served.
@@ -154,6 +158,7 @@ impl Scheduler {
     pub fn new(tenant_runs_in_flight: u32) -> Scheduler {
         Scheduler {
             tenant_runs_in_flight,
+            limits: HashMap::new(),
             tenants: HashMap::new(),
             turns: BTreeSet::new(),
             queued: HashSet::new(),
@@ -163,6 +168,24 @@ impl Scheduler {
             served: 0,
             arrivals: 0,
         }
+    }
+
+    /// Gives `tenant` its own limit of assignments at once (0: none), or
+    /// back the default with `None`. Lowering it takes nothing back: the
+    /// tenant waits until its runs in flight are under the new limit.
+    pub fn set_tenant_limit(&mut self, tenant: &str, limit: Option<u32>) {
+        match limit {
+            Some(limit) => self.limits.insert(tenant.to_owned(), limit),
+            None => self.limits.remove(tenant),
+        };
+    }
+
+    /// The assignments `tenant` may hold at once; 0: no limit.
+    fn limit_of(&self, tenant: &str) -> u32 {
+        self.limits
+            .get(tenant)
+            .copied()
+            .unwrap_or(self.tenant_runs_in_flight)
     }
 
     /// Runs waiting.
@@ -238,6 +261,7 @@ impl Scheduler {
             let Some((turn, tenant_id)) = self.next_tenant() else {
                 break;
             };
+            let limit = self.limit_of(&tenant_id);
             self.served += 1;
             self.turns.remove(&(turn, tenant_id.clone()));
             let tenant = self
@@ -249,9 +273,7 @@ impl Scheduler {
                 .pop_front()
                 .expect("a tenant in turn has a run waiting");
             tenant.in_flight += 1;
-            debug_assert!(
-                self.tenant_runs_in_flight == 0 || tenant.in_flight <= self.tenant_runs_in_flight
-            );
+            debug_assert!(limit == 0 || tenant.in_flight <= limit);
             tenant.turn = (self.served, 0);
             if !tenant.queue.is_empty() {
                 self.turns.insert((tenant.turn, tenant_id.clone()));
@@ -301,11 +323,12 @@ impl Scheduler {
         self.turns
             .iter()
             .find(|(_, tenant)| {
-                self.tenant_runs_in_flight == 0
+                let limit = self.limit_of(tenant);
+                limit == 0
                     || self
                         .tenants
                         .get(tenant)
-                        .is_some_and(|t| t.in_flight < self.tenant_runs_in_flight)
+                        .is_some_and(|t| t.in_flight < limit)
             })
             .cloned()
     }

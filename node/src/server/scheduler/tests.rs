@@ -101,6 +101,30 @@ fn a_tenant_at_its_limit_waits_while_others_go() {
 }
 
 #[test]
+fn a_tenants_own_limit_replaces_the_default_for_it_alone() {
+    let mut scheduler = Scheduler::new(2);
+    let mut ids = Ids::default();
+    scheduler.add_worker("w", 10);
+    scheduler.set_tenant_limit("a", Some(1));
+    scheduler.set_tenant_limit("c", Some(0));
+    for tenant in ["a", "b", "c"] {
+        for i in 0..4 {
+            scheduler.enqueue(key(tenant, &format!("{tenant}{i}")));
+        }
+    }
+    let mut first = runs_of(&scheduler.dispatch(ids.next()));
+    first.sort();
+    assert_eq!(
+        first,
+        ["a0", "b0", "b1", "c0", "c1", "c2", "c3"],
+        "a: 1, b: the default 2, c: no limit"
+    );
+    // Back to the default: a may hold two.
+    scheduler.set_tenant_limit("a", None);
+    assert_eq!(runs_of(&scheduler.dispatch(ids.next())), ["a1"]);
+}
+
+#[test]
 fn a_run_taken_back_mid_write_is_queued_once_the_write_ends_and_goes_first() {
     let mut scheduler = Scheduler::new(0);
     let mut ids = Ids::default();
