@@ -3,6 +3,8 @@
 //! plain HTTP/1.1 as a sender would; each test checks what the caller gets
 //! (status, JSON) and what the node did (the run, its input, how many
 //! runs). A cron trigger is watched across a SIGKILL and a restart.
+//! Alerts go to a loopback HTTP receiver; a failed run is run again from
+//! its failed step against a counting HTTP server.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -13,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use isoflow_client::Client;
 use isoflow_proto::v1;
 use isoflow_testkit::process::Process;
-use isoflow_testkit::{HttpFixture, Responder, free_port};
+use isoflow_testkit::{HttpFixture, Reply, Responder, free_port};
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(120);
@@ -194,6 +196,10 @@ fn a_token_webhook_starts_a_run_once_per_idempotency_key() {
             .expect("connects");
         let run = client.wait(&run_id).await.expect("ends");
         assert_eq!(run.status(), v1::RunStatus::Succeeded, "{run:?}");
+        assert_eq!(
+            run.trigger, "webhook:by-token",
+            "what started it is recorded"
+        );
         client.output(&run_id).await.expect("an output")
     });
     assert_eq!(run, json!({ "got": { "order": 7 } }));
@@ -259,6 +265,7 @@ fn a_token_webhook_starts_a_run_once_per_idempotency_key() {
             once.run_id, twice.run_id,
             "a retried StartRun answers with its run"
         );
+        assert_eq!(once.trigger, "api");
         client.wait(&once.run_id).await.expect("ends");
     });
     assert_eq!(runs(&node, ACME).len(), 3);
@@ -404,6 +411,7 @@ fn ticks(node: &Node) -> Vec<String> {
             }
             let run = client.wait(&run.run_id).await.expect("ends");
             assert_eq!(run.status(), v1::RunStatus::Succeeded, "{run:?}");
+            assert_eq!(run.trigger, "cron:every-second");
             let output = client.output(&run.run_id).await.expect("an output");
             assert_eq!(output["trigger"], json!("every-second"));
             ticks.push(output["tick"].as_str().expect("a tick").to_owned());
@@ -518,4 +526,157 @@ fn a_failed_run_sends_one_signed_alert_per_window_and_a_slow_one_its_own() {
     }
     causes.sort();
     assert_eq!(causes, ["failed", "slow"]);
+}
+
+/// fetch (GET) → shape (code) → post (POST) → done (code), against a
+/// counting server whose POST fails the first time.
+fn rerun_definition(fixture: &HttpFixture) -> String {
+    format!(
+        r#"
+apiVersion: isoflow.dev/v1
+name: orders
+version: 2
+steps:
+  - id: fetch
+    type: http
+    url: "{fetch}"
+  - id: shape
+    type: code
+    source: "export default (input) => ({{ count: input.orders.length, tag: input.tag }})"
+    input: {{ orders: "{{{{ steps.fetch.output.body.orders }}}}", tag: "{{{{ input.tag }}}}" }}
+  - id: post
+    type: http
+    method: POST
+    url: "{post}"
+    body: "{{{{ steps.shape.output }}}}"
+  - id: done
+    type: code
+    source: "export default (input) => ({{ sent: input.sent, status: input.status }})"
+    input: {{ sent: "{{{{ steps.shape.output }}}}", status: "{{{{ steps.post.output.status }}}}" }}
+"#,
+        fetch = fixture.url("/orders"),
+        post = fixture.url("/erp"),
+    )
+}
+
+#[test]
+fn a_failed_run_reruns_from_its_failed_step_and_the_steps_before_are_not_run_again() {
+    let node = start();
+    let fixture = HttpFixture::start();
+    fixture.route(
+        "GET",
+        "/orders",
+        Responder::Fixed(Reply::json(200, &json!({ "orders": [1, 2, 3] }))),
+    );
+    fixture.route(
+        "POST",
+        "/erp",
+        Responder::Sequence(vec![
+            Reply::text(500, "the ERP is down"),
+            Reply::json(201, &json!({ "ok": true })),
+        ]),
+    );
+    runtime().block_on(async {
+        let acme = Client::connect(&node.api, Some(ACME))
+            .await
+            .expect("connects");
+        acme.deploy(&rerun_definition(&fixture), "orders.yaml", HashMap::new())
+            .await
+            .expect("deploys");
+        let input = json!({ "tag": "nightly" });
+        let first = acme
+            .start_run("orders", None, &input)
+            .await
+            .expect("starts");
+        let first = acme.wait(&first.run_id).await.expect("ends");
+        assert_eq!(first.status(), v1::RunStatus::Failed, "{first:?}");
+        assert!(first.error.contains("step \"post\""), "{first:?}");
+        assert_eq!(
+            (
+                fixture.count("GET", "/orders"),
+                fixture.count("POST", "/erp")
+            ),
+            (1, 1)
+        );
+
+        // Only a failed run of one's own tenant can be run again.
+        let globex = Client::connect(&node.api, Some(GLOBEX))
+            .await
+            .expect("connects");
+        let error = globex.rerun(&first.run_id).await.expect_err("not globex's");
+        assert!(format!("{error:?}").contains("NotFound"), "{error:?}");
+        let error = acme.rerun("no-such-run").await.expect_err("no such run");
+        assert!(format!("{error:?}").contains("NotFound"), "{error:?}");
+
+        let rerun = acme.rerun(&first.run_id).await.expect("reruns");
+        assert_ne!(rerun.run_id, first.run_id, "a new run");
+        assert_eq!(
+            (
+                rerun.trigger.as_str(),
+                rerun.rerun_of.as_str(),
+                rerun.from_step.as_str()
+            ),
+            ("rerun", first.run_id.as_str(), "post")
+        );
+        assert_eq!((rerun.integration.as_str(), rerun.version), ("orders", 2));
+        let rerun = acme.wait(&rerun.run_id).await.expect("ends");
+        assert_eq!(rerun.status(), v1::RunStatus::Succeeded, "{rerun:?}");
+        // fetch ran once in all; post once more, and it answered 201 now.
+        assert_eq!(
+            fixture.count("GET", "/orders"),
+            1,
+            "fetch was not run again"
+        );
+        assert_eq!(fixture.count("POST", "/erp"), 2);
+        let posted = fixture.requests("POST", "/erp");
+        assert_eq!(posted[1].json(), json!({ "count": 3, "tag": "nightly" }));
+        assert_eq!(
+            acme.output(&rerun.run_id).await.expect("an output"),
+            json!({ "sent": { "count": 3, "tag": "nightly" }, "status": 201 })
+        );
+        assert_eq!(acme.input(&rerun.run_id).await.expect("input"), input);
+
+        // GetRun tells where it comes from; the copied steps are its own
+        // checkpoints (with the old run's outputs).
+        let shown = acme.run(&rerun.run_id).await.expect("the rerun");
+        assert_eq!(
+            (
+                shown.trigger.as_str(),
+                shown.rerun_of.as_str(),
+                shown.from_step.as_str()
+            ),
+            ("rerun", first.run_id.as_str(), "post")
+        );
+        let keys: Vec<&str> = shown.steps.iter().map(|s| s.step_key.as_str()).collect();
+        assert_eq!(keys, ["done", "fetch", "post", "shape"], "{shown:?}");
+        assert!(
+            shown
+                .steps
+                .iter()
+                .all(|s| s.status() == v1::StepStatus::Succeeded),
+            "{shown:?}"
+        );
+        assert_eq!(
+            acme.step_output(&rerun.run_id, "shape")
+                .await
+                .expect("copied"),
+            acme.step_output(&first.run_id, "shape")
+                .await
+                .expect("stored")
+        );
+        // The old run is as it was.
+        let old = acme.run(&first.run_id).await.expect("the old run");
+        assert_eq!(old.status(), v1::RunStatus::Failed);
+        assert_eq!((old.trigger.as_str(), old.rerun_of.as_str()), ("api", ""));
+
+        // A run that did not fail cannot be run again.
+        let error = acme.rerun(&rerun.run_id).await.expect_err("it succeeded");
+        assert!(
+            format!("{error:?}").contains("FailedPrecondition"),
+            "{error:?}"
+        );
+        let listed = acme.runs(Some(10)).await.expect("runs");
+        assert_eq!(listed[0].trigger, "rerun");
+        assert_eq!(listed[0].rerun_of, first.run_id);
+    });
 }
