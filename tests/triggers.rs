@@ -3,8 +3,8 @@
 //! plain HTTP/1.1 as a sender would; each test checks what the caller gets
 //! (status, JSON) and what the node did (the run, its input, how many
 //! runs). A cron trigger is watched across a SIGKILL and a restart.
-//! Alerts go to a loopback HTTP receiver; a failed run is run again from
-//! its failed step against a counting HTTP server.
+//! Alerts go to a loopback HTTP receiver and a loopback SMTP sink; a failed
+//! run is run again from its failed step against a counting HTTP server.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use isoflow_client::Client;
 use isoflow_proto::v1;
 use isoflow_testkit::process::Process;
-use isoflow_testkit::{HttpFixture, Reply, Responder, free_port};
+use isoflow_testkit::{HttpFixture, Reply, Responder, SmtpSink, free_port};
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(120);
@@ -66,6 +66,11 @@ fn spawn(config: &std::path::Path) -> Process {
 }
 
 fn start() -> Node {
+    start_with("")
+}
+
+/// A node whose configuration ends with `extra` (TOML tables).
+fn start_with(extra: &str) -> Node {
     let dir = tempfile::tempdir().expect("a temp dir");
     let (api, http) = (free_port(), free_port());
     let config = dir.path().join("all.toml");
@@ -74,7 +79,7 @@ fn start() -> Node {
         format!(
             "role = \"all\"\ndata_dir = \"{}\"\nmax_payload_bytes = 65536\n[api]\nlisten = \"127.0.0.1:{api}\"\n\
              [http]\nlisten = \"127.0.0.1:{http}\"\n[egress]\nallow = [\"127.0.0.1\"]\n[vault.key]\nid = \"k1\"\nenv = \"ISOFLOW_VAULT_KEY\"\n\
-             [[auth.tokens]]\ntenant = \"acme\"\ntoken = \"{ACME}\"\n[[auth.tokens]]\ntenant = \"globex\"\ntoken = \"{GLOBEX}\"\n",
+             [[auth.tokens]]\ntenant = \"acme\"\ntoken = \"{ACME}\"\n[[auth.tokens]]\ntenant = \"globex\"\ntoken = \"{GLOBEX}\"\n{extra}",
             dir.path().join("data").display()
         ),
     )
@@ -526,6 +531,131 @@ fn a_failed_run_sends_one_signed_alert_per_window_and_a_slow_one_its_own() {
     }
     causes.sort();
     assert_eq!(causes, ["failed", "slow"]);
+}
+
+/// An integration whose one step fails, alerting by email.
+const FAILING_MAILED: &str = r#"
+apiVersion: isoflow.dev/v1
+name: mailed
+version: 4
+alerts:
+  - on: failed
+    email:
+      to: [ops@example.com, oncall@example.com]
+      subject: "[ERP]"
+steps:
+  - id: boom
+    type: code
+    source: "export default () => { throw new Error('the ERP said no'); }"
+"#;
+
+#[test]
+fn a_failed_run_mails_its_alert_once_per_window_through_the_smtp_server() {
+    let sink = SmtpSink::start();
+    let mut node = start_with(&format!(
+        "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nfrom = \"Isoflow <isoflow@example.com>\"\nstarttls = false\n",
+        sink.port()
+    ));
+    let failed: Vec<String> = runtime().block_on(async {
+        let acme = Client::connect(&node.api, Some(ACME))
+            .await
+            .expect("connects");
+        acme.deploy(FAILING_MAILED, "mailed.yaml", HashMap::new())
+            .await
+            .expect("deploys");
+        let mut failed = Vec::new();
+        for _ in 0..2 {
+            let run = acme
+                .start_run("mailed", None, &json!(null))
+                .await
+                .expect("starts");
+            let run = acme.wait(&run.run_id).await.expect("ends");
+            assert_eq!(run.status(), v1::RunStatus::Failed);
+            failed.push(run.run_id);
+        }
+        failed
+    });
+    assert!(
+        sink.wait_for_count(1, LONG),
+        "no email: {}",
+        node.process.stderr()
+    );
+    // The second failure falls in the first one's window: it is held
+    // back, not mailed. Its alert would come at once if it were sent.
+    node.process
+        .wait_for_stderr_line(LONG, |l| l.contains("alert email sent"));
+    std::thread::sleep(Duration::from_secs(2));
+    let mails = sink.messages();
+    assert_eq!(mails.len(), 1, "throttled to one per window: {mails:#?}");
+    let mail = &mails[0];
+    assert_eq!(mail.from, "isoflow@example.com");
+    assert_eq!(mail.to, ["ops@example.com", "oncall@example.com"]);
+    assert_eq!(
+        mail.header("subject").as_deref(),
+        Some("[ERP] isoflow: mailed version 4 failed (tenant acme)")
+    );
+    assert!(
+        mail.header("to")
+            .is_some_and(|to| to.contains("ops@example.com") && to.contains("oncall@example.com")),
+        "{mail:?}"
+    );
+    let body = mail.body();
+    assert!(
+        body.contains(&format!("run          {}\n", failed[0])),
+        "the first failed run: {body}"
+    );
+    assert!(
+        body.contains("error        step \"boom\": ") && body.contains("the ERP said no"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("http://") && !body.contains("https://"),
+        "no links: {body}"
+    );
+}
+
+#[test]
+fn an_unreachable_smtp_server_costs_a_warning_and_nothing_else() {
+    // Nothing listens there.
+    let closed = free_port();
+    let mut node = start_with(&format!(
+        "[smtp]\nhost = \"127.0.0.1\"\nport = {closed}\nfrom = \"isoflow@example.com\"\nstarttls = false\n"
+    ));
+    runtime().block_on(async {
+        let acme = Client::connect(&node.api, Some(ACME))
+            .await
+            .expect("connects");
+        acme.deploy(FAILING_MAILED, "mailed.yaml", HashMap::new())
+            .await
+            .expect("deploys");
+        let run = acme
+            .start_run("mailed", None, &json!(null))
+            .await
+            .expect("starts");
+        let run = acme.wait(&run.run_id).await.expect("ends");
+        assert_eq!(run.status(), v1::RunStatus::Failed);
+        assert!(run.error.contains("the ERP said no"), "{run:?}");
+    });
+    let warning = node
+        .process
+        .wait_for_stderr_line(LONG, |l| l.contains("alert email not sent"));
+    // The node goes on: runs start and end as before.
+    runtime().block_on(async {
+        let acme = Client::connect(&node.api, Some(ACME))
+            .await
+            .expect("connects");
+        let run = acme
+            .start_run("echo", None, &json!({"after": "the warning"}))
+            .await
+            .expect("starts");
+        let run = acme.wait(&run.run_id).await.expect("ends");
+        assert_eq!(run.status(), v1::RunStatus::Succeeded, "{run:?}");
+    });
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains(&format!("127.0.0.1:{closed}")),
+        "{warning}"
+    );
 }
 
 /// fetch (GET) → shape (code) → post (POST) → done (code), against a

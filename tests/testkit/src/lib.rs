@@ -25,7 +25,8 @@
 //! export, and [`process`], child processes for multi-process tests (the
 //! real `isoflow` binary, killed when the test lets go of it), [`etcd`], a
 //! real etcd server ([`Etcd`]) for cluster tests, with authentication and
-//! optionally TLS, and [`tls`], certificates made for a test.
+//! optionally TLS, [`tls`], certificates made for a test, and [`smtp`], a
+//! small SMTP sink ([`SmtpSink`]) that records what a node mails.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -47,10 +48,12 @@ use tokio::sync::{oneshot, watch};
 pub mod etcd;
 pub mod process;
 mod seed;
+pub mod smtp;
 pub mod tls;
 
 pub use etcd::Etcd;
 pub use seed::{SEED_EXPORTED, SeedExpected, seed_orders_expected, seed_orders_xml};
+pub use smtp::{Mail, SmtpSink};
 
 /// How often the `wait_for_*` helpers look again.
 const POLL: Duration = Duration::from_millis(2);
