@@ -3,6 +3,8 @@
 //! plain HTTP/1.1 as a sender would; each test checks what the caller gets
 //! (status, JSON) and what the node did (the run, its input, how many
 //! runs). A cron trigger is watched across a SIGKILL and a restart.
+//! Alerts go to a loopback HTTP receiver and a loopback SMTP sink; a failed
+//! run is run again from its failed step against a counting HTTP server.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -13,7 +15,7 @@ use isoflow_proto::v1;
 use isoflow_testkit::oauth2::{self, Provider};
 use isoflow_testkit::process::Process;
 use isoflow_testkit::webhook::{exchange, post, sign};
-use isoflow_testkit::{HttpFixture, Responder, free_port};
+use isoflow_testkit::{HttpFixture, Reply, Responder, SmtpSink, free_port};
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(120);
@@ -64,6 +66,11 @@ fn spawn(config: &std::path::Path) -> Process {
 }
 
 fn start() -> Node {
+    start_with("")
+}
+
+/// A node whose configuration ends with `extra` (TOML tables).
+fn start_with(extra: &str) -> Node {
     let dir = tempfile::tempdir().expect("a temp dir");
     let (api, http) = (free_port(), free_port());
     let config = dir.path().join("all.toml");
@@ -72,7 +79,7 @@ fn start() -> Node {
         format!(
             "role = \"all\"\ndata_dir = \"{}\"\nmax_payload_bytes = 65536\n[api]\nlisten = \"127.0.0.1:{api}\"\n\
              [http]\nlisten = \"127.0.0.1:{http}\"\npublic_url = \"http://127.0.0.1:{http}\"\n[egress]\nallow = [\"127.0.0.1\"]\n[vault.key]\nid = \"k1\"\nenv = \"ISOFLOW_VAULT_KEY\"\n\
-             [[auth.tokens]]\ntenant = \"acme\"\ntoken = \"{ACME}\"\n[[auth.tokens]]\ntenant = \"globex\"\ntoken = \"{GLOBEX}\"\n",
+             [[auth.tokens]]\ntenant = \"acme\"\ntoken = \"{ACME}\"\n[[auth.tokens]]\ntenant = \"globex\"\ntoken = \"{GLOBEX}\"\n{extra}",
             dir.path().join("data").display()
         ),
     )
@@ -148,6 +155,10 @@ fn a_token_webhook_starts_a_run_once_per_idempotency_key() {
             .expect("connects");
         let run = client.wait(&run_id).await.expect("ends");
         assert_eq!(run.status(), v1::RunStatus::Succeeded, "{run:?}");
+        assert_eq!(
+            run.trigger, "webhook:by-token",
+            "what started it is recorded"
+        );
         client.output(&run_id).await.expect("an output")
     });
     assert_eq!(run, json!({ "got": { "order": 7 } }));
@@ -213,6 +224,7 @@ fn a_token_webhook_starts_a_run_once_per_idempotency_key() {
             once.run_id, twice.run_id,
             "a retried StartRun answers with its run"
         );
+        assert_eq!(once.trigger, "api");
         client.wait(&once.run_id).await.expect("ends");
     });
     assert_eq!(runs(&node, ACME).len(), 3);
@@ -358,6 +370,7 @@ fn ticks(node: &Node) -> Vec<String> {
             }
             let run = client.wait(&run.run_id).await.expect("ends");
             assert_eq!(run.status(), v1::RunStatus::Succeeded, "{run:?}");
+            assert_eq!(run.trigger, "cron:every-second");
             let output = client.output(&run.run_id).await.expect("an output");
             assert_eq!(output["trigger"], json!("every-second"));
             ticks.push(output["tick"].as_str().expect("a tick").to_owned());
@@ -972,4 +985,282 @@ fn another_tenant_gets_not_found_from_every_call_and_route() {
         assert_eq!(status, 404, "{path}: {body}");
     }
     assert!(runs(&node, GLOBEX).is_empty());
+}
+
+/// An integration whose one step fails, alerting by email.
+const FAILING_MAILED: &str = r#"
+apiVersion: isoflow.dev/v1
+name: mailed
+version: 4
+alerts:
+  - on: failed
+    email:
+      to: [ops@example.com, oncall@example.com]
+      subject: "[ERP]"
+steps:
+  - id: boom
+    type: code
+    source: "export default () => { throw new Error('the ERP said no'); }"
+"#;
+
+#[test]
+fn a_failed_run_mails_its_alert_once_per_window_through_the_smtp_server() {
+    let sink = SmtpSink::start();
+    let mut node = start_with(&format!(
+        "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nfrom = \"Isoflow <isoflow@example.com>\"\nstarttls = false\n",
+        sink.port()
+    ));
+    let failed: Vec<String> = runtime().block_on(async {
+        let acme = Client::connect(&node.api, Some(ACME))
+            .await
+            .expect("connects");
+        acme.deploy(FAILING_MAILED, "mailed.yaml", HashMap::new())
+            .await
+            .expect("deploys");
+        let mut failed = Vec::new();
+        for _ in 0..2 {
+            let run = acme
+                .start_run("mailed", None, &json!(null))
+                .await
+                .expect("starts");
+            let run = acme.wait(&run.run_id).await.expect("ends");
+            assert_eq!(run.status(), v1::RunStatus::Failed);
+            failed.push(run.run_id);
+        }
+        failed
+    });
+    assert!(
+        sink.wait_for_count(1, LONG),
+        "no email: {}",
+        node.process.stderr()
+    );
+    // The second failure falls in the first one's window: it is held
+    // back, not mailed. Its alert would come at once if it were sent.
+    node.process
+        .wait_for_stderr_line(LONG, |l| l.contains("alert email sent"));
+    std::thread::sleep(Duration::from_secs(2));
+    let mails = sink.messages();
+    assert_eq!(mails.len(), 1, "throttled to one per window: {mails:#?}");
+    let mail = &mails[0];
+    assert_eq!(mail.from, "isoflow@example.com");
+    assert_eq!(mail.to, ["ops@example.com", "oncall@example.com"]);
+    assert_eq!(
+        mail.header("subject").as_deref(),
+        Some("[ERP] isoflow: mailed version 4 failed (tenant acme)")
+    );
+    assert!(
+        mail.header("to")
+            .is_some_and(|to| to.contains("ops@example.com") && to.contains("oncall@example.com")),
+        "{mail:?}"
+    );
+    let body = mail.body();
+    assert!(
+        body.contains(&format!("run          {}\n", failed[0])),
+        "the first failed run: {body}"
+    );
+    assert!(
+        body.contains("error        step \"boom\": ") && body.contains("the ERP said no"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("http://") && !body.contains("https://"),
+        "no links: {body}"
+    );
+}
+
+#[test]
+fn an_unreachable_smtp_server_costs_a_warning_and_nothing_else() {
+    // Nothing listens there.
+    let closed = free_port();
+    let mut node = start_with(&format!(
+        "[smtp]\nhost = \"127.0.0.1\"\nport = {closed}\nfrom = \"isoflow@example.com\"\nstarttls = false\n"
+    ));
+    runtime().block_on(async {
+        let acme = Client::connect(&node.api, Some(ACME))
+            .await
+            .expect("connects");
+        acme.deploy(FAILING_MAILED, "mailed.yaml", HashMap::new())
+            .await
+            .expect("deploys");
+        let run = acme
+            .start_run("mailed", None, &json!(null))
+            .await
+            .expect("starts");
+        let run = acme.wait(&run.run_id).await.expect("ends");
+        assert_eq!(run.status(), v1::RunStatus::Failed);
+        assert!(run.error.contains("the ERP said no"), "{run:?}");
+    });
+    let warning = node
+        .process
+        .wait_for_stderr_line(LONG, |l| l.contains("alert email not sent"));
+    // The node goes on: runs start and end as before.
+    runtime().block_on(async {
+        let acme = Client::connect(&node.api, Some(ACME))
+            .await
+            .expect("connects");
+        let run = acme
+            .start_run("echo", None, &json!({"after": "the warning"}))
+            .await
+            .expect("starts");
+        let run = acme.wait(&run.run_id).await.expect("ends");
+        assert_eq!(run.status(), v1::RunStatus::Succeeded, "{run:?}");
+    });
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains(&format!("127.0.0.1:{closed}")),
+        "{warning}"
+    );
+}
+
+/// fetch (GET) → shape (code) → post (POST) → done (code), against a
+/// counting server whose POST fails the first time.
+fn rerun_definition(fixture: &HttpFixture) -> String {
+    format!(
+        r#"
+apiVersion: isoflow.dev/v1
+name: orders
+version: 2
+steps:
+  - id: fetch
+    type: http
+    url: "{fetch}"
+  - id: shape
+    type: code
+    source: "export default (input) => ({{ count: input.orders.length, tag: input.tag }})"
+    input: {{ orders: "{{{{ steps.fetch.output.body.orders }}}}", tag: "{{{{ input.tag }}}}" }}
+  - id: post
+    type: http
+    method: POST
+    url: "{post}"
+    body: "{{{{ steps.shape.output }}}}"
+  - id: done
+    type: code
+    source: "export default (input) => ({{ sent: input.sent, status: input.status }})"
+    input: {{ sent: "{{{{ steps.shape.output }}}}", status: "{{{{ steps.post.output.status }}}}" }}
+"#,
+        fetch = fixture.url("/orders"),
+        post = fixture.url("/erp"),
+    )
+}
+
+#[test]
+fn a_failed_run_reruns_from_its_failed_step_and_the_steps_before_are_not_run_again() {
+    let node = start();
+    let fixture = HttpFixture::start();
+    fixture.route(
+        "GET",
+        "/orders",
+        Responder::Fixed(Reply::json(200, &json!({ "orders": [1, 2, 3] }))),
+    );
+    fixture.route(
+        "POST",
+        "/erp",
+        Responder::Sequence(vec![
+            Reply::text(500, "the ERP is down"),
+            Reply::json(201, &json!({ "ok": true })),
+        ]),
+    );
+    runtime().block_on(async {
+        let acme = Client::connect(&node.api, Some(ACME))
+            .await
+            .expect("connects");
+        acme.deploy(&rerun_definition(&fixture), "orders.yaml", HashMap::new())
+            .await
+            .expect("deploys");
+        let input = json!({ "tag": "nightly" });
+        let first = acme
+            .start_run("orders", None, &input)
+            .await
+            .expect("starts");
+        let first = acme.wait(&first.run_id).await.expect("ends");
+        assert_eq!(first.status(), v1::RunStatus::Failed, "{first:?}");
+        assert!(first.error.contains("step \"post\""), "{first:?}");
+        assert_eq!(
+            (
+                fixture.count("GET", "/orders"),
+                fixture.count("POST", "/erp")
+            ),
+            (1, 1)
+        );
+
+        // Only a failed run of one's own tenant can be run again.
+        let globex = Client::connect(&node.api, Some(GLOBEX))
+            .await
+            .expect("connects");
+        let error = globex.rerun(&first.run_id).await.expect_err("not globex's");
+        assert!(format!("{error:?}").contains("NotFound"), "{error:?}");
+        let error = acme.rerun("no-such-run").await.expect_err("no such run");
+        assert!(format!("{error:?}").contains("NotFound"), "{error:?}");
+
+        let rerun = acme.rerun(&first.run_id).await.expect("reruns");
+        assert_ne!(rerun.run_id, first.run_id, "a new run");
+        assert_eq!(
+            (
+                rerun.trigger.as_str(),
+                rerun.rerun_of.as_str(),
+                rerun.from_step.as_str()
+            ),
+            ("rerun", first.run_id.as_str(), "post")
+        );
+        assert_eq!((rerun.integration.as_str(), rerun.version), ("orders", 2));
+        let rerun = acme.wait(&rerun.run_id).await.expect("ends");
+        assert_eq!(rerun.status(), v1::RunStatus::Succeeded, "{rerun:?}");
+        // fetch ran once in all; post once more, and it answered 201 now.
+        assert_eq!(
+            fixture.count("GET", "/orders"),
+            1,
+            "fetch was not run again"
+        );
+        assert_eq!(fixture.count("POST", "/erp"), 2);
+        let posted = fixture.requests("POST", "/erp");
+        assert_eq!(posted[1].json(), json!({ "count": 3, "tag": "nightly" }));
+        assert_eq!(
+            acme.output(&rerun.run_id).await.expect("an output"),
+            json!({ "sent": { "count": 3, "tag": "nightly" }, "status": 201 })
+        );
+        assert_eq!(acme.input(&rerun.run_id).await.expect("input"), input);
+
+        // GetRun tells where it comes from; the copied steps are its own
+        // checkpoints (with the old run's outputs).
+        let shown = acme.run(&rerun.run_id).await.expect("the rerun");
+        assert_eq!(
+            (
+                shown.trigger.as_str(),
+                shown.rerun_of.as_str(),
+                shown.from_step.as_str()
+            ),
+            ("rerun", first.run_id.as_str(), "post")
+        );
+        let keys: Vec<&str> = shown.steps.iter().map(|s| s.step_key.as_str()).collect();
+        assert_eq!(keys, ["done", "fetch", "post", "shape"], "{shown:?}");
+        assert!(
+            shown
+                .steps
+                .iter()
+                .all(|s| s.status() == v1::StepStatus::Succeeded),
+            "{shown:?}"
+        );
+        assert_eq!(
+            acme.step_output(&rerun.run_id, "shape")
+                .await
+                .expect("copied"),
+            acme.step_output(&first.run_id, "shape")
+                .await
+                .expect("stored")
+        );
+        // The old run is as it was.
+        let old = acme.run(&first.run_id).await.expect("the old run");
+        assert_eq!(old.status(), v1::RunStatus::Failed);
+        assert_eq!((old.trigger.as_str(), old.rerun_of.as_str()), ("api", ""));
+
+        // A run that did not fail cannot be run again.
+        let error = acme.rerun(&rerun.run_id).await.expect_err("it succeeded");
+        assert!(
+            format!("{error:?}").contains("FailedPrecondition"),
+            "{error:?}"
+        );
+        let listed = acme.runs(Some(10)).await.expect("runs");
+        assert_eq!(listed[0].trigger, "rerun");
+        assert_eq!(listed[0].rerun_of, first.run_id);
+    });
 }

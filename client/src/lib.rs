@@ -577,6 +577,20 @@ impl Client {
         Ok(self.inner.clone().cancel_run(request).await?.into_inner())
     }
 
+    /// Runs a failed run again from the step it failed in: a new run of
+    /// the same version with the same input, whose earlier steps are the
+    /// old run's checkpoints (not run again). Returns the new run, pending
+    /// (`rerun_of` and `from_step` say where it comes from).
+    ///
+    /// # Errors
+    /// `NOT_FOUND`; `FAILED_PRECONDITION` for a run that did not fail.
+    pub async fn rerun(&self, run_id: &str) -> Result<v1::Run> {
+        let request = v1::RerunRunRequest {
+            run_id: run_id.to_owned(),
+        };
+        Ok(self.inner.clone().rerun_run(request).await?.into_inner())
+    }
+
     /// One page of runs, newest first, and the token of the next (older)
     /// page: empty on the last. Pass `""` for the first page.
     ///

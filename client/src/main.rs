@@ -143,6 +143,17 @@ enum Command {
     /// Triggers: list them, pause and resume cron triggers
     #[command(subcommand)]
     Triggers(TriggerCommand),
+    /// Run a failed run again from the step it failed in, as a new run,
+    /// and print its id (with --wait: follow it, print its output). The
+    /// steps before that one are not run again: their outputs are the old
+    /// run's
+    Rerun {
+        run_id: String,
+        /// Follow the new run: steps on stderr as they finish, then the
+        /// output on stdout; exit 1 if it fails or is cancelled
+        #[arg(long)]
+        wait: bool,
+    },
     /// Credentials http steps send (`credential: <name>`), sealed on the
     /// server; no command prints a secret
     #[command(subcommand)]
@@ -573,6 +584,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     line.message
                 )?;
             }
+        }
+        Command::Rerun { run_id, wait } => {
+            let run = client.rerun(&run_id).await?;
+            if !wait {
+                writeln!(out, "{}", run.run_id)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!(
+                "run {} reruns {} from step {}",
+                run.run_id, run.rerun_of, run.from_step
+            );
+            let run = follow(&client, &run.run_id, false, &mut std::io::stderr()).await?;
+            if run.status() == RunStatus::Succeeded {
+                let output = client.output(&run.run_id).await?;
+                writeln!(out, "{}", pretty(&output))?;
+            }
+            return Ok(outcome(&run));
         }
         Command::Cancel { run_id } => {
             let run = client.cancel(&run_id).await?;
@@ -1069,7 +1097,7 @@ fn integrations_table(
 fn runs_table(out: &mut impl Write, runs: &[v1::Run]) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:<36}  {:<24} {:>7}  {:<9}  {:<24} {:>10}",
+        "{:<36}  {:<24} {:>7}  {:<9}  {:<24} {:>10}  TRIGGER",
         "RUN", "INTEGRATION", "VERSION", "STATUS", "CREATED", "DURATION"
     )?;
     for run in runs {
@@ -1080,13 +1108,14 @@ fn runs_table(out: &mut impl Write, runs: &[v1::Run]) -> std::io::Result<()> {
         };
         writeln!(
             out,
-            "{:<36}  {:<24} {:>7}  {:<9}  {:<24} {:>10}",
+            "{:<36}  {:<24} {:>7}  {:<9}  {:<24} {:>10}  {}",
             run.run_id,
             run.integration,
             run.version,
             status_word(run.status()),
             timestamp(run.created_at_ms),
-            duration
+            duration,
+            trigger_word(run)
         )?;
     }
     Ok(())
@@ -1102,6 +1131,14 @@ fn show(out: &mut impl Write, run: &v1::Run) -> std::io::Result<()> {
     writeln!(out, "status      {}", status_word(run.status()))?;
     writeln!(out, "created     {}", timestamp(run.created_at_ms))?;
     writeln!(out, "updated     {}", timestamp(run.updated_at_ms))?;
+    writeln!(out, "trigger     {}", trigger_word(run))?;
+    if !run.rerun_of.is_empty() {
+        writeln!(
+            out,
+            "rerun of    {} from step {}",
+            run.rerun_of, run.from_step
+        )?;
+    }
     if !run.error.is_empty() {
         writeln!(out, "error       {}", run.error)?;
     }
@@ -1129,6 +1166,15 @@ fn show(out: &mut impl Write, run: &v1::Run) -> std::io::Result<()> {
         writeln!(out, "  {}: {}", step.step_key, step.error)?;
     }
     Ok(())
+}
+
+/// What started a run; `-` for runs from before runs recorded it.
+fn trigger_word(run: &v1::Run) -> &str {
+    if run.trigger.is_empty() {
+        "-"
+    } else {
+        &run.trigger
+    }
 }
 
 fn pretty(value: &Value) -> String {
@@ -1316,6 +1362,9 @@ mod tests {
             created_at_ms: 1_700_000_000_000,
             updated_at_ms: 1_700_000_000_500,
             error: "step \"post\": HTTP 500".to_owned(),
+            trigger: "rerun".to_owned(),
+            rerun_of: "r-0".to_owned(),
+            from_step: "post".to_owned(),
             steps: vec![
                 v1::Step {
                     step_key: "fetch".to_owned(),
@@ -1342,6 +1391,8 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[2], "status      failed");
         assert!(lines.contains(&"error       step \"post\": HTTP 500"));
+        assert!(lines.contains(&"trigger     rerun"), "{text}");
+        assert!(lines.contains(&"rerun of    r-0 from step post"), "{text}");
         let fetch = lines
             .iter()
             .find(|l| l.starts_with("fetch "))

@@ -200,7 +200,8 @@ pub struct Integration {
     pub alerts: Vec<Alert>,
 }
 
-/// An alert: a signed JSON POST when a run ends the way `on` says.
+/// An alert: when a run ends the way `on` says, a signed JSON POST to
+/// `webhook`, an email to `email.to`, or both. At least one is set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Alert {
@@ -214,11 +215,36 @@ pub struct Alert {
     #[schemars(with = "Option<HumanDuration>")]
     pub threshold: Option<Duration>,
     /// Where the alert is posted (http or https; the node's egress policy
-    /// applies).
-    pub webhook: String,
-    /// The tenant's credential whose secret signs the alert
+    /// applies). Needs `secret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+    /// The tenant's credential whose secret signs the webhook's alert
     /// (`X-Isoflow-Signature`, as webhooks are signed).
-    pub secret: CredentialName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<CredentialName>,
+    /// Who is mailed the alert, through the node's `[smtp]` server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<EmailAlert>,
+}
+
+/// The most recipients one alert's email may have.
+pub const MAX_ALERT_RECIPIENTS: usize = 20;
+/// The longest subject prefix an alert's email may set, in characters.
+pub const MAX_ALERT_SUBJECT: usize = 200;
+
+/// An alert's email: plain text, to every address in `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmailAlert {
+    /// 1 to 20 addresses.
+    #[schemars(length(min = 1, max = 20))]
+    pub to: Vec<EmailAddress>,
+    /// Put before the subject the node writes (which names the tenant,
+    /// integration, version and cause), e.g. `[ERP]`: one line of at most
+    /// 200 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 200), regex(pattern = r"^[^\r\n]*$"))]
+    pub subject: Option<String>,
 }
 
 /// When an alert is sent.
@@ -909,6 +935,40 @@ name_type!(
     "use 1 to 63 lowercase letters, digits and hyphens, starting with a letter or digit",
     "^[a-z0-9][a-z0-9-]{0,62}$"
 );
+
+name_type!(
+    /// An email address, `local@domain`: a dot-atom local part (no quotes,
+    /// no comments, no display name) and a domain of at least two
+    /// letter-digit-hyphen labels; at most 254 characters.
+    EmailAddress,
+    is_email_address,
+    "email address",
+    "use local@domain, like ops@example.com",
+    "^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+);
+
+/// What [`EmailAddress`] accepts: an address every SMTP server and mail
+/// library reads the same way, with nothing that could end a header line.
+fn is_email_address(s: &str) -> bool {
+    let Some((local, domain)) = s.rsplit_once('@') else {
+        return false;
+    };
+    let atext = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~-".contains(&c);
+    let label = |l: &str| {
+        let b = l.as_bytes();
+        (1..=63).contains(&b.len())
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'-')
+    };
+    s.len() <= 254
+        && (1..=64).contains(&local.len())
+        && local
+            .split('.')
+            .all(|atom| !atom.is_empty() && atom.bytes().all(atext))
+        && domain.split('.').count() >= 2
+        && domain.split('.').all(label)
+}
 
 name_type!(
     /// The name of a stored credential: `[a-z0-9][a-z0-9-]{0,62}`.

@@ -55,11 +55,12 @@ use crate::action::egress::EgressPolicy;
 use crate::action::http;
 use crate::model::{CodeSource, Integration, Step, StepOutputs};
 use crate::sandbox::{Sandbox, SandboxConfig};
-use crate::store::{RunRecord, RunStatus, StepStatus, Store, StoreConfig, StoreError};
+use crate::store::{RunRecord, RunStatus, RunTrigger, StepStatus, Store, StoreConfig, StoreError};
 
 mod context;
 mod for_each;
 pub mod journal;
+pub mod rerun;
 mod retry;
 mod root;
 mod sequence;
@@ -68,6 +69,7 @@ mod step;
 pub use journal::{
     Journal, JournalError, JournalFuture, JournalWrite, Restored, StoreJournal, WriteKind,
 };
+pub use rerun::{RerunError, create_rerun};
 pub use retry::retry_delay;
 
 pub use crate::credential::{Credential, CredentialKind, Credentials, Secret, StaticCredentials};
@@ -302,8 +304,9 @@ impl Engine {
         self.shared.store.as_ref().ok_or(EngineError::NoStore)
     }
 
-    /// Stores a new run of `integration` for `tenant` and starts it. Code
-    /// steps must hold their source (see [`inline_code_files`]).
+    /// Stores a new run of `integration` for `tenant` and starts it (the
+    /// local `isoflow run`: its trigger is `cli`). Code steps must hold
+    /// their source (see [`inline_code_files`]).
     pub async fn start_run(
         &self,
         tenant: &str,
@@ -313,7 +316,8 @@ impl Engine {
         if self.shared.draining.load(Ordering::Acquire) {
             return Err(EngineError::ShuttingDown);
         }
-        let mut run = RunRecord::new(tenant, integration.name.as_str(), integration.version.get());
+        let mut run = RunRecord::new(tenant, integration.name.as_str(), integration.version.get())
+            .started_by(RunTrigger::Cli);
         let definition =
             serde_json::to_value(integration).map_err(|e| EngineError::Definition {
                 run_id: run.run_id.clone(),

@@ -176,10 +176,21 @@ pub struct RunRecord {
     /// Why the run failed: the failing step's error, one sentence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What started the run; `None` for runs stored before runs recorded
+    /// it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<RunTrigger>,
+    /// The failed run this one runs again ([`Store::create_rerun`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<String>,
+    /// A rerun's first step run again: the step the old run failed in. The
+    /// steps before it were copied from the old run as checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_step: Option<String>,
 }
 
 impl RunRecord {
-    /// A new pending run with a fresh time-ordered id.
+    /// A new pending run with a fresh time-ordered id, no trigger recorded.
     pub fn new(tenant: &str, integration: &str, version: u32) -> Self {
         let now = now_ms();
         RunRecord {
@@ -191,7 +202,76 @@ impl RunRecord {
             created_at_ms: now,
             updated_at_ms: now,
             error: None,
+            trigger: None,
+            rerun_of: None,
+            from_step: None,
         }
+    }
+
+    /// The run, recorded as started by `trigger`.
+    pub fn started_by(mut self, trigger: RunTrigger) -> Self {
+        self.trigger = Some(trigger);
+        self
+    }
+}
+
+/// What started a run, stored and shown as text: `api`, `webhook:<id>`,
+/// `cron:<id>`, `rerun`, or `cli` (the local `isoflow run`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum RunTrigger {
+    /// The API's StartRun.
+    Api,
+    /// A webhook trigger of the integration, by its id.
+    Webhook(String),
+    /// A cron trigger of the integration, by its id.
+    Cron(String),
+    /// The API's RerunRun: a failed run run again.
+    Rerun,
+    /// `isoflow run` on the command line, with no server.
+    Cli,
+}
+
+impl std::fmt::Display for RunTrigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunTrigger::Api => f.write_str("api"),
+            RunTrigger::Webhook(id) => write!(f, "webhook:{id}"),
+            RunTrigger::Cron(id) => write!(f, "cron:{id}"),
+            RunTrigger::Rerun => f.write_str("rerun"),
+            RunTrigger::Cli => f.write_str("cli"),
+        }
+    }
+}
+
+impl std::str::FromStr for RunTrigger {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.split_once(':') {
+            None if text == "api" => Ok(RunTrigger::Api),
+            None if text == "rerun" => Ok(RunTrigger::Rerun),
+            None if text == "cli" => Ok(RunTrigger::Cli),
+            Some(("webhook", id)) if !id.is_empty() => Ok(RunTrigger::Webhook(id.to_owned())),
+            Some(("cron", id)) if !id.is_empty() => Ok(RunTrigger::Cron(id.to_owned())),
+            _ => Err(format!(
+                "unknown run trigger {text:?} (api, webhook:<id>, cron:<id>, rerun or cli)"
+            )),
+        }
+    }
+}
+
+impl From<RunTrigger> for String {
+    fn from(trigger: RunTrigger) -> String {
+        trigger.to_string()
+    }
+}
+
+impl TryFrom<String> for RunTrigger {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
     }
 }
 
@@ -453,6 +533,77 @@ impl Store {
             run.run_id.as_bytes(),
         );
         self.write(batch, "create_run")
+    }
+
+    /// Stores `run`, a new run that runs run `old` of the same tenant
+    /// again: with `old`'s definition and input, and a copy of `old`'s
+    /// checkpoints `steps` (their records and outputs, not their logs),
+    /// marked unfinished, in one durable write. The copied checkpoints are
+    /// what a resumed run finds ([`crate::run::Journal::restored`]), so
+    /// those steps are not run again.
+    pub fn create_rerun(
+        &self,
+        run: &RunRecord,
+        old: &str,
+        steps: &[StepRecord],
+    ) -> Result<(), StoreError> {
+        let key = run_key(&run.tenant, &run.run_id)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(RUNS), &key, to_json(run));
+        batch.put_cf(self.cf(ACTIVE), &key, []);
+        for name in [DEFINITION_BLOB, INPUT_BLOB] {
+            self.copy_payload(&mut batch, old, run, name)?;
+        }
+        for record in steps {
+            if record.output_bytes.is_some() {
+                self.copy_payload(&mut batch, old, run, &record.step_key)?;
+            }
+            batch.put_cf(
+                self.cf(STEPS),
+                child_key(&key, &record.step_key)?,
+                to_json(record),
+            );
+        }
+        self.write(batch, "create_rerun")
+    }
+
+    /// Adds to `batch` a copy of payload `name` of run `from` (of `to`'s
+    /// tenant) as `to`'s: the stored bytes as they are, or a copy of the
+    /// file that holds them, durable before this returns. No payload:
+    /// nothing copied.
+    fn copy_payload(
+        &self,
+        batch: &mut WriteBatch,
+        from: &str,
+        to: &RunRecord,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        let key = child_key(&run_key(&to.tenant, &to.run_id)?, name)?;
+        match self.stored_payload(&to.tenant, from, name)? {
+            None => {}
+            Some(Stored::Inline(stored)) => batch.put_cf(self.cf(BLOBS), key, stored),
+            Some(Stored::InFile(source)) => {
+                let relative = payload_file_name(&to.tenant, &to.run_id, name);
+                let target = self.payloads.join(&relative);
+                let io = |path: &Path| {
+                    let path = path.to_owned();
+                    move |source| StoreError::Io { path, source }
+                };
+                let dir = target.parent().unwrap_or(&self.payloads);
+                std::fs::create_dir_all(dir).map_err(io(dir))?;
+                // A copy, not a link: a file is the one run's, to replace
+                // or delete without touching the other's.
+                std::fs::copy(&source, &target).map_err(io(&source))?;
+                File::open(&target)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io(&target))?;
+                sync_dir(dir)?;
+                let mut reference = vec![IN_FILE];
+                reference.extend_from_slice(relative.as_bytes());
+                batch.put_cf(self.cf(BLOBS), key, reference);
+            }
+        }
+        Ok(())
     }
 
     /// The run request `key` in `scope` started, if one did.

@@ -408,6 +408,58 @@ fn the_schema_accepts_valid_definitions_and_flags_mistakes() {
         &broken(&["steps", "0", "max_response_bytes"], json!("64MB")),
         false,
     );
+
+    let mailed = broken(
+        &["alerts"],
+        json!([
+            {"on": "failed", "email": {"to": ["ops@example.com", "a.b+x@mail.example.co.uk"], "subject": "[ERP]"}},
+            {"on": "slow", "threshold": "5m", "webhook": "https://ops.example.com/x", "secret": "alert-key",
+             "email": {"to": ["ops@example.com"]}}
+        ]),
+    );
+    check("email alerts", &mailed, true);
+    let loaded = model::load("mailed.json", &mailed.to_string()).expect("the loader accepts it");
+    let stored = serde_json::to_value(&loaded).expect("a value");
+    check("email alerts, stored", &stored, true);
+    let back: Integration = serde_json::from_value(stored).expect("the stored form reads back");
+    assert_eq!(
+        back, loaded,
+        "an email alert survives the trip through JSON"
+    );
+    for (what, email) in [
+        ("no recipient", json!({"to": []})),
+        ("a bad address", json!({"to": ["ops at example.com"]})),
+        ("a display name", json!({"to": ["Ops <ops@example.com>"]})),
+        (
+            "a two-line subject",
+            json!({"to": ["ops@example.com"], "subject": "a\nb"}),
+        ),
+        (
+            "an unknown field",
+            json!({"to": ["ops@example.com"], "cc": ["x@example.com"]}),
+        ),
+        (
+            "21 recipients",
+            json!({"to": (1..=21).map(|i| format!("a{i}@example.com")).collect::<Vec<_>>()}),
+        ),
+    ] {
+        check(
+            what,
+            &broken(
+                &["alerts"],
+                json!([{"on": "failed", "email": email.clone()}]),
+            ),
+            false,
+        );
+        assert!(
+            model::load(
+                "bad.json",
+                &broken(&["alerts"], json!([{"on": "failed", "email": email}])).to_string()
+            )
+            .is_err(),
+            "the loader refuses {what} too"
+        );
+    }
 }
 
 /// The reference's opening example is a real definition.

@@ -2,7 +2,8 @@
 //! temporary folder, real HTTP servers on loopback. Every step kind, retries
 //! with backoff against flaky servers, `when`, loops (ordering and the
 //! concurrency bound), time-outs, cancellation, graceful shutdown and
-//! resumption, credentials, tenants and a 100 MB payload.
+//! resumption, reruns of a failed run, credentials, tenants and a 100 MB
+//! payload.
 
 // Test helpers outside #[test] functions unwrap too: a failure is the test's.
 #![allow(clippy::unwrap_used)]
@@ -16,8 +17,9 @@ use isoflow_engine::model;
 use isoflow_engine::run::{
     Credential, Engine, EngineConfig, RunEvent, RunOutcome, Secret, StaticCredentials,
 };
+use isoflow_engine::run::{RerunError, create_rerun};
 use isoflow_engine::sandbox::SandboxConfig;
-use isoflow_engine::store::{RunStatus, StepStatus};
+use isoflow_engine::store::{RunStatus, RunTrigger, StepStatus};
 use isoflow_testkit::{Gate, HttpFixture, Reply, Responder};
 use serde_json::{Value, json};
 
@@ -1491,5 +1493,133 @@ steps:
         .unwrap()
         .unwrap();
     assert_eq!(step.attempts, 1, "not retried: it would nest as deep again");
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_resumes_at_the_failed_step_keeping_the_steps_and_loop_elements_before_it() {
+    let fixture = HttpFixture::start();
+    fixture.route(
+        "GET",
+        "/start",
+        Responder::Fixed(Reply::json(200, &json!([0, 1, 2, 3, 4]))),
+    );
+    fixture.route(
+        "GET",
+        "/items/*",
+        Responder::Fixed(Reply::json(200, &json!("ok"))),
+    );
+    // Element 3's request fails the first time only.
+    fixture.route(
+        "GET",
+        "/items/3",
+        Responder::Sequence(vec![
+            Reply::text(404, "not yet"),
+            Reply::json(200, &json!("late")),
+        ]),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        r#"
+apiVersion: isoflow.dev/v1
+name: rerun
+version: 3
+steps:
+  - id: start
+    type: http
+    url: "{start}"
+  - id: each
+    type: loop
+    for_each: "{{{{ steps.start.output.body }}}}"
+    concurrency: 1
+    steps:
+      - id: get
+        type: http
+        url: "{items}/{{{{ item }}}}"
+      - id: mark
+        type: code
+        source: "export default (input) => input.body + '!'"
+        input: "{{{{ steps.get.output }}}}"
+  - id: last
+    type: code
+    source: "export default (input) => input"
+    input: "{{{{ steps.each.output }}}}"
+"#,
+        start = fixture.url("/start"),
+        items = fixture.url("/items"),
+    );
+    let engine = engine(&dir).await;
+    let (outcome, _, failed) = run(&engine, &yaml, json!({"batch": 9})).await;
+    assert_eq!(outcome.status, RunStatus::Failed, "{outcome:?}");
+    let store = engine.store().expect("a local engine has a store");
+
+    // Only a failed run of the tenant's own can be run again.
+    assert!(matches!(
+        create_rerun(store, "globex", &failed),
+        Err(RerunError::NotFound(_))
+    ));
+    let rerun = create_rerun(store, "acme", &failed).unwrap();
+    assert_eq!(rerun.trigger, Some(RunTrigger::Rerun));
+    assert_eq!(rerun.rerun_of.as_deref(), Some(failed.as_str()));
+    assert_eq!(rerun.from_step.as_deref(), Some("each"));
+    assert_eq!((rerun.integration.as_str(), rerun.version), ("rerun", 3));
+    assert_eq!(
+        store.run_input("acme", &rerun.run_id).unwrap(),
+        Some(json!({"batch": 9}))
+    );
+
+    // It runs through the resume path: what was copied is restored.
+    let mut handles = engine.resume_unfinished().await.unwrap();
+    assert_eq!(handles.len(), 1);
+    let mut handle = handles.remove(0);
+    assert_eq!(handle.run_id, rerun.run_id);
+    let mut restored = Vec::new();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match handle.next_event().await.expect("the run ends") {
+                RunEvent::StepRestored { step_key } => restored.push(step_key),
+                RunEvent::Finished(outcome) => break outcome,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the rerun ends within a minute");
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    assert_eq!(
+        outcome.output,
+        Some(json!(["ok!", "ok!", "ok!", "late!", "ok!"]))
+    );
+    // The step before and the finished elements were not run again; the
+    // failed element and the one never started were.
+    assert_eq!(
+        restored,
+        ["start"],
+        "elements are restored by the loop itself"
+    );
+    assert_eq!(fixture.count("GET", "/start"), 1);
+    for (item, hits) in [(0, 1), (1, 1), (2, 1), (3, 2), (4, 1)] {
+        assert_eq!(
+            fixture.count("GET", &format!("/items/{item}")),
+            hits,
+            "element {item}"
+        );
+    }
+    let steps = store.steps("acme", &rerun.run_id).unwrap();
+    assert!(
+        steps.iter().all(|s| s.status == StepStatus::Succeeded),
+        "{steps:?}"
+    );
+    // The old run is untouched, and a run that did not fail is not rerun.
+    let old = store.run("acme", &failed).unwrap().unwrap();
+    assert_eq!(old.status, RunStatus::Failed);
+    assert_eq!(old.trigger, Some(RunTrigger::Cli));
+    assert!(matches!(
+        create_rerun(store, "acme", &rerun.run_id),
+        Err(RerunError::NotFailed {
+            status: "succeeded",
+            ..
+        })
+    ));
     engine.shutdown(Duration::from_secs(5)).await;
 }

@@ -614,3 +614,96 @@ fn the_latest_version_of_each_integration_is_read_from_keys() {
         ]
     );
 }
+
+#[test]
+fn a_rerun_gets_the_old_runs_definition_input_and_the_checkpoints_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let mut old = RunRecord::new("acme", "sync", 2);
+    let big = Value::String("y".repeat(FILE_PAYLOAD_BYTES + 5));
+    store
+        .create_run(&old, &json!({"name": "sync"}), &big)
+        .unwrap();
+    old.status = RunStatus::Failed;
+    let mut failed = step("post", None);
+    failed.status = StepStatus::Failed;
+    store
+        .finish_run(
+            &old,
+            vec![
+                (step("fetch", None), Some(&big)),
+                (step("shape", None), Some(&json!({"n": 1}))),
+                (failed, None),
+            ],
+            &[log("fetch", 1, "fetched")],
+            None,
+        )
+        .unwrap();
+    let kept: Vec<StepRecord> = store
+        .steps("acme", &old.run_id)
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.status == StepStatus::Succeeded)
+        .collect();
+    let mut rerun = RunRecord::new("acme", "sync", 2);
+    rerun.rerun_of = Some(old.run_id.clone());
+    rerun.from_step = Some("post".into());
+    store.create_rerun(&rerun, &old.run_id, &kept).unwrap();
+    drop(store);
+
+    let store = open(&dir);
+    let stored = store.run("acme", &rerun.run_id).unwrap().unwrap();
+    assert_eq!(stored.rerun_of.as_deref(), Some(old.run_id.as_str()));
+    assert_eq!(stored.from_step.as_deref(), Some("post"));
+    let unfinished: Vec<String> = store
+        .unfinished_runs()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
+    assert_eq!(unfinished, [rerun.run_id.clone()], "the rerun waits to run");
+    assert_eq!(
+        store.run_definition("acme", &rerun.run_id).unwrap(),
+        Some(json!({"name": "sync"}))
+    );
+    assert_eq!(
+        store.run_input("acme", &rerun.run_id).unwrap(),
+        Some(big.clone())
+    );
+    let keys: Vec<String> = store
+        .steps("acme", &rerun.run_id)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.step_key)
+        .collect();
+    assert_eq!(keys, ["fetch", "shape"]);
+    assert_eq!(
+        store.step_output("acme", &rerun.run_id, "fetch").unwrap(),
+        Some(big)
+    );
+    assert_eq!(
+        store.step_output("acme", &rerun.run_id, "shape").unwrap(),
+        Some(json!({"n": 1}))
+    );
+    assert!(
+        store.logs("acme", &rerun.run_id).unwrap().is_empty(),
+        "logs stay with the old run"
+    );
+    // The copy of a payload file is the rerun's own: the old run's reads
+    // the same after the copy.
+    assert_eq!(
+        store
+            .step_output("acme", &old.run_id, "fetch")
+            .unwrap()
+            .map(|v| v.as_str().map(str::len)),
+        Some(Some(FILE_PAYLOAD_BYTES + 5))
+    );
+    // Another tenant cannot name the old run.
+    let intruder = RunRecord::new("globex", "sync", 2);
+    store.create_rerun(&intruder, &old.run_id, &[]).unwrap();
+    assert_eq!(store.run_input("globex", &intruder.run_id).unwrap(), None);
+    assert_eq!(
+        store.run_definition("globex", &intruder.run_id).unwrap(),
+        None
+    );
+}

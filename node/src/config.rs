@@ -49,6 +49,7 @@ pub struct Config {
     pub limits: Limits,
     pub vault: Vault,
     pub retention: Retention,
+    pub smtp: Smtp,
     /// Refused with a sentence: credentials of a node live in its vault.
     credentials: Vec<toml::Value>,
     /// The largest payload a run may take or produce.
@@ -76,6 +77,7 @@ impl Default for Config {
             limits: Limits::default(),
             vault: Vault::default(),
             retention: Retention::default(),
+            smtp: Smtp::default(),
             credentials: Vec::new(),
             max_payload_bytes: 1 << 30,
             keyring: None,
@@ -568,35 +570,7 @@ pub struct VaultKey {
 impl VaultKey {
     fn load(&self, key: &str, env: &HashMap<String, String>) -> anyhow::Result<vault::Key> {
         let text = match (&self.file, &self.env) {
-            (Some(path), None) => {
-                use std::io::Read;
-                use std::os::unix::fs::{MetadataExt, PermissionsExt};
-                // Opened once; the mode and owner checked are the open file's.
-                let cannot = || format!("{key}.file {}: cannot read it", path.display());
-                let file = std::fs::File::open(path).with_context(cannot)?;
-                let meta = file.metadata().with_context(cannot)?;
-                if meta.permissions().mode() & 0o077 != 0 {
-                    bail!(
-                        "{key}.file {} may be read by others (mode {:o}): chmod 600 it",
-                        path.display(),
-                        meta.permissions().mode() & 0o777
-                    );
-                }
-                // /proc/self belongs to this process's effective user.
-                let me = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
-                if meta.uid() != me && meta.uid() != 0 {
-                    bail!(
-                        "{key}.file {} belongs to user {}, neither this node's user nor root",
-                        path.display(),
-                        meta.uid()
-                    );
-                }
-                let mut text = String::new();
-                file.take(4096)
-                    .read_to_string(&mut text)
-                    .with_context(cannot)?;
-                text
-            }
+            (Some(path), None) => read_private_file(&format!("{key}.file"), path)?,
             (None, Some(name)) => {
                 if !name.starts_with("ISOFLOW_") {
                     bail!("{key}.env is {name:?}: it must name an ISOFLOW_ variable");
@@ -608,6 +582,155 @@ impl VaultKey {
             _ => bail!("{key} (id {:?}) needs either file or env", self.id),
         };
         vault::Key::from_base64(&self.id, &text).map_err(|e| anyhow::anyhow!("{key}: {e}"))
+    }
+}
+
+/// A secret's file (its first 4 KiB): one that only its owner, this
+/// node's user or root, may read. `what` names the setting in messages.
+fn read_private_file(what: &str, path: &Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // Opened once; the mode and owner checked are the open file's.
+    let cannot = || format!("{what} {}: cannot read it", path.display());
+    let file = std::fs::File::open(path).with_context(cannot)?;
+    let meta = file.metadata().with_context(cannot)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "{what} {} may be read by others (mode {:o}): chmod 600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        );
+    }
+    // /proc/self belongs to this process's effective user.
+    let me = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
+    if meta.uid() != me && meta.uid() != 0 {
+        bail!(
+            "{what} {} belongs to user {}, neither this node's user nor root",
+            path.display(),
+            meta.uid()
+        );
+    }
+    let mut text = String::new();
+    file.take(4096)
+        .read_to_string(&mut text)
+        .with_context(cannot)?;
+    Ok(text)
+}
+
+/// The SMTP server that alert emails go through (coordinator and all). On
+/// when `host` is set; without it, an alert's `email` is not sent (each
+/// such alert logs a warning).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Smtp {
+    pub host: Option<String>,
+    /// [default: 587 with starttls, 25 without]
+    pub port: Option<u16>,
+    /// The sender: `alerts@example.com` or `Isoflow <alerts@example.com>`.
+    pub from: Option<String>,
+    /// Upgrade the connection with STARTTLS and refuse a server that does
+    /// not offer it. Off only for a relay on this machine.
+    pub starttls: bool,
+    /// Log in as this user, with the password in `password_file` (only its
+    /// owner may read it) or `ISOFLOW_SMTP_PASSWORD`.
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// The password, from `ISOFLOW_SMTP_PASSWORD` or read by `load` from
+    /// `password_file`.
+    #[serde(skip)]
+    pub password: Option<Password>,
+    /// The longest one message may take to send (connecting included).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for Smtp {
+    fn default() -> Self {
+        Smtp {
+            host: None,
+            port: None,
+            from: None,
+            starttls: true,
+            username: None,
+            password_file: None,
+            password: None,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Smtp {
+    /// The port: set, or the usual one for the connection's kind.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(if self.starttls { 587 } else { 25 })
+    }
+
+    /// Reads the password file, when there is one and no password from the
+    /// environment.
+    fn load_password(&mut self) -> anyhow::Result<()> {
+        if self.password.is_some() {
+            return Ok(());
+        }
+        if let Some(path) = &self.password_file {
+            let text = read_private_file("smtp.password_file", path)?;
+            let password = text.trim_end_matches(['\n', '\r']);
+            if password.is_empty() {
+                bail!("smtp.password_file {} is empty", path.display());
+            }
+            self.password = Some(Password(password.to_owned()));
+        }
+        Ok(())
+    }
+
+    fn check(&self, role: Role) -> anyhow::Result<()> {
+        let Some(host) = &self.host else {
+            if self.from.is_some()
+                || self.username.is_some()
+                || self.password_file.is_some()
+                || self.password.is_some()
+            {
+                bail!("[smtp] is set without smtp.host: say which server sends alert emails");
+            }
+            return Ok(());
+        };
+        if role == Role::Worker {
+            bail!("a worker sends no alerts: [smtp] belongs on the coordinator");
+        }
+        if host.is_empty() {
+            bail!("smtp.host is empty");
+        }
+        if self.port == Some(0) {
+            bail!("smtp.port is 0");
+        }
+        let Some(from) = &self.from else {
+            bail!("smtp.host is set without smtp.from, the address alert emails come from");
+        };
+        if let Err(e) = from.parse::<lettre::message::Mailbox>() {
+            bail!("smtp.from is {from:?}, not an email address: {e}");
+        }
+        let password = self.password.is_some() || self.password_file.is_some();
+        match (&self.username, password) {
+            (Some(_), false) => bail!(
+                "smtp.username is set but there is no password: set smtp.password_file \
+                 (or ISOFLOW_SMTP_PASSWORD)"
+            ),
+            (None, true) => bail!("an SMTP password is set without smtp.username"),
+            _ => {}
+        }
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if self.username.is_some() && !self.starttls && !loopback {
+            bail!(
+                "smtp.username is set but smtp.starttls is false: the password would cross \
+                 the network to {host} in clear"
+            );
+        }
+        if self.timeout.is_zero() {
+            bail!("smtp.timeout must be more than 0");
+        }
+        Ok(())
     }
 }
 
@@ -679,6 +802,7 @@ impl Config {
         config.auth.admin_token = config.auth.read_admin_token(env)?;
         config.check()?;
         config.keyring = config.vault.keyring(env)?.map(Arc::new);
+        config.smtp.load_password()?;
         Ok(config)
     }
 
@@ -785,6 +909,27 @@ impl Config {
             self.worker.capacity = capacity.parse().with_context(|| {
                 format!("ISOFLOW_WORKER_CAPACITY is {capacity:?}: not a whole number")
             })?;
+        }
+        if let Some(host) = get("ISOFLOW_SMTP_HOST") {
+            self.smtp.host = Some(host.clone());
+        }
+        if let Some(port) = get("ISOFLOW_SMTP_PORT") {
+            self.smtp.port = Some(
+                port.parse()
+                    .with_context(|| format!("ISOFLOW_SMTP_PORT is {port:?}: not a port"))?,
+            );
+        }
+        if let Some(from) = get("ISOFLOW_SMTP_FROM") {
+            self.smtp.from = Some(from.clone());
+        }
+        if let Some(username) = get("ISOFLOW_SMTP_USERNAME") {
+            self.smtp.username = Some(username.clone());
+        }
+        if let Some(path) = get("ISOFLOW_SMTP_PASSWORD_FILE") {
+            self.smtp.password_file = Some(PathBuf::from(path));
+        }
+        if let Some(password) = get("ISOFLOW_SMTP_PASSWORD") {
+            self.smtp.password = Some(Password(password.clone()));
         }
         if let Some(limit) = get("ISOFLOW_TENANT_RUNS_IN_FLIGHT") {
             self.cluster.tenant_runs_in_flight = limit.parse().with_context(|| {
@@ -901,6 +1046,7 @@ impl Config {
         }
         self.check_tls()?;
         self.check_etcd()?;
+        self.smtp.check(self.role)?;
         if self.role == Role::All
             && self.auth.tokens.is_empty()
             && self.auth.admin_token.is_none()
@@ -1126,9 +1272,23 @@ mod tests {
             &env(&[
                 ("ISOFLOW_VAULT_KEY", key),
                 ("ISOFLOW_VAULT_KEY_2026_05", key),
+                ("ISOFLOW_SMTP_PASSWORD", "from-the-environment"),
             ]),
         )
         .expect("the example loads");
+        assert_eq!(
+            (
+                config.smtp.host.as_deref(),
+                config.smtp.port(),
+                config.smtp.starttls
+            ),
+            (Some("smtp.example.com"), 587, true)
+        );
+        assert_eq!(
+            config.smtp.password,
+            Some(Password("from-the-environment".into())),
+            "the variable beats the file"
+        );
         assert_eq!(config.role, Role::Coordinator);
         assert_eq!(config.etcd.lease_ttl, Duration::from_secs(3));
         let keyring = config
@@ -1273,6 +1433,69 @@ mod tests {
              token = \"0123456789abcdef\"\n",
         )
         .expect("with tokens");
+    }
+
+    #[test]
+    fn an_smtp_server_is_checked_and_its_password_read_like_other_secrets() {
+        let error = |text: &str| load_text(text).expect_err(text).to_string();
+        let smtp = "[smtp]\nhost = \"smtp.example.com\"\n";
+        assert_eq!(
+            error(smtp),
+            "smtp.host is set without smtp.from, the address alert emails come from"
+        );
+        assert!(
+            error(&format!("{smtp}from = \"not an address\"\n"))
+                .starts_with("smtp.from is \"not an address\", not an email address"),
+        );
+        assert_eq!(
+            error("[smtp]\nfrom = \"a@example.com\"\n"),
+            "[smtp] is set without smtp.host: say which server sends alert emails"
+        );
+        let from = format!("{smtp}from = \"Isoflow <a@example.com>\"\n");
+        assert_eq!(
+            error(&format!("{from}username = \"u\"\n")),
+            "smtp.username is set but there is no password: set smtp.password_file \
+             (or ISOFLOW_SMTP_PASSWORD)"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let password = dir.path().join("smtp-password");
+        std::fs::write(&password, "s3cret\n").expect("write");
+        let with_password = format!(
+            "{from}username = \"u\"\npassword_file = \"{}\"\n",
+            password.display()
+        );
+        assert_eq!(
+            error(&format!("{with_password}starttls = false\n")),
+            "smtp.username is set but smtp.starttls is false: the password would cross the \
+             network to smtp.example.com in clear"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert_eq!(
+            error(&with_password),
+            format!(
+                "smtp.password_file {} may be read by others (mode 644): chmod 600 it",
+                password.display()
+            )
+        );
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let config = load_text(&with_password).expect("an owner-only password file");
+        assert_eq!(config.smtp.password, Some(Password("s3cret".into())));
+        assert!(
+            !format!("{config:?}").contains("s3cret"),
+            "no secret in debug output"
+        );
+        // A relay on this machine may go without TLS; a worker sends no mail.
+        let local =
+            load_text("[smtp]\nhost = \"127.0.0.1\"\nfrom = \"a@example.com\"\nstarttls = false\n")
+                .expect("a local relay");
+        assert_eq!(local.smtp.port(), 25);
+        assert_eq!(
+            error(&format!(
+                "role = \"worker\"\n[auth]\ncluster_token = \"cluster-token-0123456789\"\n{from}"
+            )),
+            "a worker sends no alerts: [smtp] belongs on the coordinator"
+        );
     }
 
     #[test]

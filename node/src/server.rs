@@ -257,10 +257,14 @@ async fn serve_grpc(
     let address = listener.local_addr()?;
     // Cron triggers fire where the store is: here, while this node serves.
     let schedules = tokio::spawn(cron::run(coordinator.clone(), stop.clone()));
-    // Alerts go out through the same egress policy as http steps.
-    let alert_client = isoflow_engine::action::http::Client::new(&config.egress.policy()?)
-        .map_err(|e| anyhow::anyhow!("cannot make the alerts' http client: {e}"))?;
-    let alerts = tokio::spawn(alerts::run(coordinator.clone(), alert_client, stop.clone()));
+    // Alert webhooks go out through the same egress policy as http steps;
+    // alert emails through the operator's SMTP server.
+    let channels = alerts::Channels {
+        http: isoflow_engine::action::http::Client::new(&config.egress.policy()?)
+            .map_err(|e| anyhow::anyhow!("cannot make the alerts' http client: {e}"))?,
+        mailer: alerts::Mailer::new(&config.smtp)?,
+    };
+    let alerts = tokio::spawn(alerts::run(coordinator.clone(), channels, stop.clone()));
     // Old runs are deleted where the store is, too.
     let retention = tokio::spawn(retention::run(
         coordinator.clone(),

@@ -20,8 +20,9 @@ use super::{
     MAX_ATTEMPTS, MAX_CONCURRENCY, Method, Retry, Root, Step, StepId, Template, TemplateString,
 };
 use super::{
-    Alert, AlertOn, CatchUp, CronTrigger, DEFAULT_WEBHOOK_TIMEOUT, LONGEST_WEBHOOK_TIMEOUT,
-    Overlap, Trigger, TriggerId, Webhook, WebhookAuth, WebhookMode,
+    Alert, AlertOn, CatchUp, CronTrigger, DEFAULT_WEBHOOK_TIMEOUT, EmailAddress, EmailAlert,
+    LONGEST_WEBHOOK_TIMEOUT, MAX_ALERT_RECIPIENTS, MAX_ALERT_SUBJECT, Overlap, Trigger, TriggerId,
+    Webhook, WebhookAuth, WebhookMode,
 };
 use crate::sandbox::Runtime;
 
@@ -35,7 +36,8 @@ const INTEGRATION_FIELDS: &[&str] = &[
     "triggers",
     "alerts",
 ];
-const ALERT_FIELDS: &[&str] = &["on", "threshold", "webhook", "secret"];
+const ALERT_FIELDS: &[&str] = &["on", "threshold", "webhook", "secret", "email"];
+const EMAIL_FIELDS: &[&str] = &["to", "subject"];
 const TRIGGER_FIELDS: &[&str] = &["id", "type", "auth", "secret", "mode", "timeout"];
 const CRON_FIELDS: &[&str] = &[
     "id", "type", "schedule", "timezone", "overlap", "catch_up", "jitter",
@@ -331,7 +333,7 @@ impl Decoder {
                     item.line,
                     at.label,
                     format!(
-                        "an alert must be a mapping with on, webhook and secret, found {}",
+                        "an alert must be a mapping with on and a webhook (with its secret) or an email, found {}",
                         item.describe()
                     ),
                 );
@@ -350,42 +352,141 @@ impl Decoder {
             let threshold = self.optional(&mut f, "threshold", |d, n| {
                 d.positive_duration(n, "threshold", at)
             });
-            let webhook = self.required(&mut f, "webhook", at).and_then(|n| {
-                let text = self.string(n, "webhook", at)?;
+            let webhook = self.optional(&mut f, "webhook", |d, n| {
+                let text = d.string(n, "webhook", at)?;
                 match reqwest::Url::parse(text) {
                     Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(text.to_owned()),
-                    _ => self.fail(
+                    _ => d.fail(
                         n.line,
                         at.label,
                         format!("webhook {text:?} is not an http or https URL"),
                     ),
                 }
             });
-            let secret = self.required(&mut f, "secret", at).and_then(|n| {
-                let text = self.string(n, "secret", at)?;
-                CredentialName::new(text.to_owned()).map_err(|e| self.problem(n.line, at.label, e))
+            let secret = self.optional(&mut f, "secret", |d, n| {
+                let text = d.string(n, "secret", at)?;
+                CredentialName::new(text.to_owned()).map_err(|e| d.problem(n.line, at.label, e))
             });
+            let email = self.optional(&mut f, "email", |d, n| d.email_alert(n, at));
             self.unknown_fields(&f, at.label, ALERT_FIELDS, "an alert");
+            let mut incomplete = false;
             if on == Ok(AlertOn::Slow) && threshold == Ok(None) {
-                failed = true;
+                incomplete = true;
                 self.problem(
                     item.line,
                     at.label,
                     "an alert on slow runs needs a threshold".to_owned(),
                 );
+            }
+            // Which channels are there, as written (valid or not): a
+            // problem in one is reported once, not again as "missing".
+            let has = |name: &str| f.peek(name).is_some_and(|n| n.kind != Kind::Null);
+            let channel_problem = match (has("webhook"), has("secret"), has("email")) {
+                (false, _, false) => Some("an alert needs a webhook (with its secret) or an email"),
+                (true, false, _) => {
+                    Some("a webhook alert needs secret, the credential that signs it")
+                }
+                (false, true, _) => {
+                    Some("secret signs a webhook alert, but this alert has no webhook")
+                }
+                _ => None,
+            };
+            if let Some(message) = channel_problem {
+                incomplete = true;
+                self.problem(item.line, at.label, message.to_owned());
+            }
+            if incomplete {
+                failed = true;
                 continue;
             }
-            match (on, threshold, webhook, secret) {
-                (Ok(on), Ok(threshold), Ok(webhook), Ok(secret)) => alerts.push(Alert {
-                    on,
-                    threshold,
-                    webhook,
-                    secret,
-                }),
+            match (on, threshold, webhook, secret, email) {
+                (Ok(on), Ok(threshold), Ok(webhook), Ok(secret), Ok(email)) => {
+                    alerts.push(Alert {
+                        on,
+                        threshold,
+                        webhook,
+                        secret,
+                        email,
+                    });
+                }
                 _ => failed = true,
             }
         }
         if failed { Err(()) } else { Ok(alerts) }
+    }
+
+    /// An alert's `email: {to: [...], subject?}`.
+    fn email_alert(&mut self, node: &Node, at: At<'_>) -> Required<EmailAlert> {
+        let Kind::Map(entries) = &node.kind else {
+            return self.type_error(
+                node,
+                "email",
+                at,
+                "a mapping with to and an optional subject",
+            );
+        };
+        let mut f = Fields::new(node.line, entries);
+        let to = self.required(&mut f, "to", at).and_then(|n| {
+            let Kind::Seq(items) = &n.kind else {
+                return self.type_error(n, "email.to", at, "a list of addresses");
+            };
+            if items.is_empty() {
+                return self.fail(n.line, at.label, "email.to is empty: give 1 to 20 addresses".to_owned());
+            }
+            if items.len() > MAX_ALERT_RECIPIENTS {
+                return self.fail(
+                    n.line,
+                    at.label,
+                    format!(
+                        "email.to has {} addresses, over the most an alert may mail, {MAX_ALERT_RECIPIENTS}",
+                        items.len()
+                    ),
+                );
+            }
+            let mut to = Vec::new();
+            let mut bad = false;
+            for item in items {
+                let address = self.string(item, "an email.to entry", at).and_then(|text| {
+                    EmailAddress::new(text.to_owned())
+                        .map_err(|e| self.problem(item.line, at.label, e))
+                });
+                match address {
+                    Ok(address) if to.contains(&address) => {
+                        bad = true;
+                        self.problem(
+                            item.line,
+                            at.label,
+                            format!("email address \"{address}\" is listed twice"),
+                        );
+                    }
+                    Ok(address) => to.push(address),
+                    Err(()) => bad = true,
+                }
+            }
+            if bad { Err(()) } else { Ok(to) }
+        });
+        let subject = self.optional(&mut f, "subject", |d, n| {
+            let text = d.string(n, "email.subject", at)?;
+            if text.contains(['\r', '\n']) {
+                return d.fail(n.line, at.label, "email.subject must be one line".to_owned());
+            }
+            if text.chars().count() > MAX_ALERT_SUBJECT {
+                return d.fail(
+                    n.line,
+                    at.label,
+                    format!(
+                        "email.subject is {} characters, over the most it may be, {MAX_ALERT_SUBJECT}",
+                        text.chars().count()
+                    ),
+                );
+            }
+            Ok(text.to_owned())
+        });
+        self.unknown_fields(&f, at.label, EMAIL_FIELDS, "an alert's email");
+        Ok(EmailAlert {
+            to: to?,
+            subject: subject?,
+        })
     }
 
     fn triggers(&mut self, node: &Node) -> Required<Vec<Trigger>> {

@@ -1,23 +1,32 @@
 //! Alerts: when a run ends failed, or slower than a threshold, the
-//! integration's `alerts:` are posted as signed JSON (HMAC-SHA256 in
-//! `X-Isoflow-Signature`, as webhooks are signed) by the serving
-//! coordinator, through the node's egress policy.
+//! integration's `alerts:` go out from the serving coordinator: a webhook
+//! alert is posted as signed JSON (HMAC-SHA256 in `X-Isoflow-Signature`,
+//! as webhooks are signed) through the node's egress policy; an email alert
+//! is mailed through the node's `[smtp]` server ([`email`]).
 //!
-//! One alert per integration and cause per [`THROTTLE`]: the ones held
-//! back in that window are counted in the next (`suppressed`). A post that
-//! fails or answers 5xx is tried again ([`ATTEMPTS`] in all).
+//! One window per (tenant, integration, cause) of [`THROTTLE`]: the first
+//! run that ends that way in a window sends every alert of that cause (each
+//! webhook and each email), the ones after it in the window send nothing
+//! and are counted in the next (`suppressed`). A post that fails or answers
+//! 5xx is tried again ([`ATTEMPTS`] in all), an email likewise unless the
+//! server refuses it for good. A channel that cannot be reached is a warning
+//! in the log; the run it is about has ended and is not touched.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use isoflow_engine::action::http;
-use isoflow_engine::model::{Alert, AlertOn, Integration};
+use isoflow_engine::model::{Alert, AlertOn, EmailAlert, Integration};
 use isoflow_engine::store::{RunRecord, RunStatus};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::coordinator::{Coordinator, UpdateKind};
+
+pub mod email;
+
+pub use email::Mailer;
 
 /// The shortest time between two alerts of one integration and cause.
 pub const THROTTLE: Duration = Duration::from_secs(60);
@@ -33,13 +42,21 @@ struct Window {
     suppressed: u64,
 }
 
+/// Where alerts go out: the egress-checked http client for webhooks, the
+/// SMTP server (if `[smtp]` is set) for emails.
+#[derive(Debug)]
+pub struct Channels {
+    pub http: http::Client,
+    pub mailer: Option<Mailer>,
+}
+
 /// Watches runs end and sends their alerts until `stop`.
 pub async fn run(
     coordinator: Arc<Coordinator>,
-    client: http::Client,
+    channels: Channels,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let client = Arc::new(client);
+    let channels = Arc::new(channels);
     let windows: Arc<Windows> = Arc::default();
     let mut updates = coordinator.subscribe();
     loop {
@@ -61,11 +78,12 @@ pub async fn run(
         if !matches!(update.kind, UpdateKind::Finished) {
             continue;
         }
-        let (coordinator, client, windows) = (coordinator.clone(), client.clone(), windows.clone());
+        let (coordinator, channels, windows) =
+            (coordinator.clone(), channels.clone(), windows.clone());
         tokio::spawn(async move {
             if let Err(e) = on_finished(
                 &coordinator,
-                &client,
+                &channels,
                 &windows,
                 &update.tenant,
                 &update.run_id,
@@ -79,8 +97,8 @@ pub async fn run(
 }
 
 async fn on_finished(
-    coordinator: &Coordinator,
-    client: &http::Client,
+    coordinator: &Arc<Coordinator>,
+    channels: &Arc<Channels>,
     windows: &Windows,
     tenant: &str,
     run_id: &str,
@@ -97,8 +115,15 @@ async fn on_finished(
     let Ok(definition) = serde_json::from_value::<Integration>(definition) else {
         return Ok(());
     };
-    for alert in &definition.alerts {
-        if !applies(alert, &run) {
+    let run = Arc::new(run);
+    for cause in [AlertOn::Failed, AlertOn::Slow] {
+        let alerts: Vec<Alert> = definition
+            .alerts
+            .iter()
+            .filter(|alert| alert.on == cause && applies(alert, &run))
+            .cloned()
+            .collect();
+        if alerts.is_empty() {
             continue;
         }
         let suppressed = {
@@ -106,7 +131,7 @@ async fn on_finished(
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let window = windows
-                .entry((tenant.to_owned(), run.integration.clone(), alert.on))
+                .entry((tenant.to_owned(), run.integration.clone(), cause))
                 .or_default();
             if window.sent.is_some_and(|sent| sent.elapsed() < THROTTLE) {
                 window.suppressed += 1;
@@ -115,9 +140,63 @@ async fn on_finished(
             window.sent = Some(Instant::now());
             std::mem::take(&mut window.suppressed)
         };
-        send(coordinator, client, alert, &run, suppressed).await;
+        // Each channel on its own: a slow webhook does not hold an email.
+        for alert in alerts {
+            if let (Some(webhook), Some(secret)) = (&alert.webhook, &alert.secret) {
+                let (coordinator, channels, run) =
+                    (coordinator.clone(), channels.clone(), run.clone());
+                let (webhook, secret) = (webhook.clone(), secret.as_str().to_owned());
+                tokio::spawn(async move {
+                    send_webhook(
+                        &coordinator,
+                        &channels.http,
+                        &webhook,
+                        &secret,
+                        cause,
+                        &run,
+                        suppressed,
+                    )
+                    .await;
+                });
+            }
+            if let Some(email) = alert.email {
+                let (channels, run) = (channels.clone(), run.clone());
+                tokio::spawn(async move {
+                    send_email(channels.mailer.as_ref(), &email, cause, &run, suppressed).await;
+                });
+            }
+        }
     }
     Ok(())
+}
+
+fn cause_word(cause: AlertOn) -> &'static str {
+    match cause {
+        AlertOn::Failed => "failed",
+        AlertOn::Slow => "slow",
+    }
+}
+
+async fn send_email(
+    mailer: Option<&Mailer>,
+    alert: &EmailAlert,
+    cause: AlertOn,
+    run: &RunRecord,
+    suppressed: u64,
+) {
+    let cause = cause_word(cause);
+    let Some(mailer) = mailer else {
+        tracing::warn!(run_id = %run.run_id, cause, "alert email not sent: this node has no [smtp] server");
+        return;
+    };
+    let subject = email::subject(alert.subject.as_deref(), run, cause);
+    let body = email::body(run, cause, suppressed);
+    match mailer.send(&alert.to, &subject, &body).await {
+        Ok(()) => {
+            tracing::info!(run_id = %run.run_id, cause, recipients = alert.to.len(), "alert email sent");
+        }
+        Err(e) => tracing::warn!(run_id = %run.run_id, cause, "alert email not sent: {e}"),
+    }
 }
 
 /// Whether `alert` is for how `run` ended.
@@ -131,24 +210,20 @@ fn applies(alert: &Alert, run: &RunRecord) -> bool {
     }
 }
 
-async fn send(
+async fn send_webhook(
     coordinator: &Coordinator,
     client: &http::Client,
-    alert: &Alert,
+    webhook: &str,
+    secret_name: &str,
+    cause: AlertOn,
     run: &RunRecord,
     suppressed: u64,
 ) {
-    let cause = match alert.on {
-        AlertOn::Failed => "failed",
-        AlertOn::Slow => "slow",
-    };
-    let secret = match coordinator
-        .tenant_secret(&run.tenant, alert.secret.as_str())
-        .await
-    {
+    let cause = cause_word(cause);
+    let secret = match coordinator.tenant_secret(&run.tenant, secret_name).await {
         Ok(Some(secret)) => secret,
         _ => {
-            tracing::warn!(tenant = %run.tenant, secret = alert.secret.as_str(), "alert not sent: its signing credential is missing");
+            tracing::warn!(tenant = %run.tenant, secret = secret_name, "alert not sent: its signing credential is missing");
             return;
         }
     };
@@ -167,7 +242,7 @@ async fn send(
     let time = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let mut request = http::Request::get(alert.webhook.clone());
+    let mut request = http::Request::get(webhook.to_owned());
     request.method = http::Method::Post;
     request.headers = vec![
         ("Content-Type".into(), "application/json".into()),

@@ -10,8 +10,11 @@ use isoflow_engine::credential::Secret;
 use isoflow_engine::credential::oauth2;
 use isoflow_engine::credential::vault::{Vault, VaultError};
 use isoflow_engine::model;
+use isoflow_engine::run::RerunError;
 use isoflow_engine::run::inline_code;
-use isoflow_engine::store::{Deployed, IntegrationRecord, RunFilter, RunRecord, RunStatus, now_ms};
+use isoflow_engine::store::{
+    Deployed, IntegrationRecord, RunFilter, RunRecord, RunStatus, RunTrigger, now_ms,
+};
 use isoflow_proto::v1::isoflow_server::Isoflow;
 use isoflow_proto::{CHUNK_BYTES, v1};
 use tokio::sync::broadcast::error::RecvError;
@@ -172,7 +175,14 @@ impl Api {
             Some(("api".to_owned(), target.request_id.clone()))
         };
         self.coordinator
-            .start_run(tenant, &target.integration, version, input, request)
+            .start_run(
+                tenant,
+                &target.integration,
+                version,
+                input,
+                request,
+                RunTrigger::Api,
+            )
             .await
             .map_err(internal)?
             .ok_or_else(|| integration_not_found(&target.integration, version))
@@ -624,6 +634,30 @@ impl Isoflow for Api {
             ))),
             CancelOutcome::Cancelling(run) => Ok(Response::new(convert::run(&run, &[]))),
         }
+    }
+
+    async fn rerun_run(
+        &self,
+        request: Request<v1::RerunRunRequest>,
+    ) -> Result<Response<v1::Run>, Status> {
+        let tenant = tenant(&request)?;
+        let run_id = request.into_inner().run_id;
+        check_run_id(&run_id)?;
+        let run = self
+            .coordinator
+            .rerun(&tenant, &run_id)
+            .await
+            .map_err(|e| match e.downcast_ref::<RerunError>() {
+                // Another tenant's run is as absent as one that never was.
+                Some(RerunError::NotFound(_)) => Status::not_found(e.to_string()),
+                Some(
+                    RerunError::NotFailed { .. }
+                    | RerunError::NothingToRun(_)
+                    | RerunError::Definition { .. },
+                ) => Status::failed_precondition(e.to_string()),
+                Some(RerunError::Store(_)) | None => internal(e),
+            })?;
+        Ok(Response::new(convert::run(&run, &[])))
     }
 
     async fn set_credential(

@@ -120,9 +120,9 @@ async fn write_loop(
     loop {
         let next = tokio::select! {
             next = link.recv() => next,
-            _ = tick.tick() => Some(Outbound::Message(Out::Heartbeat(v1::Heartbeat {
+            _ = tick.tick() => Some(Outbound::Message(Box::new(Out::Heartbeat(v1::Heartbeat {
                 time_ms: isoflow_engine::store::now_ms(),
-            }))),
+            })))),
         };
         let Some(next) = next else {
             return;
@@ -130,7 +130,7 @@ async fn write_loop(
         match next {
             Outbound::Close => return,
             Outbound::Message(kind) => {
-                if out.send(message(kind)).await.is_err() {
+                if out.send(message(*kind)).await.is_err() {
                     return;
                 }
             }
@@ -221,14 +221,14 @@ async fn read_loop(
                 // A worker that asks faster than the vault answers is told
                 // so, not queued without bound.
                 let Ok(permit) = credential_requests.clone().try_acquire_owned() else {
-                    let _ = link.send(Outbound::Message(Out::CredentialReply(
+                    let _ = link.send(Outbound::Message(Box::new(Out::CredentialReply(
                         v1::CredentialReply {
                             request_id: request.request_id,
                             result: Some(Reply::Error(
                                 "too many credential requests at once".into(),
                             )),
                         },
-                    )));
+                    ))));
                     continue;
                 };
                 let coordinator = coordinator.clone();
@@ -252,12 +252,12 @@ async fn read_loop(
                             Reply::Error(why)
                         }
                     };
-                    let _ = link.send(Outbound::Message(Out::CredentialReply(
+                    let _ = link.send(Outbound::Message(Box::new(Out::CredentialReply(
                         v1::CredentialReply {
                             request_id: request.request_id,
                             result: Some(result),
                         },
-                    )));
+                    ))));
                 });
             }
             Some(In::Checkpoint(checkpoint)) => {
@@ -290,7 +290,7 @@ async fn read_loop(
                             })
                         }
                     };
-                    let _ = link.send(Outbound::Message(reply));
+                    let _ = link.send(Outbound::Message(Box::new(reply)));
                 });
             }
         }

@@ -39,6 +39,13 @@ pub fn run(record: &RunRecord, steps: &[StepRecord]) -> v1::Run {
         updated_at_ms: record.updated_at_ms,
         error: record.error.clone().unwrap_or_default(),
         steps: steps.iter().map(step).collect(),
+        trigger: record
+            .trigger
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        rerun_of: record.rerun_of.clone().unwrap_or_default(),
+        from_step: record.from_step.clone().unwrap_or_default(),
     }
 }
 
@@ -52,6 +59,11 @@ pub fn run_from(run: &v1::Run) -> Option<RunRecord> {
         created_at_ms: run.created_at_ms,
         updated_at_ms: run.updated_at_ms,
         error: (!run.error.is_empty()).then(|| run.error.clone()),
+        // A trigger this version does not know (a newer node's) reads as
+        // none rather than making the run unreadable.
+        trigger: run.trigger.parse().ok(),
+        rerun_of: (!run.rerun_of.is_empty()).then(|| run.rerun_of.clone()),
+        from_step: (!run.from_step.is_empty()).then(|| run.from_step.clone()),
     })
 }
 

@@ -38,8 +38,9 @@ use isoflow_engine::credential::{Credential, Secret};
 use isoflow_engine::model::{CredentialName, Integration, Step};
 use isoflow_engine::run::{
     Engine, Journal, JournalError, JournalFuture, JournalWrite, StoreJournal, WriteKind,
+    create_rerun,
 };
-use isoflow_engine::store::{RunRecord, RunStatus, StepRecord, Store};
+use isoflow_engine::store::{RunRecord, RunStatus, RunTrigger, StepRecord, Store};
 use isoflow_proto::v1;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
@@ -75,7 +76,9 @@ pub enum Outbound {
     /// Send this run (its definition, input and checkpoints) under this
     /// assignment.
     Assign(u64, RunKey),
-    Message(v1::coordinator_message::Kind),
+    /// Boxed: the largest kind (an Assign, with its run) is several times
+    /// the other variants, and heartbeats need not carry its size.
+    Message(Box<v1::coordinator_message::Kind>),
     /// The worker's slot is gone: end its stream, so that it connects again.
     Close,
 }
@@ -248,9 +251,10 @@ impl Coordinator {
     }
 
     /// Stores a run of the tenant's integration (its latest version, or
-    /// `version`) with `input` and queues it. With a request `(scope, key)`
-    /// a key starts one run: asked again, it returns that run, not started
-    /// again (`false`). `None`: no such integration.
+    /// `version`) with `input`, recorded as started by `trigger`, and
+    /// queues it. With a request `(scope, key)` a key starts one run: asked
+    /// again, it returns that run, not started again (`false`). `None`: no
+    /// such integration.
     pub async fn start_run(
         self: &Arc<Self>,
         tenant: &str,
@@ -258,6 +262,7 @@ impl Coordinator {
         version: Option<u32>,
         input: Value,
         request: Option<(String, String)>,
+        trigger: RunTrigger,
     ) -> anyhow::Result<Option<(RunRecord, bool)>> {
         let store = self.store.clone();
         let starting = self.starting.clone();
@@ -276,7 +281,8 @@ impl Coordinator {
             let Some(integration) = store.integration(&tenant, &name, version)? else {
                 return Ok(None);
             };
-            let run = RunRecord::new(&tenant, &integration.name, integration.version);
+            let run =
+                RunRecord::new(&tenant, &integration.name, integration.version).started_by(trigger);
             match &request {
                 Some((scope, key)) => {
                     store.create_requested_run(&run, &integration.definition, &input, scope, key)?
@@ -297,6 +303,26 @@ impl Coordinator {
     pub fn set_tenant_runs_in_flight(self: &Arc<Self>, tenant: &str, limit: Option<u32>) {
         lock(&self.state).scheduler.set_tenant_limit(tenant, limit);
         self.dispatch();
+    }
+
+    /// Stores a rerun of the tenant's failed run `run_id` (a new run that
+    /// starts at the step the old one failed in; see the engine's
+    /// `run::rerun`) and queues it. Why it cannot is a [`RerunError`] in
+    /// the error's chain.
+    pub async fn rerun(self: &Arc<Self>, tenant: &str, run_id: &str) -> anyhow::Result<RunRecord> {
+        let store = self.store.clone();
+        let (tenant, run_id) = (tenant.to_owned(), run_id.to_owned());
+        let run =
+            tokio::task::spawn_blocking(move || create_rerun(&store, &tenant, &run_id)).await??;
+        tracing::info!(
+            tenant = %run.tenant,
+            run_id = %run.run_id,
+            rerun_of = run.rerun_of.as_deref().unwrap_or_default(),
+            from_step = run.from_step.as_deref().unwrap_or_default(),
+            "rerun queued"
+        );
+        self.enqueue((run.tenant.clone(), run.run_id.clone()));
+        Ok(run)
     }
 
     /// Queues a run that was just stored.
@@ -445,7 +471,8 @@ impl Coordinator {
         let loaded = tokio::task::spawn_blocking(move || this.load_run(&key2)).await??;
         let integration = serde_json::from_value(loaded.definition)
             .map_err(|e| anyhow::anyhow!("the stored definition cannot be read: {e}"))?;
-        let resumed = loaded.run.status != RunStatus::Pending;
+        // A rerun starts with checkpoints copied from the run it reruns.
+        let resumed = loaded.run.status != RunStatus::Pending || loaded.run.rerun_of.is_some();
         let journal = Arc::new(LocalJournal {
             coordinator: self.clone(),
             assignment: id,
@@ -641,8 +668,8 @@ impl Coordinator {
         let assigned = state.scheduler.assignment_of(key);
         match assigned.and_then(|(id, worker)| Some((id, &state.links.get(worker)?.link))) {
             Some((id, Link::Remote(link))) => {
-                let _ = link.send(Outbound::Message(v1::coordinator_message::Kind::Cancel(
-                    v1::CancelRun { assignment_id: id },
+                let _ = link.send(Outbound::Message(Box::new(
+                    v1::coordinator_message::Kind::Cancel(v1::CancelRun { assignment_id: id }),
                 )));
             }
             Some((_, Link::Local(engine))) => {

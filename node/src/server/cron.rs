@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use isoflow_engine::model::{CatchUp, CronTrigger, Integration, Overlap, Trigger};
-use isoflow_engine::store::Store;
+use isoflow_engine::store::{RunTrigger, Store};
 use serde_json::json;
 
 use super::coordinator::Coordinator;
@@ -316,6 +316,7 @@ async fn fire(
             None,
             input,
             Some((scope, tick_key(tick))),
+            RunTrigger::Cron(cron.id.as_str().to_owned()),
         )
         .await?;
     if let Some((run, true)) = started {

@@ -33,7 +33,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use isoflow_engine::model::{Integration, Trigger, Webhook, WebhookAuth, WebhookMode};
-use isoflow_engine::store::RunStatus;
+use isoflow_engine::store::{RunStatus, RunTrigger};
 use serde_json::{Value, json};
 
 use super::auth::same;
@@ -264,7 +264,14 @@ impl Hooks {
         let updates = self.coordinator.subscribe();
         let (run, created) = self
             .coordinator
-            .start_run(tenant, integration, None, input, request)
+            .start_run(
+                tenant,
+                integration,
+                None,
+                input,
+                request,
+                RunTrigger::Webhook(trigger.to_owned()),
+            )
             .await
             .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?
             .ok_or_else(not_found)?;

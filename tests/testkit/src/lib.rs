@@ -25,8 +25,9 @@
 //! export, and [`process`], child processes for multi-process tests (the
 //! real `isoflow` binary, killed when the test lets go of it), [`etcd`], a
 //! real etcd server ([`Etcd`]) for cluster tests, with authentication and
-//! optionally TLS, [`tls`], certificates made for a test, and [`oauth2`],
-//! an OAuth2 provider (token endpoint and protected API) on loopback.
+//! optionally TLS, [`tls`], certificates made for a test, [`oauth2`], an
+//! OAuth2 provider (token endpoint and protected API) on loopback, and
+//! [`smtp`], a small SMTP sink ([`SmtpSink`]) that records what a node mails.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -49,11 +50,13 @@ pub mod etcd;
 pub mod oauth2;
 pub mod process;
 mod seed;
+pub mod smtp;
 pub mod tls;
 pub mod webhook;
 
 pub use etcd::Etcd;
 pub use seed::{SEED_EXPORTED, SeedExpected, seed_orders_expected, seed_orders_xml};
+pub use smtp::{Mail, SmtpSink};
 
 /// How often the `wait_for_*` helpers look again.
 const POLL: Duration = Duration::from_millis(2);
