@@ -536,9 +536,21 @@ async fn run_once(acme: &Client, integration: &str) -> (v1::Run, Value) {
 
 #[test]
 fn an_oauth2_credential_renews_itself_and_says_when_it_cannot() {
-    let node = start();
+    let sink = SmtpSink::start();
+    let node = start_with(&format!(
+        "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nfrom = \"isoflow@example.com\"\nstarttls = false\n",
+        sink.port()
+    ));
     let provider = Provider::start(3600);
     provider.add_refresh_token("rt-0");
+    let receiver = HttpFixture::start();
+    receiver.route("POST", "/alerts", Responder::Echo);
+    let alerting = format!(
+        "{}alerts:\n  - on: credential\n    webhook: \"{}\"\n    secret: hook-hmac\n    \
+         email: {{ to: [crm-owner@example.com] }}\n",
+        crm_sync(&provider, "crm"),
+        receiver.url("/alerts")
+    );
     runtime().block_on(async {
         let acme = Client::connect(&node.api, Some(ACME))
             .await
@@ -551,7 +563,7 @@ fn an_oauth2_credential_renews_itself_and_says_when_it_cannot() {
         ))
         .await
         .expect("stored");
-        acme.deploy(&crm_sync(&provider, "crm"), "crm.yaml", HashMap::new())
+        acme.deploy(&alerting, "crm.yaml", HashMap::new())
             .await
             .expect("deploys");
 
@@ -581,12 +593,37 @@ fn an_oauth2_credential_renews_itself_and_says_when_it_cannot() {
         assert!(status.needs_attention, "{status:?}");
         assert!(status.unhealthy.contains("invalid_grant"), "{status:?}");
         assert_eq!(status.renewals, 2);
+        // Its integration's `on: credential` alerts went out, once.
+        assert!(receiver.wait_for_count("POST", "/alerts", 1, LONG));
+        let alert = receiver.requests("POST", "/alerts")[0].json();
+        assert_eq!(alert["cause"], json!("credential"));
+        assert_eq!(alert["credential"], json!("crm"));
+        assert_eq!(alert["integration"], json!("sync-crm"));
+        assert!(
+            alert["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("invalid_grant"),
+            "{alert}"
+        );
+        assert!(sink.wait_for_count(1, LONG), "no email");
+        let mail = &sink.messages()[0];
+        assert_eq!(mail.to, ["crm-owner@example.com"]);
+        assert_eq!(
+            mail.header("subject").as_deref(),
+            Some("isoflow: credential crm of sync-crm version 1 cannot be renewed (tenant acme)")
+        );
+        // A second failure of the same credential is no new event.
+        let (run, _) = run_once(&acme, "sync-crm").await;
+        assert_eq!(run.status(), v1::RunStatus::Failed);
         // globex sees none of it.
         let globex = Client::connect(&node.api, Some(GLOBEX))
             .await
             .expect("connects");
         assert!(globex.credentials().await.expect("listed").is_empty());
     });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(receiver.count("POST", "/alerts"), 1);
     let logs = node.process.stderr();
     for secret in [
         oauth2::CLIENT_SECRET,

@@ -255,6 +255,9 @@ pub enum AlertOn {
     Failed,
     /// The run took longer than `threshold`, however it ended.
     Slow,
+    /// An OAuth2 credential an http step of the integration sends could
+    /// not be renewed (it went unhealthy).
+    Credential,
 }
 
 /// Something that starts a run of the integration.

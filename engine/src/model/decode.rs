@@ -343,10 +343,14 @@ impl Decoder {
             let on = self.required(&mut f, "on", at).and_then(|n| match &n.kind {
                 Kind::String(o) if o == "failed" => Ok(AlertOn::Failed),
                 Kind::String(o) if o == "slow" => Ok(AlertOn::Slow),
+                Kind::String(o) if o == "credential" => Ok(AlertOn::Credential),
                 _ => self.fail(
                     n.line,
                     at.label,
-                    format!("on must be failed or slow, found {}", n.describe()),
+                    format!(
+                        "on must be failed, slow or credential, found {}",
+                        n.describe()
+                    ),
                 ),
             });
             let threshold = self.optional(&mut f, "threshold", |d, n| {

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use isoflow_engine::action::http;
+use isoflow_engine::credential::vault::Unrenewable;
 use isoflow_engine::model::{Alert, AlertOn, EmailAlert, Integration};
 use isoflow_engine::store::{RunRecord, RunStatus};
 use serde_json::json;
@@ -59,9 +60,20 @@ pub async fn run(
     let channels = Arc::new(channels);
     let windows: Arc<Windows> = Arc::default();
     let mut updates = coordinator.subscribe();
+    let mut unrenewable = coordinator.vault.as_ref().map(|vault| vault.unrenewable());
     loop {
         let update = tokio::select! {
             update = updates.recv() => update,
+            Some(event) = next_unrenewable(&mut unrenewable) => {
+                let (coordinator, channels, windows) =
+                    (coordinator.clone(), channels.clone(), windows.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = on_unrenewable(&coordinator, &channels, &windows, &event).await {
+                        tracing::error!(credential = %event.name, "alerts: {e:#}");
+                    }
+                });
+                continue;
+            }
             _ = stop.wait_for(|stop| *stop) => return,
         };
         let update = match update {
@@ -126,76 +138,205 @@ async fn on_finished(
         if alerts.is_empty() {
             continue;
         }
-        let suppressed = {
-            let mut windows = windows
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let window = windows
-                .entry((tenant.to_owned(), run.integration.clone(), cause))
-                .or_default();
-            if window.sent.is_some_and(|sent| sent.elapsed() < THROTTLE) {
-                window.suppressed += 1;
-                continue;
-            }
-            window.sent = Some(Instant::now());
-            std::mem::take(&mut window.suppressed)
+        let Some(suppressed) = admit(windows, tenant, &run.integration, cause) else {
+            continue;
         };
-        // Each channel on its own: a slow webhook does not hold an email.
-        for alert in alerts {
-            if let (Some(webhook), Some(secret)) = (&alert.webhook, &alert.secret) {
-                let (coordinator, channels, run) =
-                    (coordinator.clone(), channels.clone(), run.clone());
-                let (webhook, secret) = (webhook.clone(), secret.as_str().to_owned());
-                tokio::spawn(async move {
-                    send_webhook(
-                        &coordinator,
-                        &channels.http,
-                        &webhook,
-                        &secret,
-                        cause,
-                        &run,
-                        suppressed,
-                    )
-                    .await;
-                });
+        let word = cause_word(cause);
+        let message = Message {
+            tenant: run.tenant.clone(),
+            about: run.run_id.clone(),
+            body: json!({
+                "cause": word,
+                "tenant": run.tenant,
+                "integration": run.integration,
+                "version": run.version,
+                "run_id": run.run_id,
+                "status": run.status.as_str(),
+                "error": run.error,
+                "duration_ms": run.updated_at_ms.saturating_sub(run.created_at_ms),
+                "suppressed": suppressed,
+            }),
+            idempotency_key: format!("alert/{}/{word}", run.run_id),
+            subject: email::subject(None, &run, word),
+            text: email::body(&run, word, suppressed),
+        };
+        send(coordinator, channels, alerts, message);
+    }
+    Ok(())
+}
+
+/// The next OAuth2 credential that went unhealthy, if this node has a
+/// vault; pending forever otherwise.
+async fn next_unrenewable(
+    events: &mut Option<tokio::sync::broadcast::Receiver<Unrenewable>>,
+) -> Option<Unrenewable> {
+    let Some(receiver) = events else {
+        return std::future::pending().await;
+    };
+    loop {
+        match receiver.recv().await {
+            Ok(event) => return Some(event),
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "alerts: credential events were missed");
             }
-            if let Some(email) = alert.email {
-                let (channels, run) = (channels.clone(), run.clone());
-                tokio::spawn(async move {
-                    send_email(channels.mailer.as_ref(), &email, cause, &run, suppressed).await;
-                });
+            Err(RecvError::Closed) => {
+                *events = None;
+                return std::future::pending().await;
             }
         }
     }
+}
+
+/// An OAuth2 credential went unhealthy: every integration of its tenant
+/// whose http steps send it, and which has `on: credential` alerts, sends
+/// them (one per integration per window).
+async fn on_unrenewable(
+    coordinator: &Arc<Coordinator>,
+    channels: &Arc<Channels>,
+    windows: &Windows,
+    event: &Unrenewable,
+) -> anyhow::Result<()> {
+    let store = coordinator.store.clone();
+    let tenant = event.tenant.clone();
+    let records = tokio::task::spawn_blocking(move || store.integrations(&tenant)).await??;
+    for record in records {
+        let Ok(definition) = serde_json::from_value::<Integration>(record.definition) else {
+            continue;
+        };
+        if !super::coordinator::names_credential(&definition.steps, &event.name) {
+            continue;
+        }
+        let alerts: Vec<Alert> = definition
+            .alerts
+            .iter()
+            .filter(|alert| alert.on == AlertOn::Credential)
+            .cloned()
+            .collect();
+        if alerts.is_empty() {
+            continue;
+        }
+        let Some(suppressed) = admit(windows, &event.tenant, &record.name, AlertOn::Credential)
+        else {
+            continue;
+        };
+        let (name, version) = (record.name.clone(), record.version);
+        let message = Message {
+            tenant: event.tenant.clone(),
+            about: format!("credential {}", event.name),
+            body: json!({
+                "cause": "credential",
+                "tenant": event.tenant,
+                "integration": name,
+                "version": version,
+                "credential": event.name,
+                "error": event.reason,
+                "suppressed": suppressed,
+            }),
+            idempotency_key: format!(
+                "alert/{}/{}/credential/{}",
+                event.tenant,
+                name,
+                isoflow_engine::store::now_ms()
+            ),
+            subject: email::credential_subject(&event.tenant, &name, version, &event.name),
+            text: email::credential_body(
+                &event.tenant,
+                &name,
+                version,
+                &event.name,
+                &event.reason,
+                suppressed,
+            ),
+        };
+        send(coordinator, channels, alerts, message);
+    }
     Ok(())
+}
+
+/// Opens the (tenant, integration, cause) window if it is closed: the
+/// number of alerts held back since the last one sent. `None`: held back.
+fn admit(windows: &Windows, tenant: &str, integration: &str, cause: AlertOn) -> Option<u64> {
+    let mut windows = windows
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let window = windows
+        .entry((tenant.to_owned(), integration.to_owned(), cause))
+        .or_default();
+    if window.sent.is_some_and(|sent| sent.elapsed() < THROTTLE) {
+        window.suppressed += 1;
+        return None;
+    }
+    window.sent = Some(Instant::now());
+    Some(std::mem::take(&mut window.suppressed))
 }
 
 fn cause_word(cause: AlertOn) -> &'static str {
     match cause {
         AlertOn::Failed => "failed",
         AlertOn::Slow => "slow",
+        AlertOn::Credential => "credential",
     }
 }
 
-async fn send_email(
-    mailer: Option<&Mailer>,
-    alert: &EmailAlert,
-    cause: AlertOn,
-    run: &RunRecord,
-    suppressed: u64,
+/// One alert's content, for every channel.
+struct Message {
+    tenant: String,
+    /// What it is about, for the log: a run id, a credential.
+    about: String,
+    /// The webhook's JSON.
+    body: serde_json::Value,
+    idempotency_key: String,
+    /// The email's subject, before an alert's own prefix.
+    subject: String,
+    /// The email's text.
+    text: String,
+}
+
+/// Sends `message` by every channel of each of `alerts`, each channel on
+/// its own task: a slow webhook does not hold an email.
+fn send(
+    coordinator: &Arc<Coordinator>,
+    channels: &Arc<Channels>,
+    alerts: Vec<Alert>,
+    message: Message,
 ) {
-    let cause = cause_word(cause);
+    let message = Arc::new(message);
+    for alert in alerts {
+        if let (Some(webhook), Some(secret)) = (&alert.webhook, &alert.secret) {
+            let (coordinator, channels, message) =
+                (coordinator.clone(), channels.clone(), message.clone());
+            let (webhook, secret) = (webhook.clone(), secret.as_str().to_owned());
+            tokio::spawn(async move {
+                send_webhook(&coordinator, &channels.http, &webhook, &secret, &message).await;
+            });
+        }
+        if let Some(email) = alert.email {
+            let (channels, message) = (channels.clone(), message.clone());
+            tokio::spawn(async move {
+                send_email(channels.mailer.as_ref(), &email, &message).await;
+            });
+        }
+    }
+}
+
+async fn send_email(mailer: Option<&Mailer>, alert: &EmailAlert, message: &Message) {
+    let about = message.about.as_str();
     let Some(mailer) = mailer else {
-        tracing::warn!(run_id = %run.run_id, cause, "alert email not sent: this node has no [smtp] server");
+        tracing::warn!(
+            about,
+            "alert email not sent: this node has no [smtp] server"
+        );
         return;
     };
-    let subject = email::subject(alert.subject.as_deref(), run, cause);
-    let body = email::body(run, cause, suppressed);
-    match mailer.send(&alert.to, &subject, &body).await {
+    let subject = match alert.subject.as_deref().filter(|p| !p.is_empty()) {
+        Some(prefix) => format!("{prefix} {}", message.subject),
+        None => message.subject.clone(),
+    };
+    match mailer.send(&alert.to, &subject, &message.text).await {
         Ok(()) => {
-            tracing::info!(run_id = %run.run_id, cause, recipients = alert.to.len(), "alert email sent");
+            tracing::info!(about, recipients = alert.to.len(), "alert email sent");
         }
-        Err(e) => tracing::warn!(run_id = %run.run_id, cause, "alert email not sent: {e}"),
+        Err(e) => tracing::warn!(about, "alert email not sent: {e}"),
     }
 }
 
@@ -207,6 +348,7 @@ fn applies(alert: &Alert, run: &RunRecord) -> bool {
             run.updated_at_ms.saturating_sub(run.created_at_ms)
                 > u64::try_from(t.as_millis()).unwrap_or(u64::MAX)
         }),
+        AlertOn::Credential => false,
     }
 }
 
@@ -215,30 +357,20 @@ async fn send_webhook(
     client: &http::Client,
     webhook: &str,
     secret_name: &str,
-    cause: AlertOn,
-    run: &RunRecord,
-    suppressed: u64,
+    message: &Message,
 ) {
-    let cause = cause_word(cause);
-    let secret = match coordinator.tenant_secret(&run.tenant, secret_name).await {
+    let about = message.about.as_str();
+    let secret = match coordinator
+        .tenant_secret(&message.tenant, secret_name)
+        .await
+    {
         Ok(Some(secret)) => secret,
         _ => {
-            tracing::warn!(tenant = %run.tenant, secret = secret_name, "alert not sent: its signing credential is missing");
+            tracing::warn!(tenant = %message.tenant, secret = secret_name, "alert not sent: its signing credential is missing");
             return;
         }
     };
-    let body = json!({
-        "cause": cause,
-        "tenant": run.tenant,
-        "integration": run.integration,
-        "version": run.version,
-        "run_id": run.run_id,
-        "status": run.status.as_str(),
-        "error": run.error,
-        "duration_ms": run.updated_at_ms.saturating_sub(run.created_at_ms),
-        "suppressed": suppressed,
-    });
-    let text = body.to_string();
+    let text = message.body.to_string();
     let time = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -254,19 +386,19 @@ async fn send_webhook(
     request.body = Some(http::Body::Text(text));
     request.timeout = Duration::from_secs(10);
     request.max_response_bytes = 64 * 1024;
-    request.tenant = run.tenant.clone();
-    request.idempotency_key = Some(format!("alert/{}/{cause}", run.run_id));
+    request.tenant = message.tenant.clone();
+    request.idempotency_key = Some(message.idempotency_key.clone());
     for attempt in 1..=ATTEMPTS {
         match client.send(&request).await {
             Ok(_) => {
-                tracing::info!(run_id = %run.run_id, cause, "alert sent");
+                tracing::info!(about, "alert sent");
                 return;
             }
             Err(e) if attempt < ATTEMPTS && e.is_retryable() => {
                 tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
             }
             Err(e) => {
-                tracing::warn!(run_id = %run.run_id, cause, "alert not sent: {e}");
+                tracing::warn!(about, "alert not sent: {e}");
                 return;
             }
         }

@@ -690,7 +690,7 @@ impl Coordinator {
 
 /// Whether an http step among `steps` (loops' included) names credential
 /// `name`.
-fn names_credential(steps: &[Step], name: &str) -> bool {
+pub fn names_credential(steps: &[Step], name: &str) -> bool {
     steps.iter().any(|step| match step {
         Step::Http(http) => http.credential.as_ref().is_some_and(|c| c.as_str() == name),
         Step::Loop(l) => names_credential(&l.steps, name),

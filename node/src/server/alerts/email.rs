@@ -131,6 +131,55 @@ pub fn subject(prefix: Option<&str>, run: &RunRecord, cause: &str) -> String {
     }
 }
 
+/// The subject of an alert on a credential that went unhealthy.
+pub fn credential_subject(
+    tenant: &str,
+    integration: &str,
+    version: u32,
+    credential: &str,
+) -> String {
+    format!(
+        "isoflow: credential {credential} of {integration} version {version} cannot be renewed (tenant {tenant})"
+    )
+}
+
+/// The message of an alert on a credential that went unhealthy.
+pub fn credential_body(
+    tenant: &str,
+    integration: &str,
+    version: u32,
+    credential: &str,
+    reason: &str,
+    suppressed: u64,
+) -> String {
+    let mut text = format!(
+        "Credential {credential}, which integration {integration} version {version} sends, \
+         cannot be renewed: its runs' requests that need it fail until it is fixed.\n\n"
+    );
+    let mut field = |name: &str, value: &str| {
+        text.push_str(&format!("{name:<12} {value}\n"));
+    };
+    field("tenant", tenant);
+    field("integration", integration);
+    field("version", &version.to_string());
+    field("credential", credential);
+    let mut quoted: String = reason.chars().take(MAX_ERROR_CHARS).collect();
+    if quoted.len() < reason.len() {
+        quoted.push_str(" (cut)");
+    }
+    field("error", &quoted);
+    if suppressed > 0 {
+        field(
+            "held back",
+            &format!("{suppressed} earlier alert(s) of this cause, in the last minute"),
+        );
+    }
+    text.push_str(&format!(
+        "\n`isoflowctl credentials list` shows its state; set, rotate or authorize it again.\n"
+    ));
+    text
+}
+
 /// The message: what happened, then one field a line. Plain text, no links.
 pub fn body(run: &RunRecord, cause: &str, suppressed: u64) -> String {
     let what = match cause {
