@@ -174,9 +174,9 @@ pub fn credential_body(
             &format!("{suppressed} earlier alert(s) of this cause, in the last minute"),
         );
     }
-    text.push_str(&format!(
-        "\n`isoflowctl credentials list` shows its state; set, rotate or authorize it again.\n"
-    ));
+    text.push_str(
+        "\n`isoflowctl credentials list` shows its state; set, rotate or authorize it again.\n",
+    );
     text
 }
 
