@@ -1301,3 +1301,46 @@ fn a_failed_run_reruns_from_its_failed_step_and_the_steps_before_are_not_run_aga
         assert_eq!(listed[0].rerun_of, first.run_id);
     });
 }
+
+/// `examples/platform/run.sh`, the README's platform example, with the
+/// binaries this test run built: everything it shows happens.
+#[test]
+fn the_platform_example_runs_end_to_end() {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_isoflow"));
+    let target = bin
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/debug/isoflow");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace");
+    let output = Command::new("bash")
+        .arg(root.join("examples/platform/run.sh"))
+        .env("ISOFLOW_EXAMPLE_PREBUILT", "1")
+        .env("CARGO_TARGET_DIR", target)
+        .env_remove("ISOFLOW_TOKEN")
+        .env_remove("ISOFLOW_SERVER")
+        .output()
+        .expect("bash runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{text}");
+    for expected in [
+        // the sync webhook's answer, twice (the second after a renewal)
+        "{\"open\":2,\"total\":430.75}",
+        "x-isoflow-run-id: ",
+        "location: /isoflow.v1.Isoflow/GetRun/",
+        // two access tokens: the first, and the one renewed after a 401
+        "token 2 expires",
+        "\"cause\":\"failed\"",
+        "Subject: [CRM] isoflow: crm-orders version 1 failed (tenant acme)",
+        "cron:every-5s",
+        "webhook:orders-async",
+        "2 of 3 orders are open",
+    ] {
+        assert!(text.contains(expected), "{expected:?} is missing:\n{text}");
+    }
+}
