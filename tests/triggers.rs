@@ -282,6 +282,23 @@ fn a_token_webhook_starts_a_run_once_per_idempotency_key() {
                 json!({ "got": expected })
             );
         }
+        // Runs list by what started them: a kind, or one trigger.
+        let listed = |trigger: &str| {
+            let request = v1::ListRunsRequest {
+                trigger: trigger.into(),
+                ..Default::default()
+            };
+            let client = client.clone();
+            async move {
+                let runs = client.list_runs(request).await.expect("listed").runs;
+                runs.into_iter().map(|r| r.trigger).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(listed("api").await, ["api"]);
+        assert_eq!(listed("webhook").await, ["webhook:by-token"; 4]);
+        assert_eq!(listed("webhook:by-token").await.len(), 4);
+        assert!(listed("webhook:signed").await.is_empty());
+        assert!(listed("cron").await.is_empty());
     });
 }
 

@@ -110,6 +110,10 @@ enum Command {
         /// Only runs created before: a time or a duration ago
         #[arg(long)]
         until: Option<String>,
+        /// Only runs started this way: api, webhook, cron, rerun, or one
+        /// trigger (webhook:orders, cron:nightly)
+        #[arg(long)]
+        trigger: Option<String>,
     },
     /// Tenant administration with the node's admin token (from
     /// --admin-token-file or ISOFLOW_ADMIN_TOKEN, never the command line)
@@ -450,6 +454,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             status,
             since,
             until,
+            trigger,
         } => {
             let now = SystemTime::now();
             let mut request = v1::ListRunsRequest {
@@ -471,6 +476,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .map(|t| time_ms(t, now, "--until"))
                     .transpose()?
                     .unwrap_or(0),
+                trigger: trigger.unwrap_or_default(),
             };
             // A filter that matches little may answer empty pages with a
             // token: follow them (a bounded number) to the first runs.

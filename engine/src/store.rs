@@ -371,6 +371,9 @@ pub struct RunFilter {
     pub created_from_ms: Option<u64>,
     /// Created before (ms since 1970).
     pub created_to_ms: Option<u64>,
+    /// Started this way: a kind (`webhook`) or one trigger
+    /// (`webhook:orders`), as [`RunTrigger`] displays.
+    pub trigger: Option<String>,
 }
 
 impl RunFilter {
@@ -382,6 +385,15 @@ impl RunFilter {
             && self.status.is_none_or(|s| s == run.status)
             && self.created_from_ms.is_none_or(|t| run.created_at_ms >= t)
             && self.created_to_ms.is_none_or(|t| run.created_at_ms < t)
+            && self.trigger.as_deref().is_none_or(|wanted| {
+                run.trigger.as_ref().is_some_and(|trigger| {
+                    let shown = trigger.to_string();
+                    shown == wanted
+                        || shown
+                            .split_once(':')
+                            .is_some_and(|(kind, _)| kind == wanted)
+                })
+            })
     }
 }
 

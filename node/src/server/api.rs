@@ -961,6 +961,11 @@ fn run_filter(request: &v1::ListRunsRequest) -> Result<RunFilter, Status> {
             "integration holds a NUL character",
         ));
     }
+    if request.trigger.len() > 200 || request.trigger.contains('\0') {
+        return Err(Status::invalid_argument(
+            "trigger is longer than 200 bytes or holds a NUL character",
+        ));
+    }
     let status =
         match request.status {
             0 => None,
@@ -983,6 +988,7 @@ fn run_filter(request: &v1::ListRunsRequest) -> Result<RunFilter, Status> {
         status,
         created_from_ms,
         created_to_ms,
+        trigger: Some(request.trigger.clone()).filter(|t| !t.is_empty()),
     })
 }
 
