@@ -5,8 +5,6 @@
 //! through, which runs retention deleted and how much disk came back.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use isoflow_client::{AdminClient, Client, ConnectOptions, Error};
 use isoflow_proto::v1;
 use isoflow_testkit::process::Process;
+use isoflow_testkit::webhook;
 use isoflow_testkit::{Gate, HttpFixture, Reply, Responder, free_port};
 use serde_json::{Value, json};
 use tonic::Code;
@@ -186,36 +185,9 @@ fn code<T: std::fmt::Debug>(result: Result<T, Error>) -> (Code, String) {
     (error.code().unwrap_or(Code::Ok), error.to_string())
 }
 
-/// One HTTP/1.1 POST; the status, headers (lowercase names) and JSON body.
+/// A JSON POST to the HTTP listener: status, headers, body.
 fn post(port: u16, path: &str, body: &[u8]) -> (u16, HashMap<String, String>, Value) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("the listener accepts");
-    stream.set_read_timeout(Some(LONG)).expect("a timeout");
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).expect("sent");
-    stream.write_all(body).expect("sent");
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a response");
-    let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (
-        status,
-        headers,
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
+    webhook::post(port, path, &[("Content-Type", "application/json")], body)
 }
 
 fn hook(tenant: &str) -> String {

@@ -709,7 +709,11 @@ fn an_oauth2_authorization_completes_once_through_the_callback() {
         b"",
     );
     assert_eq!(status, 400, "{page}");
-    let forged = format!("{}.AAAA", state.split_once('.').expect("two parts").0);
+    let forged = format!(
+        "{}.{}",
+        state.split_once('.').expect("two parts").0,
+        "A".repeat(43)
+    );
     let (status, _, page) = exchange(
         node.http,
         "GET",
@@ -1360,4 +1364,41 @@ fn the_platform_example_runs_end_to_end() {
     ] {
         assert!(text.contains(expected), "{expected:?} is missing:\n{text}");
     }
+}
+
+/// A webhook body is refused by what its request says before it is read:
+/// a signed trigger without a well-formed, current signature, and a length
+/// over the limit, answer at once, without waiting for (or holding) the
+/// body.
+#[test]
+fn a_webhook_is_refused_before_its_body_is_read() {
+    use std::io::{Read, Write};
+    let node = start();
+    let ask = |path: &str, headers: &str| {
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", node.http)).expect("the listener accepts");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("a timeout");
+        // 300 MiB announced, 2 bytes sent: a node that read first would
+        // wait for the rest.
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Content-Length: 314572800\r\n{headers}\r\n{{}}"
+        );
+        stream.write_all(request.as_bytes()).expect("sent");
+        let mut answer = [0u8; 512];
+        let n = stream.read(&mut answer).expect("an answer before the body");
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    };
+    let unsigned = ask("/hooks/acme/echo/signed", "");
+    assert!(unsigned.starts_with("HTTP/1.1 401"), "{unsigned}");
+    let stale = ask(
+        "/hooks/acme/echo/signed",
+        "X-Isoflow-Signature: t=1000,v1=00\r\n",
+    );
+    assert!(stale.starts_with("HTTP/1.1 401"), "{stale}");
+    let large = ask(&format!("/hooks/acme/echo/by-token/{HOOK_TOKEN}"), "");
+    assert!(large.starts_with("HTTP/1.1 413"), "{large}");
+    assert!(runs(&node, ACME).is_empty());
 }

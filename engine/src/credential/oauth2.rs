@@ -332,13 +332,26 @@ pub async fn request_tokens(
     ask: Ask<'_>,
 ) -> Result<Tokens, GrantError> {
     let request = token_request(tenant, state, client_secret, ask);
-    // What the endpoint says goes into errors: never with a secret of ours.
-    let mut ours = vec![Secret::new(client_secret)];
+    // What the endpoint says goes into errors: never with a secret of ours,
+    // in any form the request carried it (raw, form-encoded, in Basic).
+    let mut raw = vec![client_secret];
     match ask {
-        Ask::Refresh(token) => ours.push(Secret::new(token)),
-        Ask::Code { code, .. } => ours.push(Secret::new(code)),
+        Ask::Refresh(token) => raw.push(token),
+        Ask::Code { code, .. } => raw.push(code),
         Ask::ClientCredentials => {}
     }
+    let mut ours: Vec<Secret> = raw
+        .iter()
+        .flat_map(|text| [text.to_string(), form_encoded(text)])
+        .map(Secret::new)
+        .collect();
+    ours.push(Secret::new(
+        base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            form_encoded(&state.client_id),
+            form_encoded(client_secret)
+        )),
+    ));
     let at = shown_endpoint(&state.token_url);
     match client.send(&request).await {
         Ok(response) => tokens(&response.body).map_err(|reason| GrantError {

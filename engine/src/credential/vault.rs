@@ -223,6 +223,23 @@ struct Record {
 }
 
 impl Record {
+    /// A first version made now, its secret not sealed yet.
+    fn unsealed(kind: &str, detail: Option<String>, origins: Vec<String>) -> Record {
+        let now = now_ms();
+        Record {
+            kind: kind.to_owned(),
+            detail,
+            origins,
+            version: 1,
+            created_ms: now,
+            updated_ms: now,
+            key_id: String::new(),
+            nonce: String::new(),
+            sealed: String::new(),
+            oauth2: None,
+        }
+    }
+
     /// What the seal binds besides the secret.
     fn aad(&self, tenant: &str, name: &str) -> Vec<u8> {
         serde_json::to_vec(&(
@@ -349,31 +366,35 @@ impl Vault {
             )));
         }
         let origins = checked_origins(name, origins, allow_http)?;
+        let mut record = Record::unsealed(kind.name(), kind.detail().map(str::to_owned), origins);
+        self.store_new(tenant, name, &mut record, kind.secret())
+    }
+
+    /// Stores `record` as the tenant's credential `name` (a new one, or the
+    /// next version of the one there), sealing `secret` into it.
+    fn store_new(
+        &self,
+        tenant: &str,
+        name: &str,
+        record: &mut Record,
+        secret: &Secret,
+    ) -> Result<CredentialInfo, VaultError> {
         let _writing = self
             .writing
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = now_ms();
         let previous = self.find(tenant, name)?;
         if previous.is_none() && self.store.credential_count(tenant)? >= MAX_CREDENTIALS {
             return Err(VaultError::Invalid(format!(
                 "tenant {tenant:?} has {MAX_CREDENTIALS} credentials, the most a tenant keeps: delete one first"
             )));
         }
-        let mut record = Record {
-            kind: kind.name().to_owned(),
-            detail: kind.detail().map(str::to_owned),
-            origins,
-            version: previous.as_ref().map_or(1, |r| r.version.saturating_add(1)),
-            created_ms: previous.as_ref().map_or(now, |r| r.created_ms),
-            updated_ms: now,
-            key_id: String::new(),
-            nonce: String::new(),
-            sealed: String::new(),
-            oauth2: None,
-        };
-        self.seal(tenant, name, &mut record, kind.secret())?;
-        self.store.put_credential(tenant, name, &to_json(&record))?;
+        if let Some(previous) = &previous {
+            record.version = previous.version.saturating_add(1);
+            record.created_ms = previous.created_ms;
+        }
+        self.seal(tenant, name, record, secret)?;
+        self.store.put_credential(tenant, name, &to_json(record))?;
         Ok(record.info(name))
     }
 
@@ -384,6 +405,11 @@ impl Vault {
         name: &str,
         secret: Secret,
     ) -> Result<CredentialInfo, VaultError> {
+        // A renewal writing tokens meanwhile would be lost, or lose these.
+        let _writing = self
+            .writing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut record = self
             .find(tenant, name)?
             .ok_or_else(|| VaultError::NotFound {
@@ -578,49 +604,26 @@ impl Vault {
             .check(allow_http)
             .map_err(|e| VaultError::Invalid(format!("credential {name:?}: {e}")))?;
         let origins = checked_origins(name, origins, allow_http)?;
-        let _writing = self
-            .writing
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = now_ms();
-        let previous = self.find(tenant, name)?;
-        if previous.is_none() && self.store.credential_count(tenant)? >= MAX_CREDENTIALS {
-            return Err(VaultError::Invalid(format!(
-                "tenant {tenant:?} has {MAX_CREDENTIALS} credentials, the most a tenant keeps: delete one first"
-            )));
-        }
-        let mut record = Record {
-            kind: "oauth2".to_owned(),
-            detail: Some(setup.client_id.clone()),
-            origins,
-            version: previous.as_ref().map_or(1, |r| r.version.saturating_add(1)),
-            created_ms: previous.as_ref().map_or(now, |r| r.created_ms),
-            updated_ms: now,
-            key_id: String::new(),
-            nonce: String::new(),
-            sealed: String::new(),
-            oauth2: Some(OAuth2State {
-                token_url: setup.token_url.clone(),
-                client_id: setup.client_id.clone(),
-                scopes: setup.scopes.clone(),
-                client_auth: setup.client_auth,
-                grant: setup.grant,
-                authorize_url: setup.authorize_url.clone(),
-                expires_ms: None,
-                renewals: 0,
-                renewed_ms: None,
-                unhealthy: None,
-                pending: None,
-            }),
-        };
+        let mut record = Record::unsealed("oauth2", Some(setup.client_id.clone()), origins);
+        record.oauth2 = Some(OAuth2State {
+            token_url: setup.token_url.clone(),
+            client_id: setup.client_id.clone(),
+            scopes: setup.scopes.clone(),
+            client_auth: setup.client_auth,
+            grant: setup.grant,
+            authorize_url: setup.authorize_url.clone(),
+            expires_ms: None,
+            renewals: 0,
+            renewed_ms: None,
+            unhealthy: None,
+            pending: None,
+        });
         let tokens = TokenSet {
             client_secret: setup.client_secret.expose().to_owned(),
             access_token: None,
             refresh_token: setup.refresh_token.as_ref().map(|t| t.expose().to_owned()),
         };
-        self.seal(tenant, name, &mut record, &token_secret(&tokens))?;
-        self.store.put_credential(tenant, name, &to_json(&record))?;
-        Ok(record.info(name))
+        self.store_new(tenant, name, &mut record, &token_secret(&tokens))
     }
 
     /// Starts the authorization code flow of an OAuth2 credential: the URL
@@ -675,7 +678,11 @@ impl Vault {
                 "this authorization is unknown, used or expired: start it again".to_owned(),
             )
         };
-        let (encoded, _) = state_param.split_once('.').ok_or_else(unknown)?;
+        let (encoded, random) = state_param.split_once('.').ok_or_else(unknown)?;
+        // What `authorize` makes: 32 bytes, base64url without padding.
+        if random.len() != 43 || encoded.len() > 1024 {
+            return Err(unknown());
+        }
         let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(encoded)
             .ok()
@@ -738,35 +745,30 @@ impl Vault {
         if let Some(credential) = self.usable(tenant, name, &record, rejected)? {
             return Ok(Some(credential));
         }
+        let key = (tenant.to_owned(), name.to_owned());
         let flight = {
             let mut flights = self
                 .flights
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            flights
-                .entry((tenant.to_owned(), name.to_owned()))
-                .or_default()
-                .clone()
+            flights.entry(key.clone()).or_default().clone()
+        };
+        // However this call ends (an error, a cancelled future), the last
+        // one out removes the credential's entry.
+        let _leave = Leave {
+            flights: &self.flights,
+            key,
+            flight: &flight,
         };
         let _turn = flight.lock().await;
         // Whoever held the turn before may have renewed it.
         let Some(record) = self.find(tenant, name)? else {
             return Ok(None);
         };
-        let result = match self.usable(tenant, name, &record, rejected)? {
+        match self.usable(tenant, name, &record, rejected)? {
             Some(credential) => Ok(Some(credential)),
             None => self.renew(tenant, name, &record).await.map(Some),
-        };
-        drop(_turn);
-        let mut flights = self
-            .flights
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // The map and this function's copy: nobody else is waiting.
-        if Arc::strong_count(&flight) == 2 {
-            flights.remove(&(tenant.to_owned(), name.to_owned()));
         }
-        result
     }
 
     /// The stored token, if it may be sent as it is.
@@ -975,6 +977,27 @@ impl Vault {
         );
         credential.renewable = true;
         Ok(credential)
+    }
+}
+
+/// Removes a credential's renewal turn from the map when the last caller
+/// that holds it is done.
+struct Leave<'a> {
+    flights: &'a std::sync::Mutex<HashMap<(String, String), Flight>>,
+    key: (String, String),
+    flight: &'a Flight,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        let mut flights = self
+            .flights
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The map's and this caller's: nobody else holds or waits for it.
+        if Arc::strong_count(self.flight) == 2 {
+            flights.remove(&self.key);
+        }
     }
 }
 
@@ -1435,7 +1458,7 @@ mod oauth2_tests {
         // A forged state (right credential, wrong secret part) is refused
         // and does not spend the real one.
         let (prefix, _) = state.split_once('.').expect("prefix.random");
-        let forged = format!("{prefix}.AAAA");
+        let forged = format!("{prefix}.{}", "A".repeat(43));
         vault
             .complete_authorization(&forged, &code)
             .await

@@ -306,9 +306,11 @@ impl Isoflow for Api {
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             use v1::execute_run_response::Part;
-            let ended = coordinator
-                .wait_for_end(updates, &tenant, &run_id, None)
-                .await;
+            // A caller that left stops the wait; the run goes on.
+            let ended = tokio::select! {
+                ended = coordinator.wait_for_end(updates, &tenant, &run_id, None) => ended,
+                () = tx.closed() => return,
+            };
             let answer = async {
                 let run = ended
                     .map_err(internal)?

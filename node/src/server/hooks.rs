@@ -52,7 +52,14 @@ struct Hooks {
     coordinator: Arc<Coordinator>,
     /// Each tenant's bucket of webhook runs.
     buckets: Arc<std::sync::Mutex<HashMap<String, Bucket>>>,
+    /// MiB of webhook bodies held in memory, node-wide.
+    bodies: Arc<tokio::sync::Semaphore>,
 }
+
+const MIB: u64 = 1024 * 1024;
+/// The most webhook body bytes a node holds at once (and so the largest
+/// body a webhook takes).
+pub const BODY_BUDGET_BYTES: u64 = 256 * MIB;
 
 /// A token bucket: `rate` runs a minute, up to `rate` at once.
 #[derive(Debug, Clone, Copy)]
@@ -102,6 +109,9 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .with_state(Hooks {
             coordinator,
             buckets: Arc::default(),
+            bodies: Arc::new(tokio::sync::Semaphore::new(
+                usize::try_from(BODY_BUDGET_BYTES / MIB).unwrap_or(usize::MAX),
+            )),
         })
 }
 
@@ -225,17 +235,47 @@ impl Hooks {
                     return Err(not_found());
                 }
             }
-            (WebhookAuth::Hmac, None) => {}
+            // A request that cannot be signed right is refused before its
+            // body is read.
+            (WebhookAuth::Hmac, None) => {
+                signature_header(headers, now_secs())
+                    .map_err(|why| error(StatusCode::UNAUTHORIZED, why))?;
+            }
             _ => return Err(not_found()),
         }
-        let limit =
-            usize::try_from(self.coordinator.tenants.payload_limit(tenant)).unwrap_or(usize::MAX);
-        let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        let limit = self.coordinator.tenants.payload_limit(tenant);
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let over = |limit: u64| {
             error(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the body is over the tenant's payload limit of {limit} bytes"),
+                format!("the body is over the limit of {limit} bytes"),
             )
-        })?;
+        };
+        if declared.is_some_and(|n| n > limit) {
+            return Err(over(limit));
+        }
+        // Bodies are held whole until the run is stored: what all webhooks
+        // hold at once is bounded node-wide, whoever sends them.
+        let want = declared.unwrap_or(limit).min(limit).min(BODY_BUDGET_BYTES);
+        let mib = u32::try_from(want.div_ceil(MIB).max(1)).unwrap_or(u32::MAX);
+        let _held = self
+            .bodies
+            .clone()
+            .try_acquire_many_owned(mib)
+            .map_err(|_| {
+                Refusal::limited(
+                    "this node is taking in as many webhook bodies as it holds at once; try again"
+                        .to_owned(),
+                    1,
+                )
+            })?;
+        let cap = limit.min(u64::from(mib) * MIB);
+        let bytes = axum::body::to_bytes(body, usize::try_from(cap).unwrap_or(usize::MAX))
+            .await
+            .map_err(|_| over(cap))?;
         if webhook.auth == WebhookAuth::Hmac {
             verify_signature(headers, &bytes, secret.as_bytes(), now_secs())
                 .map_err(|why| error(StatusCode::UNAUTHORIZED, why))?;
@@ -481,27 +521,7 @@ pub fn verify_signature(
     secret: &[u8],
     now: u64,
 ) -> Result<(), String> {
-    let header = headers
-        .get(SIGNATURE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .ok_or("the request carries no X-Isoflow-Signature header")?;
-    let mut time = None;
-    let mut signatures = Vec::new();
-    for part in header.split(',') {
-        match part.trim().split_once('=') {
-            Some(("t", t)) => time = t.parse::<u64>().ok(),
-            Some(("v1", v)) => signatures.push(v.to_owned()),
-            _ => {}
-        }
-    }
-    let time = time.ok_or("X-Isoflow-Signature has no t=<unix seconds>")?;
-    if time.abs_diff(now) > SIGNATURE_TOLERANCE.as_secs() {
-        return Err(format!(
-            "the signature's time is more than {} s from this node's clock: \
-             a replayed delivery, or a clock that is off",
-            SIGNATURE_TOLERANCE.as_secs()
-        ));
-    }
+    let (time, signatures) = signature_header(headers, now)?;
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
     let mut signed = format!("{time}.").into_bytes();
     signed.extend_from_slice(body);
@@ -513,6 +533,36 @@ pub fn verify_signature(
     } else {
         Err("the signature does not match the body".to_owned())
     }
+}
+
+/// The time and signatures of `X-Isoflow-Signature`, checked for form and
+/// for the time window: what can be refused before the body is read.
+fn signature_header(headers: &HeaderMap, now: u64) -> Result<(u64, Vec<String>), String> {
+    let header = headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or("the request carries no X-Isoflow-Signature header")?;
+    let mut time = None;
+    let mut signatures = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", t)) => time = t.parse::<u64>().ok(),
+            Some(("v1", v)) if signatures.len() < 8 => signatures.push(v.to_owned()),
+            _ => {}
+        }
+    }
+    let time = time.ok_or("X-Isoflow-Signature has no t=<unix seconds>")?;
+    if time.abs_diff(now) > SIGNATURE_TOLERANCE.as_secs() {
+        return Err(format!(
+            "the signature's time is more than {} s from this node's clock: \
+             a replayed delivery, or a clock that is off",
+            SIGNATURE_TOLERANCE.as_secs()
+        ));
+    }
+    if signatures.is_empty() {
+        return Err("X-Isoflow-Signature has no v1=<hex HMAC-SHA256>".to_owned());
+    }
+    Ok((time, signatures))
 }
 
 /// `X-Isoflow-Signature`'s value for `body` at `time`: what a sender

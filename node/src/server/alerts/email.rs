@@ -152,32 +152,21 @@ pub fn credential_body(
     reason: &str,
     suppressed: u64,
 ) -> String {
-    let mut text = format!(
-        "Credential {credential}, which integration {integration} version {version} sends, \
-         cannot be renewed: its runs' requests that need it fail until it is fixed.\n\n"
-    );
-    let mut field = |name: &str, value: &str| {
-        text.push_str(&format!("{name:<12} {value}\n"));
-    };
-    field("tenant", tenant);
-    field("integration", integration);
-    field("version", &version.to_string());
-    field("credential", credential);
-    let mut quoted: String = reason.chars().take(MAX_ERROR_CHARS).collect();
-    if quoted.len() < reason.len() {
-        quoted.push_str(" (cut)");
-    }
-    field("error", &quoted);
-    if suppressed > 0 {
-        field(
-            "held back",
-            &format!("{suppressed} earlier alert(s) of this cause, in the last minute"),
-        );
-    }
-    text.push_str(
-        "\n`isoflowctl credentials list` shows its state; set, rotate or authorize it again.\n",
-    );
-    text
+    letter(
+        format!(
+            "Credential {credential}, which integration {integration} version {version} sends, \
+             cannot be renewed: its runs' requests that need it fail until it is fixed."
+        ),
+        &[
+            ("tenant", tenant.to_owned()),
+            ("integration", integration.to_owned()),
+            ("version", version.to_string()),
+            ("credential", credential.to_owned()),
+        ],
+        Some(reason),
+        suppressed,
+        "`isoflowctl credentials list` shows its state; set, rotate or authorize it again.",
+    )
 }
 
 /// The message: what happened, then one field a line. Plain text, no links.
@@ -186,24 +175,47 @@ pub fn body(run: &RunRecord, cause: &str, suppressed: u64) -> String {
         "slow" => "took longer than its alert's threshold",
         _ => "failed",
     };
-    let mut text = format!(
-        "A run of integration {} version {} {what}.\n\n",
-        run.integration, run.version
-    );
     let duration = run.updated_at_ms.saturating_sub(run.created_at_ms);
+    let mut fields = vec![
+        ("tenant", run.tenant.clone()),
+        ("integration", run.integration.clone()),
+        ("version", run.version.to_string()),
+        ("run", run.run_id.clone()),
+        ("status", run.status.as_str().to_owned()),
+        ("duration", format!("{duration} ms")),
+    ];
+    if let Some(trigger) = &run.trigger {
+        fields.push(("trigger", trigger.to_string()));
+    }
+    letter(
+        format!(
+            "A run of integration {} version {} {what}.",
+            run.integration, run.version
+        ),
+        &fields,
+        run.error.as_deref(),
+        suppressed,
+        &format!("`isoflowctl show {}` shows its steps.", run.run_id),
+    )
+}
+
+/// An alert's text: the opening sentence, one field a line, the error cut
+/// to [`MAX_ERROR_CHARS`], how many were held back, the closing line.
+fn letter(
+    opening: String,
+    fields: &[(&str, String)],
+    error: Option<&str>,
+    suppressed: u64,
+    closing: &str,
+) -> String {
+    let mut text = format!("{opening}\n\n");
     let mut field = |name: &str, value: &str| {
         text.push_str(&format!("{name:<12} {value}\n"));
     };
-    field("tenant", &run.tenant);
-    field("integration", &run.integration);
-    field("version", &run.version.to_string());
-    field("run", &run.run_id);
-    field("status", run.status.as_str());
-    field("duration", &format!("{duration} ms"));
-    if let Some(trigger) = &run.trigger {
-        field("trigger", &trigger.to_string());
+    for (name, value) in fields {
+        field(name, value);
     }
-    if let Some(error) = &run.error {
+    if let Some(error) = error {
         let mut quoted: String = error.chars().take(MAX_ERROR_CHARS).collect();
         if quoted.len() < error.len() {
             quoted.push_str(" (cut)");
@@ -216,10 +228,7 @@ pub fn body(run: &RunRecord, cause: &str, suppressed: u64) -> String {
             &format!("{suppressed} earlier alert(s) of this cause, in the last minute"),
         );
     }
-    text.push_str(&format!(
-        "\n`isoflowctl show {}` shows its steps.\n",
-        run.run_id
-    ));
+    text.push_str(&format!("\n{closing}\n"));
     text
 }
 
