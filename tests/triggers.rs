@@ -658,19 +658,21 @@ fn an_oauth2_credential_renews_itself_and_says_when_it_cannot() {
 fn an_oauth2_authorization_completes_once_through_the_callback() {
     let node = start();
     let provider = Provider::start(3600);
-    let callback = format!("http://127.0.0.1:{}/oauth/callback", node.http);
-    let url = runtime().block_on(async {
+    let base = format!("http://127.0.0.1:{}/oauth/callback/", node.http);
+    let (url, listed) = runtime().block_on(async {
         let acme = Client::connect(&node.api, Some(ACME))
             .await
             .expect("connects");
-        acme.set_credential(oauth2_request(
-            &provider,
-            "crm-user",
-            v1::Oauth2Grant::AuthorizationCode,
-            |o| o.authorize_url = provider.url("/authorize"),
-        ))
-        .await
-        .expect("stored");
+        let set = acme
+            .set_credential(oauth2_request(
+                &provider,
+                "crm-user",
+                v1::Oauth2Grant::AuthorizationCode,
+                |o| o.authorize_url = provider.url("/authorize"),
+            ))
+            .await
+            .expect("stored");
+        let listed = set.oauth2.expect("OAuth2 status").redirect_uri;
         let globex = Client::connect(&node.api, Some(GLOBEX))
             .await
             .expect("connects");
@@ -679,10 +681,12 @@ fn an_oauth2_authorization_completes_once_through_the_callback() {
             .await
             .expect_err("not globex's");
         assert!(other.to_string().contains("no credential"), "{other}");
-        acme.authorize_credential("crm-user")
+        let url = acme
+            .authorize_credential("crm-user")
             .await
             .expect("an authorization")
-            .authorize_url
+            .authorize_url;
+        (url, listed)
     });
     let url = reqwest::Url::parse(&url).expect("a URL");
     let param = |name: &str| {
@@ -691,15 +695,40 @@ fn an_oauth2_authorization_completes_once_through_the_callback() {
             .map(|(_, v)| v.into_owned())
             .expect("the parameter")
     };
-    assert_eq!(param("redirect_uri"), callback);
+    // The credential's own redirect URI, the one SetCredential listed to
+    // register with the provider.
+    let callback = param("redirect_uri");
+    assert!(callback.starts_with(&base), "{callback}");
+    assert_eq!(callback, listed);
     assert_eq!(param("client_id"), oauth2::CLIENT_ID);
     let state = param("state");
     let code = provider.issue_code(&callback);
+    let path = callback
+        .strip_prefix(&format!("http://127.0.0.1:{}", node.http))
+        .expect("on the listener")
+        .to_owned();
     let query = |pairs: &[(&str, &str)]| {
         let mut query = form_urlencoded::Serializer::new(String::new());
         query.extend_pairs(pairs);
-        format!("/oauth/callback?{}", query.finish())
+        format!("{path}?{}", query.finish())
     };
+    // The right state at another path (the shared callback of before, or
+    // another credential's) is no callback of this credential.
+    for elsewhere in ["/oauth/callback", "/oauth/callback/AAAAAAAAAAAAAAAAAAAAAA"] {
+        let mut wrong = form_urlencoded::Serializer::new(String::new());
+        wrong.extend_pairs([("state", state.as_str()), ("code", code.as_str())]);
+        let (status, _, page) = exchange(
+            node.http,
+            "GET",
+            &format!("{elsewhere}?{}", wrong.finish()),
+            &[],
+            b"",
+        );
+        assert!(
+            status == 404 || status == 400,
+            "{elsewhere}: {status} {page}"
+        );
+    }
 
     let (status, _, page) = exchange(
         node.http,

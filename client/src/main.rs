@@ -710,6 +710,14 @@ async fn credentials(
                 "credential {} version {} ({}, key {})",
                 info.name, info.version, info.kind, info.key_id
             )?;
+            if let Some(uri) = info
+                .oauth2
+                .as_ref()
+                .map(|o| o.redirect_uri.as_str())
+                .filter(|u| !u.is_empty())
+            {
+                eprintln!("register this redirect URI with the provider: {uri}");
+            }
         }
         CredentialCommand::Authorize { name } => {
             let authorization = client.authorize_credential(&name).await?;

@@ -113,13 +113,14 @@ pub struct Http {
     pub listen: Option<SocketAddr>,
     /// The address users' browsers reach the listener at, e.g.
     /// `https://isoflow.example.com`: OAuth2 providers send users back to
-    /// `<public_url>/oauth/callback` [default: none, and no OAuth2
+    /// `<public_url>/oauth/callback/<id>` [default: none, and no OAuth2
     /// authorization code flow].
     pub public_url: Option<String>,
 }
 
 impl Http {
-    /// The OAuth2 callback's URL, if there is a public URL.
+    /// The base of the OAuth2 callbacks' URLs (each credential's adds its
+    /// id), if there is a public URL.
     pub fn oauth_callback(&self) -> Option<String> {
         self.public_url
             .as_deref()

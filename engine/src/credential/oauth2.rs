@@ -112,6 +112,22 @@ pub struct OAuth2State {
     pub unhealthy: Option<Unhealthy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<Pending>,
+    /// The authorization code grant's own callback path segment (random):
+    /// its redirect URI is `<callback base>/<callback_id>`, one per
+    /// credential, so a provider that allows only that URI for its client
+    /// sends codes for that client to this credential alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_id: Option<String>,
+}
+
+impl OAuth2State {
+    /// The redirect URI under `base` (`<public_url>/oauth/callback`), for
+    /// the authorization code grant.
+    pub fn redirect_uri(&self, base: &str) -> Option<String> {
+        self.callback_id
+            .as_ref()
+            .map(|id| format!("{}/{id}", base.trim_end_matches('/')))
+    }
 }
 
 /// The secret part of an OAuth2 credential, sealed as one JSON value.
@@ -532,10 +548,15 @@ fn oauth_error(body: &str) -> (Option<String>, Option<String>) {
 
 /// A fresh `state` parameter: 32 random bytes, base64url.
 pub fn new_state(random: &dyn ring::rand::SecureRandom) -> Result<String, String> {
-    let mut bytes = [0u8; 32];
+    random_text(random, 32)
+}
+
+/// `n` random bytes, base64url without padding.
+pub fn random_text(random: &dyn ring::rand::SecureRandom, n: usize) -> Result<String, String> {
+    let mut bytes = vec![0u8; n];
     random
         .fill(&mut bytes)
-        .map_err(|_| "the system has no randomness for a state".to_owned())?;
+        .map_err(|_| "the system has no randomness".to_owned())?;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
@@ -668,6 +689,7 @@ mod tests {
             renewed_ms: None,
             unhealthy: None,
             pending: None,
+            callback_id: None,
         };
         let url = authorization_url(&state, "https://isoflow.example.com/oauth/callback", "xyz")
             .expect("a url");

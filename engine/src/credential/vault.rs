@@ -604,6 +604,20 @@ impl Vault {
             .check(allow_http)
             .map_err(|e| VaultError::Invalid(format!("credential {name:?}: {e}")))?;
         let origins = checked_origins(name, origins, allow_http)?;
+        // Replaced, it keeps its callback: the provider knows that URI.
+        let callback_id = match setup.grant {
+            oauth2::Grant::AuthorizationCode => Some(
+                match self
+                    .find(tenant, name)?
+                    .and_then(|r| r.oauth2)
+                    .and_then(|s| s.callback_id)
+                {
+                    Some(id) => id,
+                    None => oauth2::random_text(&self.random, 16).map_err(VaultError::Key)?,
+                },
+            ),
+            _ => None,
+        };
         let mut record = Record::unsealed("oauth2", Some(setup.client_id.clone()), origins);
         record.oauth2 = Some(OAuth2State {
             token_url: setup.token_url.clone(),
@@ -617,6 +631,7 @@ impl Vault {
             renewed_ms: None,
             unhealthy: None,
             pending: None,
+            callback_id,
         });
         let tokens = TokenSet {
             client_secret: setup.client_secret.expose().to_owned(),
@@ -627,13 +642,14 @@ impl Vault {
     }
 
     /// Starts the authorization code flow of an OAuth2 credential: the URL
-    /// the user opens. Its `state` is good for one callback within
+    /// the user opens, whose redirect URI is the credential's own under
+    /// `callback_base`. Its `state` is good for one callback within
     /// [`oauth2::AUTHORIZATION_WINDOW`]; a new authorization replaces it.
     pub fn authorize(
         &self,
         tenant: &str,
         name: &str,
-        redirect_uri: &str,
+        callback_base: &str,
     ) -> Result<String, VaultError> {
         let state_param = format!(
             "{}.{}",
@@ -645,12 +661,16 @@ impl Vault {
         );
         let mut url = None;
         self.update_oauth2(tenant, name, None, |state, _| {
-            if state.authorize_url.is_none() {
+            let Some(redirect_uri) = state
+                .redirect_uri(callback_base)
+                .filter(|_| state.authorize_url.is_some())
+            else {
                 return Err(VaultError::Invalid(format!(
                     "credential {name:?} uses the {} grant, which needs no authorization",
                     state.grant.as_str()
                 )));
-            }
+            };
+            let redirect_uri = redirect_uri.as_str();
             state.pending = Some(Pending {
                 state_sha256: oauth2::sha256_hex(state_param.as_bytes()),
                 redirect_uri: redirect_uri.to_owned(),
@@ -670,6 +690,7 @@ impl Vault {
     /// tenant and name of the credential authorized.
     pub async fn complete_authorization(
         &self,
+        callback_id: &str,
         state_param: &str,
         code: &str,
     ) -> Result<(String, String), VaultError> {
@@ -698,6 +719,10 @@ impl Vault {
         let hash = oauth2::sha256_hex(state_param.as_bytes());
         let mut redirect_uri = String::new();
         self.update_oauth2(tenant, name, None, |state, _| {
+            // The code came to another credential's callback: not ours.
+            if state.callback_id.as_deref() != Some(callback_id) {
+                return Err(unknown());
+            }
             let pending = state.pending.take().ok_or_else(unknown)?;
             if pending.state_sha256 != hash || pending.expires_ms < now_ms() {
                 // A wrong guess does not spend the real one.
@@ -1445,33 +1470,46 @@ mod oauth2_tests {
             "{before}"
         );
 
-        let redirect = "https://isoflow.example.com/oauth/callback";
-        let url = vault.authorize("acme", "crm", redirect).expect("a URL");
+        let base = "https://isoflow.example.com/oauth/callback";
+        let url = vault.authorize("acme", "crm", base).expect("a URL");
         let url = reqwest::Url::parse(&url).expect("a URL");
-        let state = url
-            .query_pairs()
-            .find(|(k, _)| k == "state")
-            .map(|(_, v)| v.into_owned())
-            .expect("a state");
-        let code = provider.issue_code(redirect);
+        let param = |name: &str| {
+            url.query_pairs()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+                .expect("the parameter")
+        };
+        let (state, redirect) = (param("state"), param("redirect_uri"));
+        // The credential's own callback, under the base.
+        let callback_id = redirect
+            .strip_prefix(&format!("{base}/"))
+            .expect("under the base")
+            .to_owned();
+        assert_eq!(callback_id.len(), 22, "16 random bytes: {redirect}");
+        let code = provider.issue_code(&redirect);
 
-        // A forged state (right credential, wrong secret part) is refused
-        // and does not spend the real one.
+        // A forged state (right credential, wrong secret part), or the
+        // right one at another credential's callback, is refused and does
+        // not spend the real one.
         let (prefix, _) = state.split_once('.').expect("prefix.random");
         let forged = format!("{prefix}.{}", "A".repeat(43));
         vault
-            .complete_authorization(&forged, &code)
+            .complete_authorization(&callback_id, &forged, &code)
             .await
             .expect_err("forged");
+        vault
+            .complete_authorization("another-credentials-id", &state, &code)
+            .await
+            .expect_err("another callback");
         let (tenant, name) = vault
-            .complete_authorization(&state, &code)
+            .complete_authorization(&callback_id, &state, &code)
             .await
             .expect("authorized");
         assert_eq!((tenant.as_str(), name.as_str()), ("acme", "crm"));
         assert_eq!(token(&vault, None).await.expect("a token"), "at-2");
         // Used once.
         let replay = vault
-            .complete_authorization(&state, &code)
+            .complete_authorization(&callback_id, &state, &code)
             .await
             .expect_err("replayed");
         assert!(

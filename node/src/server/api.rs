@@ -706,7 +706,10 @@ impl Isoflow for Api {
             }
         };
         tracing::info!(credential = %info.name, kind = %info.kind, version = info.version, "credential set");
-        Ok(Response::new(convert::credential_info(&info)))
+        Ok(Response::new(convert::credential_info(
+            &info,
+            self.oauth_callback.as_deref(),
+        )))
     }
 
     async fn list_credentials(
@@ -717,7 +720,10 @@ impl Isoflow for Api {
         let vault = self.vault()?;
         let infos = blocking_vault(move || vault.list(&tenant)).await?;
         Ok(Response::new(v1::ListCredentialsResponse {
-            credentials: infos.iter().map(convert::credential_info).collect(),
+            credentials: infos
+                .iter()
+                .map(|info| convert::credential_info(info, self.oauth_callback.as_deref()))
+                .collect(),
         }))
     }
 
@@ -733,7 +739,10 @@ impl Isoflow for Api {
         })
         .await?;
         tracing::info!(credential = %info.name, version = info.version, "credential rotated");
-        Ok(Response::new(convert::credential_info(&info)))
+        Ok(Response::new(convert::credential_info(
+            &info,
+            self.oauth_callback.as_deref(),
+        )))
     }
 
     async fn delete_credential(

@@ -182,7 +182,9 @@ fn grant_message(grant: Grant) -> v1::Oauth2Grant {
     }
 }
 
-pub fn credential_info(info: &CredentialInfo) -> v1::CredentialInfo {
+/// A credential as the API lists it; `callback_base` (the node's OAuth2
+/// callback URL) makes an authorization code credential's redirect URI.
+pub fn credential_info(info: &CredentialInfo, callback_base: Option<&str>) -> v1::CredentialInfo {
     v1::CredentialInfo {
         name: info.name.clone(),
         kind: info.kind.clone(),
@@ -207,6 +209,9 @@ pub fn credential_info(info: &CredentialInfo) -> v1::CredentialInfo {
                 .unwrap_or_default(),
             needs_attention: state.unhealthy.as_ref().is_some_and(|u| u.permanent),
             awaiting_authorization: state.pending.is_some(),
+            redirect_uri: callback_base
+                .and_then(|base| state.redirect_uri(base))
+                .unwrap_or_default(),
         }),
     }
 }

@@ -1,13 +1,16 @@
 //! The OAuth2 authorization code callback on the node's HTTP listener:
-//! `GET /oauth/callback?code=…&state=…`, where a provider sends the user's
-//! browser after sign-in. The state names the credential and is good for
-//! one callback (see `Vault::authorize`); the code is exchanged for tokens
-//! at once, and the page says whether the credential is connected.
+//! `GET /oauth/callback/<credential's callback id>?code=…&state=…`, where a
+//! provider sends the user's browser after sign-in. Each credential has its
+//! own callback path, so a provider that allows only that redirect URI for
+//! its client sends codes to that credential alone. The state names the
+//! credential and is good for one callback (see `Vault::authorize`); the
+//! code is exchanged for tokens at once, and the page says whether the
+//! credential is connected.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -18,7 +21,7 @@ use super::coordinator::Coordinator;
 /// The callback's route.
 pub fn router(coordinator: Arc<Coordinator>) -> Router {
     Router::new()
-        .route("/oauth/callback", get(callback))
+        .route("/oauth/callback/{callback_id}", get(callback))
         .with_state(coordinator)
 }
 
@@ -52,6 +55,7 @@ impl Callback {
 
 async fn callback(
     State(coordinator): State<Arc<Coordinator>>,
+    Path(callback_id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
     let callback = Callback::parse(query.as_deref().unwrap_or_default());
@@ -82,7 +86,10 @@ async fn callback(
     let Some(code) = callback.code else {
         return page(StatusCode::BAD_REQUEST, "The provider sent no code.");
     };
-    match vault.complete_authorization(&state, &code).await {
+    match vault
+        .complete_authorization(&callback_id, &state, &code)
+        .await
+    {
         Ok((tenant, name)) => {
             tracing::info!(%tenant, credential = %name, "OAuth2 credential authorized");
             page(
