@@ -1372,15 +1372,8 @@ fn message(error: &isoflow_client::Error) -> String {
     }
 }
 
-fn poll(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    done()
+fn poll(timeout: Duration, done: impl FnMut() -> bool) -> bool {
+    isoflow_testkit::poll_every(Duration::from_millis(50), timeout, done)
 }
 
 /// Keys under `prefix`, read through etcd's JSON gateway.

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use isoflow_client::{Client, ConnectOptions};
 use isoflow_proto::v1;
@@ -43,15 +43,8 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a runtime")
 }
 
-fn poll(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    done()
+fn poll(timeout: Duration, done: impl FnMut() -> bool) -> bool {
+    isoflow_testkit::poll_every(Duration::from_millis(50), timeout, done)
 }
 
 /// `key=value` from a log line.

@@ -707,67 +707,42 @@ fn an_oauth2_authorization_completes_once_through_the_callback() {
         .strip_prefix(&format!("http://127.0.0.1:{}", node.http))
         .expect("on the listener")
         .to_owned();
-    let query = |pairs: &[(&str, &str)]| {
+    // The callback as a browser calls it: GET `at` with the query `pairs`.
+    let callback_at = |at: &str, pairs: &[(&str, &str)]| {
         let mut query = form_urlencoded::Serializer::new(String::new());
         query.extend_pairs(pairs);
-        format!("{path}?{}", query.finish())
+        exchange(
+            node.http,
+            "GET",
+            &format!("{at}?{}", query.finish()),
+            &[],
+            b"",
+        )
     };
     // The right state at another path (the shared callback of before, or
     // another credential's) is no callback of this credential.
     for elsewhere in ["/oauth/callback", "/oauth/callback/AAAAAAAAAAAAAAAAAAAAAA"] {
-        let mut wrong = form_urlencoded::Serializer::new(String::new());
-        wrong.extend_pairs([("state", state.as_str()), ("code", code.as_str())]);
-        let (status, _, page) = exchange(
-            node.http,
-            "GET",
-            &format!("{elsewhere}?{}", wrong.finish()),
-            &[],
-            b"",
-        );
+        let (status, _, page) = callback_at(elsewhere, &[("state", &state), ("code", &code)]);
         assert!(
             status == 404 || status == 400,
             "{elsewhere}: {status} {page}"
         );
     }
 
-    let (status, _, page) = exchange(
-        node.http,
-        "GET",
-        &query(&[("state", &state), ("error", "access_denied")]),
-        &[],
-        b"",
-    );
+    let (status, _, page) = callback_at(&path, &[("state", &state), ("error", "access_denied")]);
     assert_eq!(status, 400, "{page}");
     let forged = format!(
         "{}.{}",
         state.split_once('.').expect("two parts").0,
         "A".repeat(43)
     );
-    let (status, _, page) = exchange(
-        node.http,
-        "GET",
-        &query(&[("state", &forged), ("code", &code)]),
-        &[],
-        b"",
-    );
+    let (status, _, page) = callback_at(&path, &[("state", &forged), ("code", &code)]);
     assert_eq!(status, 400, "{page}");
-    let (status, headers, page) = exchange(
-        node.http,
-        "GET",
-        &query(&[("state", &state), ("code", &code)]),
-        &[],
-        b"",
-    );
+    let (status, headers, page) = callback_at(&path, &[("state", &state), ("code", &code)]);
     assert_eq!(status, 200, "{page}\n{}", node.process.stderr());
     assert!(page.contains("is connected"), "{page}");
     assert_eq!(headers["cache-control"], "no-store");
-    let (status, _, page) = exchange(
-        node.http,
-        "GET",
-        &query(&[("state", &state), ("code", &code)]),
-        &[],
-        b"",
-    );
+    let (status, _, page) = callback_at(&path, &[("state", &state), ("code", &code)]);
     assert_eq!(status, 400, "used once: {page}");
 
     runtime().block_on(async {

@@ -409,20 +409,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let input = read_input(&input)?;
             let run = client.start_run_json(&integration, version, input).await?;
-            if !wait {
-                writeln!(out, "{}", run.run_id)?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            eprintln!(
+            let started = format!(
                 "run {} of {} version {}",
                 run.run_id, run.integration, run.version
             );
-            let run = follow(&client, &run.run_id, false, &mut std::io::stderr()).await?;
-            if run.status() == RunStatus::Succeeded {
-                let output = client.output(&run.run_id).await?;
-                writeln!(out, "{}", pretty(&output))?;
-            }
-            return Ok(outcome(&run));
+            return started_run(&client, &run, wait, &started, &mut out).await;
         }
         Command::Execute {
             integration,
@@ -593,20 +584,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Rerun { run_id, wait } => {
             let run = client.rerun(&run_id).await?;
-            if !wait {
-                writeln!(out, "{}", run.run_id)?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            eprintln!(
+            let started = format!(
                 "run {} reruns {} from step {}",
                 run.run_id, run.rerun_of, run.from_step
             );
-            let run = follow(&client, &run.run_id, false, &mut std::io::stderr()).await?;
-            if run.status() == RunStatus::Succeeded {
-                let output = client.output(&run.run_id).await?;
-                writeln!(out, "{}", pretty(&output))?;
-            }
-            return Ok(outcome(&run));
+            return started_run(&client, &run, wait, &started, &mut out).await;
         }
         Command::Cancel { run_id } => {
             let run = client.cancel(&run_id).await?;
@@ -769,6 +751,29 @@ async fn credentials(
         }
     }
     Ok(())
+}
+
+/// A run just started: its id on stdout; with `wait`, `started` on stderr,
+/// its steps as they finish, then its output, and the exit code its end
+/// calls for.
+async fn started_run(
+    client: &Client,
+    run: &v1::Run,
+    wait: bool,
+    started: &str,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    if !wait {
+        writeln!(out, "{}", run.run_id)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("{started}");
+    let run = follow(client, &run.run_id, false, &mut std::io::stderr()).await?;
+    if run.status() == RunStatus::Succeeded {
+        let output = client.output(&run.run_id).await?;
+        writeln!(out, "{}", pretty(&output))?;
+    }
+    Ok(outcome(&run))
 }
 
 /// An OAuth2 credential's state in a few words; `-` for other kinds.

@@ -410,12 +410,7 @@ impl Vault {
             .writing
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut record = self
-            .find(tenant, name)?
-            .ok_or_else(|| VaultError::NotFound {
-                tenant: tenant.to_owned(),
-                name: name.to_owned(),
-            })?;
+        let mut record = self.existing(tenant, name)?;
         let sealed = if record.oauth2.is_some() {
             // An OAuth2 credential's secret is its client secret.
             let mut tokens = self.tokens(tenant, name, &record)?;
@@ -472,23 +467,22 @@ impl Vault {
         let Some(record) = self.find(tenant, name)? else {
             return Ok(None);
         };
+        self.opened(tenant, name, &record).map(Some)
+    }
+
+    /// A stored record as the credential it is: an OAuth2 one as its
+    /// current access token.
+    fn opened(&self, tenant: &str, name: &str, record: &Record) -> Result<Credential, VaultError> {
         if record.oauth2.is_some() {
-            return self.bearer(tenant, name, &record).map(Some);
+            return self.bearer(tenant, name, record);
         }
-        let secret = self.unseal(tenant, name, &record)?;
-        let corrupt = |reason: String| VaultError::Corrupt {
+        let secret = self.unseal(tenant, name, record)?;
+        let kind = kind_of(record, secret).map_err(|reason| VaultError::Corrupt {
             tenant: tenant.to_owned(),
             name: name.to_owned(),
             reason,
-        };
-        let kind = kind_of(&record, secret).map_err(corrupt)?;
-        let origins = record
-            .origins
-            .iter()
-            .map(|o| o.parse::<Origin>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(corrupt)?;
-        Ok(Some(Credential::of(kind, origins)))
+        })?;
+        Ok(Credential::of(kind, origins_of(tenant, name, record)?))
     }
 
     fn find(&self, tenant: &str, name: &str) -> Result<Option<Record>, VaultError> {
@@ -499,6 +493,15 @@ impl Vault {
             .credential(tenant, name)?
             .map(|bytes| self.record(tenant, name, &bytes))
             .transpose()
+    }
+
+    /// [`Vault::find`], with no such credential an error.
+    fn existing(&self, tenant: &str, name: &str) -> Result<Record, VaultError> {
+        self.find(tenant, name)?
+            .ok_or_else(|| VaultError::NotFound {
+                tenant: tenant.to_owned(),
+                name: name.to_owned(),
+            })
     }
 
     fn record(&self, tenant: &str, name: &str, bytes: &[u8]) -> Result<Record, VaultError> {
@@ -765,7 +768,7 @@ impl Vault {
             return Ok(None);
         };
         if record.oauth2.is_none() {
-            return self.get(tenant, name);
+            return self.opened(tenant, name, &record).map(Some);
         }
         if let Some(credential) = self.usable(tenant, name, &record, rejected)? {
             return Ok(Some(credential));
@@ -822,7 +825,7 @@ impl Vault {
         if rejected.is_some_and(|r| r == oauth2::sha256_hex(access.as_bytes())) {
             return Ok(None);
         }
-        self.bearer(tenant, name, record).map(Some)
+        bearer_of(tenant, name, record, access).map(Some)
     }
 
     /// Gets a new access token with the credential's refresh token, or its
@@ -887,12 +890,7 @@ impl Vault {
                     Ok(())
                 })?;
                 tracing::info!(tenant, credential = name, "OAuth2 access token renewed");
-                let record = self
-                    .find(tenant, name)?
-                    .ok_or_else(|| VaultError::NotFound {
-                        tenant: tenant.to_owned(),
-                        name: name.to_owned(),
-                    })?;
+                let record = self.existing(tenant, name)?;
                 self.bearer(tenant, name, &record)
             }
             Err(error) => {
@@ -942,12 +940,7 @@ impl Vault {
             .writing
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut record = self
-            .find(tenant, name)?
-            .ok_or_else(|| VaultError::NotFound {
-                tenant: tenant.to_owned(),
-                name: name.to_owned(),
-            })?;
+        let mut record = self.existing(tenant, name)?;
         if version.is_some_and(|v| v != record.version) {
             return Ok(());
         }
@@ -984,25 +977,39 @@ impl Vault {
                 name: name.to_owned(),
                 reason: "it holds no access token yet".to_owned(),
             })?;
-        let origins = record
-            .origins
-            .iter()
-            .map(|o| o.parse::<Origin>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|reason| VaultError::Corrupt {
-                tenant: tenant.to_owned(),
-                name: name.to_owned(),
-                reason,
-            })?;
-        let mut credential = Credential::of(
-            CredentialKind::Bearer {
-                token: Secret::new(access),
-            },
-            origins,
-        );
-        credential.renewable = true;
-        Ok(credential)
+        bearer_of(tenant, name, record, access)
     }
+}
+
+/// An OAuth2 record's `access` token as a renewable bearer credential.
+fn bearer_of(
+    tenant: &str,
+    name: &str,
+    record: &Record,
+    access: String,
+) -> Result<Credential, VaultError> {
+    let mut credential = Credential::of(
+        CredentialKind::Bearer {
+            token: Secret::new(access),
+        },
+        origins_of(tenant, name, record)?,
+    );
+    credential.renewable = true;
+    Ok(credential)
+}
+
+/// A record's origins, parsed.
+fn origins_of(tenant: &str, name: &str, record: &Record) -> Result<Vec<Origin>, VaultError> {
+    record
+        .origins
+        .iter()
+        .map(|o| o.parse::<Origin>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|reason| VaultError::Corrupt {
+            tenant: tenant.to_owned(),
+            name: name.to_owned(),
+            reason,
+        })
 }
 
 /// Removes a credential's renewal turn from the map when the last caller

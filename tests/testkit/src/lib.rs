@@ -400,7 +400,13 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn poll_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+fn poll_until(timeout: Duration, done: impl FnMut() -> bool) -> bool {
+    poll_every(POLL, timeout, done)
+}
+
+/// Asks `done` every `every` until it says yes (`true`) or `timeout` has
+/// passed (`false`, after one last look).
+pub fn poll_every(every: Duration, timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if done() {
@@ -409,7 +415,7 @@ fn poll_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(POLL);
+        std::thread::sleep(every);
     }
 }
 

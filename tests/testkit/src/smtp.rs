@@ -19,7 +19,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The most a message may be: a sender that goes on gets `552`.
 const MAX_MESSAGE: usize = 10 << 20;
@@ -140,14 +140,9 @@ impl SmtpSink {
     /// Waits until `n` messages were accepted; false if `timeout` passed
     /// first.
     pub fn wait_for_count(&self, n: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while lock(&self.shared.messages).len() < n {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        true
+        crate::poll_every(Duration::from_millis(10), timeout, || {
+            lock(&self.shared.messages).len() >= n
+        })
     }
 }
 
