@@ -1313,14 +1313,40 @@ mod oauth2_tests {
     use crate::store::StoreConfig;
 
     fn vault(dir: &tempfile::TempDir) -> (Arc<Store>, Arc<Vault>) {
+        vault_with(dir, &EgressPolicy::anywhere())
+    }
+
+    fn vault_with(dir: &tempfile::TempDir, egress: &EgressPolicy) -> (Arc<Store>, Arc<Vault>) {
         let store = Arc::new(Store::open(&StoreConfig::new(dir.path())).expect("a store"));
         let vault = Vault::open(
             store.clone(),
             Keyring::new(Key::new("k1", &[7; KEY_BYTES]).expect("a key")),
         )
         .expect("a vault");
-        vault.renew_with(http::Client::new(&EgressPolicy::anywhere()).expect("a client"));
+        vault.renew_with(http::Client::new(egress).expect("a client"));
         (store, Arc::new(vault))
+    }
+
+    /// A tenant's token URL is reached as any step's request is: under the
+    /// node's egress policy, which refuses private and loopback addresses
+    /// (loopback here, so nothing can leave the machine).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_token_url_the_egress_policy_refuses_is_never_asked() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (_store, vault) = vault_with(&dir, &EgressPolicy::public_only());
+        let provider = Provider::start(3600);
+        vault
+            .set_oauth2(
+                "acme",
+                "crm",
+                &setup(&provider, Grant::ClientCredentials),
+                &origins(&provider),
+                true,
+            )
+            .expect("stored");
+        let error = token(&vault, None).await.expect_err("refused");
+        assert!(error.to_string().contains("refused"), "{error}");
+        assert!(provider.grants().is_empty(), "nothing reached the endpoint");
     }
 
     fn setup(provider: &Provider, grant: Grant) -> OAuth2Setup {
