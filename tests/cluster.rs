@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use isoflow_client::Client;
+use isoflow_proto::cluster::v1 as wire;
 use isoflow_proto::v1;
 use isoflow_testkit::etcd::Etcd;
 use isoflow_testkit::oauth2::{self, Provider};
@@ -1133,9 +1134,9 @@ fn bad_requests_get_their_code_and_one_sentence() {
             .connect()
             .await
             .expect("connects");
-        let mut raw = v1::cluster_client::ClusterClient::new(channel);
-        let hello = v1::WorkerMessage {
-            kind: Some(v1::worker_message::Kind::Hello(v1::Hello {
+        let mut raw = wire::cluster_client::ClusterClient::new(channel);
+        let hello = wire::WorkerMessage {
+            kind: Some(wire::worker_message::Kind::Hello(wire::Hello {
                 worker_id: "intruder".into(),
                 capacity: 1,
                 version: String::new(),

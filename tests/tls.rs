@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use isoflow_client::{Client, ConnectOptions};
+use isoflow_proto::cluster::v1 as wire;
 use isoflow_proto::v1;
 use isoflow_testkit::etcd::Etcd;
 use isoflow_testkit::process::Process;
@@ -287,10 +288,10 @@ async fn hello(
     channel: tonic::transport::Channel,
     worker_id: &str,
     token: bool,
-) -> Result<tonic::Streaming<v1::CoordinatorMessage>, tonic::Status> {
-    let mut client = v1::cluster_client::ClusterClient::new(channel);
-    let message = v1::WorkerMessage {
-        kind: Some(v1::worker_message::Kind::Hello(v1::Hello {
+) -> Result<tonic::Streaming<wire::CoordinatorMessage>, tonic::Status> {
+    let mut client = wire::cluster_client::ClusterClient::new(channel);
+    let message = wire::WorkerMessage {
+        kind: Some(wire::worker_message::Kind::Hello(wire::Hello {
             worker_id: worker_id.to_owned(),
             capacity: 1,
             version: String::new(),
@@ -506,7 +507,10 @@ fn a_worker_whose_certificate_names_another_id_is_refused() {
             .expect("a message")
             .expect("not the end");
         assert!(
-            matches!(first.kind, Some(v1::coordinator_message::Kind::Welcome(_))),
+            matches!(
+                first.kind,
+                Some(wire::coordinator_message::Kind::Welcome(_))
+            ),
             "{first:?}"
         );
 

@@ -57,13 +57,19 @@ impl AdminClient {
     /// # Errors
     /// A status from the server.
     pub async fn tenants(&self) -> Result<Vec<v1::Tenant>> {
-        Ok(self
-            .inner
-            .clone()
-            .list_tenants(v1::ListTenantsRequest {})
-            .await?
-            .into_inner()
-            .tenants)
+        crate::all_pages(async |page_token| {
+            let page = self
+                .inner
+                .clone()
+                .list_tenants(v1::ListTenantsRequest {
+                    page_size: crate::PAGE,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            Ok((page.tenants, page.next_page_token))
+        })
+        .await
     }
 
     /// Disables (`true`) or enables a tenant.
@@ -117,16 +123,20 @@ impl AdminClient {
     /// # Errors
     /// A status from the server.
     pub async fn tokens(&self, tenant: Option<&str>) -> Result<Vec<v1::TokenInfo>> {
-        let request = v1::ListTokensRequest {
-            tenant: tenant.unwrap_or_default().to_owned(),
-        };
-        Ok(self
-            .inner
-            .clone()
-            .list_tokens(request)
-            .await?
-            .into_inner()
-            .tokens)
+        crate::all_pages(async |page_token| {
+            let page = self
+                .inner
+                .clone()
+                .list_tokens(v1::ListTokensRequest {
+                    tenant: tenant.unwrap_or_default().to_owned(),
+                    page_size: crate::PAGE,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            Ok((page.tokens, page.next_page_token))
+        })
+        .await
     }
 
     /// Revokes a token by its id.
