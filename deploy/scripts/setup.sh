@@ -3,7 +3,8 @@
 # Idempotent: a warm machine skips what it already has. Run as root (or with sudo).
 #
 #   - Debian packages: protoc, libclang (bindgen), etcd, libnode's runtime deps,
-#     openssl (cluster.sh makes its certificates with it), curl (the platform example)
+#     openssl (cluster.sh makes its certificates with it), curl (the platform example),
+#     python3-venv (deploy/helm/check.sh puts helm and kubernetes-validate in a venv)
 #   - libnode108 + libnode-dev (V8 10.2) extracted into .deps/libnode, because the
 #     package conflicts with the preinstalled nodejs and must not be apt-installed
 set -euo pipefail
@@ -12,7 +13,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 deps="$root/.deps"
 libnode_dir="$deps/libnode"
 
-packages=(protobuf-compiler libclang-dev etcd-server etcd-client libuv1 libc-ares2 python3-pip openssl curl)
+packages=(protobuf-compiler libclang-dev etcd-server etcd-client libuv1 libc-ares2 python3-pip python3-venv openssl curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
