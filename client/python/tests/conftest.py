@@ -31,6 +31,7 @@ sys.path.insert(0, str(PYTHON_ROOT / "src"))
 # Bounds every wait (debug builds, a busy machine).
 LONG = 120.0
 TOKEN = "acme-token-0123456789abcdef"
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
 
 
 def isoflow_binary() -> Path:
@@ -60,8 +61,10 @@ def free_port() -> int:
 class Node:
     """``isoflow serve`` with a config of its own; stderr kept for failures."""
 
-    def __init__(self, directory: Path, extra_config: str = "", scheme: str = "http") -> None:
-        self.port = free_port()
+    def __init__(
+        self, directory: Path, extra_config: str = "", scheme: str = "http", port: int | None = None
+    ) -> None:
+        self.port = port or free_port()
         self.address = f"{scheme}://127.0.0.1:{self.port}"
         config = directory / "isoflow.toml"
         config.write_text(
@@ -146,17 +149,22 @@ class SecuredNode(Node):
 
 @pytest.fixture(scope="session")
 def secured_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredNode]:
-    """A node that speaks TLS only, serves tenant ``acme`` by ``TOKEN`` and
-    keeps credentials (a vault key)."""
+    """A node that speaks TLS only, serves tenant ``acme`` by ``TOKEN``,
+    keeps credentials (a vault key) and serves the admin API to
+    ``ADMIN_TOKEN``."""
     directory = tmp_path_factory.mktemp("secured")
     ca, cert, key = make_certificates(directory)
     vault_key = directory / "vault.key"
     vault_key.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
     vault_key.chmod(0o600)
+    admin_token = directory / "admin-token"
+    admin_token.write_text(ADMIN_TOKEN + "\n")
+    admin_token.chmod(0o600)
     started = SecuredNode(
         directory,
         f'[tls]\ncert = "{cert}"\nkey = "{key}"\nclient_ca = "{ca}"\n'
         f'[vault.key]\nid = "python-test"\nfile = "{vault_key}"\n'
+        f'[auth]\nadmin_token_file = "{admin_token}"\n'
         f'[[auth.tokens]]\ntenant = "acme"\ntoken = "{TOKEN}"\n',
         scheme="https",
     )

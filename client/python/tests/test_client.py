@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
 import grpc
 import pytest
-from conftest import LONG, TOKEN, Held, Node, SecuredNode
+from conftest import ADMIN_TOKEN, LONG, TOKEN, Held, Node, SecuredNode, free_port
 
 import isoflow
+import isoflow._retry
 from isoflow import IsoflowError, v1
 
 
@@ -329,15 +331,88 @@ def test_a_wrong_token_is_refused(secured_node: SecuredNode) -> None:
         assert str(caught.value)
 
 
-def test_an_unreachable_server_is_one_sentence_after_the_retries(tmp_path: Path) -> None:
-    with isoflow.Client(f"127.0.0.1:{free_loopback_port()}", retries=1) as client:
+def test_the_admin_api_makes_a_tenant_whose_token_works_until_revoked(
+    secured_node: SecuredNode,
+) -> None:
+    tenant = unique("globex")
+    with isoflow.AdminClient(
+        secured_node.address, token=ADMIN_TOKEN, ca_file=secured_node.ca
+    ) as admin:
+        created = admin.create_tenant(tenant, v1.TenantQuotas(runs_in_flight=2))
+        assert (created.name, created.quotas.runs_in_flight) == (tenant, 2)
+        issued = admin.issue_token(tenant, "python test")
+        assert issued.token and issued.info.tenant == tenant
+        assert tenant in [t.name for t in admin.tenants()]
+        assert [t.label for t in admin.tokens(tenant)] == ["python test"]
+        with isoflow.Client(secured_node.address, issued.token, secured_node.ca) as client:
+            name = unique("theirs")
+            client.deploy(echo(name), file_name=f"{name}.yaml")
+            assert client.execute(name, {}).run.tenant == tenant
+            assert admin.set_disabled(tenant, True).disabled
+            with pytest.raises(IsoflowError) as disabled:
+                client.integrations()
+            assert disabled.value.code == grpc.StatusCode.PERMISSION_DENIED
+            assert not admin.set_disabled(tenant, False).disabled
+            assert [i.name for i in client.integrations()] == [name]
+            admin.revoke_token(issued.info.token_id)
+            with pytest.raises(IsoflowError) as revoked:
+                client.integrations()
+            assert revoked.value.code == grpc.StatusCode.UNAUTHENTICATED
+    # A tenant's token is not an admin token.
+    with isoflow.AdminClient(secured_node.address, TOKEN, secured_node.ca) as not_admin:
+        with pytest.raises(IsoflowError) as refused:
+            not_admin.tenants()
+    assert refused.value.code in (
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+    ), refused.value
+
+
+def test_a_deploy_is_retried_until_the_node_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing listens on the port until the first pause, which starts the
+    # node there: the deploy's second attempt finds it.
+    port = free_port()
+    nodes: list[Node] = []
+    pauses: list[float] = []
+
+    def node_comes_up(seconds: float) -> None:
+        pauses.append(seconds)
+        if not nodes:
+            nodes.append(Node(tmp_path, port=port))
+        time.sleep(seconds)
+
+    monkeypatch.setattr(isoflow._retry, "_sleep", node_comes_up)
+    name = unique("retried")
+    try:
+        with isoflow.Client(f"127.0.0.1:{port}", retries=4) as client:
+            integration = client.deploy(echo(name), file_name=f"{name}.yaml")
+            assert integration.created
+            assert pauses, "the first attempt found the node already there"
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def test_calls_unsafe_to_repeat_are_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    pauses: list[float] = []
+    monkeypatch.setattr(isoflow._retry, "_sleep", pauses.append)
+    with isoflow.Client(f"127.0.0.1:{free_port()}", retries=3) as client:
+        for unsafe in [
+            lambda: client.start("orders", {}),
+            lambda: client.cancel("r-1"),
+            lambda: client.execute("orders", {}),
+        ]:
+            with pytest.raises(IsoflowError) as caught:
+                unsafe()
+            assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+        assert pauses == []
+        # A read is retried, 3 times, and then says why in one sentence.
         with pytest.raises(IsoflowError) as caught:
             client.get_run("anything")
-    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+        assert len(pauses) == 3
+        with pytest.raises(IsoflowError) as caught:
+            list(client.watch("anything"))
+        assert len(pauses) == 6
     assert "cannot connect to http://127.0.0.1:" in str(caught.value)
-
-
-def free_loopback_port() -> int:
-    from conftest import free_port
-
-    return free_port()

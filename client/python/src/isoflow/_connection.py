@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import ssl
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -65,6 +64,14 @@ class Connection:
         options = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            # grpc waits before connecting again after a failure (1 s, growing
+            # to 2 min by default) and meanwhile fails calls at once, so the
+            # retries' pauses (100 ms doubling to 2 s) could all pass in that
+            # wait. The same bounds here let a retry find the server back.
+            # (Not grpc.min_reconnect_backoff_ms: it is also the least time a
+            # connection attempt is given, 20 s by default.)
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2000),
         ]
         if scheme == "https":
             if not _has_port(address):
@@ -152,7 +159,7 @@ class Connection:
                     raise self._error(error) from None
             finally:
                 responses.cancel()
-            time.sleep(policy.pause(attempt))
+            policy.wait(attempt)
             attempt += 1
 
     def _pages(self, page: Callable[[str], tuple[list[T], str]]) -> Iterator[T]:

@@ -49,7 +49,11 @@ class Retry:
             and attempt < self.retries
         )
 
-    def call(self, call: Callable[[], T], sleep: Callable[[float], None] = time.sleep) -> T:
+    def wait(self, attempt: int) -> None:
+        """Pauses before retry ``attempt``."""
+        _sleep(self.pause(attempt))
+
+    def call(self, call: Callable[[], T], sleep: Callable[[float], None] | None = None) -> T:
         """``call()``'s answer; made again after a pause while it fails with
         ``UNAVAILABLE`` and retries are left."""
         attempt = 0
@@ -59,8 +63,13 @@ class Retry:
             except grpc.RpcError as error:
                 if not self.may_retry(error, attempt):
                     raise
-                sleep(self.pause(attempt))
+                (sleep or _sleep)(self.pause(attempt))
                 attempt += 1
+
+
+def _sleep(seconds: float) -> None:
+    # Looked up when called, so that a test can see (or use) each pause.
+    time.sleep(seconds)
 
 
 NO_RETRY = Retry(retries=0)
