@@ -36,9 +36,13 @@ from isoflow import v1
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="Deploy, start and follow an integration.")
-    parser.add_argument("--server", default=os.environ.get("ISOFLOW_SERVER", "http://127.0.0.1:7700"))
+    parser.add_argument(
+        "--server", default=os.environ.get("ISOFLOW_SERVER", "http://127.0.0.1:7700")
+    )
     parser.add_argument("--token", default=os.environ.get("ISOFLOW_TOKEN"))
-    parser.add_argument("--ca", default=os.environ.get("ISOFLOW_CA"), help="the CA (PEM) of an https:// server")
+    parser.add_argument(
+        "--ca", default=os.environ.get("ISOFLOW_CA"), help="the CA (PEM) of an https:// server"
+    )
     parser.add_argument("--definition", required=True, type=Path, help="the integration's file")
     parser.add_argument("--input", default="null", help="the run's input: JSON, or @file")
     args = parser.parse_args()
@@ -59,7 +63,9 @@ def follow(client: isoflow.Client, definition: Path, payload: bytes) -> int:
     integration = client.deploy(definition)
     print(f"deployed {integration.name} version {integration.version}", flush=True)
     # A request id makes the start safe to retry if the server is unavailable.
-    run = client.start(integration.name, payload, version=integration.version, request_id=str(uuid.uuid4()))
+    run = client.start(
+        integration.name, payload, version=integration.version, request_id=str(uuid.uuid4())
+    )
     print(f"run {run.run_id} started", flush=True)
     ended = None
     for update in client.watch(run.run_id, logs=True):
@@ -69,14 +75,21 @@ def follow(client: isoflow.Client, definition: Path, payload: bytes) -> int:
         elif isinstance(update, v1.Step):
             status = v1.StepStatus.Name(update.status).removeprefix("STEP_STATUS_").lower()
             took = update.end_time.ToMilliseconds() - update.start_time.ToMilliseconds()
-            print(f"  step {update.step_key} {status} ({update.attempts} attempt(s), {took} ms)", flush=True)
+            print(
+                f"  step {update.step_key} {status} ({update.attempts} attempt(s), {took} ms)",
+                flush=True,
+            )
         else:
             ended = update
     if ended is None:
         raise isoflow.IsoflowError(f"the updates of run {run.run_id} ended before the run did")
     status = isoflow.status_name(ended.status)
     if ended.status != v1.RUN_STATUS_SUCCEEDED:
-        print(f"run {ended.run_id} {status}: {ended.error}" if ended.error else f"run {ended.run_id} {status}")
+        print(
+            f"run {ended.run_id} {status}: {ended.error}"
+            if ended.error
+            else f"run {ended.run_id} {status}"
+        )
         return 1
     print(f"run {ended.run_id} {status}")
     print(json.dumps(client.output(ended.run_id)))

@@ -193,7 +193,7 @@ def test_a_refused_definition_says_each_problem_with_file_line_and_step(
 ) -> None:
     broken = (
         "apiVersion: isoflow.dev/v1\nname: broken\nversion: 1\nsteps:\n"
-        "  - id: fetch\n    type: http\n    url: \"{{ steps.fech.output }}\"\n"
+        '  - id: fetch\n    type: http\n    url: "{{ steps.fech.output }}"\n'
         "  - id: post\n    type: htp\n"
     )
     with pytest.raises(IsoflowError) as caught:
@@ -241,7 +241,9 @@ def test_list_runs_pages_newest_first_and_filters(client: isoflow.Client) -> Non
 
     only_failed = list(client.list_runs(integration=name, status="failed"))
     assert [r.run_id for r in only_failed] == [failed]
-    assert [r.run_id for r in client.list_runs(integration=name, status=v1.RUN_STATUS_SUCCEEDED)] == listed[1:]
+    assert [
+        r.run_id for r in client.list_runs(integration=name, status=v1.RUN_STATUS_SUCCEEDED)
+    ] == listed[1:]
     assert [r.trigger for r in only_failed] == ["api"]
 
     # The failed run again: a new run that says what it reruns.
@@ -257,7 +259,7 @@ def test_a_slow_run_is_cancelled(client: isoflow.Client, held: Held) -> None:
     name = unique("slow")
     client.deploy(
         f"apiVersion: isoflow.dev/v1\nname: {name}\nversion: 1\nsteps:\n"
-        "  - id: hold\n    type: http\n    url: \"{{ input.base }}/hold\"\n    timeout: 10m\n",
+        '  - id: hold\n    type: http\n    url: "{{ input.base }}/hold"\n    timeout: 10m\n',
         file_name=f"{name}.yaml",
     )
     run = client.start(name, {"base": held.url})

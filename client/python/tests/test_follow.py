@@ -13,7 +13,9 @@ from conftest import LONG, PYTHON_ROOT, TOKEN, SecuredNode
 FOLLOW = PYTHON_ROOT / "examples" / "follow.py"
 
 
-def follow(node: SecuredNode, definition: Path, input_json: str) -> subprocess.CompletedProcess[str]:
+def follow(
+    node: SecuredNode, definition: Path, input_json: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(FOLLOW), "--server", node.address, "--token", TOKEN,
          "--ca", str(node.ca), "--definition", str(definition), "--input", input_json],

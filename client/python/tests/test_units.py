@@ -88,7 +88,9 @@ def test_a_refused_definitions_problems_come_from_its_details() -> None:
 
 
 def test_a_status_without_details_or_message_is_still_one_sentence() -> None:
-    plain = IsoflowError.from_rpc_error(FakeError(grpc.StatusCode.NOT_FOUND, "run r-1 does not exist"))
+    plain = IsoflowError.from_rpc_error(
+        FakeError(grpc.StatusCode.NOT_FOUND, "run r-1 does not exist")
+    )
     assert (str(plain), plain.problems, plain.reason, plain.metadata) == (
         "run r-1 does not exist",
         [],

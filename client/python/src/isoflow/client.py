@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Union
+from typing import Any, cast
 
 from google.protobuf import timestamp_pb2
 
@@ -31,7 +31,7 @@ PAGE = 1_000
 
 # What `Client.watch` yields: a step that finished, a log line, and last
 # the run as it ended.
-Update = Union[v1.Step, v1.LogLine, v1.Run]
+Update = v1.Step | v1.LogLine | v1.Run
 
 
 def status_name(status: int) -> str:
@@ -222,18 +222,18 @@ class Client(Connection):
         the creation time (naive datetimes are UTC). ``page_size``: runs
         asked for per call (None: the server's default, 100).
         """
-        filters = dict(
-            integration=integration,
-            version=version,
-            status=status,
-            trigger=trigger,
-            created_from=created_from,
-            created_to=created_to,
-            page_size=page_size,
-        )
 
         def page(token: str) -> tuple[list[v1.Run], str]:
-            answer = self.list_runs_page(page_token=token, **filters)
+            answer = self.list_runs_page(
+                page_token=token,
+                integration=integration,
+                version=version,
+                status=status,
+                trigger=trigger,
+                created_from=created_from,
+                created_to=created_to,
+                page_size=page_size,
+            )
             return list(answer.runs), answer.next_page_token
 
         return self._pages(page)
@@ -463,13 +463,15 @@ def _start_requests(
         yield v1.StartRunRequest(input_chunk=bytes(view[start : start + CHUNK_BYTES]))
 
 
-def _run_status(status: int | str | None) -> int:
+def _run_status(status: int | str | None) -> v1.RunStatus:
     if status is None:
         return v1.RUN_STATUS_UNSPECIFIED
     if isinstance(status, str):
         name = status.upper()
-        return v1.RunStatus.Value(name if name.startswith("RUN_STATUS_") else f"RUN_STATUS_{name}")
-    return int(status)
+        name = name if name.startswith("RUN_STATUS_") else f"RUN_STATUS_{name}"
+        return cast(v1.RunStatus, v1.RunStatus.Value(name))
+    v1.RunStatus.Name(status)  # ValueError for a number that is no status
+    return cast(v1.RunStatus, status)
 
 
 def _timestamp(when: datetime) -> timestamp_pb2.Timestamp:

@@ -122,9 +122,7 @@ class IsoflowError(Exception):
 
     @property
     def error_info(self) -> error_details_pb2.ErrorInfo | None:
-        return next(
-            (d for d in self.details if isinstance(d, error_details_pb2.ErrorInfo)), None
-        )
+        return next((d for d in self.details if isinstance(d, error_details_pb2.ErrorInfo)), None)
 
     @property
     def reason(self) -> str | None:
