@@ -7,6 +7,9 @@
 #     python3-venv (deploy/helm/check.sh puts helm and kubernetes-validate in a venv)
 #   - libnode108 + libnode-dev (V8 10.2) extracted into .deps/libnode, because the
 #     package conflicts with the preinstalled nodejs and must not be apt-installed
+#   - a Python venv in .deps/python with client/python/requirements-dev.txt (grpcio,
+#     grpcio-tools, protobuf, googleapis-common-protos, pytest) for the Python client's
+#     tests: Debian 12 has no googleapis-common-protos and its grpc-tools is too old
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -37,4 +40,16 @@ fi
 # libnode-dev ships the unversioned symlink pointing at libnode.so.108; make sure it resolves.
 lib="$libnode_dir/usr/lib/x86_64-linux-gnu"
 [[ -e "$lib/libnode.so" ]] || ln -sf libnode.so.108 "$lib/libnode.so"
-echo "setup: ok (libnode in $libnode_dir)"
+# The Python client's test dependencies, pinned; installed again only when the
+# pins change or the venv no longer imports them.
+venv="$deps/python"
+requirements="$root/client/python/requirements-dev.txt"
+if ! cmp -s "$requirements" "$venv/requirements-dev.txt" \
+  || ! "$venv/bin/python" -c 'import grpc, grpc_tools, google.rpc.status_pb2, pytest' 2>/dev/null; then
+  echo "setup: installing the Python client's test dependencies into $venv"
+  rm -rf "$venv"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+  cp "$requirements" "$venv/requirements-dev.txt"
+fi
+echo "setup: ok (libnode in $libnode_dir, Python venv in $venv)"
