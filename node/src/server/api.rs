@@ -543,9 +543,19 @@ impl Isoflow for Api {
         let with_logs = request.logs;
         tokio::spawn(async move {
             let mut sent = HashSet::new();
+            // The attempts (step, attempt) whose log lines were sent. An
+            // attempt's lines are stored and published in one write, so a
+            // line stored after the subscription, which also arrives as an
+            // update, is known by its attempt; and after falling behind,
+            // the store's lines of attempts not sent yet are sent.
+            let mut logged: HashSet<(String, u32)> = HashSet::new();
+            // Those whose lines came from the store.
+            let mut from_store: HashSet<(String, u32)> = HashSet::new();
             // What is stored so far (with the stored log lines the first
             // time; later ones arrive as updates); again after falling behind.
             let catch_up = |sent: &mut HashSet<String>,
+                            logged: &mut HashSet<(String, u32)>,
+                            from_store: &mut HashSet<(String, u32)>,
                             stored_logs: bool|
              -> Result<(Vec<v1::RunUpdate>, bool), Status> {
                 let store = &coordinator.store;
@@ -563,7 +573,14 @@ impl Isoflow for Api {
                     }
                 }
                 if with_logs && stored_logs {
+                    let already = logged.clone();
                     for line in store.logs(&tenant, &run_id).map_err(internal)? {
+                        let attempt = (line.step_key.clone(), line.attempt);
+                        if already.contains(&attempt) {
+                            continue;
+                        }
+                        logged.insert(attempt.clone());
+                        from_store.insert(attempt);
                         out.push(v1::RunUpdate {
                             update: Some(v1::run_update::Update::Log(convert::log(&line))),
                         });
@@ -577,7 +594,7 @@ impl Isoflow for Api {
                 }
                 Ok((out, finished))
             };
-            let mut catch = catch_up(&mut sent, true);
+            let mut catch = catch_up(&mut sent, &mut logged, &mut from_store, true);
             loop {
                 match catch {
                     Ok((out, finished)) => {
@@ -609,11 +626,21 @@ impl Isoflow for Api {
                                     v1::run_update::Update::Step(step.clone())
                                 }
                                 UpdateKind::Log(line) if with_logs => {
+                                    // Its lines came from the store, or
+                                    // this is the next line of an attempt
+                                    // sent live.
+                                    let attempt = (line.step_key.clone(), line.attempt);
+                                    if from_store.contains(&attempt) {
+                                        continue;
+                                    }
+                                    logged.insert(attempt);
                                     v1::run_update::Update::Log(line.clone())
                                 }
                                 UpdateKind::Log(_) => continue,
                                 // The end, with every step, as stored.
-                                UpdateKind::Finished => break catch_up(&mut sent, false),
+                                UpdateKind::Finished => {
+                                    break catch_up(&mut sent, &mut logged, &mut from_store, false);
+                                }
                             };
                             if tx
                                 .send(Ok(v1::RunUpdate {
@@ -625,7 +652,9 @@ impl Isoflow for Api {
                                 return;
                             }
                         }
-                        Err(RecvError::Lagged(_)) => break catch_up(&mut sent, false),
+                        Err(RecvError::Lagged(_)) => {
+                            break catch_up(&mut sent, &mut logged, &mut from_store, true);
+                        }
                         Err(RecvError::Closed) => return,
                     }
                 };
