@@ -45,6 +45,8 @@
 //! `isoflowctl` binary (`main.rs`, feature `cli`) is a thin shell over this
 //! client.
 
+#![warn(missing_docs)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -75,6 +77,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How long opening the connection may take before `connect` gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The README's examples compile as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 /// Items asked for per page when a call reads every page.
 const PAGE: u32 = 1_000;

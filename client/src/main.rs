@@ -575,7 +575,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     out,
                     "{} {} {}#{} {}",
                     timestamp(ms(&line.time)),
-                    line.level,
+                    level(&line),
                     line.step_key,
                     line.attempt,
                     line.message
@@ -1074,11 +1074,22 @@ fn step_line(step: &v1::Step) -> String {
     line
 }
 
+/// `info`, `warn`, ... (`-` for a level this CLI does not know).
+fn level(log: &v1::LogLine) -> &'static str {
+    match v1::LogLevel::try_from(log.level) {
+        Ok(v1::LogLevel::Debug) => "debug",
+        Ok(v1::LogLevel::Info) => "info",
+        Ok(v1::LogLevel::Warn) => "warn",
+        Ok(v1::LogLevel::Error) => "error",
+        Ok(v1::LogLevel::Unspecified) | Err(_) => "-",
+    }
+}
+
 fn log_line(log: &v1::LogLine) -> String {
     format!(
         "log  {:<24} {:<5} {}  {}",
         log.step_key,
-        log.level,
+        level(log),
         timestamp(ms(&log.time)),
         log.message
     )
@@ -1435,6 +1446,23 @@ mod tests {
                 .any(|l| l.starts_with("post ") && l.contains(" failed "))
         );
         assert_eq!(lines.last(), Some(&"  post: HTTP 500"));
+    }
+
+    #[test]
+    fn a_log_line_names_its_level() {
+        let line = v1::LogLine {
+            step_key: "filter".to_owned(),
+            attempt: 1,
+            level: v1::LogLevel::Warn.into(),
+            message: "2 of 3 orders are open".to_owned(),
+            time: time::from_ms(1_700_000_000_000),
+        };
+        assert_eq!(
+            log_line(&line),
+            "log  filter                   warn  2023-11-14T22:13:20.000Z  2 of 3 orders are open"
+        );
+        let unknown = v1::LogLine { level: 17, ..line };
+        assert_eq!(level(&unknown), "-");
     }
 
     #[test]
