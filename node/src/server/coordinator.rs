@@ -129,6 +129,11 @@ pub struct Coordinator {
     starting: Arc<Mutex<()>>,
     next_id: AtomicU64,
     updates: broadcast::Sender<Arc<Update>>,
+    /// The stored trace context (traceparent, caller span) of each run
+    /// assigned to a remote worker, by assignment: a worker's checkpoint
+    /// carries the run's summary without it, and the stored record keeps
+    /// it.
+    traces: Mutex<HashMap<u64, (Option<String>, Option<String>)>>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -182,6 +187,7 @@ impl Coordinator {
             starting: Arc::new(Mutex::new(())),
             next_id: AtomicU64::new(1),
             updates,
+            traces: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -267,6 +273,9 @@ impl Coordinator {
         let store = self.store.clone();
         let starting = self.starting.clone();
         let (tenant, name) = (tenant.to_owned(), integration.to_owned());
+        // The run's trace: under the span it is started in (a webhook's or
+        // the API's, which continue their caller's), chosen once.
+        let trace = crate::telemetry::new_run_context(&tracing::Span::current());
         let started = tokio::task::spawn_blocking(move || {
             let _one_at_a_time = request.as_ref().map(|_| lock(&starting));
             // A key kept with no run (its run was deleted by retention)
@@ -281,8 +290,12 @@ impl Coordinator {
             let Some(integration) = store.integration(&tenant, &name, version)? else {
                 return Ok(None);
             };
-            let run =
+            let mut run =
                 RunRecord::new(&tenant, &integration.name, integration.version).started_by(trigger);
+            if let Some((traceparent, caller)) = trace {
+                run.traceparent = Some(traceparent);
+                run.trace_caller = caller;
+            }
             match &request {
                 Some((scope, key)) => {
                     store.create_requested_run(&run, &integration.definition, &input, scope, key)?
@@ -293,6 +306,7 @@ impl Coordinator {
         })
         .await??;
         if let Some((run, true)) = &started {
+            crate::telemetry::metrics::get().run_started(&run.tenant, &run.integration);
             self.enqueue((run.tenant.clone(), run.run_id.clone()));
         }
         Ok(started)
@@ -321,6 +335,7 @@ impl Coordinator {
             from_step = run.from_step.as_deref().unwrap_or_default(),
             "rerun queued"
         );
+        crate::telemetry::metrics::get().run_started(&run.tenant, &run.integration);
         self.enqueue((run.tenant.clone(), run.run_id.clone()));
         Ok(run)
     }
@@ -364,7 +379,7 @@ impl Coordinator {
         {
             let _ = link.send(Outbound::Close);
         }
-        log_revoked(&revoked, "the worker connected again");
+        self.revoked(&revoked, "the worker connected again");
         tracing::info!(worker, capacity, "worker joined");
         self.dispatch();
         connection
@@ -389,7 +404,7 @@ impl Coordinator {
             if let Link::Remote(link) = &link.link {
                 let _ = link.send(Outbound::Close);
             }
-            log_revoked(&revoked, why);
+            self.revoked(&revoked, why);
             self.dispatch();
         }
     }
@@ -522,6 +537,7 @@ impl Coordinator {
         run.error = Some(error.to_owned());
         run.updated_at_ms = isoflow_engine::store::now_ms();
         self.store.update_run(&run, None)?;
+        ended(&run);
         self.publish(&run.tenant, &run.run_id, UpdateKind::Finished);
         Ok(run)
     }
@@ -544,6 +560,10 @@ impl Coordinator {
                 // A worker writes only to the run it was given.
                 write.run.tenant = tenant;
                 write.run.run_id = run_id;
+                if let Some((traceparent, caller)) = lock(&self.traces).get(&id) {
+                    write.run.traceparent.clone_from(traceparent);
+                    write.run.trace_caller.clone_from(caller);
+                }
             }
         }
         let store = self.store.clone();
@@ -575,6 +595,8 @@ impl Coordinator {
             self.publish(tenant, run_id, UpdateKind::Log(convert::log(line)));
         }
         if finished {
+            lock(&self.traces).remove(&id);
+            ended(&write.run);
             self.publish(tenant, run_id, UpdateKind::Finished);
             self.dispatch();
         }
@@ -680,10 +702,46 @@ impl Coordinator {
         Ok(CancelOutcome::Cancelling(run))
     }
 
+    /// Assignment `id` of `run` goes to a remote worker: its checkpoints
+    /// keep the run's stored trace context.
+    pub fn assigned_trace(&self, id: u64, run: &RunRecord) {
+        if run.traceparent.is_some() || run.trace_caller.is_some() {
+            lock(&self.traces).insert(id, (run.traceparent.clone(), run.trace_caller.clone()));
+        }
+    }
+
+    /// Sets the gauges of the scheduler's state (read when scraped).
+    pub fn observe_gauges(&self) {
+        let state = lock(&self.state);
+        let metrics = crate::telemetry::metrics::get();
+        metrics
+            .queue_depth
+            .set(i64::try_from(state.scheduler.queued()).unwrap_or(i64::MAX));
+        let remote = state
+            .links
+            .values()
+            .filter(|w| matches!(w.link, Link::Remote(_)))
+            .count();
+        metrics
+            .workers_connected
+            .set(i64::try_from(remote).unwrap_or(i64::MAX));
+    }
+
+    fn revoked(&self, revoked: &[Revoked], why: &str) {
+        log_revoked(revoked, why);
+        crate::telemetry::metrics::get()
+            .assignments_revoked
+            .inc_by(revoked.len() as u64);
+        let mut traces = lock(&self.traces);
+        for r in revoked {
+            traces.remove(&r.id);
+        }
+    }
+
     /// `worker` gave a run back unfinished (it is shutting down).
     pub fn released(self: &Arc<Self>, worker: &str, id: u64) {
         let revoked = lock(&self.state).scheduler.release(worker, id);
-        log_revoked(revoked.as_slice(), "the worker gave it back");
+        self.revoked(revoked.as_slice(), "the worker gave it back");
         self.dispatch();
     }
 }
@@ -696,6 +754,16 @@ pub fn names_credential(steps: &[Step], name: &str) -> bool {
         Step::Loop(l) => names_credential(&l.steps, name),
         Step::Code(_) => false,
     })
+}
+
+/// A run's end, for metrics and its trace's `run` span.
+fn ended(run: &RunRecord) {
+    crate::telemetry::metrics::get().run_finished(
+        &run.tenant,
+        &run.integration,
+        crate::telemetry::status_name(run.status),
+    );
+    crate::telemetry::finished_run(run);
 }
 
 fn log_revoked(revoked: &[Revoked], why: &str) {
