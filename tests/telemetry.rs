@@ -494,9 +494,12 @@ fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     (status, body)
 }
 
+/// Samples by (name, sorted labels).
+type Samples = HashMap<(String, Vec<(String, String)>), f64>;
+
 /// The samples of `/metrics`, parsed by a Prometheus text-format parser:
 /// (name, sorted labels) → value; histograms' counts as `<name>_count`.
-fn scrape(port: u16) -> HashMap<(String, Vec<(String, String)>), f64> {
+fn scrape(port: u16) -> Samples {
     let (status, text) = get(
         port,
         "/metrics",
@@ -528,11 +531,7 @@ fn scrape(port: u16) -> HashMap<(String, Vec<(String, String)>), f64> {
     samples
 }
 
-fn value(
-    samples: &HashMap<(String, Vec<(String, String)>), f64>,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> f64 {
+fn value(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
     let mut labels: Vec<(String, String)> = labels
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

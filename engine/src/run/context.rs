@@ -41,6 +41,13 @@ pub(crate) struct RunCtx {
     pub(crate) timings: Arc<Timings>,
 }
 
+/// How a run ends: its status, output and error.
+pub(crate) struct End {
+    pub(crate) status: RunStatus,
+    pub(crate) output: Option<Value>,
+    pub(crate) error: Option<String>,
+}
+
 /// [`RunTimings`] as the run's actors add to it.
 #[derive(Debug, Default)]
 pub(crate) struct Timings {
@@ -157,8 +164,18 @@ impl RunCtx {
         output: Option<Value>,
         error: Option<String>,
     ) -> Result<(), ActorProcessingErr> {
-        self.finish(Vec::new(), Vec::new(), Vec::new(), status, output, error, 0)
-            .await
+        self.finish(
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            End {
+                status,
+                output,
+                error,
+            },
+            0,
+        )
+        .await
     }
 
     /// Ends the run: `steps` (its last checkpoints, if any) and the run's
@@ -168,11 +185,14 @@ impl RunCtx {
         steps: Vec<(StepRecord, Option<Arc<Value>>)>,
         logs: Vec<LogRecord>,
         events: Vec<RunEvent>,
-        status: RunStatus,
-        output: Option<Value>,
-        error: Option<String>,
+        end: End,
         bytes: u64,
     ) -> Result<(), ActorProcessingErr> {
+        let End {
+            status,
+            output,
+            error,
+        } = end;
         let mut run = self.record();
         run.status = status;
         run.error.clone_from(&error);

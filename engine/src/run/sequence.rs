@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::Value;
 
-use super::context::RunCtx;
+use super::context::{End, RunCtx};
 use super::for_each::{LoopActor, LoopArgs, LoopMsg};
 use super::journal::Restored;
 use super::step::{CodeJob, HttpJob, Job, StepActor, StepArgs};
@@ -715,9 +715,11 @@ pub(crate) async fn succeeded(
                 entries,
                 logs,
                 vec![finished],
-                RunStatus::Succeeded,
-                Some(run_output),
-                None,
+                End {
+                    status: RunStatus::Succeeded,
+                    output: Some(run_output),
+                    error: None,
+                },
                 bytes,
             )
             .await?;
@@ -795,9 +797,11 @@ pub(crate) async fn failed(
                     vec![(record, None)],
                     logs,
                     vec![finished],
-                    RunStatus::Failed,
-                    None,
-                    Some(error),
+                    End {
+                        status: RunStatus::Failed,
+                        output: None,
+                        error: Some(error),
+                    },
                     0,
                 )
                 .await?;

@@ -1016,20 +1016,6 @@ fn list_limit(requested: u32) -> usize {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_list_gets_the_default_or_what_it_asks_up_to_the_maximum() {
-        assert_eq!(list_limit(0), DEFAULT_LIST);
-        assert_eq!(list_limit(7), 7);
-        assert_eq!(list_limit(1_000), 1_000);
-        assert_eq!(list_limit(1_001), MAX_LIST);
-        assert_eq!(list_limit(u32::MAX), MAX_LIST);
-    }
-}
-
 /// A server span of an `isoflow.v1.Isoflow` call that starts a run
 /// (OpenTelemetry's RPC conventions), continuing the caller's trace when
 /// its metadata carries a `traceparent`.
@@ -1051,4 +1037,18 @@ fn rpc_span<T>(method: &'static str, request: &Request<T>) -> tracing::Span {
             .and_then(|v| v.to_str().ok()),
     );
     span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_gets_the_default_or_what_it_asks_up_to_the_maximum() {
+        assert_eq!(list_limit(0), DEFAULT_LIST);
+        assert_eq!(list_limit(7), 7);
+        assert_eq!(list_limit(1_000), 1_000);
+        assert_eq!(list_limit(1_001), MAX_LIST);
+        assert_eq!(list_limit(u32::MAX), MAX_LIST);
+    }
 }

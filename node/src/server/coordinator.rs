@@ -133,8 +133,12 @@ pub struct Coordinator {
     /// assigned to a remote worker, by assignment: a worker's checkpoint
     /// carries the run's summary without it, and the stored record keeps
     /// it.
-    traces: Mutex<HashMap<u64, (Option<String>, Option<String>)>>,
+    traces: Mutex<HashMap<u64, StoredTrace>>,
 }
+
+/// A run's stored trace context: its `traceparent` and the span that
+/// started it.
+type StoredTrace = (Option<String>, Option<String>);
 
 impl std::fmt::Debug for Coordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
