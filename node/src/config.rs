@@ -1863,6 +1863,75 @@ mod tests {
     }
 
     #[test]
+    fn telemetry_keys_layer_and_bad_values_name_their_key() {
+        let config = load_text(
+            "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4317\"\nsampling_ratio = 0.25\n\
+             [telemetry.resource]\nregion = \"eu\"\n[log]\nformat = \"json\"\n",
+        )
+        .expect("loads");
+        assert_eq!(
+            config.telemetry.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4317")
+        );
+        assert!((config.telemetry.sampling_ratio - 0.25).abs() < f64::EPSILON);
+        assert_eq!(config.telemetry.service_name, "isoflow");
+        assert_eq!(config.log.format, LogFormat::Json);
+        let from_env = Config::load(
+            &Flags::default(),
+            &env(&[
+                ("ISOFLOW_OTLP_ENDPOINT", "https://collector.example:4317"),
+                ("ISOFLOW_TRACE_SAMPLING_RATIO", "0.5"),
+                ("ISOFLOW_SERVICE_NAME", "isoflow-eu"),
+                (
+                    "ISOFLOW_RESOURCE_ATTRIBUTES",
+                    "region=eu, team=integrations",
+                ),
+                ("ISOFLOW_LOG_FORMAT", "json"),
+                ("ISOFLOW_TRACE_EXPORT_INTERVAL", "500ms"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(from_env.telemetry.service_name, "isoflow-eu");
+        assert_eq!(from_env.telemetry.resource["team"], "integrations");
+        assert_eq!(
+            from_env.telemetry.export_interval,
+            Duration::from_millis(500)
+        );
+        assert_eq!(from_env.log.format, LogFormat::Json);
+        for (text, says) in [
+            (
+                "[telemetry]\nsampling_ratio = 1.5\n",
+                "telemetry.sampling_ratio is 1.5",
+            ),
+            (
+                "[telemetry]\notlp_endpoint = \"collector:4317\"\n",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "[telemetry.resource]\n\"service.name\" = \"x\"\n",
+                "telemetry.resource",
+            ),
+            ("[log]\nformat = \"xml\"\n", "unknown variant"),
+        ] {
+            let error = load_text(text).expect_err(text).to_string();
+            assert!(error.contains(says), "{text}: {error}");
+        }
+        let error = Config::load(&Flags::default(), &env(&[("ISOFLOW_LOG_FORMAT", "xml")]))
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains("ISOFLOW_LOG_FORMAT"), "{error}");
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let token = dir.path().join("metrics.token");
+        std::fs::write(&token, "short").expect("write");
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+        let error = load_text(&format!("[http]\nmetrics_token_file = {:?}\n", token))
+            .expect_err("a short token")
+            .to_string();
+        assert!(error.contains("http.metrics_token_file"), "{error}");
+    }
+
+    #[test]
     fn a_sandbox_never_runs_as_root() {
         let error = load_text("[sandbox]\nuid = 0\n")
             .expect_err("uid 0")
