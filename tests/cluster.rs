@@ -95,6 +95,8 @@ struct Cluster {
     history: Vec<String>,
     /// The loopback server the workers' `erp-api` credential may be sent to.
     erp: HttpFixture,
+    /// Where every node sends its traces.
+    traces: isoflow_testkit::otlp::Receiver,
 }
 
 impl Cluster {
@@ -109,6 +111,7 @@ impl Cluster {
             workers: BTreeMap::new(),
             history: Vec::new(),
             erp: HttpFixture::start(),
+            traces: isoflow_testkit::otlp::Receiver::start(),
         };
         cluster.start_coordinator();
         cluster.set_erp_credential();
@@ -131,8 +134,12 @@ heartbeat_interval = "250ms"
 heartbeat_timeout = "3s"
 [egress]
 allow = ["127.0.0.1"]
+[telemetry]
+otlp_endpoint = "{}"
+export_interval = "100ms"
 "#,
-            self.etcd.node_config()
+            self.etcd.node_config(),
+            self.traces.endpoint()
         )
     }
 
@@ -1357,6 +1364,29 @@ fn a_credential_is_found_nowhere_but_at_the_server_it_is_sent_to() {
         assert!(!logs.contains(secret), "{secret} is in a log: {logs}");
     }
     assert!(!seen.contains("cookie-s3cret") && in_files("cookie-s3cret").is_empty());
+    // Nor in a span: attributes carry names, sizes and outcomes, never a
+    // header value, a query or a payload.
+    let spans = cluster
+        .traces
+        .wait_for(LONG, |spans| {
+            spans
+                .iter()
+                .filter(|s| s.attribute("http.request.method") == Some("POST"))
+                .count()
+                >= 4
+        })
+        .expect("the http steps' spans arrive");
+    let attributes: Vec<String> = spans
+        .iter()
+        .flat_map(|s| s.attributes.iter().map(|(k, v)| format!("{k}={v}")))
+        .collect();
+    let attributes = attributes.join("\n");
+    for secret in secrets.iter().copied().chain([MARKER, "cookie-s3cret"]) {
+        assert!(
+            !attributes.contains(secret),
+            "{secret} is in a span: {attributes}"
+        );
+    }
 }
 
 fn code(error: &isoflow_client::Error) -> tonic::Code {

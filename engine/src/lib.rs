@@ -11,6 +11,8 @@
 //! - [`credential`]: credentials for http steps, and the encrypted vault
 //!   that keeps them on a coordinator.
 //!
+//! - [`telemetry`]: the spans and measurements a run reports, and the
+//!   embedder's hook that gives them a trace and a destination.
 //! - [`run`]: the engine that ties them together: a supervised actor tree
 //!   per run, durable checkpoints, resumption after a crash.
 
@@ -20,3 +22,4 @@ pub mod model;
 pub mod run;
 pub mod sandbox;
 pub mod store;
+pub mod telemetry;

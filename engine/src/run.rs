@@ -56,6 +56,7 @@ use crate::action::http;
 use crate::model::{CodeSource, Integration, Step, StepOutputs};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::store::{RunRecord, RunStatus, RunTrigger, StepStatus, Store, StoreConfig, StoreError};
+use crate::telemetry::{NoTelemetry, Telemetry};
 
 mod context;
 mod for_each;
@@ -87,6 +88,9 @@ pub struct EngineConfig {
     /// Which addresses http steps may connect to [default: public ones
     /// only].
     pub egress: EgressPolicy,
+    /// Who observes runs: their traces' context and measurements [default:
+    /// nobody].
+    pub telemetry: Arc<dyn Telemetry>,
 }
 
 impl EngineConfig {
@@ -98,6 +102,7 @@ impl EngineConfig {
             max_payload_bytes: 1 << 30,
             credentials: Arc::new(StaticCredentials::default()),
             egress: EgressPolicy::public_only(),
+            telemetry: Arc::new(NoTelemetry),
         }
     }
 }
@@ -217,6 +222,7 @@ pub(crate) struct Shared {
     pub(crate) http: http::Client,
     pub(crate) credentials: Arc<dyn Credentials>,
     pub(crate) max_payload_bytes: u64,
+    pub(crate) telemetry: Arc<dyn Telemetry>,
     /// Set by [`Engine::shutdown`]: sequences start no new step.
     pub(crate) draining: AtomicBool,
 }
@@ -269,6 +275,7 @@ impl Engine {
             http,
             credentials: config.credentials,
             max_payload_bytes: config.max_payload_bytes,
+            telemetry: config.telemetry,
             draining: AtomicBool::new(false),
         });
         let running = Arc::new(Mutex::new(HashMap::new()));
@@ -541,7 +548,7 @@ fn kill_tree(cell: &ractor::ActorCell) {
 }
 
 /// The size of a value as JSON text, without writing the text anywhere.
-fn json_size(value: &Value) -> u64 {
+pub(crate) fn json_size(value: &Value) -> u64 {
     struct Count(u64);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

@@ -126,6 +126,11 @@ pub struct Outcome {
     /// From taking the isolate to having the output serialised, as the
     /// sandbox process measured it.
     pub duration: Duration,
+    /// How long the step waited for its turn (admission) in the sandbox.
+    pub queue_wait: Duration,
+    /// How long the isolate it ran in took to make (before the step,
+    /// usually), as the sandbox process measured it.
+    pub isolate_create: Option<Duration>,
 }
 
 impl Outcome {
@@ -142,6 +147,8 @@ impl Outcome {
             result: Err(error),
             logs: Vec::new(),
             duration: Duration::ZERO,
+            queue_wait: Duration::ZERO,
+            isolate_create: None,
         }
     }
 }

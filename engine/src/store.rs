@@ -187,6 +187,15 @@ pub struct RunRecord {
     /// steps before it were copied from the old run as checkpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_step: Option<String>,
+    /// The W3C `traceparent` of the run's own span, chosen when the run
+    /// was created: every node that executes the run, resumed ones too,
+    /// puts its spans under it, so a run is one trace. `None`: not traced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The span id (hex) of the span the run was started in (a webhook's,
+    /// an API call's), the parent of the run's span.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_caller: Option<String>,
 }
 
 impl RunRecord {
@@ -205,6 +214,8 @@ impl RunRecord {
             trigger: None,
             rerun_of: None,
             from_step: None,
+            traceparent: None,
+            trace_caller: None,
         }
     }
 

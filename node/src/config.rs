@@ -60,6 +60,8 @@ pub struct Config {
     pub vault: Vault,
     pub retention: Retention,
     pub smtp: Smtp,
+    pub telemetry: Telemetry,
+    pub log: Log,
     /// Refused with a sentence: credentials of a node live in its vault.
     credentials: Vec<toml::Value>,
     /// The largest payload a run may take or produce.
@@ -88,6 +90,8 @@ impl Default for Config {
             vault: Vault::default(),
             retention: Retention::default(),
             smtp: Smtp::default(),
+            telemetry: Telemetry::default(),
+            log: Log::default(),
             credentials: Vec::new(),
             max_payload_bytes: 1 << 30,
             keyring: None,
@@ -114,13 +118,20 @@ impl Default for Api {
     }
 }
 
-/// The node's HTTP listener (coordinator and all): webhooks and the OAuth2
-/// callback.
+/// The node's HTTP listener: `/metrics`, `/healthz` and `/readyz` on every
+/// role; webhooks and the OAuth2 callback on a coordinator or all node.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Http {
     /// Where it listens, e.g. 127.0.0.1:7701 [default: no listener].
     pub listen: Option<SocketAddr>,
+    /// A file holding the bearer token `GET /metrics` must present
+    /// [default: none, and /metrics answers anyone who reaches the
+    /// listener]. The metrics name tenants and integrations.
+    pub metrics_token_file: Option<PathBuf>,
+    /// The token read from `metrics_token_file` by `load`.
+    #[serde(skip)]
+    pub metrics_token: Option<Password>,
     /// The address users' browsers reach the listener at, e.g.
     /// `https://isoflow.example.com`: OAuth2 providers send users back to
     /// `<public_url>/oauth/callback/<id>` [default: none, and no OAuth2
@@ -136,6 +147,57 @@ impl Http {
             .as_deref()
             .map(|url| format!("{}/oauth/callback", url.trim_end_matches('/')))
     }
+}
+
+/// Traces: OpenTelemetry over OTLP/gRPC, off unless `otlp_endpoint` is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Telemetry {
+    /// The OTLP/gRPC collector, e.g. `http://127.0.0.1:4317` [default: none,
+    /// and no traces].
+    pub otlp_endpoint: Option<String>,
+    /// The share of new traces recorded, 0 to 1; a run started inside a
+    /// caller's trace follows the caller's decision.
+    pub sampling_ratio: f64,
+    /// `service.name` of every span.
+    pub service_name: String,
+    /// More resource attributes (`deployment.environment = "prod"`);
+    /// `service.instance.id` (the node id) and `isoflow.role` are always
+    /// set.
+    pub resource: std::collections::BTreeMap<String, String>,
+    /// How often finished spans are sent (at most; a full batch goes at
+    /// once). A killed process loses the spans of its last interval.
+    #[serde(with = "humantime_serde")]
+    pub export_interval: Duration,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            otlp_endpoint: None,
+            sampling_ratio: 1.0,
+            service_name: "isoflow".to_owned(),
+            resource: std::collections::BTreeMap::new(),
+            export_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// How `isoflow serve` writes its log (stderr).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// One JSON object a line, a run's `run_id` and `trace_id` at the top.
+    Json,
 }
 
 /// TLS on the gRPC listener (coordinator and all), which the public API and
@@ -920,6 +982,17 @@ impl Config {
         config.check()?;
         config.keyring = config.vault.keyring(env)?.map(Arc::new);
         config.smtp.load_password()?;
+        if let Some(path) = &config.http.metrics_token_file {
+            let token = read_private_file("http.metrics_token_file", path)?;
+            let token = token.trim();
+            if token.len() < 16 {
+                bail!(
+                    "http.metrics_token_file {}: the token is shorter than 16 characters",
+                    path.display()
+                );
+            }
+            config.http.metrics_token = Some(Password(token.to_owned()));
+        }
         Ok(config)
     }
 
@@ -1091,6 +1164,46 @@ impl Config {
         if let Some(password) = get("ISOFLOW_SMTP_PASSWORD") {
             self.smtp.password = Some(Password(password.clone()));
         }
+        if let Some(endpoint) = get("ISOFLOW_OTLP_ENDPOINT") {
+            self.telemetry.otlp_endpoint = Some(endpoint.clone());
+        }
+        if let Some(ratio) = get("ISOFLOW_TRACE_SAMPLING_RATIO") {
+            self.telemetry.sampling_ratio = ratio.parse().with_context(|| {
+                format!("ISOFLOW_TRACE_SAMPLING_RATIO is {ratio:?}: not a number from 0 to 1")
+            })?;
+        }
+        if let Some(name) = get("ISOFLOW_SERVICE_NAME") {
+            self.telemetry.service_name = name.clone();
+        }
+        if let Some(pairs) = get("ISOFLOW_RESOURCE_ATTRIBUTES") {
+            // key=value,key=value, as OTEL_RESOURCE_ATTRIBUTES
+            for pair in pairs.split(',') {
+                let Some((key, value)) = pair.split_once('=') else {
+                    bail!(
+                        "ISOFLOW_RESOURCE_ATTRIBUTES must be key=value pairs separated by commas"
+                    );
+                };
+                self.telemetry
+                    .resource
+                    .insert(key.trim().to_owned(), value.trim().to_owned());
+            }
+        }
+        if let Some(interval) = get("ISOFLOW_TRACE_EXPORT_INTERVAL") {
+            self.telemetry.export_interval =
+                humantime::parse_duration(interval).with_context(|| {
+                    format!("ISOFLOW_TRACE_EXPORT_INTERVAL is {interval:?}: not a duration like 2s")
+                })?;
+        }
+        if let Some(format) = get("ISOFLOW_LOG_FORMAT") {
+            self.log.format = match format.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => bail!("ISOFLOW_LOG_FORMAT is {other:?}: it must be text or json"),
+            };
+        }
+        if let Some(path) = get("ISOFLOW_METRICS_TOKEN_FILE") {
+            self.http.metrics_token_file = Some(PathBuf::from(path));
+        }
         if let Some(limit) = get("ISOFLOW_TENANT_RUNS_IN_FLIGHT") {
             self.cluster.tenant_runs_in_flight = limit.parse().with_context(|| {
                 format!("ISOFLOW_TENANT_RUNS_IN_FLIGHT is {limit:?}: not a whole number")
@@ -1118,6 +1231,7 @@ impl Config {
             bail!("sandbox.uid and sandbox.gid must not be 0: customer code never runs as root");
         }
         self.egress.policy()?;
+        self.check_telemetry()?;
         if let Some(url) = &self.http.public_url {
             let parsed = reqwest::Url::parse(url)
                 .map_err(|e| anyhow::anyhow!("http.public_url {url:?}: {e}"))?;
@@ -1284,6 +1398,45 @@ impl Config {
         Ok(())
     }
 
+    fn check_telemetry(&self) -> anyhow::Result<()> {
+        let telemetry = &self.telemetry;
+        if !(0.0..=1.0).contains(&telemetry.sampling_ratio) {
+            bail!(
+                "telemetry.sampling_ratio is {}: it must be from 0 (no new trace) to 1 (every one)",
+                telemetry.sampling_ratio
+            );
+        }
+        if telemetry.export_interval.is_zero() {
+            bail!("telemetry.export_interval must be more than 0");
+        }
+        if telemetry.service_name.trim().is_empty() {
+            bail!("telemetry.service_name is empty");
+        }
+        if let Some(endpoint) = &telemetry.otlp_endpoint {
+            let parsed = reqwest::Url::parse(endpoint).ok();
+            if !parsed
+                .as_ref()
+                .is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            {
+                bail!(
+                    "telemetry.otlp_endpoint {endpoint:?} is not an http:// or https:// URL of an \
+                     OTLP/gRPC collector, like http://127.0.0.1:4317"
+                );
+            }
+        }
+        for key in telemetry.resource.keys() {
+            if key.is_empty()
+                || ["service.name", "service.instance.id", "isoflow.role"].contains(&key.as_str())
+            {
+                bail!(
+                    "telemetry.resource has {key:?}: set service.name with telemetry.service_name; \
+                     service.instance.id and isoflow.role are the node's own"
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn check_etcd(&self) -> anyhow::Result<()> {
         let etcd = &self.etcd;
         if etcd.cert.is_some() != etcd.key.is_some() {
@@ -1324,6 +1477,15 @@ impl Config {
             Role::Coordinator => "coordinator",
             Role::Worker => "worker",
             Role::All => "all-in-one node",
+        }
+    }
+
+    /// The role's one word: `coordinator`, `worker` or `all`.
+    pub fn role_name_short(&self) -> &'static str {
+        match self.role {
+            Role::Coordinator => "coordinator",
+            Role::Worker => "worker",
+            Role::All => "all",
         }
     }
 
@@ -1945,6 +2107,75 @@ mod tests {
             .expect_err("not a duration")
             .to_string();
         assert!(error.contains("isoflow.toml:2"), "{error}");
+    }
+
+    #[test]
+    fn telemetry_keys_layer_and_bad_values_name_their_key() {
+        let config = load_text(
+            "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4317\"\nsampling_ratio = 0.25\n\
+             [telemetry.resource]\nregion = \"eu\"\n[log]\nformat = \"json\"\n",
+        )
+        .expect("loads");
+        assert_eq!(
+            config.telemetry.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4317")
+        );
+        assert!((config.telemetry.sampling_ratio - 0.25).abs() < f64::EPSILON);
+        assert_eq!(config.telemetry.service_name, "isoflow");
+        assert_eq!(config.log.format, LogFormat::Json);
+        let from_env = Config::load(
+            &Flags::default(),
+            &env(&[
+                ("ISOFLOW_OTLP_ENDPOINT", "https://collector.example:4317"),
+                ("ISOFLOW_TRACE_SAMPLING_RATIO", "0.5"),
+                ("ISOFLOW_SERVICE_NAME", "isoflow-eu"),
+                (
+                    "ISOFLOW_RESOURCE_ATTRIBUTES",
+                    "region=eu, team=integrations",
+                ),
+                ("ISOFLOW_LOG_FORMAT", "json"),
+                ("ISOFLOW_TRACE_EXPORT_INTERVAL", "500ms"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(from_env.telemetry.service_name, "isoflow-eu");
+        assert_eq!(from_env.telemetry.resource["team"], "integrations");
+        assert_eq!(
+            from_env.telemetry.export_interval,
+            Duration::from_millis(500)
+        );
+        assert_eq!(from_env.log.format, LogFormat::Json);
+        for (text, says) in [
+            (
+                "[telemetry]\nsampling_ratio = 1.5\n",
+                "telemetry.sampling_ratio is 1.5",
+            ),
+            (
+                "[telemetry]\notlp_endpoint = \"collector:4317\"\n",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "[telemetry.resource]\n\"service.name\" = \"x\"\n",
+                "telemetry.resource",
+            ),
+            ("[log]\nformat = \"xml\"\n", "unknown variant"),
+        ] {
+            let error = load_text(text).expect_err(text).to_string();
+            assert!(error.contains(says), "{text}: {error}");
+        }
+        let error = Config::load(&Flags::default(), &env(&[("ISOFLOW_LOG_FORMAT", "xml")]))
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains("ISOFLOW_LOG_FORMAT"), "{error}");
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let token = dir.path().join("metrics.token");
+        std::fs::write(&token, "short").expect("write");
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+        let error = load_text(&format!("[http]\nmetrics_token_file = {:?}\n", token))
+            .expect_err("a short token")
+            .to_string();
+        assert!(error.contains("http.metrics_token_file"), "{error}");
     }
 
     #[test]

@@ -25,6 +25,7 @@ mod commands;
 mod config;
 mod eval;
 mod server;
+mod telemetry;
 
 /// The hidden subcommand that makes this binary a sandbox process: the
 /// node runs itself as `isoflow sandbox-process <options>` (see the
@@ -136,22 +137,8 @@ fn serve(flags: &config::Flags) -> anyhow::Result<ExitCode> {
         .collect();
     let home = std::env::var_os("HOME").map(PathBuf::from);
     let config = config::Config::load(flags, &env)?;
-    // tonic logs a refused TLS handshake (a client certificate from another
-    // CA, plain HTTP on the TLS port) at debug only; an operator needs to
-    // see those, whatever the level of the rest.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-        .add_directive(
-            "tonic::transport::server::io_stream=debug"
-                .parse()
-                .expect("a valid directive"),
-        );
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     with_runtime(|| async move {
+        let telemetry = telemetry::init(&config)?;
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             let mut term =
@@ -164,7 +151,9 @@ fn serve(flags: &config::Flags) -> anyhow::Result<ExitCode> {
             tracing::info!("stopping: in-flight steps finish and are checkpointed");
             let _ = stop_tx.send(true);
         });
-        server::serve(config, home, stop).await?;
+        let served = server::serve(config, home, stop).await;
+        telemetry.shutdown().await;
+        served?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -49,6 +49,7 @@ pub mod cron;
 pub mod etcd;
 pub mod hooks;
 mod oauth;
+pub mod observe;
 pub mod page;
 pub mod payload;
 pub mod retention;
@@ -89,6 +90,7 @@ fn engine_config(
     engine.credentials = credentials;
     engine.max_payload_bytes = config.max_payload_bytes;
     engine.sandbox = config.sandbox.engine_config();
+    engine.telemetry = Arc::new(crate::telemetry::NodeTelemetry);
     Ok(engine)
 }
 
@@ -99,6 +101,7 @@ fn open_vault(config: &Config, store: &Arc<Store>) -> anyhow::Result<Option<Arc<
         return Ok(None);
     };
     let vault = Vault::open(store.clone(), keyring.clone())?;
+    vault.observe_renewals(|ok| crate::telemetry::metrics::get().credential_refresh(ok));
     // OAuth2 token endpoints are reached as any step's request would be.
     vault.renew_with(
         isoflow_engine::action::http::Client::new(&config.egress.policy()?)
@@ -124,6 +127,65 @@ pub async fn serve(
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let id = config.node_id();
+    let metrics = crate::telemetry::metrics::get();
+    // The HTTP listener serves health and metrics from the start, webhooks
+    // once this node has a coordinator (`late`).
+    let health = observe::Health::new("starting");
+    let late: Option<observe::Late> = match config.role {
+        Role::Worker => None,
+        Role::All | Role::Coordinator => Some(observe::Late::default()),
+    };
+    let coordinating: Arc<std::sync::OnceLock<Arc<Coordinator>>> = Arc::default();
+    let refresh: Option<Arc<dyn Fn() + Send + Sync>> = match config.role {
+        Role::Worker => None,
+        Role::All | Role::Coordinator => {
+            let coordinating = coordinating.clone();
+            Some(Arc::new(move || {
+                if let Some(coordinator) = coordinating.get() {
+                    coordinator.observe_gauges();
+                }
+            }))
+        }
+    };
+    let exposition = crate::telemetry::metrics::Exposition::new(
+        metrics.registry(config.role != Role::Worker),
+        refresh,
+    );
+    let http = match config.http.listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (http.listen)"))?;
+            eprintln!(
+                "isoflow: http listener on {}: /metrics, /healthz, /readyz",
+                listener.local_addr()?
+            );
+            let router = observe::router(
+                health.clone(),
+                exposition,
+                config.http.metrics_token.clone(),
+                late.clone(),
+            );
+            Some(tokio::spawn(observe::serve(listener, router, stop.clone())))
+        }
+        None => None,
+    };
+    let served = serve_role(config, home, stop, id, health, late, coordinating).await;
+    if let Some(http) = http {
+        http.await??;
+    }
+    served
+}
+
+async fn serve_role(
+    config: Config,
+    home: Option<std::path::PathBuf>,
+    stop: watch::Receiver<bool>,
+    id: String,
+    health: observe::Health,
+    late: Option<observe::Late>,
+    coordinating: Arc<std::sync::OnceLock<Arc<Coordinator>>>,
+) -> anyhow::Result<()> {
     match config.role {
         Role::All => {
             let tls = tls::server(&config.tls)?;
@@ -144,7 +206,9 @@ pub async fn serve(
             let engine =
                 Engine::with_store(engine_config(&config, &dir, credentials)?, Some(store)).await?;
             coordinator.add_local(config.worker.capacity, engine.clone());
-            let served = serve_grpc(&config, tls, coordinator, None, stop).await;
+            let _ = coordinating.set(coordinator.clone());
+            health.set(true, "the run store is open");
+            let served = serve_grpc(&config, tls, coordinator, None, stop, &health, late).await;
             engine.shutdown(GRACE).await;
             served
         }
@@ -181,12 +245,22 @@ pub async fn serve(
             };
             let granted: i64 = granted?;
             tracing::info!(node = %id, "waiting to lead");
-            let Some(campaign) =
-                unless_stopped(&mut waiting, etcd.campaign(&address, granted)).await
-            else {
+            health.set(
+                false,
+                "standby: waiting in the election; another coordinator leads, or none was elected yet",
+            );
+            // A standby answers health checks on its gRPC listener (NOT_SERVING)
+            // and nothing else; the listener is free again once it leads.
+            let (standby_stop, standby_stopped) = tokio::sync::oneshot::channel::<()>();
+            let standby = serve_health_only(&config, tls.clone(), &health, standby_stopped).await?;
+            // A stop request ends the wait.
+            let campaigned = unless_stopped(&mut waiting, etcd.campaign(&address, granted)).await;
+            let _ = standby_stop.send(());
+            standby.await??;
+            let Some(campaigned) = campaigned else {
                 return Ok(());
             };
-            campaign?;
+            campaigned?;
             tracing::info!(node = %id, %address, "leading: opening the run store");
             let dir = data_dir(&config, home.as_deref())?;
             let store = Arc::new(Store::open(&StoreConfig::new(&dir))?);
@@ -199,6 +273,8 @@ pub async fn serve(
                 config.cluster.tenant_runs_in_flight,
             )?;
             etcd.watch_workers(coordinator.clone());
+            let _ = coordinating.set(coordinator.clone());
+            health.set(true, "leading; the run store is open");
             let cluster_token = config.auth.cluster_token.clone().unwrap_or_default();
             let lost = async move {
                 // Leadership lasts as long as the lease it was won with.
@@ -212,8 +288,11 @@ pub async fn serve(
                 }
             };
             tokio::select! {
-                served = serve_grpc(&config, tls, coordinator, Some(cluster_token), stop) => served,
-                () = lost => anyhow::bail!("lost leadership: the etcd lease it was won with expired; stopping so that a restart campaigns again"),
+                served = serve_grpc(&config, tls, coordinator, Some(cluster_token), stop, &health, late) => served,
+                () = lost => {
+                    health.set(false, "lost leadership: its etcd lease expired");
+                    anyhow::bail!("lost leadership: the etcd lease it was won with expired; stopping so that a restart campaigns again")
+                }
             }
         }
         Role::Worker => {
@@ -254,6 +333,7 @@ pub async fn serve(
                 tls,
                 max_payload_bytes: config.max_payload_bytes,
                 heartbeat_timeout: config.cluster.heartbeat_timeout,
+                health,
             };
             node.run(stop).await;
             Ok(())
@@ -285,12 +365,45 @@ impl worker::Discovery for EtcdDiscovery {
     }
 }
 
+/// A standby coordinator's gRPC listener: the health service alone, until
+/// `stopped`.
+async fn serve_health_only(
+    config: &Config,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    health: &observe::Health,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.api.listen))?;
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server
+            .tls_config(tls)
+            .context("the certificate and key in [tls] cannot be used")?;
+    }
+    let router = server.add_service(health.grpc());
+    Ok(tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async move {
+                    let _ = stopped.await;
+                },
+            )
+            .await?;
+        Ok(())
+    }))
+}
+
 async fn serve_grpc(
     config: &Config,
     tls: Option<tonic::transport::ServerTlsConfig>,
     coordinator: Arc<Coordinator>,
     cluster_token: Option<String>,
     mut stop: watch::Receiver<bool>,
+    health: &observe::Health,
+    late: Option<observe::Late>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -313,20 +426,10 @@ async fn serve_grpc(
         config.retention.sweep_interval,
         stop.clone(),
     ));
-    let hooks = match config.http.listen {
-        Some(http) => {
-            let listener = tokio::net::TcpListener::bind(http)
-                .await
-                .with_context(|| format!("cannot listen on {http} (http.listen)"))?;
-            eprintln!("isoflow: webhooks listening on {}", listener.local_addr()?);
-            Some(tokio::spawn(hooks::serve(
-                listener,
-                coordinator.clone(),
-                stop.clone(),
-            )))
-        }
-        None => None,
-    };
+    if let (Some(http), Some(late)) = (config.http.listen, late) {
+        let _ = late.set(hooks::routes(coordinator.clone()));
+        eprintln!("isoflow: webhooks listening on {http}");
+    }
     let tokens = config
         .auth
         .tokens
@@ -394,6 +497,7 @@ async fn serve_grpc(
         .add_service(api)
         .add_service(admin)
         .add_optional_service(cluster)
+        .add_service(health.grpc())
         // Nagle off on every accepted connection: small messages (an Ack,
         // a step update) must not wait for the peer's delayed ACK.
         .serve_with_incoming_shutdown(
@@ -403,9 +507,6 @@ async fn serve_grpc(
             },
         )
         .await?;
-    if let Some(hooks) = hooks {
-        hooks.await??;
-    }
     schedules.await?;
     alerts.await?;
     retention.await?;

@@ -117,6 +117,10 @@ pub struct DoneMeta {
     pub logs: Vec<LogLine>,
     /// From taking the isolate to having the output serialised.
     pub duration_us: u64,
+    /// How long the isolate (or QuickJS runtime) the step ran in took to
+    /// make, usually ahead of the step; `None` when none was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolate_create_us: Option<u64>,
 }
 
 /// A frame as read: its tag, meta (JSON) and body.
@@ -328,6 +332,7 @@ mod tests {
                 time: SystemTime::UNIX_EPOCH,
             }],
             duration_us: 7,
+            isolate_create_us: Some(3),
         };
         write_frame(&mut wire, Tag::Done, &done, &[b"[1,2]"]).unwrap();
 

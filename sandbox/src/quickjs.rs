@@ -83,7 +83,11 @@ pub(crate) struct QuickJsEngine {
     heap_bytes: usize,
     hooks: Hooks,
     ready: Option<Instance>,
+    /// How long `ready` took to make (µs).
+    ready_us: u64,
     spent: Option<Instance>,
+    /// How long the runtime the last job ran in took to make (µs).
+    spent_us: Option<u64>,
 }
 
 impl fmt::Debug for QuickJsEngine {
@@ -103,7 +107,9 @@ impl QuickJsEngine {
             heap_bytes: settings.heap_bytes,
             hooks: settings.hooks,
             ready: None,
+            ready_us: 0,
             spent: None,
+            spent_us: None,
         };
         engine.prepare_next();
         engine
@@ -115,7 +121,9 @@ impl QuickJsEngine {
         }
         // A failure shows up again, with its message, when the next job
         // tries to make the runtime it needs.
+        let start = Instant::now();
         self.ready = Instance::new(self.heap_bytes, self.hooks).ok();
+        self.ready_us = crate::runner::micros_since(start);
     }
 }
 
@@ -127,12 +135,19 @@ impl Engine for QuickJsEngine {
         control: &Arc<Control>,
         host: &mut Host,
     ) -> Result<String, StepError> {
+        self.spent_us = None;
         let instance = match self.ready.take() {
-            Some(instance) if instance.heap_bytes == limits.heap_bytes => instance,
+            Some(instance) if instance.heap_bytes == limits.heap_bytes => {
+                self.spent_us = Some(self.ready_us);
+                instance
+            }
             other => {
                 // Keep a runtime prepared for other limits for the next job.
                 self.ready = other;
-                Instance::new(limits.heap_bytes, self.hooks)?
+                let start = Instant::now();
+                let instance = Instance::new(limits.heap_bytes, self.hooks)?;
+                self.spent_us = Some(crate::runner::micros_since(start));
+                instance
             }
         };
         let result = instance.run(job, limits, control, host);
@@ -153,6 +168,10 @@ impl Engine for QuickJsEngine {
     fn recycle(&mut self) {
         self.spent = None;
         self.prepare_next();
+    }
+
+    fn created_us(&self) -> Option<u64> {
+        self.spent_us
     }
 }
 

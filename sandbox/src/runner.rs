@@ -64,6 +64,15 @@ pub(crate) trait Engine {
 
     /// Disposes of the used instance and prepares the next fresh one.
     fn recycle(&mut self);
+
+    /// How long the instance the last [`Engine::execute`] ran on took to
+    /// make, in microseconds.
+    fn created_us(&self) -> Option<u64>;
+}
+
+/// Microseconds since `start`.
+pub(crate) fn micros_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 /// A function a test build of the sandbox program exposes to JavaScript as
@@ -222,7 +231,8 @@ fn run(engines: &mut Engines<'_>, job: &Job<'_>, limits: Limits) -> (DoneMeta, S
         }),
         None => Err(StepError::Unavailable(runtime)),
     };
-    let duration_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let duration_us = micros_since(start);
+    let isolate_create_us = engines.get(runtime).and_then(|engine| engine.created_us());
     let (error, output) = match result.map(crate::host::well_formed_json) {
         Ok(text) => (None, text),
         Err(error) => (Some(error.bounded()), String::new()),
@@ -231,6 +241,7 @@ fn run(engines: &mut Engines<'_>, job: &Job<'_>, limits: Limits) -> (DoneMeta, S
         error,
         logs: host.into_logs(),
         duration_us,
+        isolate_create_us,
     };
     (done, output)
 }

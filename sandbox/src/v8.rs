@@ -440,7 +440,11 @@ pub(crate) struct V8Engine<'w> {
     watchdog: &'w Watchdog,
     settings: Settings,
     ready: Option<Isolate>,
+    /// How long `ready` took to make (µs).
+    ready_us: u64,
     spent: Option<Isolate>,
+    /// How long the isolate the last step ran in took to make (µs).
+    spent_us: Option<u64>,
     /// A step that ran once skips parsing and compiling in every later fresh
     /// isolate of this process. The key is the full text (and file name,
     /// which stack traces show): V8 only checks a cache against the
@@ -459,7 +463,9 @@ impl<'w> V8Engine<'w> {
             watchdog,
             settings,
             ready: None,
+            ready_us: 0,
             spent: None,
+            spent_us: None,
             caches: HashMap::new(),
         };
         engine.recycle();
@@ -479,12 +485,19 @@ impl Engine for V8Engine<'_> {
             TEST_HOOKS.get().copied(),
             Some(!self.settings.hooks.is_empty())
         );
+        self.spent_us = None;
         let mut isolate = match self.ready.take() {
-            Some(isolate) if isolate.heap_limit == limits.heap_bytes => isolate,
+            Some(isolate) if isolate.heap_limit == limits.heap_bytes => {
+                self.spent_us = Some(self.ready_us);
+                isolate
+            }
             other => {
                 // Keep the prepared isolate for the next step with default limits.
                 self.ready = other;
-                Isolate::new(limits.heap_bytes)?
+                let start = std::time::Instant::now();
+                let isolate = Isolate::new(limits.heap_bytes)?;
+                self.spent_us = Some(crate::runner::micros_since(start));
+                isolate
             }
         };
         let key = (job.filename.to_owned(), job.source.to_owned());
@@ -525,8 +538,14 @@ impl Engine for V8Engine<'_> {
         if self.ready.is_none() {
             // A failure here shows up again, with its message, when a step
             // needs the isolate.
+            let start = std::time::Instant::now();
             self.ready = Isolate::new(self.settings.heap_bytes).ok();
+            self.ready_us = crate::runner::micros_since(start);
         }
+    }
+
+    fn created_us(&self) -> Option<u64> {
+        self.spent_us
     }
 }
 

@@ -126,6 +126,9 @@ pub struct Request {
     /// whatever comes back (an echo endpoint would hand it to the step's
     /// output).
     pub secrets: Vec<Secret>,
+    /// The W3C `traceparent` to send (the step's span), when tracing is
+    /// on: it replaces one the step set.
+    pub traceparent: Option<String>,
 }
 
 impl std::fmt::Debug for Request {
@@ -158,6 +161,18 @@ impl Request {
             idempotency_key: None,
             tenant: String::new(),
             secrets: Vec::new(),
+            traceparent: None,
+        }
+    }
+
+    /// The body's size as sent (a JSON body is measured by writing it).
+    pub fn body_len(&self) -> usize {
+        match &self.body {
+            None => 0,
+            Some(Body::Text(text)) => text.len(),
+            Some(Body::Json(value)) => {
+                usize::try_from(crate::run::json_size(value)).unwrap_or(usize::MAX)
+            }
         }
     }
 }
@@ -169,6 +184,9 @@ pub struct Response {
     /// Lower-case names; repeated headers joined with ", ".
     pub headers: BTreeMap<String, String>,
     pub body: Value,
+    /// The body's size as it came, for telemetry; not part of the output.
+    #[serde(skip)]
+    pub body_bytes: u64,
 }
 
 /// Why a request failed. Each is one sentence naming the request.
@@ -237,6 +255,26 @@ fn excerpt(body: &str) -> String {
 }
 
 impl HttpError {
+    /// A low-cardinality name of what went wrong (OpenTelemetry's
+    /// `error.type`): never the URL or the server's words.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HttpError::InvalidUrl { .. } => "invalid_url",
+            HttpError::InvalidHeader { .. } => "invalid_header",
+            HttpError::Connect { .. } => "connect",
+            HttpError::Refused { .. } => "refused_by_egress_policy",
+            HttpError::Timeout { .. } => "timeout",
+            HttpError::Status { status, .. } => match status {
+                400..=499 => "4xx",
+                _ => "5xx",
+            },
+            HttpError::TooLarge { .. } => "too_large",
+            HttpError::BadJson { .. } => "bad_json",
+            HttpError::NotText { .. } => "not_text",
+            HttpError::Transport { .. } => "transport",
+        }
+    }
+
     /// Whether trying the same request again may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -336,6 +374,43 @@ impl Client {
     }
 
     pub async fn send(&self, request: &Request) -> Result<Response, HttpError> {
+        // OpenTelemetry's HTTP client conventions; the URL without its
+        // query (a credential may be a query parameter) or user, no header
+        // value, no body.
+        let url = reqwest::Url::parse(&request.url).ok();
+        let span = tracing::debug_span!(
+            target: crate::telemetry::TARGET,
+            "http.client",
+            otel.name = request.method.as_reqwest().as_str(),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = request.method.as_reqwest().as_str(),
+            url.full = url.as_ref().map(span_url).unwrap_or_default(),
+            server.address = url.as_ref().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default(),
+            server.port = url.as_ref().and_then(reqwest::Url::port_or_known_default).unwrap_or(0),
+            http.response.status_code = tracing::field::Empty,
+            http.response.body.size = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        let result =
+            tracing::Instrument::instrument(self.send_unobserved(request), span.clone()).await;
+        match &result {
+            Ok(response) => {
+                span.record("http.response.status_code", response.status);
+                span.record("http.response.body.size", response.body_bytes);
+            }
+            Err(error) => {
+                if let HttpError::Status { status, .. } = error {
+                    span.record("http.response.status_code", *status);
+                }
+                span.record("error.type", error.kind());
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        result
+    }
+
+    async fn send_unobserved(&self, request: &Request) -> Result<Response, HttpError> {
         let Request {
             method,
             url: url_text,
@@ -400,6 +475,13 @@ impl Client {
             })?;
             headers.insert("idempotency-key", value);
         }
+        if let Some(value) = request
+            .traceparent
+            .as_deref()
+            .and_then(|t| reqwest::header::HeaderValue::from_str(t).ok())
+        {
+            headers.insert("traceparent", value);
+        }
 
         let mut builder = client
             .request(method.as_reqwest(), url)
@@ -444,6 +526,7 @@ impl Client {
             }
             bytes.extend_from_slice(&chunk);
         }
+        let bytes_len = bytes.len() as u64;
 
         let status = response.status().as_u16();
         let mut headers = header_map(response.headers());
@@ -493,6 +576,7 @@ impl Client {
             status,
             headers,
             body,
+            body_bytes: bytes_len,
         })
     }
 }
@@ -550,6 +634,16 @@ fn scrub_value(value: &mut Value, secret: &Secret) {
 }
 
 /// The URL as it may appear in errors and logs: without user and password.
+/// A URL as a span shows it: scheme, host, port and path.
+fn span_url(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown.to_string()
+}
+
 pub(crate) fn redact(url: &reqwest::Url) -> String {
     let mut shown = url.clone();
     let _ = shown.set_username("");

@@ -302,9 +302,32 @@ pub struct Vault {
     /// expired token wait for the one renewal, then share its token.
     flights: std::sync::Mutex<HashMap<(String, String), Flight>>,
     unrenewable: tokio::sync::broadcast::Sender<Unrenewable>,
+    /// Told of each renewal's outcome (true: renewed), for metrics.
+    renewals: std::sync::OnceLock<RenewalObserver>,
+}
+
+/// See [`Vault::observe_renewals`].
+struct RenewalObserver(Box<dyn Fn(bool) + Send + Sync>);
+
+impl std::fmt::Debug for RenewalObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RenewalObserver")
+    }
 }
 
 impl Vault {
+    /// Calls `observer` after each OAuth2 renewal the vault asks a token
+    /// endpoint for, with whether it got a token. Set once.
+    pub fn observe_renewals(&self, observer: impl Fn(bool) + Send + Sync + 'static) {
+        let _ = self.renewals.set(RenewalObserver(Box::new(observer)));
+    }
+
+    fn renewed(&self, ok: bool) {
+        if let Some(observer) = self.renewals.get() {
+            (observer.0)(ok);
+        }
+    }
+
     /// The vault over `store`, after resealing every credential sealed with
     /// a previous key under the current one. Fails, naming the credential
     /// and key id, if one is sealed with a key the keyring lacks or does
@@ -318,6 +341,7 @@ impl Vault {
             http: std::sync::OnceLock::new(),
             flights: std::sync::Mutex::default(),
             unrenewable: tokio::sync::broadcast::channel(64).0,
+            renewals: std::sync::OnceLock::new(),
         };
         let mut resealed = 0;
         // One record in memory at a time, however many there are.
@@ -872,6 +896,7 @@ impl Vault {
         let answer =
             oauth2::request_tokens(client, tenant, state, &tokens.client_secret, ask).await;
         let version = record.version;
+        self.renewed(answer.is_ok());
         match answer {
             Ok(got) => {
                 let now = now_ms();

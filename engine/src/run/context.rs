@@ -21,6 +21,11 @@ pub(crate) type Running = Arc<Mutex<HashMap<(String, String), (ActorRef<SeqMsg>,
 
 /// What a run's actors share.
 pub(crate) struct RunCtx {
+    /// The run's span on this node: the parent of its steps' spans.
+    pub(crate) span: tracing::Span,
+    /// Where its step and checkpoint spans go in its trace (see
+    /// [`crate::telemetry::Telemetry::run_span`]); `None`: not traced.
+    pub(crate) trace: Option<Arc<str>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) run: RunRecord,
     pub(crate) integration: Arc<Integration>,
@@ -34,6 +39,13 @@ pub(crate) struct RunCtx {
     /// to its journal.
     pub(crate) aborted: std::sync::atomic::AtomicBool,
     pub(crate) timings: Arc<Timings>,
+}
+
+/// How a run ends: its status, output and error.
+pub(crate) struct End {
+    pub(crate) status: RunStatus,
+    pub(crate) output: Option<Value>,
+    pub(crate) error: Option<String>,
 }
 
 /// [`RunTimings`] as the run's actors add to it.
@@ -85,37 +97,63 @@ impl RunCtx {
         steps: Vec<(StepRecord, Option<Arc<Value>>)>,
         logs: Vec<LogRecord>,
         kind: WriteKind,
+        bytes: u64,
     ) -> Result<(), ActorProcessingErr> {
         if self.aborted.load(Ordering::Acquire) {
             return Err("the run was aborted on this node".into());
         }
+        let what = match kind {
+            WriteKind::Checkpoint => "steps",
+            WriteKind::Finish { .. } => "finish",
+            WriteKind::Logs => "logs",
+        };
+        let span = tracing::debug_span!(
+            target: crate::telemetry::TARGET,
+            parent: &self.span,
+            "checkpoint",
+            checkpoint.kind = what,
+            checkpoint.steps = steps.len(),
+            checkpoint.bytes = bytes,
+            checkpoint.write_ms = tracing::field::Empty,
+        );
+        if let Some(trace) = &self.trace {
+            self.shared.telemetry.adopt(&span, trace);
+        }
         let start = Instant::now();
-        let written = self
-            .journal
-            .write(JournalWrite {
+        let written = tracing::Instrument::instrument(
+            self.journal.write(JournalWrite {
                 run,
                 steps,
                 logs,
                 kind,
-            })
-            .await;
-        self.timings.add_store(start.elapsed());
+            }),
+            span.clone(),
+        )
+        .await;
+        let took = start.elapsed();
+        self.timings.add_store(took);
+        span.record("checkpoint.write_ms", took.as_secs_f64() * 1000.0);
+        if what != "logs" {
+            self.shared.telemetry.checkpoint(took, bytes);
+        }
         Ok(written?)
     }
 
     /// Makes finished steps durable; returns once they are.
+    /// `bytes`: the size of the steps' outputs, as far as it is known.
     pub(crate) async fn checkpoint(
         &self,
         steps: Vec<(StepRecord, Option<Arc<Value>>)>,
         logs: Vec<LogRecord>,
+        bytes: u64,
     ) -> Result<(), ActorProcessingErr> {
-        self.write(self.record(), steps, logs, WriteKind::Checkpoint)
+        self.write(self.record(), steps, logs, WriteKind::Checkpoint, bytes)
             .await
     }
 
     /// Records the logs of an attempt that will be retried.
     pub(crate) async fn append_logs(&self, logs: Vec<LogRecord>) -> Result<(), ActorProcessingErr> {
-        self.write(self.record(), Vec::new(), logs, WriteKind::Logs)
+        self.write(self.record(), Vec::new(), logs, WriteKind::Logs, 0)
             .await
     }
 
@@ -126,8 +164,18 @@ impl RunCtx {
         output: Option<Value>,
         error: Option<String>,
     ) -> Result<(), ActorProcessingErr> {
-        self.finish(Vec::new(), Vec::new(), Vec::new(), status, output, error)
-            .await
+        self.finish(
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            End {
+                status,
+                output,
+                error,
+            },
+            0,
+        )
+        .await
     }
 
     /// Ends the run: `steps` (its last checkpoints, if any) and the run's
@@ -137,10 +185,14 @@ impl RunCtx {
         steps: Vec<(StepRecord, Option<Arc<Value>>)>,
         logs: Vec<LogRecord>,
         events: Vec<RunEvent>,
-        status: RunStatus,
-        output: Option<Value>,
-        error: Option<String>,
+        end: End,
+        bytes: u64,
     ) -> Result<(), ActorProcessingErr> {
+        let End {
+            status,
+            output,
+            error,
+        } = end;
         let mut run = self.record();
         run.status = status;
         run.error.clone_from(&error);
@@ -152,6 +204,7 @@ impl RunCtx {
             WriteKind::Finish {
                 output: output.clone(),
             },
+            bytes,
         )
         .await?;
         // The journal has let go of its reference once the write is done.

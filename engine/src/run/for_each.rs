@@ -143,6 +143,7 @@ pub(crate) fn report(state: &LoopState, result: Result<Value, Failure>) {
         token: state.args.token,
         result,
         logs: Vec::new(),
+        bytes: 0,
     });
 }
 

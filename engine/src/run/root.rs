@@ -75,7 +75,24 @@ impl Actor for Root {
             reply,
         } = message;
         let key = (run.tenant.clone(), run.run_id.clone());
+        // The run's span on this node: every log line of the run carries
+        // its id; with tracing on, the embedder puts it in the run's trace.
+        let span = tracing::info_span!(
+            parent: None,
+            "run",
+            otel.name = "run.execute",
+            run_id = %run.run_id,
+            tenant = %run.tenant,
+            integration = %run.integration,
+            version = run.version,
+            trigger = run.trigger.as_ref().map(ToString::to_string).unwrap_or_default(),
+            resumed,
+            trace_id = tracing::field::Empty,
+        );
+        let trace = state.args.shared.telemetry.run_span(&span, &run);
         let ctx = Arc::new(RunCtx {
+            span,
+            trace: trace.map(Into::into),
             shared: state.args.shared.clone(),
             run,
             integration,

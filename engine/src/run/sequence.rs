@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::Value;
 
-use super::context::RunCtx;
+use super::context::{End, RunCtx};
 use super::for_each::{LoopActor, LoopArgs, LoopMsg};
 use super::journal::Restored;
 use super::step::{CodeJob, HttpJob, Job, StepActor, StepArgs};
@@ -27,6 +27,8 @@ pub(crate) enum SeqMsg {
         token: u64,
         result: Result<Value, Failure>,
         logs: Vec<LogRecord>,
+        /// The output's size as the step saw it (0: not known).
+        bytes: u64,
     },
     /// A loop child stopped because the engine is draining.
     Stopped {
@@ -198,74 +200,82 @@ impl Actor for Sequence {
         message: SeqMsg,
         state: &mut SeqState,
     ) -> Result<(), ActorProcessingErr> {
-        match message {
-            SeqMsg::Next => next(&myself, state).await,
-            SeqMsg::Done {
-                token,
-                result,
-                logs,
-            } if is_current(state, token) => {
-                let current = state.current.as_mut().expect("checked by is_current");
-                if let Some(timer) = current.timer.take() {
-                    timer.abort();
+        // Log lines of the run carry its span's fields (its id, its trace).
+        let span = state.ctx.span.clone();
+        let handled = async move {
+            match message {
+                SeqMsg::Next => next(&myself, state).await,
+                SeqMsg::Done {
+                    token,
+                    result,
+                    logs,
+                    bytes,
+                } if is_current(state, token) => {
+                    let current = state.current.as_mut().expect("checked by is_current");
+                    if let Some(timer) = current.timer.take() {
+                        timer.abort();
+                    }
+                    if let Some(child) = current.child.take() {
+                        child.stop(None);
+                    }
+                    match result {
+                        Ok(output) => succeeded(&myself, state, output, logs, bytes).await,
+                        Err(failure) => failed(&myself, state, failure, logs).await,
+                    }
                 }
-                if let Some(child) = current.child.take() {
-                    child.stop(None);
+                SeqMsg::TimedOut { token } if is_current(state, token) => {
+                    let current = state.current.as_mut().expect("checked by is_current");
+                    let Some(child) = current.child.take() else {
+                        return Ok(());
+                    };
+                    child.kill();
+                    let limit = state.step().timeout().unwrap_or_default();
+                    let failure = Failure::transient(format!(
+                        "step timed out after {}",
+                        humantime::format_duration(limit)
+                    ));
+                    failed(&myself, state, failure, Vec::new()).await
                 }
-                match result {
-                    Ok(output) => succeeded(&myself, state, output, logs).await,
-                    Err(failure) => failed(&myself, state, failure, logs).await,
+                SeqMsg::Retry { token } if is_current(state, token) => {
+                    let attempt = state.current.as_ref().map_or(1, |c| c.attempt + 1);
+                    if state.draining || state.ctx.shared.draining.load(Ordering::Acquire) {
+                        return stop_draining(&myself, state);
+                    }
+                    start_attempt(&myself, state, attempt).await
                 }
+                SeqMsg::Stopped { token } if is_current(state, token) => {
+                    stop_draining(&myself, state)
+                }
+                SeqMsg::Cancel => {
+                    if matches!(state.scope, SeqScope::Top) {
+                        let key = state
+                            .steps()
+                            .get(state.next)
+                            .map(|s| state.key(s.id().as_str()));
+                        myself.stop_children(None);
+                        let error = key.map(|k| format!("cancelled during step {k:?}"));
+                        state.ctx.end(RunStatus::Cancelled, None, error).await?;
+                        myself.stop(Some("cancelled".into()));
+                    }
+                    Ok(())
+                }
+                SeqMsg::Drain => {
+                    state.draining = true;
+                    let idle = state.current.as_ref().is_none_or(|c| c.child.is_none());
+                    if idle {
+                        return stop_draining(&myself, state);
+                    }
+                    Ok(())
+                }
+                // A message about an attempt that is over (a late time-out, a
+                // duplicate report): nothing to do.
+                SeqMsg::Done { .. }
+                | SeqMsg::TimedOut { .. }
+                | SeqMsg::Retry { .. }
+                | SeqMsg::Stopped { .. } => Ok(()),
             }
-            SeqMsg::TimedOut { token } if is_current(state, token) => {
-                let current = state.current.as_mut().expect("checked by is_current");
-                let Some(child) = current.child.take() else {
-                    return Ok(());
-                };
-                child.kill();
-                let limit = state.step().timeout().unwrap_or_default();
-                let failure = Failure::transient(format!(
-                    "step timed out after {}",
-                    humantime::format_duration(limit)
-                ));
-                failed(&myself, state, failure, Vec::new()).await
-            }
-            SeqMsg::Retry { token } if is_current(state, token) => {
-                let attempt = state.current.as_ref().map_or(1, |c| c.attempt + 1);
-                if state.draining || state.ctx.shared.draining.load(Ordering::Acquire) {
-                    return stop_draining(&myself, state);
-                }
-                start_attempt(&myself, state, attempt).await
-            }
-            SeqMsg::Stopped { token } if is_current(state, token) => stop_draining(&myself, state),
-            SeqMsg::Cancel => {
-                if matches!(state.scope, SeqScope::Top) {
-                    let key = state
-                        .steps()
-                        .get(state.next)
-                        .map(|s| state.key(s.id().as_str()));
-                    myself.stop_children(None);
-                    let error = key.map(|k| format!("cancelled during step {k:?}"));
-                    state.ctx.end(RunStatus::Cancelled, None, error).await?;
-                    myself.stop(Some("cancelled".into()));
-                }
-                Ok(())
-            }
-            SeqMsg::Drain => {
-                state.draining = true;
-                let idle = state.current.as_ref().is_none_or(|c| c.child.is_none());
-                if idle {
-                    return stop_draining(&myself, state);
-                }
-                Ok(())
-            }
-            // A message about an attempt that is over (a late time-out, a
-            // duplicate report): nothing to do.
-            SeqMsg::Done { .. }
-            | SeqMsg::TimedOut { .. }
-            | SeqMsg::Retry { .. }
-            | SeqMsg::Stopped { .. } => Ok(()),
-        }
+        };
+        tracing::Instrument::instrument(handled, span).await
     }
 
     async fn handle_supervisor_evt(
@@ -359,7 +369,7 @@ pub(crate) async fn next(
             if state.is_last() {
                 entries.extend(item_entry(state, None));
             }
-            ctx.checkpoint(entries, Vec::new()).await?;
+            ctx.checkpoint(entries, Vec::new(), 0).await?;
             ctx.emit(RunEvent::StepFinished {
                 step_key: key,
                 status: StepStatus::Skipped,
@@ -550,6 +560,8 @@ pub(crate) async fn spawn_step(
     key: &str,
 ) -> Result<ActorCell, Failure> {
     let args = StepArgs {
+        run_span: state.ctx.span.clone(),
+        trace: state.ctx.trace.clone(),
         shared: state.ctx.shared.clone(),
         timings: state.ctx.timings.clone(),
         job,
@@ -652,6 +664,7 @@ pub(crate) fn render_http(
             idempotency_key: Some(format!("{}/{key}", ctx.run.run_id)),
             tenant: ctx.run.tenant.clone(),
             secrets: Vec::new(),
+            traceparent: None,
         };
         Ok(HttpJob {
             request,
@@ -669,6 +682,7 @@ pub(crate) async fn succeeded(
     state: &mut SeqState,
     output: Value,
     logs: Vec<LogRecord>,
+    bytes: u64,
 ) -> Result<(), ActorProcessingErr> {
     let current = state.current.take().expect("a step is running");
     let step_id = state.step().id().as_str().to_owned();
@@ -701,9 +715,12 @@ pub(crate) async fn succeeded(
                 entries,
                 logs,
                 vec![finished],
-                RunStatus::Succeeded,
-                Some(run_output),
-                None,
+                End {
+                    status: RunStatus::Succeeded,
+                    output: Some(run_output),
+                    error: None,
+                },
+                bytes,
             )
             .await?;
         myself.stop(None);
@@ -712,7 +729,7 @@ pub(crate) async fn succeeded(
     if state.is_last() {
         entries.extend(item_entry(state, Some(output.clone())));
     }
-    state.ctx.checkpoint(entries, logs).await?;
+    state.ctx.checkpoint(entries, logs, bytes).await?;
     state.outputs.0.insert(step_id, output);
     state.ctx.emit(finished);
     state.next += 1;
@@ -780,14 +797,17 @@ pub(crate) async fn failed(
                     vec![(record, None)],
                     logs,
                     vec![finished],
-                    RunStatus::Failed,
-                    None,
-                    Some(error),
+                    End {
+                        status: RunStatus::Failed,
+                        output: None,
+                        error: Some(error),
+                    },
+                    0,
                 )
                 .await?;
         }
         SeqScope::Item { index, parent, .. } => {
-            state.ctx.checkpoint(vec![(record, None)], logs).await?;
+            state.ctx.checkpoint(vec![(record, None)], logs, 0).await?;
             state.ctx.emit(finished);
             let _ = parent.send_message(LoopMsg::ItemDone {
                 index: *index,
@@ -833,7 +853,7 @@ pub(crate) async fn finish_sequence(
                 let entry = item_entry(state, last.clone());
                 state
                     .ctx
-                    .checkpoint(entry.into_iter().collect(), Vec::new())
+                    .checkpoint(entry.into_iter().collect(), Vec::new(), 0)
                     .await?;
             }
             if let SeqScope::Item { parent, .. } = &state.scope {

@@ -39,6 +39,10 @@ pub(crate) struct CodeJob {
 }
 
 pub(crate) struct StepArgs {
+    /// The run's span here: the attempt's span goes under it.
+    pub(crate) run_span: tracing::Span,
+    /// The run's place in its trace, if it is traced.
+    pub(crate) trace: Option<Arc<str>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) timings: Arc<Timings>,
     pub(crate) job: Job,
@@ -80,6 +84,8 @@ impl Actor for StepActor {
             return Ok(());
         };
         let StepArgs {
+            run_span,
+            trace,
             shared,
             timings,
             job,
@@ -88,22 +94,86 @@ impl Actor for StepActor {
             step_key,
             reply,
         } = args;
-        let (result, logs) = match job {
-            Job::Code(code) => run_code(&shared, &timings, code, &step_key, attempt).await,
-            Job::Http(job) => {
-                let start = std::time::Instant::now();
-                let result = run_http(&shared, *job).await;
-                timings.add_execution(start.elapsed());
-                (result, Vec::new())
+        let (kind, runtime, bytes_in) = match &job {
+            Job::Code(code) => ("code", runtime_name(code.runtime), code.input_json.len()),
+            Job::Http(job) => ("http", "none", job.request.body_len()),
+        };
+        let span = tracing::debug_span!(
+            target: crate::telemetry::TARGET,
+            parent: &run_span,
+            "step",
+            step.key = %step_key,
+            step.kind = kind,
+            step.attempt = attempt,
+            step.runtime = runtime,
+            step.bytes_in = bytes_in,
+            step.bytes_out = tracing::field::Empty,
+            step.outcome = tracing::field::Empty,
+            error.message = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        if let Some(trace) = &trace {
+            shared.telemetry.adopt(&span, trace);
+        }
+        // Without a span of its own (tracing off), log lines of the
+        // attempt still carry the run's.
+        let current = if span.is_disabled() {
+            run_span.clone()
+        } else {
+            span.clone()
+        };
+        let start = std::time::Instant::now();
+        let attempt_done = async {
+            match job {
+                Job::Code(code) => run_code(&shared, &timings, code, &step_key, attempt).await,
+                Job::Http(job) => {
+                    let result = run_http(&shared, *job, &span).await;
+                    timings.add_execution(start.elapsed());
+                    let bytes = result.as_ref().map_or(0, |(_, bytes)| *bytes);
+                    (result.map(|(value, _)| value), Vec::new(), bytes)
+                }
             }
         };
+        let (result, logs, bytes) = tracing::Instrument::instrument(attempt_done, current).await;
+        shared
+            .telemetry
+            .step_attempt(kind, runtime, start.elapsed());
+        match &result {
+            Ok(_) => {
+                span.record("step.outcome", "succeeded");
+                span.record("step.bytes_out", bytes);
+            }
+            Err(failure) => {
+                span.record("step.outcome", "failed");
+                span.record("error.message", short(&failure.message));
+                span.record("otel.status_code", "ERROR");
+            }
+        }
         reply.send_message(SeqMsg::Done {
             token,
             result,
             logs,
+            bytes,
         })?;
         Ok(())
     }
+}
+
+fn runtime_name(runtime: Runtime) -> &'static str {
+    match runtime {
+        Runtime::V8 => "v8",
+        Runtime::QuickJs => "quickjs",
+    }
+}
+
+/// An error text as a span shows it: the first KiB (the stored error is
+/// the whole of it).
+fn short(message: &str) -> &str {
+    let mut end = message.len().min(1024);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message[..end]
 }
 
 pub(crate) async fn run_code(
@@ -112,7 +182,7 @@ pub(crate) async fn run_code(
     code: CodeJob,
     step_key: &str,
     attempt: u32,
-) -> (Result<Value, Failure>, Vec<LogRecord>) {
+) -> (Result<Value, Failure>, Vec<LogRecord>, u64) {
     let CodeJob {
         tenant,
         runtime,
@@ -129,6 +199,12 @@ pub(crate) async fn run_code(
         )
         .await;
     timings.add_execution(outcome.duration);
+    shared.telemetry.sandbox(
+        runtime_name(runtime),
+        outcome.queue_wait,
+        outcome.isolate_create,
+    );
+    let bytes = outcome.result.as_ref().map_or(0, |json| json.len() as u64);
     let logs = outcome
         .logs
         .iter()
@@ -171,15 +247,22 @@ pub(crate) async fn run_code(
             })
         }
     };
-    (result, logs)
+    (result, logs, bytes)
 }
 
-pub(crate) async fn run_http(shared: &Shared, job: HttpJob) -> Result<Value, Failure> {
+/// One http attempt: its output and the response body's size.
+pub(crate) async fn run_http(
+    shared: &Shared,
+    job: HttpJob,
+    span: &tracing::Span,
+) -> Result<(Value, u64), Failure> {
     let HttpJob {
         mut request,
         credential,
         run_id,
     } = job;
+    // The receiver may continue the run's trace from the step's span.
+    request.traceparent = shared.telemetry.traceparent(span);
     let mut sent = None;
     if let Some(name) = credential {
         let credential = shared
@@ -213,8 +296,12 @@ pub(crate) async fn run_http(shared: &Shared, job: HttpJob) -> Result<Value, Fai
         }
     }
     match result {
-        Ok(response) => serde_json::to_value(response)
-            .map_err(|e| Failure::permanent(format!("cannot represent the response: {e}"))),
+        Ok(response) => {
+            let bytes = response.body_bytes;
+            serde_json::to_value(response)
+                .map(|value| (value, bytes))
+                .map_err(|e| Failure::permanent(format!("cannot represent the response: {e}")))
+        }
         Err(error) => {
             // An error page may echo the request, credential and all.
             let message = request

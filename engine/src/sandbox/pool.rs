@@ -197,13 +197,18 @@ impl Sandbox {
         if !exec.runtime.is_available() {
             return Outcome::failed(StepError::Unavailable(exec.runtime));
         }
+        let queued = std::time::Instant::now();
         let Some(_turn) = self.inner.admission.enter(&exec.tenant).await else {
             return Outcome::failed(StepError::Shutdown);
         };
-        self.inner
+        let queue_wait = queued.elapsed();
+        let mut outcome = self
+            .inner
             .pool
             .run_async(&exec, self.inner.config.limits)
-            .await
+            .await;
+        outcome.queue_wait = queue_wait;
+        outcome
     }
 
     /// [`Sandbox::execute`] for synchronous callers, on their own thread.
@@ -212,12 +217,17 @@ impl Sandbox {
         if !exec.runtime.is_available() {
             return Outcome::failed(StepError::Unavailable(exec.runtime));
         }
+        let queued = std::time::Instant::now();
         let Some(_turn) = self.inner.admission.enter_blocking(&exec.tenant) else {
             return Outcome::failed(StepError::Shutdown);
         };
-        self.inner
+        let queue_wait = queued.elapsed();
+        let mut outcome = self
+            .inner
             .pool
-            .run_blocking(&exec, self.inner.config.limits)
+            .run_blocking(&exec, self.inner.config.limits);
+        outcome.queue_wait = queue_wait;
+        outcome
     }
 
     /// What the pool did so far and the processes it holds.

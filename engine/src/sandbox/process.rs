@@ -718,6 +718,8 @@ fn answer(
         result,
         logs,
         duration: Duration::from_micros(meta.duration_us),
+        queue_wait: Duration::ZERO,
+        isolate_create: meta.isolate_create_us.map(Duration::from_micros),
     })
 }
 
@@ -813,6 +815,7 @@ mod tests {
             error,
             logs,
             duration_us: 5,
+            isolate_create_us: None,
         }
     }
 

@@ -306,7 +306,10 @@ impl Isoflow for Api {
         request: Request<Streaming<v1::StartRunRequest>>,
     ) -> Result<Response<v1::Run>, Status> {
         let tenant = tenant(&request)?;
-        let (run, _) = self.start(&tenant, request.into_inner()).await?;
+        let span = rpc_span("StartRun", &request);
+        let (run, _) =
+            tracing::Instrument::instrument(self.start(&tenant, request.into_inner()), span)
+                .await?;
         Ok(Response::new(convert::run(&run, &[])))
     }
 
@@ -319,7 +322,10 @@ impl Isoflow for Api {
         let tenant = tenant(&request)?;
         // Subscribed before the run starts: its end cannot be missed.
         let updates = self.coordinator.subscribe();
-        let (run, _) = self.start(&tenant, request.into_inner()).await?;
+        let span = rpc_span("ExecuteRun", &request);
+        let (run, _) =
+            tracing::Instrument::instrument(self.start(&tenant, request.into_inner()), span)
+                .await?;
         let run_id = run.run_id.clone();
         let coordinator = self.coordinator.clone();
         let (tx, rx) = mpsc::channel(4);
@@ -1103,4 +1109,27 @@ fn run_filter(request: &v1::ListRunsRequest) -> Result<RunFilter, Status> {
         created_to_ms,
         trigger: Some(request.trigger.clone()).filter(|t| !t.is_empty()),
     })
+}
+
+/// A server span of an `isoflow.v1.Isoflow` call that starts a run
+/// (OpenTelemetry's RPC conventions), continuing the caller's trace when
+/// its metadata carries a `traceparent`.
+fn rpc_span<T>(method: &'static str, request: &Request<T>) -> tracing::Span {
+    let span = tracing::debug_span!(
+        target: crate::telemetry::TARGET,
+        "rpc.server",
+        otel.name = format!("isoflow.v1.Isoflow/{method}"),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = "isoflow.v1.Isoflow",
+        rpc.method = method,
+    );
+    crate::telemetry::continue_caller(
+        &span,
+        request
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+    );
+    span
 }

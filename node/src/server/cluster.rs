@@ -171,12 +171,14 @@ async fn write_loop(
                         output_payload,
                     });
                 }
+                coordinator.assigned_trace(id, &loaded.run);
                 messages.push(Out::Assign(wire::Assign {
                     assignment_id: id,
                     run: Some(convert::run(&loaded.run, &[])),
                     definition_payload: definition,
                     input_payload: input,
                     restored,
+                    traceparent: loaded.run.traceparent.clone().unwrap_or_default(),
                 }));
                 for kind in messages {
                     if out.send(message(kind)).await.is_err() {

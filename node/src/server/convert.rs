@@ -66,6 +66,10 @@ pub fn run_from(run: &v1::Run) -> Option<RunRecord> {
         trigger: run.trigger.parse().ok(),
         rerun_of: (!run.rerun_of.is_empty()).then(|| run.rerun_of.clone()),
         from_step: (!run.from_step.is_empty()).then(|| run.from_step.clone()),
+        // Not in the API's message: a worker gets the run's trace with its
+        // assignment, and the coordinator keeps what it stored.
+        traceparent: None,
+        trace_caller: None,
     })
 }
 

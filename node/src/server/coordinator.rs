@@ -130,7 +130,16 @@ pub struct Coordinator {
     starting: Arc<Mutex<()>>,
     next_id: AtomicU64,
     updates: broadcast::Sender<Arc<Update>>,
+    /// The stored trace context (traceparent, caller span) of each run
+    /// assigned to a remote worker, by assignment: a worker's checkpoint
+    /// carries the run's summary without it, and the stored record keeps
+    /// it.
+    traces: Mutex<HashMap<u64, StoredTrace>>,
 }
+
+/// A run's stored trace context: its `traceparent` and the span that
+/// started it.
+type StoredTrace = (Option<String>, Option<String>);
 
 impl std::fmt::Debug for Coordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -183,6 +192,7 @@ impl Coordinator {
             starting: Arc::new(Mutex::new(())),
             next_id: AtomicU64::new(1),
             updates,
+            traces: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -268,6 +278,9 @@ impl Coordinator {
         let store = self.store.clone();
         let starting = self.starting.clone();
         let (tenant, name) = (tenant.to_owned(), integration.to_owned());
+        // The run's trace: under the span it is started in (a webhook's or
+        // the API's, which continue their caller's), chosen once.
+        let trace = crate::telemetry::new_run_context(&tracing::Span::current());
         let started = tokio::task::spawn_blocking(move || {
             let _one_at_a_time = request.as_ref().map(|_| lock(&starting));
             // A key kept with no run (its run was deleted by retention)
@@ -282,8 +295,12 @@ impl Coordinator {
             let Some(integration) = store.integration(&tenant, &name, version)? else {
                 return Ok(None);
             };
-            let run =
+            let mut run =
                 RunRecord::new(&tenant, &integration.name, integration.version).started_by(trigger);
+            if let Some((traceparent, caller)) = trace {
+                run.traceparent = Some(traceparent);
+                run.trace_caller = caller;
+            }
             match &request {
                 Some((scope, key)) => {
                     store.create_requested_run(&run, &integration.definition, &input, scope, key)?
@@ -294,6 +311,7 @@ impl Coordinator {
         })
         .await??;
         if let Some((run, true)) = &started {
+            crate::telemetry::metrics::get().run_started(&run.tenant, &run.integration);
             self.enqueue((run.tenant.clone(), run.run_id.clone()));
         }
         Ok(started)
@@ -322,6 +340,7 @@ impl Coordinator {
             from_step = run.from_step.as_deref().unwrap_or_default(),
             "rerun queued"
         );
+        crate::telemetry::metrics::get().run_started(&run.tenant, &run.integration);
         self.enqueue((run.tenant.clone(), run.run_id.clone()));
         Ok(run)
     }
@@ -365,7 +384,7 @@ impl Coordinator {
         {
             let _ = link.send(Outbound::Close);
         }
-        log_revoked(&revoked, "the worker connected again");
+        self.revoked(&revoked, "the worker connected again");
         tracing::info!(worker, capacity, "worker joined");
         self.dispatch();
         connection
@@ -390,7 +409,7 @@ impl Coordinator {
             if let Link::Remote(link) = &link.link {
                 let _ = link.send(Outbound::Close);
             }
-            log_revoked(&revoked, why);
+            self.revoked(&revoked, why);
             self.dispatch();
         }
     }
@@ -523,6 +542,7 @@ impl Coordinator {
         run.error = Some(error.to_owned());
         run.updated_at_ms = isoflow_engine::store::now_ms();
         self.store.update_run(&run, None)?;
+        ended(&run);
         self.publish(&run.tenant, &run.run_id, UpdateKind::Finished);
         Ok(run)
     }
@@ -545,6 +565,10 @@ impl Coordinator {
                 // A worker writes only to the run it was given.
                 write.run.tenant = tenant;
                 write.run.run_id = run_id;
+                if let Some((traceparent, caller)) = lock(&self.traces).get(&id) {
+                    write.run.traceparent.clone_from(traceparent);
+                    write.run.trace_caller.clone_from(caller);
+                }
             }
         }
         let store = self.store.clone();
@@ -576,6 +600,8 @@ impl Coordinator {
             self.publish(tenant, run_id, UpdateKind::Log(convert::log(line)));
         }
         if finished {
+            lock(&self.traces).remove(&id);
+            ended(&write.run);
             self.publish(tenant, run_id, UpdateKind::Finished);
             self.dispatch();
         }
@@ -681,10 +707,46 @@ impl Coordinator {
         Ok(CancelOutcome::Cancelling(run))
     }
 
+    /// Assignment `id` of `run` goes to a remote worker: its checkpoints
+    /// keep the run's stored trace context.
+    pub fn assigned_trace(&self, id: u64, run: &RunRecord) {
+        if run.traceparent.is_some() || run.trace_caller.is_some() {
+            lock(&self.traces).insert(id, (run.traceparent.clone(), run.trace_caller.clone()));
+        }
+    }
+
+    /// Sets the gauges of the scheduler's state (read when scraped).
+    pub fn observe_gauges(&self) {
+        let state = lock(&self.state);
+        let metrics = crate::telemetry::metrics::get();
+        metrics
+            .queue_depth
+            .set(i64::try_from(state.scheduler.queued()).unwrap_or(i64::MAX));
+        let remote = state
+            .links
+            .values()
+            .filter(|w| matches!(w.link, Link::Remote(_)))
+            .count();
+        metrics
+            .workers_connected
+            .set(i64::try_from(remote).unwrap_or(i64::MAX));
+    }
+
+    fn revoked(&self, revoked: &[Revoked], why: &str) {
+        log_revoked(revoked, why);
+        crate::telemetry::metrics::get()
+            .assignments_revoked
+            .inc_by(revoked.len() as u64);
+        let mut traces = lock(&self.traces);
+        for r in revoked {
+            traces.remove(&r.id);
+        }
+    }
+
     /// `worker` gave a run back unfinished (it is shutting down).
     pub fn released(self: &Arc<Self>, worker: &str, id: u64) {
         let revoked = lock(&self.state).scheduler.release(worker, id);
-        log_revoked(revoked.as_slice(), "the worker gave it back");
+        self.revoked(revoked.as_slice(), "the worker gave it back");
         self.dispatch();
     }
 }
@@ -697,6 +759,16 @@ pub fn names_credential(steps: &[Step], name: &str) -> bool {
         Step::Loop(l) => names_credential(&l.steps, name),
         Step::Code(_) => false,
     })
+}
+
+/// A run's end, for metrics and its trace's `run` span.
+fn ended(run: &RunRecord) {
+    crate::telemetry::metrics::get().run_finished(
+        &run.tenant,
+        &run.integration,
+        crate::telemetry::status_name(run.status),
+    );
+    crate::telemetry::finished_run(run);
 }
 
 fn log_revoked(revoked: &[Revoked], why: &str) {

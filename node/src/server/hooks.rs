@@ -115,19 +115,10 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         })
 }
 
-/// Serves `router` on `listener` until `stop`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    coordinator: Arc<Coordinator>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let routes = router(coordinator.clone()).merge(super::oauth::router(coordinator));
-    axum::serve(listener, routes)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|stop| *stop).await;
-        })
-        .await?;
-    Ok(())
+/// Every route of the listener that needs the coordinator: webhooks and
+/// the OAuth2 callback.
+pub fn routes(coordinator: Arc<Coordinator>) -> Router {
+    router(coordinator.clone()).merge(super::oauth::router(coordinator))
 }
 
 /// A refusal: its status, and one sentence, answered as
@@ -206,13 +197,45 @@ impl Hooks {
         headers: &HeaderMap,
         body: Body,
     ) -> Response {
-        match self
-            .try_deliver(tenant, integration, trigger, token, headers, body)
-            .await
-        {
+        // OpenTelemetry's HTTP server conventions: the route, not the path
+        // (a token webhook's path holds its token); no header value.
+        let route = if token.is_some() {
+            "/hooks/{tenant}/{integration}/{trigger}/{token}"
+        } else {
+            "/hooks/{tenant}/{integration}/{trigger}"
+        };
+        let span = tracing::debug_span!(
+            target: crate::telemetry::TARGET,
+            "http.server",
+            otel.name = format!("POST {route}"),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = "POST",
+            http.route = route,
+            url.scheme = "http",
+            tenant,
+            integration,
+            trigger,
+            http.response.status_code = tracing::field::Empty,
+        );
+        crate::telemetry::continue_caller(
+            &span,
+            headers.get("traceparent").and_then(|v| v.to_str().ok()),
+        );
+        let delivered = tracing::Instrument::instrument(
+            self.try_deliver(tenant, integration, trigger, token, headers, body),
+            span.clone(),
+        )
+        .await;
+        let response = match delivered {
             Ok(response) => response,
             Err(refusal) => refusal.into_response(),
+        };
+        span.record("http.response.status_code", response.status().as_u16());
+        if response.status().is_server_error() {
+            span.record("otel.status_code", "ERROR");
         }
+        response
     }
 
     async fn try_deliver(

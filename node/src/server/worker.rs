@@ -67,6 +67,8 @@ pub struct WorkerNode {
     pub max_payload_bytes: u64,
     /// How long to wait for a coordinator to answer a connection.
     pub heartbeat_timeout: Duration,
+    /// Ready while connected to a coordinator.
+    pub health: super::observe::Health,
 }
 
 impl std::fmt::Debug for WorkerNode {
@@ -87,6 +89,7 @@ struct Active {
 impl WorkerNode {
     /// Connects, works, reconnects; returns only when `stop` fires.
     pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        self.health.set(false, "not connected to a coordinator yet");
         let mut backoff = Duration::from_millis(100);
         loop {
             if *stop.borrow() {
@@ -100,6 +103,8 @@ impl WorkerNode {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(worker = %self.id, "not connected to a coordinator: {e:#}");
+                    self.health
+                        .set(false, &format!("not connected to a coordinator: {e:#}"));
                 }
             }
             tokio::select! {
@@ -182,6 +187,10 @@ impl WorkerNode {
         let interval = duration(welcome.heartbeat_interval, Duration::from_millis(10));
         let timeout = duration(welcome.heartbeat_timeout, Duration::from_millis(50));
         tracing::info!(worker = %self.id, coordinator = %welcome.coordinator_id, %address, "connected");
+        self.health.set(
+            true,
+            &format!("connected to coordinator {}", welcome.coordinator_id),
+        );
 
         let mut active: HashMap<u64, Active> = HashMap::new();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u64>();
@@ -280,6 +289,10 @@ impl WorkerNode {
             }
         };
         self.credentials.forget_all();
+        if let Err(e) = &result {
+            self.health
+                .set(false, &format!("lost its coordinator: {e:#}"));
+        }
         if result.is_err() {
             // Unacknowledged work is the coordinator's to give to another
             // worker: stop every run here now.
@@ -300,11 +313,14 @@ impl WorkerNode {
         done: &mpsc::UnboundedSender<u64>,
     ) -> anyhow::Result<Active> {
         let id = assign.assignment_id;
-        let run = assign
+        let mut run = assign
             .run
             .as_ref()
             .and_then(convert::run_from)
             .ok_or_else(|| anyhow::anyhow!("the assignment has no run"))?;
+        // The run's trace: this worker's spans join the one the run was
+        // created in, whichever worker ran it before.
+        run.traceparent = Some(assign.traceparent.clone()).filter(|t| !t.is_empty());
         let definition = payloads
             .take(assign.definition_payload)
             .map_err(anyhow::Error::msg)?

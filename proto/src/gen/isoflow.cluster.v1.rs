@@ -116,6 +116,11 @@ pub struct Assign {
     pub input_payload: u64,
     #[prost(message, repeated, tag = "5")]
     pub restored: ::prost::alloc::vec::Vec<StepCheckpoint>,
+    /// The W3C traceparent of the run's span, stored with the run when it was
+    /// created: the worker's spans of this run go under it, so a run resumed
+    /// elsewhere stays one trace. Empty: the run is not traced.
+    #[prost(string, tag = "6")]
+    pub traceparent: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]

@@ -26,7 +26,8 @@
 //! real `isoflow` binary, killed when the test lets go of it), [`etcd`], a
 //! real etcd server ([`Etcd`]) for cluster tests, with authentication and
 //! optionally TLS, [`tls`], certificates made for a test, [`oauth2`], an
-//! OAuth2 provider (token endpoint and protected API) on loopback, and
+//! OAuth2 provider (token endpoint and protected API) on loopback, [`otlp`],
+//! an OpenTelemetry trace receiver (OTLP/gRPC) that keeps what nodes send, and
 //! [`smtp`], a small SMTP sink ([`SmtpSink`]) that records what a node mails.
 
 use std::collections::BTreeMap;
@@ -48,6 +49,7 @@ use tokio::sync::{oneshot, watch};
 
 pub mod etcd;
 pub mod oauth2;
+pub mod otlp;
 pub mod process;
 mod seed;
 pub mod smtp;
