@@ -6,13 +6,17 @@
 #     openssl (cluster.sh makes its certificates with it), curl (the platform example)
 #   - libnode108 + libnode-dev (V8 10.2) extracted into .deps/libnode, because the
 #     package conflicts with the preinstalled nodejs and must not be apt-installed
+#   - the container image's tools (deploy/docker): podman with runc, and mmdebstrap,
+#     which makes the debian:bookworm-slim base where no registry is reachable;
+#     podman's settings for this kind of machine, where none are set already
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 deps="$root/.deps"
 libnode_dir="$deps/libnode"
 
-packages=(protobuf-compiler libclang-dev etcd-server etcd-client libuv1 libc-ares2 python3-pip openssl curl)
+packages=(protobuf-compiler libclang-dev etcd-server etcd-client libuv1 libc-ares2 python3-pip openssl curl
+  podman runc conmon containernetworking-plugins golang-github-containers-common iptables mmdebstrap)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,7 +25,9 @@ if ((${#missing[@]})); then
   echo "setup: installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${missing[@]}" >/dev/null
+  # No recommends: podman's would bring crun, which refuses a hybrid cgroup
+  # layout like this machine's.
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 if [[ ! -f "$libnode_dir/usr/lib/x86_64-linux-gnu/libnode.so.108" || ! -f "$libnode_dir/usr/include/node/v8.h" ]]; then
@@ -36,4 +42,27 @@ fi
 # libnode-dev ships the unversioned symlink pointing at libnode.so.108; make sure it resolves.
 lib="$libnode_dir/usr/lib/x86_64-linux-gnu"
 [[ -e "$lib/libnode.so" ]] || ln -sf libnode.so.108 "$lib/libnode.so"
+
+# podman: runc rather than crun (above), and default ulimits below this
+# kind of machine's hard limits, which podman's own defaults (nofile 1048576)
+# exceed: every container would fail to start ("error setting rlimit").
+# nproc 4096 and nofile 20000 are what worked here (an nproc equal to the
+# shell's hard limit did not). Only what no containers.conf sets already is
+# written, in a drop-in of ours.
+dropin=/etc/containers/containers.conf.d/50-isoflow.conf
+set_in_conf() {
+  grep -qsE "^[[:space:]]*$1[[:space:]]*=" /etc/containers/containers.conf /etc/containers/containers.conf.d/*.conf
+}
+conf=""
+if ! set_in_conf default_ulimits; then
+  nofile="$(ulimit -Hn)"
+  [[ $nofile != unlimited && $nofile -lt 20000 ]] || nofile=20000
+  conf+=$'[containers]\n'"default_ulimits = [\"nofile=$nofile:$nofile\", \"nproc=4096:4096\"]"$'\n'
+fi
+set_in_conf runtime || conf+=$'[engine]\nruntime = "runc"\n'
+if [[ -n $conf ]]; then
+  echo "setup: podman settings in $dropin"
+  mkdir -p "$(dirname "$dropin")"
+  printf '# Written by isoflow deploy/scripts/setup.sh.\n%s' "$conf" >>"$dropin"
+fi
 echo "setup: ok (libnode in $libnode_dir)"
