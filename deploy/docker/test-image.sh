@@ -16,7 +16,10 @@
 #     integration's JavaScript;
 #   - every process in the container (the node and its sandbox processes)
 #     must run as uid 10001 on the host, and the sandbox must report its
-#     namespaces and seccomp; `podman stop` must end the node cleanly.
+#     namespaces and seccomp; `podman stop` must end the node cleanly;
+#   - under a seccomp profile that refuses user namespaces (as Docker's
+#     default does), a code step must still run and the node must say which
+#     sandbox layers are missing.
 #
 # Network: loopback only. Needs root and what deploy/scripts/setup.sh
 # installs. Removes its container, volume and image when it ends.
@@ -37,7 +40,7 @@ image="localhost/isoflow:test-$$"
 work="$(mktemp -d "${TMPDIR:-/var/tmp}/isoflow-image-test.XXXXXX")"
 endpoints=""
 cleanup() {
-  podman rm -f --time 5 "$name" >/dev/null 2>&1 || true
+  podman rm -f --time 5 "$name" "$name-no-userns" >/dev/null 2>&1 || true
   podman volume rm -f "$name-data" >/dev/null 2>&1 || true
   # With its untagged stages: a build from the base again takes ~20 s, and
   # each run's binary layer (hundreds of MB) is not left behind.
@@ -190,5 +193,36 @@ echo "test-image: sandbox layers: $(grep -o 'seccomp=.*threads=[a-z]*' <<<"$laye
 podman stop --time 30 "$name" >/dev/null
 code="$(podman inspect --format '{{.State.ExitCode}}' "$name")"
 [[ $code == 0 ]] || fail "the node exited with $code on podman stop"
+
+# 9. A container runtime that refuses user namespaces, as Docker's default
+# seccomp profile does without CAP_SYS_ADMIN: podman's own profile with
+# `unshare` refused. Code steps must still run (seccomp, no capabilities),
+# and the node must say which layers are missing.
+python3 - /usr/share/containers/seccomp.json "$work/no-unshare.json" <<'PY'
+import json, sys
+profile = json.load(open(sys.argv[1]))
+for rule in profile["syscalls"]:
+    if rule.get("action") == "SCMP_ACT_ALLOW" and "unshare" in rule["names"]:
+        rule["names"].remove("unshare")
+profile["syscalls"].append({"names": ["unshare"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1})
+json.dump(profile, open(sys.argv[2], "w"))
+PY
+printf '%s\n' 'export default function (input) { return { sum: input.a + input.b }; }' >"$work/step.js"
+chmod 0644 "$work/step.js"
+no_userns=(--network none --security-opt "seccomp=$work/no-unshare.json")
+sum="$(podman run --rm "${no_userns[@]}" -v "$work/step.js:/step.js:ro" "$image" \
+  eval /step.js --input '{"a": 2, "b": 40}')" || fail "a code step without user namespaces: $sum"
+[[ $sum == '{"sum":42}' ]] || fail "a code step without user namespaces returned $sum"
+podman run -d --name "$name-no-userns" "${no_userns[@]}" -e ISOFLOW_LISTEN=127.0.0.1:7700 "$image" >/dev/null
+warned=""
+for _ in $(seq 100); do
+  warned="$(podman logs "$name-no-userns" 2>&1 | grep 'sandbox layer not available' || true)"
+  [[ -n $warned ]] && break
+  sleep 0.1
+done
+podman rm -f --time 5 "$name-no-userns" >/dev/null
+grep -q 'namespaces: unshare with a user namespace: EPERM' <<<"$warned" ||
+  fail "without user namespaces the node did not say the layer is missing: ${warned:-nothing said}"
+echo "test-image: without user namespaces a code step still runs, and the node warns: ${warned#*WARN }"
 
 echo "test-image: ok in $((SECONDS - started)) s (image $image, run $run_id)"
