@@ -98,15 +98,17 @@ done
 erp_port="$(cat "$work/port")"
 base="http://127.0.0.1:$erp_port"
 
-# 5. The node in the container. Its configuration is mounted where the image
-# keeps it (as the Helm chart does); tokens and the vault key come from the
+# 5. The node in the container, with the image's configuration plus what
+# this test needs, mounted where the image keeps it (as the Helm chart
+# mounts its own): the endpoints' port allowed, and both listeners moved to
+# loopback (ISOFLOW_LISTEN, ISOFLOW_HTTP_LISTEN), because the container
+# shares the host's network. Tokens and the vault key come from the
 # environment, the store lives in a named volume.
-api_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-cat >"$work/isoflow.toml" <<TOML
-role = "all"
-data_dir = "/var/lib/isoflow"
-[api]
-listen = "127.0.0.1:$api_port"
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+api_port="$(free_port)"
+http_port="$(free_port)"
+cat deploy/docker/isoflow.toml - >"$work/isoflow.toml" <<TOML
+
 # The seed's shop and ERP listen on the host's loopback: that one port only.
 [egress]
 allow = ["127.0.0.1:$erp_port"]
@@ -119,6 +121,7 @@ podman volume create "$name-data" >/dev/null
 podman run -d --name "$name" --network host \
   -v "$work/isoflow.toml:/etc/isoflow/isoflow.toml:ro" \
   -v "$name-data:/var/lib/isoflow" \
+  -e ISOFLOW_LISTEN="127.0.0.1:$api_port" -e ISOFLOW_HTTP_LISTEN="127.0.0.1:$http_port" \
   -e ISOFLOW_API_TOKENS="seed=$api_token" \
   -e ISOFLOW_VAULT_KEY_ID=image-test -e ISOFLOW_VAULT_KEY \
   "$image" >/dev/null
