@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the isoflow image with podman and prints how long it took.
 #
-#   deploy/docker/build.sh [--tag NAME]                         # compiles the release binary
-#   deploy/docker/build.sh --prebuilt PATH/TO/isoflow [--tag NAME]   # copies one built outside
+#   deploy/docker/build.sh [--tag NAME]                               # compiles the release binary
+#   deploy/docker/build.sh --prebuilt PATH/TO/isoflow [--tag NAME]    # copies one built outside
 #
 # The default tag is localhost/isoflow:latest. The base image,
 # debian:bookworm-slim, is made from Debian's packages if podman does not
@@ -35,7 +35,14 @@ if [[ -n $prebuilt ]]; then
   podman build --pull=never --target prebuilt -f "$root/deploy/docker/Dockerfile" -t "$tag" "$context"
   what="from $prebuilt"
 else
-  podman build --pull=never --target release -f "$root/deploy/docker/Dockerfile" -t "$tag" "$root"
+  # The builder downloads Rust and crates over HTTPS, trusting what this
+  # machine trusts: its CA bundle holds the Mozilla roots, and the CA of a
+  # TLS-inspecting proxy where one is in the way (as on the machines this
+  # project is built on). Mounted for the builder's download steps only.
+  secret=()
+  bundle=/etc/ssl/certs/ca-certificates.crt
+  [[ -s $bundle ]] && secret=(--secret "id=ca-certificates,src=$bundle")
+  podman build --pull=never --target release "${secret[@]}" -f "$root/deploy/docker/Dockerfile" -t "$tag" "$root"
   what="with the release build"
 fi
 size="$(podman image inspect --format '{{.Size}}' "$tag")"
