@@ -15,20 +15,28 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 deps="$root/.deps"
 libnode_dir="$deps/libnode"
 
-packages=(protobuf-compiler libclang-dev etcd-server etcd-client libuv1 libc-ares2 python3-pip openssl curl
-  podman runc conmon containernetworking-plugins golang-github-containers-common iptables mmdebstrap)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "setup: installing Debian packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  # No recommends: podman's would bring crun, which refuses a hybrid cgroup
-  # layout like this machine's.
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# Installs the packages of a list that are missing; "$1" is extra apt options.
+install_missing() {
+  local options="$1" missing=() p
+  shift
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086 # options are words
+    apt-get install -y -qq $options "${missing[@]}" >/dev/null
+  fi
+}
+install_missing "" protobuf-compiler libclang-dev etcd-server etcd-client libuv1 libc-ares2 python3-pip openssl curl
+# The container image's. runc is named so that it, not crun, satisfies
+# podman's "crun | runc": crun refuses a hybrid cgroup layout like this
+# machine's. Recommends (buildah, slirp4netns, dbus-user-session, ...) are
+# for rootless use, which nothing here needs.
+install_missing --no-install-recommends podman runc conmon containernetworking-plugins \
+  golang-github-containers-common iptables mmdebstrap
 
 if [[ ! -f "$libnode_dir/usr/lib/x86_64-linux-gnu/libnode.so.108" || ! -f "$libnode_dir/usr/include/node/v8.h" ]]; then
   echo "setup: extracting libnode108 + libnode-dev into $libnode_dir"
