@@ -40,7 +40,7 @@ image="localhost/isoflow:test-$$"
 work="$(mktemp -d "${TMPDIR:-/var/tmp}/isoflow-image-test.XXXXXX")"
 endpoints=""
 cleanup() {
-  podman rm -f --time 5 "$name" "$name-no-userns" >/dev/null 2>&1 || true
+  podman rm -f -v --time 5 "$name" "$name-no-userns" >/dev/null 2>&1 || true
   podman volume rm -f "$name-data" >/dev/null 2>&1 || true
   # With its untagged stages: a build from the base again takes ~20 s, and
   # each run's binary layer (hundreds of MB) is not left behind.
@@ -223,7 +223,7 @@ for _ in $(seq 100); do
   [[ -n $warned ]] && break
   sleep 0.1
 done
-podman rm -f --time 5 "$name-no-userns" >/dev/null
+podman rm -f -v --time 5 "$name-no-userns" >/dev/null
 grep -q 'namespaces: unshare with a user namespace: EPERM' <<<"$warned" ||
   fail "without user namespaces the node did not say the layer is missing: ${warned:-nothing said}"
 echo "test-image: without user namespaces a code step still runs, and the node warns: ${warned#*WARN }"
