@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use isoflow_client::Client;
+use isoflow_proto::cluster::v1 as wire;
 use isoflow_proto::v1;
 use isoflow_testkit::etcd::Etcd;
 use isoflow_testkit::oauth2::{self, Provider};
@@ -1133,9 +1134,9 @@ fn bad_requests_get_their_code_and_one_sentence() {
             .connect()
             .await
             .expect("connects");
-        let mut raw = v1::cluster_client::ClusterClient::new(channel);
-        let hello = v1::WorkerMessage {
-            kind: Some(v1::worker_message::Kind::Hello(v1::Hello {
+        let mut raw = wire::cluster_client::ClusterClient::new(channel);
+        let hello = wire::WorkerMessage {
+            kind: Some(wire::worker_message::Kind::Hello(wire::Hello {
                 worker_id: "intruder".into(),
                 capacity: 1,
                 version: String::new(),
@@ -1701,4 +1702,39 @@ fn a_signed_webhook_runs_on_a_worker_and_answers_with_the_output() {
     assert_eq!(status, 401);
     let runs = runtime().block_on(async { client(&cluster, TOKEN).await.runs(Some(10)).await });
     assert_eq!(runs.expect("runs").len(), 1);
+}
+
+/// A coordinator or worker that cannot reach etcd yet waits for it, and a
+/// SIGTERM ends the wait: it exits 0 instead of waiting to be killed (a
+/// pod's grace period on Kubernetes).
+#[test]
+fn a_node_waiting_for_etcd_stops_at_sigterm() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    // A port nothing listens on: etcd "is not up yet".
+    let etcd_port = free_port();
+    for role in ["coordinator", "worker"] {
+        let config = dir.path().join(format!("{role}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "role = \"{role}\"\nnode_id = \"{role}-1\"\ndata_dir = \"{}\"\n\
+                 [api]\nlisten = \"127.0.0.1:{}\"\n\
+                 [auth]\ncluster_token = \"{CLUSTER_TOKEN}\"\n\
+                 [[auth.tokens]]\ntenant = \"acme\"\ntoken = \"{TOKEN}\"\n\
+                 [etcd]\nendpoints = [\"http://127.0.0.1:{etcd_port}\"]\n",
+                dir.path().join(role).display(),
+                free_port(),
+            ),
+        )
+        .expect("write the config");
+        let mut node = Process::spawn(
+            Command::new(env!("CARGO_BIN_EXE_isoflow"))
+                .args(["serve", "--config"])
+                .arg(&config),
+        );
+        node.wait_for_stderr_line(LONG, |l| l.contains("cannot reach etcd yet"));
+        node.signal("TERM");
+        let finished = node.wait(LONG);
+        assert_eq!(finished.code(), Some(0), "{role}: {finished:?}");
+    }
 }

@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use isoflow_client::{AdminClient, Client, ConnectOptions, Error};
+use isoflow_proto::time::from_ms;
 use isoflow_proto::v1;
 use isoflow_testkit::process::Process;
 use isoflow_testkit::webhook;
@@ -380,8 +381,8 @@ fn admin_calls_need_the_admin_token_and_tenants_never_see_each_other() {
             &g,
             v1::ListRunsRequest {
                 integration: "ticker".into(),
-                created_from_ms: disabled_at + 1_000,
-                created_to_ms: enabled_at,
+                create_time_from: from_ms(disabled_at + 1_000),
+                create_time_to: from_ms(enabled_at),
                 ..v1::ListRunsRequest::default()
             },
         )
@@ -393,7 +394,7 @@ fn admin_calls_need_the_admin_token_and_tenants_never_see_each_other() {
                 &g,
                 v1::ListRunsRequest {
                     integration: "ticker".into(),
-                    created_from_ms: enabled_at,
+                    create_time_from: from_ms(enabled_at),
                     ..v1::ListRunsRequest::default()
                 },
             )
@@ -624,7 +625,7 @@ fn list_runs_filters_by_integration_version_status_and_time_through_the_api_and_
         // A page at a time: one run a page, each token leads on.
         let page = a
             .list_runs(v1::ListRunsRequest {
-                limit: 1,
+                page_size: 1,
                 ..failed.clone()
             })
             .await
@@ -633,7 +634,7 @@ fn list_runs_filters_by_integration_version_status_and_time_through_the_api_and_
         assert!(!page.next_page_token.is_empty());
         let second = a
             .list_runs(v1::ListRunsRequest {
-                limit: 1,
+                page_size: 1,
                 page_token: page.next_page_token,
                 ..failed.clone()
             })
@@ -643,8 +644,8 @@ fn list_runs_filters_by_integration_version_status_and_time_through_the_api_and_
         assert_ne!(second.runs[0].run_id, page.runs[0].run_id);
         assert_eq!(
             count(v1::ListRunsRequest {
-                created_from_ms: started,
-                created_to_ms: now_ms() + 1,
+                create_time_from: from_ms(started),
+                create_time_to: from_ms(now_ms() + 1),
                 ..v1::ListRunsRequest::default()
             })
             .await,
@@ -652,7 +653,7 @@ fn list_runs_filters_by_integration_version_status_and_time_through_the_api_and_
         );
         assert_eq!(
             count(v1::ListRunsRequest {
-                created_from_ms: now_ms() + 3_600_000,
+                create_time_from: from_ms(now_ms() + 3_600_000),
                 ..v1::ListRunsRequest::default()
             })
             .await,
@@ -660,8 +661,8 @@ fn list_runs_filters_by_integration_version_status_and_time_through_the_api_and_
         );
         let (bad, why) = code(
             a.list_runs(v1::ListRunsRequest {
-                created_from_ms: 10,
-                created_to_ms: 5,
+                create_time_from: from_ms(10),
+                create_time_to: from_ms(5),
                 ..v1::ListRunsRequest::default()
             })
             .await,
@@ -772,7 +773,7 @@ fn retention_deletes_old_finished_runs_from_every_call_and_gives_the_disk_space_
             .tenant(
                 "keeper",
                 v1::TenantQuotas {
-                    retention_seconds: Some(0),
+                    retention: Some(isoflow_client::prost_types::Duration::default()),
                     ..v1::TenantQuotas::default()
                 },
             )

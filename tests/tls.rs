@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use isoflow_client::{Client, ConnectOptions};
+use isoflow_proto::cluster::v1 as wire;
 use isoflow_proto::v1;
 use isoflow_testkit::etcd::Etcd;
 use isoflow_testkit::process::Process;
@@ -287,10 +288,10 @@ async fn hello(
     channel: tonic::transport::Channel,
     worker_id: &str,
     token: bool,
-) -> Result<tonic::Streaming<v1::CoordinatorMessage>, tonic::Status> {
-    let mut client = v1::cluster_client::ClusterClient::new(channel);
-    let message = v1::WorkerMessage {
-        kind: Some(v1::worker_message::Kind::Hello(v1::Hello {
+) -> Result<tonic::Streaming<wire::CoordinatorMessage>, tonic::Status> {
+    let mut client = wire::cluster_client::ClusterClient::new(channel);
+    let message = wire::WorkerMessage {
+        kind: Some(wire::worker_message::Kind::Hello(wire::Hello {
             worker_id: worker_id.to_owned(),
             capacity: 1,
             version: String::new(),
@@ -506,7 +507,10 @@ fn a_worker_whose_certificate_names_another_id_is_refused() {
             .expect("a message")
             .expect("not the end");
         assert!(
-            matches!(first.kind, Some(v1::coordinator_message::Kind::Welcome(_))),
+            matches!(
+                first.kind,
+                Some(wire::coordinator_message::Kind::Welcome(_))
+            ),
             "{first:?}"
         );
 
@@ -665,4 +669,107 @@ prefix = "/isoflow-test"
     );
     let mut node = spawn(&right);
     node.wait_for_stderr_line(LONG, |l| l.contains("listening on"));
+}
+
+/// The workspace's built example programs: `target/<profile>/examples`,
+/// beside this test's `deps` folder (`cargo test` and nextest build them).
+fn example_program(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's path");
+    let program = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .join("examples")
+        .join(name);
+    assert!(
+        program.exists(),
+        "{} is missing: build the examples (cargo build --workspace --tests --examples)",
+        program.display()
+    );
+    program
+}
+
+/// The last two lines a follow program prints: `run <id> <STATUS>` and the
+/// output JSON. Before them, one line per finished step (`  step <id>
+/// <status> (...)`) and per log line (`  <step>: [<level>] <text>`).
+fn followed_run(stdout: &str) -> (String, String, serde_json::Value) {
+    let lines: Vec<&str> = stdout.lines().collect();
+    let [.., ended, output] = lines.as_slice() else {
+        panic!("fewer than two lines: {stdout}");
+    };
+    let mut words = ended.split_whitespace();
+    assert_eq!(words.next(), Some("run"), "{stdout}");
+    let id = words.next().expect("a run id").to_owned();
+    let status = words.next().expect("a status").to_owned();
+    let output = serde_json::from_str(output).unwrap_or_else(|e| panic!("{e}: {output}"));
+    (id, status, output)
+}
+
+/// A user's programs, one in Rust (client/examples/follow.rs) and one in
+/// Python (client/python/examples/follow.py), each deploy the seed, start
+/// it and follow its steps and log lines as they come, against a cluster
+/// with TLS everywhere, trusting the cluster's CA.
+#[test]
+fn rust_and_python_programs_deploy_run_and_follow_a_run_over_tls() {
+    let cluster = TlsCluster::start(2);
+    let fixture = &cluster.erp;
+    fixture.serve_seed(ERP_TOKEN);
+    let expected = seed_orders_expected(100);
+    let input = json!({
+        "export_url": fixture.url("/orders.xml"),
+        "target_url": fixture.url("/erp/orders"),
+    })
+    .to_string();
+    let seed = repo().join("examples/integrations/seed.yaml");
+    let args = |command: &mut Command| {
+        command
+            .args(["--server", &cluster.https(), "--token", TOKEN, "--ca"])
+            .arg(&cluster.ca_file)
+            .arg("--definition")
+            .arg(&seed)
+            .args(["--input", &input]);
+    };
+    let mut rust = Command::new(example_program("follow"));
+    args(&mut rust);
+    // The venv deploy/scripts/setup.sh makes with the client's packages.
+    let mut python = Command::new(repo().join(".deps/python/bin/python"));
+    python
+        .arg(repo().join("client/python/examples/follow.py"))
+        .env("PYTHONPATH", repo().join("client/python/src"));
+    args(&mut python);
+    for (language, mut command) in [("rust", rust), ("python", python)] {
+        let out = command.output().expect("the program starts");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{language}: {}\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            cluster.describe()
+        );
+        let (run_id, status, output) = followed_run(&stdout);
+        assert_eq!(status, "SUCCEEDED", "{language}: {stdout}");
+        assert_eq!(output["orders"], expected.open, "{language}");
+        // It followed the run as it went: every step of the seed, and the
+        // log lines its code steps write, each naming its step.
+        for step in ["fetch", "parse", "filter", "enrich", "aggregate", "post"] {
+            assert!(
+                stdout.lines().any(|l| l
+                    .trim_start()
+                    .starts_with(&format!("step {step} succeeded"))),
+                "{language} did not see step {step}: {stdout}"
+            );
+        }
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with("filter: [info] ") && l.contains("open orders")),
+            "{language} saw no log line of step filter: {stdout}"
+        );
+        // The run it printed is the tenant's, and ended as printed.
+        runtime().block_on(async {
+            let run = cluster.client().await.run(&run_id).await.expect("the run");
+            assert_eq!(run.status(), v1::RunStatus::Succeeded, "{language}");
+        });
+    }
+    assert_eq!(fixture.count("POST", "/erp/orders"), 2);
 }

@@ -852,7 +852,10 @@ fn a_paused_cron_trigger_starts_nothing_and_resumes_without_catching_up() {
         );
         let listed = client.triggers(Some("ticker")).await.expect("listed");
         assert_eq!(listed.len(), 1);
-        assert!(listed[0].paused && listed[0].next_tick_ms > 0, "{listed:?}");
+        assert!(
+            listed[0].paused && listed[0].next_tick_time.is_some(),
+            "{listed:?}"
+        );
         // A pass that read the trigger just before the pause may still
         // start one run.
         tokio::time::sleep(Duration::from_millis(600)).await;
@@ -935,14 +938,14 @@ fn a_queued_cron_tick_waits_for_the_previous_run_and_then_runs_at_once() {
                     .expect("a time");
             let tick_ms = u64::try_from(tick.timestamp_millis()).expect("after 1970");
             // Never beside the previous run: each starts after it ended.
-            assert!(run.created_at_ms >= previous_end, "{runs:?}");
+            assert!(ms(&run.create_time) >= previous_end, "{runs:?}");
             // A tick that came due during the previous run started when
             // that run ended, not at the next tick.
-            if run.created_at_ms >= tick_ms + 400 {
+            if ms(&run.create_time) >= tick_ms + 400 {
                 waited += 1;
-                assert!(run.created_at_ms <= previous_end + 1000, "{runs:?}");
+                assert!(ms(&run.create_time) <= previous_end + 1000, "{runs:?}");
             }
-            previous_end = run.updated_at_ms;
+            previous_end = ms(&run.update_time);
         }
         assert!(waited >= 1, "no tick waited for its predecessor: {runs:?}");
     });
@@ -1405,4 +1408,9 @@ fn a_webhook_is_refused_before_its_body_is_read() {
     let large = ask(&format!("/hooks/acme/echo/by-token/{HOOK_TOKEN}"), "");
     assert!(large.starts_with("HTTP/1.1 413"), "{large}");
     assert!(runs(&node, ACME).is_empty());
+}
+
+/// A time of the API in milliseconds since 1970.
+fn ms(time: &Option<isoflow_client::prost_types::Timestamp>) -> u64 {
+    isoflow_client::time::to_ms(time.as_ref())
 }

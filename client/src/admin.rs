@@ -7,13 +7,16 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::auth::Bearer;
+use crate::retry::{Retry, retried};
 use crate::{ConnectOptions, Result, open_channel};
 
 /// A connection to a node's admin API. `ConnectOptions::token` is the
-/// admin token.
+/// admin token. Reads are retried on `UNAVAILABLE` as the
+/// [`crate::Client`]'s are; changes are not.
 #[derive(Clone)]
 pub struct AdminClient {
     inner: Generated<InterceptedService<Channel, Bearer>>,
+    retry: Retry,
 }
 
 impl std::fmt::Debug for AdminClient {
@@ -31,6 +34,7 @@ impl AdminClient {
         let (channel, bearer, _) = open_channel(server, options).await?;
         Ok(AdminClient {
             inner: Generated::with_interceptor(channel, bearer),
+            retry: options.retry,
         })
     }
 
@@ -57,13 +61,14 @@ impl AdminClient {
     /// # Errors
     /// A status from the server.
     pub async fn tenants(&self) -> Result<Vec<v1::Tenant>> {
-        Ok(self
-            .inner
-            .clone()
-            .list_tenants(v1::ListTenantsRequest {})
-            .await?
-            .into_inner()
-            .tenants)
+        crate::all_pages(async |page_token| {
+            let page = retried!(self.list_tenants(v1::ListTenantsRequest {
+                page_size: crate::PAGE,
+                page_token,
+            }))?;
+            Ok((page.tenants, page.next_page_token))
+        })
+        .await
     }
 
     /// Disables (`true`) or enables a tenant.
@@ -117,16 +122,15 @@ impl AdminClient {
     /// # Errors
     /// A status from the server.
     pub async fn tokens(&self, tenant: Option<&str>) -> Result<Vec<v1::TokenInfo>> {
-        let request = v1::ListTokensRequest {
-            tenant: tenant.unwrap_or_default().to_owned(),
-        };
-        Ok(self
-            .inner
-            .clone()
-            .list_tokens(request)
-            .await?
-            .into_inner()
-            .tokens)
+        crate::all_pages(async |page_token| {
+            let page = retried!(self.list_tokens(v1::ListTokensRequest {
+                tenant: tenant.unwrap_or_default().to_owned(),
+                page_size: crate::PAGE,
+                page_token,
+            }))?;
+            Ok((page.tokens, page.next_page_token))
+        })
+        .await
     }
 
     /// Revokes a token by its id.

@@ -45,6 +45,8 @@
 //! `isoflowctl` binary (`main.rs`, feature `cli`) is a thin shell over this
 //! client.
 
+#![warn(missing_docs)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -60,18 +62,29 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 mod admin;
 mod auth;
 mod error;
+mod retry;
 
 pub use admin::AdminClient;
-pub use error::Error;
-pub use isoflow_proto::v1;
+pub use error::{Error, Problem};
+pub use isoflow_proto::{prost_types, time, v1};
+pub use tonic_types;
 
 use auth::Bearer;
+use retry::{Retry, retried};
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How long opening the connection may take before `connect` gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The README's examples compile as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
+/// Items asked for per page when a call reads every page.
+const PAGE: u32 = 1_000;
 
 /// What a PEM certificate starts with.
 const CERTIFICATE_PEM: &[u8] = b"-----BEGIN CERTIFICATE-----";
@@ -82,6 +95,7 @@ const CERTIFICATE_PEM: &[u8] = b"-----BEGIN CERTIFICATE-----";
 pub struct ConnectOptions {
     token: Option<String>,
     ca_pem: Option<Vec<u8>>,
+    retry: Retry,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -89,11 +103,13 @@ impl std::fmt::Debug for ConnectOptions {
         f.debug_struct("ConnectOptions")
             .field("token", &self.token.as_ref().map(|_| "<token>"))
             .field("ca", &self.ca_pem.is_some())
+            .field("retries", &self.retry.retries)
             .finish()
     }
 }
 
 impl ConnectOptions {
+    /// No token, the Mozilla roots for `https://`, 4 retries.
     #[must_use]
     pub fn new() -> Self {
         ConnectOptions::default()
@@ -116,6 +132,19 @@ impl ConnectOptions {
         self
     }
 
+    /// How many times a call that found the server `UNAVAILABLE` is made
+    /// again (default 4), after pauses that double from 100 ms up to 2 s,
+    /// with jitter. Only calls that are safe to repeat are: reads, deploys
+    /// (the same definition deployed twice is one version) and starts with
+    /// a `request_id` ([`Client::start_run_once`], [`Client::execute`]); a
+    /// plain start, a cancel or a credential change is not retried, so that
+    /// it never happens twice. 0 turns retries off.
+    #[must_use]
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retry.retries = retries;
+        self
+    }
+
     /// [`ConnectOptions::ca_pem`] with the file at `path`.
     ///
     /// # Errors
@@ -135,6 +164,7 @@ impl ConnectOptions {
 pub struct Client {
     inner: IsoflowClient<InterceptedService<Channel, Bearer>>,
     server: String,
+    retry: Retry,
 }
 
 impl std::fmt::Debug for Client {
@@ -174,7 +204,11 @@ impl Client {
         let inner = IsoflowClient::with_interceptor(channel, bearer)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        Ok(Client { inner, server: uri })
+        Ok(Client {
+            inner,
+            server: uri,
+            retry: options.retry,
+        })
     }
 
     /// The address this client is connected to.
@@ -203,12 +237,7 @@ impl Client {
             file_name: file_name.to_owned(),
             files,
         };
-        Ok(self
-            .inner
-            .clone()
-            .deploy_integration(request)
-            .await?
-            .into_inner())
+        Ok(retried!(self.deploy_integration(request))?)
     }
 
     /// Deploys the definition at `path`, named in error messages by `path`
@@ -244,26 +273,23 @@ impl Client {
             name: name.to_owned(),
             version: version.unwrap_or(0),
         };
-        Ok(self
-            .inner
-            .clone()
-            .get_integration(request)
-            .await?
-            .into_inner())
+        Ok(retried!(self.get_integration(request))?)
     }
 
-    /// The latest version of each integration, definitions left out.
+    /// The latest version of each integration, definitions left out, by
+    /// name (every page).
     ///
     /// # Errors
     /// A status from the server.
     pub async fn integrations(&self) -> Result<Vec<v1::Integration>> {
-        Ok(self
-            .inner
-            .clone()
-            .list_integrations(v1::ListIntegrationsRequest {})
-            .await?
-            .into_inner()
-            .integrations)
+        all_pages(async |page_token| {
+            let page = retried!(self.list_integrations(v1::ListIntegrationsRequest {
+                page_size: PAGE,
+                page_token,
+            }))?;
+            Ok((page.integrations, page.next_page_token))
+        })
+        .await
     }
 
     /// Starts a run of `integration` (`None`: its latest version) with
@@ -314,8 +340,17 @@ impl Client {
         request_id: &str,
     ) -> Result<v1::Run> {
         let input = serde_json::to_vec(input)?;
-        let requests = tokio_stream::iter(start_requests(integration, version, input, request_id));
-        Ok(self.inner.clone().start_run(requests).await?.into_inner())
+        let calls = self.retry.call(|| {
+            let mut inner = self.inner.clone();
+            let requests = tokio_stream::iter(start_requests(
+                integration,
+                version,
+                input.clone(),
+                request_id,
+            ));
+            async move { inner.start_run(requests).await }
+        });
+        Ok(calls.await?)
     }
 
     /// Starts a run and waits for it to end, in one call: the run as it
@@ -335,8 +370,28 @@ impl Client {
     ) -> Result<(v1::Run, Option<serde_json::Value>)> {
         use v1::execute_run_response::Part;
         let input = serde_json::to_vec(input)?;
-        let requests = tokio_stream::iter(start_requests(integration, version, input, request_id));
-        let mut parts = self.inner.clone().execute_run(requests).await?.into_inner();
+        // Only a call with a request_id starts one run however often it is
+        // made.
+        let retry = if request_id.is_empty() {
+            Retry {
+                retries: 0,
+                ..self.retry
+            }
+        } else {
+            self.retry
+        };
+        let mut parts = retry
+            .call(|| {
+                let mut inner = self.inner.clone();
+                let requests = tokio_stream::iter(start_requests(
+                    integration,
+                    version,
+                    input.clone(),
+                    request_id,
+                ));
+                async move { inner.execute_run(requests).await }
+            })
+            .await?;
         let mut run = None;
         let mut output = Vec::new();
         while let Some(message) = parts.message().await? {
@@ -365,16 +420,15 @@ impl Client {
     /// # Errors
     /// `NOT_FOUND` for an integration that is not deployed.
     pub async fn triggers(&self, integration: Option<&str>) -> Result<Vec<v1::TriggerInfo>> {
-        let request = v1::ListTriggersRequest {
-            integration: integration.unwrap_or_default().to_owned(),
-        };
-        Ok(self
-            .inner
-            .clone()
-            .list_triggers(request)
-            .await?
-            .into_inner()
-            .triggers)
+        all_pages(async |page_token| {
+            let page = retried!(self.list_triggers(v1::ListTriggersRequest {
+                integration: integration.unwrap_or_default().to_owned(),
+                page_size: PAGE,
+                page_token,
+            }))?;
+            Ok((page.triggers, page.next_page_token))
+        })
+        .await
     }
 
     /// Pauses or resumes a cron trigger: paused, its ticks pass without
@@ -409,7 +463,7 @@ impl Client {
         let request = v1::GetRunRequest {
             run_id: run_id.to_owned(),
         };
-        Ok(self.inner.clone().get_run(request).await?.into_inner())
+        Ok(retried!(self.get_run(request))?)
     }
 
     /// The newest runs, newest first: at most `limit` (`None`: the server's
@@ -419,16 +473,10 @@ impl Client {
     /// A status from the server.
     pub async fn runs(&self, limit: Option<u32>) -> Result<Vec<v1::Run>> {
         let request = v1::ListRunsRequest {
-            limit: limit.unwrap_or(0),
+            page_size: limit.unwrap_or(0),
             ..v1::ListRunsRequest::default()
         };
-        Ok(self
-            .inner
-            .clone()
-            .list_runs(request)
-            .await?
-            .into_inner()
-            .runs)
+        Ok(retried!(self.list_runs(request))?.runs)
     }
 
     /// The output of a run that succeeded.
@@ -452,12 +500,7 @@ impl Client {
         let request = v1::GetRunInputRequest {
             run_id: run_id.to_owned(),
         };
-        let chunks = self
-            .inner
-            .clone()
-            .get_run_input(request)
-            .await?
-            .into_inner();
+        let chunks = retried!(self.get_run_input(request))?;
         json_of(chunks).await
     }
 
@@ -471,12 +514,7 @@ impl Client {
             run_id: run_id.to_owned(),
             step_key: step_key.to_owned(),
         };
-        let chunks = self
-            .inner
-            .clone()
-            .get_step_output(request)
-            .await?
-            .into_inner();
+        let chunks = retried!(self.get_step_output(request))?;
         json_of(chunks).await
     }
 
@@ -488,16 +526,11 @@ impl Client {
         let mut lines = Vec::new();
         let mut page_token = String::new();
         loop {
-            let page = self
-                .inner
-                .clone()
-                .get_run_logs(v1::GetRunLogsRequest {
-                    run_id: run_id.to_owned(),
-                    limit: 0,
-                    page_token,
-                })
-                .await?
-                .into_inner();
+            let page = retried!(self.get_run_logs(v1::GetRunLogsRequest {
+                run_id: run_id.to_owned(),
+                page_size: 0,
+                page_token,
+            }))?;
             lines.extend(page.lines);
             if page.next_page_token.is_empty() {
                 return Ok(lines);
@@ -515,12 +548,7 @@ impl Client {
         let request = v1::GetRunOutputRequest {
             run_id: run_id.to_owned(),
         };
-        let mut chunks = self
-            .inner
-            .clone()
-            .get_run_output(request)
-            .await?
-            .into_inner();
+        let mut chunks = retried!(self.get_run_output(request))?;
         let mut bytes = Vec::new();
         while let Some(chunk) = chunks.message().await? {
             bytes.extend_from_slice(&chunk.data);
@@ -544,7 +572,7 @@ impl Client {
             run_id: run_id.to_owned(),
             logs,
         };
-        let updates = self.inner.clone().watch_run(request).await?.into_inner();
+        let updates = retried!(self.watch_run(request))?;
         Ok(updates.map(|update| update.map_err(Error::from)))
     }
 
@@ -603,11 +631,11 @@ impl Client {
         page_token: &str,
     ) -> Result<(Vec<v1::Run>, String)> {
         let request = v1::ListRunsRequest {
-            limit: limit.unwrap_or(0),
+            page_size: limit.unwrap_or(0),
             page_token: page_token.to_owned(),
             ..v1::ListRunsRequest::default()
         };
-        let page = self.inner.clone().list_runs(request).await?.into_inner();
+        let page = retried!(self.list_runs(request))?;
         Ok((page.runs, page.next_page_token))
     }
 
@@ -621,7 +649,7 @@ impl Client {
     /// A status from the server (`INVALID_ARGUMENT` for a token it did not
     /// give, or a time range that is empty).
     pub async fn list_runs(&self, request: v1::ListRunsRequest) -> Result<v1::ListRunsResponse> {
-        Ok(self.inner.clone().list_runs(request).await?.into_inner())
+        Ok(retried!(self.list_runs(request))?)
     }
 
     /// Stores a credential for this tenant's http steps, or replaces the
@@ -643,18 +671,20 @@ impl Client {
             .into_inner())
     }
 
-    /// This tenant's credentials, by name, without their secrets.
+    /// This tenant's credentials, by name, without their secrets (every
+    /// page).
     ///
     /// # Errors
     /// A status from the server.
     pub async fn credentials(&self) -> Result<Vec<v1::CredentialInfo>> {
-        Ok(self
-            .inner
-            .clone()
-            .list_credentials(v1::ListCredentialsRequest {})
-            .await?
-            .into_inner()
-            .credentials)
+        all_pages(async |page_token| {
+            let page = retried!(self.list_credentials(v1::ListCredentialsRequest {
+                page_size: PAGE,
+                page_token,
+            }))?;
+            Ok((page.credentials, page.next_page_token))
+        })
+        .await
     }
 
     /// Replaces a credential's secret (token, password or value), keeping
@@ -752,6 +782,24 @@ async fn open_channel(server: &str, options: &ConnectOptions) -> Result<(Channel
         error,
     })?;
     Ok((channel, bearer, uri))
+}
+
+/// Every item of a list, page after page: `page` is called with each
+/// page's token (empty first) and gives the page's items and the next
+/// token (empty after the last page).
+async fn all_pages<T>(
+    mut page: impl AsyncFnMut(String) -> Result<(Vec<T>, String)>,
+) -> Result<Vec<T>> {
+    let mut items = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (mut got, next) = page(token).await?;
+        items.append(&mut got);
+        if next.is_empty() {
+            return Ok(items);
+        }
+        token = next;
+    }
 }
 
 /// A payload's chunks, joined and parsed.

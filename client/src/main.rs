@@ -18,7 +18,7 @@ use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
 use isoflow_client::v1::run_update::Update;
 use isoflow_client::v1::{self, RunStatus, StepStatus};
-use isoflow_client::{AdminClient, Client, ConnectOptions, Error};
+use isoflow_client::{AdminClient, Client, ConnectOptions, Error, prost_types, time};
 use serde_json::Value;
 use tokio_stream::StreamExt;
 
@@ -449,7 +449,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let now = SystemTime::now();
             let mut request = v1::ListRunsRequest {
-                limit,
+                page_size: limit,
                 page_token,
                 integration: integration.unwrap_or_default(),
                 version: integration_version.unwrap_or(0),
@@ -457,16 +457,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Some(status) => parse_status(status)? as i32,
                     None => 0,
                 },
-                created_from_ms: since
+                create_time_from: since
                     .as_deref()
                     .map(|t| time_ms(t, now, "--since"))
                     .transpose()?
-                    .unwrap_or(0),
-                created_to_ms: until
+                    .and_then(time::from_ms),
+                create_time_to: until
                     .as_deref()
                     .map(|t| time_ms(t, now, "--until"))
                     .transpose()?
-                    .unwrap_or(0),
+                    .and_then(time::from_ms),
                 trigger: trigger.unwrap_or_default(),
             };
             // A filter that matches little may answer empty pages with a
@@ -544,8 +544,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     info.r#type,
                     schedule,
                     state,
-                    time(info.last_tick_ms),
-                    time(info.next_tick_ms)
+                    time(ms(&info.last_tick_time)),
+                    time(ms(&info.next_tick_time))
                 )?;
             }
         }
@@ -574,8 +574,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 writeln!(
                     out,
                     "{} {} {}#{} {}",
-                    timestamp(line.time_ms),
-                    line.level,
+                    timestamp(ms(&line.time)),
+                    level(&line),
                     line.step_key,
                     line.attempt,
                     line.message
@@ -706,7 +706,7 @@ async fn credentials(
             writeln!(out, "{}", authorization.authorize_url)?;
             eprintln!(
                 "open it in a browser and sign in before {}",
-                timestamp(authorization.expires_at_ms)
+                timestamp(ms(&authorization.expire_time))
             );
         }
         CredentialCommand::List => {
@@ -732,7 +732,7 @@ async fn credentials(
                     },
                     info.version,
                     info.key_id,
-                    timestamp(info.updated_at_ms),
+                    timestamp(ms(&info.update_time)),
                     info.origins.join(","),
                     oauth2_state(info.oauth2.as_ref())
                 )?;
@@ -792,7 +792,7 @@ fn oauth2_state(status: Option<&v1::OAuth2Status>) -> String {
     if status.awaiting_authorization {
         return "awaiting authorization".to_owned();
     }
-    match status.expires_at_ms {
+    match ms(&status.expire_time) {
         0 if status.renewals == 0 => "no token yet".to_owned(),
         0 => format!("token {}", status.renewals),
         expires => format!("token {} expires {}", status.renewals, timestamp(expires)),
@@ -864,7 +864,10 @@ fn quotas(args: QuotaArgs) -> anyhow::Result<v1::TenantQuotas> {
         runs_in_flight: args.runs_in_flight,
         max_payload_bytes: args.max_payload_bytes,
         webhook_runs_per_minute: args.webhook_runs_per_minute,
-        retention_seconds,
+        retention: retention_seconds.map(|seconds| prost_types::Duration {
+            seconds: i64::try_from(seconds).unwrap_or(i64::MAX),
+            nanos: 0,
+        }),
     })
 }
 
@@ -890,12 +893,13 @@ fn tenant_line(tenant: &v1::Tenant) -> String {
         quota_text(quotas.runs_in_flight),
         quota_text(quotas.max_payload_bytes),
         quota_text(quotas.webhook_runs_per_minute),
-        quotas.retention_seconds.map_or_else(
+        quotas.retention.map_or_else(
             || "default".to_owned(),
-            |s| if s == 0 {
+            |d| if d.seconds <= 0 {
                 "forever".to_owned()
             } else {
-                humantime::format_duration(Duration::from_secs(s)).to_string()
+                humantime::format_duration(Duration::from_secs(d.seconds.unsigned_abs()))
+                    .to_string()
             }
         ),
     )
@@ -951,7 +955,7 @@ async fn admin_command(
                     "{}\t{}\t{}\t{}",
                     token.token_id,
                     token.tenant,
-                    timestamp(token.created_at_ms),
+                    timestamp(ms(&token.create_time)),
                     token.label
                 )?;
             }
@@ -1032,7 +1036,7 @@ async fn follow(
                     "run {} {} in {}",
                     run.run_id,
                     status_word(run.status()),
-                    millis(run.updated_at_ms.saturating_sub(run.created_at_ms))
+                    millis(ms(&run.update_time).saturating_sub(ms(&run.create_time)))
                 )?;
                 if !run.error.is_empty() {
                     eprintln!("error: {}", run.error);
@@ -1070,12 +1074,23 @@ fn step_line(step: &v1::Step) -> String {
     line
 }
 
+/// `info`, `warn`, ... (`-` for a level this CLI does not know).
+fn level(log: &v1::LogLine) -> &'static str {
+    match v1::LogLevel::try_from(log.level) {
+        Ok(v1::LogLevel::Debug) => "debug",
+        Ok(v1::LogLevel::Info) => "info",
+        Ok(v1::LogLevel::Warn) => "warn",
+        Ok(v1::LogLevel::Error) => "error",
+        Ok(v1::LogLevel::Unspecified) | Err(_) => "-",
+    }
+}
+
 fn log_line(log: &v1::LogLine) -> String {
     format!(
         "log  {:<24} {:<5} {}  {}",
         log.step_key,
-        log.level,
-        timestamp(log.time_ms),
+        level(log),
+        timestamp(ms(&log.time)),
         log.message
     )
 }
@@ -1107,7 +1122,7 @@ fn integrations_table(
             "{:<32} {:>7}  {:<24}",
             integration.name,
             integration.version,
-            timestamp(integration.deployed_at_ms)
+            timestamp(ms(&integration.deploy_time))
         )?;
     }
     Ok(())
@@ -1121,7 +1136,7 @@ fn runs_table(out: &mut impl Write, runs: &[v1::Run]) -> std::io::Result<()> {
     )?;
     for run in runs {
         let duration = if is_finished(run.status()) {
-            millis(run.updated_at_ms.saturating_sub(run.created_at_ms))
+            millis(ms(&run.update_time).saturating_sub(ms(&run.create_time)))
         } else {
             "-".to_owned()
         };
@@ -1132,7 +1147,7 @@ fn runs_table(out: &mut impl Write, runs: &[v1::Run]) -> std::io::Result<()> {
             run.integration,
             run.version,
             status_word(run.status()),
-            timestamp(run.created_at_ms),
+            timestamp(ms(&run.create_time)),
             duration,
             trigger_word(run)
         )?;
@@ -1148,8 +1163,8 @@ fn show(out: &mut impl Write, run: &v1::Run) -> std::io::Result<()> {
         run.integration, run.version
     )?;
     writeln!(out, "status      {}", status_word(run.status()))?;
-    writeln!(out, "created     {}", timestamp(run.created_at_ms))?;
-    writeln!(out, "updated     {}", timestamp(run.updated_at_ms))?;
+    writeln!(out, "created     {}", timestamp(ms(&run.create_time)))?;
+    writeln!(out, "updated     {}", timestamp(ms(&run.update_time)))?;
     writeln!(out, "trigger     {}", trigger_word(run))?;
     if !run.rerun_of.is_empty() {
         writeln!(
@@ -1228,7 +1243,12 @@ fn step_word(status: StepStatus) -> &'static str {
 }
 
 fn step_duration(step: &v1::Step) -> String {
-    millis(step.finished_at_ms.saturating_sub(step.started_at_ms))
+    millis(ms(&step.end_time).saturating_sub(ms(&step.start_time)))
+}
+
+/// A time of the API in milliseconds since 1970; 0 for none.
+fn ms(time: &Option<prost_types::Timestamp>) -> u64 {
+    time::to_ms(time.as_ref())
 }
 
 fn millis(ms: u64) -> String {
@@ -1340,7 +1360,7 @@ mod tests {
             ..QuotaArgs::default()
         })
         .expect("valid");
-        assert_eq!(quotas.retention_seconds, Some(30 * 86_400));
+        assert_eq!(quotas.retention.map(|d| d.seconds), Some(30 * 86_400));
         assert_eq!(quotas.runs_in_flight, None);
     }
 
@@ -1378,8 +1398,8 @@ mod tests {
             integration: "orders".to_owned(),
             version: 2,
             status: RunStatus::Failed.into(),
-            created_at_ms: 1_700_000_000_000,
-            updated_at_ms: 1_700_000_000_500,
+            create_time: time::from_ms(1_700_000_000_000),
+            update_time: time::from_ms(1_700_000_000_500),
             error: "step \"post\": HTTP 500".to_owned(),
             trigger: "rerun".to_owned(),
             rerun_of: "r-0".to_owned(),
@@ -1389,8 +1409,8 @@ mod tests {
                     step_key: "fetch".to_owned(),
                     status: StepStatus::Succeeded.into(),
                     attempts: 1,
-                    started_at_ms: 1_700_000_000_000,
-                    finished_at_ms: 1_700_000_000_120,
+                    start_time: time::from_ms(1_700_000_000_000),
+                    end_time: time::from_ms(1_700_000_000_120),
                     output_bytes: Some(42),
                     ..v1::Step::default()
                 },
@@ -1429,13 +1449,30 @@ mod tests {
     }
 
     #[test]
+    fn a_log_line_names_its_level() {
+        let line = v1::LogLine {
+            step_key: "filter".to_owned(),
+            attempt: 1,
+            level: v1::LogLevel::Warn.into(),
+            message: "2 of 3 orders are open".to_owned(),
+            time: time::from_ms(1_700_000_000_000),
+        };
+        assert_eq!(
+            log_line(&line),
+            "log  filter                   warn  2023-11-14T22:13:20.000Z  2 of 3 orders are open"
+        );
+        let unknown = v1::LogLine { level: 17, ..line };
+        assert_eq!(level(&unknown), "-");
+    }
+
+    #[test]
     fn a_step_line_says_attempts_and_error_only_when_there_are_some() {
         let ok = v1::Step {
             step_key: "fetch".to_owned(),
             status: StepStatus::Succeeded.into(),
             attempts: 1,
-            started_at_ms: 10,
-            finished_at_ms: 25,
+            start_time: time::from_ms(10),
+            end_time: time::from_ms(25),
             ..v1::Step::default()
         };
         assert_eq!(

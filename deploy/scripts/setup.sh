@@ -3,9 +3,13 @@
 # Idempotent: a warm machine skips what it already has. Run as root (or with sudo).
 #
 #   - Debian packages: protoc, libclang (bindgen), etcd, libnode's runtime deps,
-#     openssl (cluster.sh makes its certificates with it), curl (the platform example)
+#     openssl (cluster.sh makes its certificates with it), curl (the platform example),
+#     python3-venv (deploy/helm/check.sh puts helm and kubernetes-validate in a venv)
 #   - libnode108 + libnode-dev (V8 10.2) extracted into .deps/libnode, because the
 #     package conflicts with the preinstalled nodejs and must not be apt-installed
+#   - a Python venv in .deps/python with client/python/requirements-dev.txt (grpcio,
+#     grpcio-tools, protobuf, googleapis-common-protos, pytest) for the Python client's
+#     tests: Debian 12 has no googleapis-common-protos and its grpc-tools is too old
 #   - the container image's tools (deploy/docker): podman with runc, and mmdebstrap,
 #     which makes the debian:bookworm-slim base where no registry is reachable;
 #     podman's settings for this kind of machine, where none are set already
@@ -30,7 +34,8 @@ install_missing() {
     apt-get install -y -qq $options "${missing[@]}" >/dev/null
   fi
 }
-install_missing "" protobuf-compiler libclang-dev etcd-server etcd-client libuv1 libc-ares2 python3-pip openssl curl
+install_missing "" protobuf-compiler libclang-dev etcd-server etcd-client libuv1 libc-ares2 python3-pip python3-venv \
+  openssl curl
 # The container image's. runc is named so that it, not crun, satisfies
 # podman's "crun | runc": crun refuses a hybrid cgroup layout like this
 # machine's. Recommends (buildah, slirp4netns, dbus-user-session, ...) are
@@ -73,4 +78,17 @@ if [[ -n $conf ]]; then
   mkdir -p "$(dirname "$dropin")"
   printf '# Written by isoflow deploy/scripts/setup.sh.\n%s' "$conf" >>"$dropin"
 fi
-echo "setup: ok (libnode in $libnode_dir)"
+
+# The Python client's test dependencies, pinned; installed again only when the
+# pins change or the venv no longer imports them.
+venv="$deps/python"
+requirements="$root/client/python/requirements-dev.txt"
+if ! cmp -s "$requirements" "$venv/requirements-dev.txt" \
+  || ! "$venv/bin/python" -c 'import grpc, grpc_tools, google.rpc.status_pb2, pytest' 2>/dev/null; then
+  echo "setup: installing the Python client's test dependencies into $venv"
+  rm -rf "$venv"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+  cp "$requirements" "$venv/requirements-dev.txt"
+fi
+echo "setup: ok (libnode in $libnode_dir, Python venv in $venv)"

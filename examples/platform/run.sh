@@ -129,7 +129,7 @@ for _ in $(seq 150); do
 done
 "$ctl" triggers list crm-orders
 
-say "the tenant's history: its runs, and the logs of the last one"
+say "the tenant's history: its runs, and the logs of the last one that succeeded"
 "$ctl" runs --limit 10
-last=$("$ctl" runs --limit 1 2>/dev/null | awk 'NR == 2 {print $1}')
+last=$("$ctl" runs --status succeeded --limit 1 2>/dev/null | awk 'NR == 2 {print $1}')
 "$ctl" logs "$last"

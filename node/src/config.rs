@@ -1,7 +1,17 @@
 //! `isoflow serve`'s configuration: one serde tree, filled in layers:
-//! defaults → TOML file (`--config`) → `ISOFLOW_`-prefixed environment →
-//! command-line flags. `main` reads the environment once and passes it here
-//! as a map, so tests never touch the process environment.
+//! defaults → TOML file (`--config`) → environment → command-line flags.
+//! `main` reads the environment once and passes it here as a map, so tests
+//! never touch the process environment.
+//!
+//! Every key of the file can be set in the two later layers by its path:
+//! `ISOFLOW__ETCD__LEASE_TTL=5s` (after `ISOFLOW__`, the path's parts in
+//! capitals joined by `__`) and `--set etcd.lease_ttl=5s`, the value
+//! written as in TOML (`16`, `true`, `["a", "b"]`) or as plain text for a
+//! string. They are merged into the file's table before it is read (the
+//! environment's first, then the flags'), so a key has one meaning and one
+//! set of checks whichever layer sets it. The named variables and flags
+//! (`ISOFLOW_LISTEN`, then `--listen`, ...) are shorthands applied after
+//! every path.
 //!
 //! Every key, with what it means: `deploy/isoflow.example.toml`.
 
@@ -588,6 +598,99 @@ impl VaultKey {
 
 /// A secret's file (its first 4 KiB): one that only its owner, this
 /// node's user or root, may read. `what` names the setting in messages.
+/// One key set by its path in the environment or a flag.
+#[derive(Debug, Clone)]
+struct Override {
+    /// `ISOFLOW__ETCD__LEASE_TTL` or `--set etcd.lease_ttl=5s`.
+    source: String,
+    path: Vec<String>,
+    /// As written.
+    raw: String,
+    /// As TOML, or the text as a string when it is not a TOML value.
+    value: toml::Value,
+}
+
+impl Override {
+    fn new(source: String, path: Vec<String>, raw: &str) -> Override {
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+        Override {
+            source,
+            path,
+            raw: raw.to_owned(),
+            value,
+        }
+    }
+
+    fn error(&self, why: &str) -> anyhow::Error {
+        anyhow::anyhow!(
+            "{} ({} = {:?}): {why}",
+            self.source,
+            self.path.join("."),
+            self.raw
+        )
+    }
+}
+
+/// The `ISOFLOW__<PATH>` variables, sorted by name so that the outcome does
+/// not depend on the environment's order.
+fn env_overrides(env: &HashMap<String, String>) -> anyhow::Result<Vec<Override>> {
+    let mut overrides = Vec::new();
+    for (name, value) in env {
+        let Some(path) = name.strip_prefix("ISOFLOW__") else {
+            continue;
+        };
+        let parts: Vec<String> = path.split("__").map(str::to_lowercase).collect();
+        if parts.iter().any(|p| !is_key(p)) {
+            bail!(
+                "{name}: a configuration path is ISOFLOW__ then keys in capitals joined by __ \
+                 (ISOFLOW__ETCD__LEASE_TTL)"
+            );
+        }
+        overrides.push(Override::new(name.clone(), parts, value));
+    }
+    overrides.sort_by(|a, b| a.source.cmp(&b.source));
+    Ok(overrides)
+}
+
+/// `--set etcd.lease_ttl=5s`.
+fn flag_override(set: &str) -> anyhow::Result<Override> {
+    let Some((path, value)) = set.split_once('=') else {
+        bail!("--set {set:?}: write KEY=VALUE, e.g. --set etcd.lease_ttl=5s");
+    };
+    let parts: Vec<String> = path.trim().split('.').map(str::to_owned).collect();
+    if parts.iter().any(|p| !is_key(p)) {
+        bail!("--set {set:?}: {path:?} is not a key path (etcd.lease_ttl)");
+    }
+    Ok(Override::new(format!("--set {path}"), parts, value))
+}
+
+fn is_key(part: &str) -> bool {
+    !part.is_empty()
+        && part
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Sets `path` in `table`, making the tables on the way.
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("an empty path")?;
+    let mut at = table;
+    for (i, part) in parents.iter().enumerate() {
+        let entry = at
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        at = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("{} is not a section", path[..=i].join(".")))?;
+    }
+    at.insert(last.clone(), value);
+    Ok(())
+}
+
 fn read_private_file(what: &str, path: &Path) -> anyhow::Result<String> {
     use std::io::Read;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -774,6 +877,10 @@ pub struct Flags {
     /// The run store's folder
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Any key of the configuration file by its path, e.g.
+    /// `--set etcd.lease_ttl=5s` (repeatable; after the environment)
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 impl Config {
@@ -784,6 +891,15 @@ impl Config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
+        // Paths: the environment's, then the flags', set in the file's
+        // table; then the named shorthands.
+        let mut paths = env_overrides(env)?;
+        for set in &flags.set {
+            paths.push(flag_override(set)?);
+        }
+        if !paths.is_empty() {
+            config = config.with_overrides(flags.config.as_deref(), &paths)?;
+        }
         config.apply_env(env)?;
         if let Some(role) = flags.role {
             config.role = role;
@@ -804,6 +920,49 @@ impl Config {
         config.check()?;
         config.keyring = config.vault.keyring(env)?.map(Arc::new);
         config.smtp.load_password()?;
+        Ok(config)
+    }
+
+    /// This configuration read again from the file's table (empty without a
+    /// file) with `overrides` set in it, in order. An override that makes
+    /// the configuration invalid is named in the error.
+    fn with_overrides(self, file: Option<&Path>, overrides: &[Override]) -> anyhow::Result<Config> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("cannot read the configuration file {}", path.display())
+                })?;
+                // Already read whole by from_file: it parses.
+                toml::from_str::<toml::Table>(&text)
+                    .with_context(|| format!("{} does not parse", path.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        let mut config = self;
+        for o in overrides {
+            let mut typed = table.clone();
+            set_path(&mut typed, &o.path, o.value.clone()).map_err(|why| o.error(&why))?;
+            match Config::deserialize(typed.clone()) {
+                Ok(c) => {
+                    config = c;
+                    table = typed;
+                }
+                // `node_id = 123` from `ISOFLOW__NODE_ID=123`: the text was
+                // meant as a string.
+                Err(typed_error) => {
+                    let mut text = table.clone();
+                    set_path(&mut text, &o.path, toml::Value::String(o.raw.clone()))
+                        .map_err(|why| o.error(&why))?;
+                    match Config::deserialize(text.clone()) {
+                        Ok(c) if !matches!(o.value, toml::Value::String(_)) => {
+                            config = c;
+                            table = text;
+                        }
+                        _ => return Err(o.error(typed_error.message())),
+                    }
+                }
+            }
+        }
         Ok(config)
     }
 
@@ -1339,6 +1498,94 @@ mod tests {
                     "erp.acme.internal".parse().expect("a host"),
                 ]
             )
+        );
+    }
+
+    #[test]
+    fn any_key_is_settable_by_its_path_from_the_environment_and_flags() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("isoflow.toml");
+        std::fs::write(
+            &file,
+            "role = \"worker\"\n[auth]\ncluster_token = \"file-cluster-token-0123\"\n\
+             [etcd]\nprefix = \"/from-file\"\nlease_ttl = \"3s\"\n\
+             [cluster]\nheartbeat_interval = \"250ms\"\n",
+        )
+        .expect("write");
+        let flags = Flags {
+            config: Some(file.clone()),
+            set: vec![
+                "etcd.lease_ttl=9s".into(),
+                "worker.capacity=7".into(),
+                "egress.allow=[\"10.1.2.3\", \"erp.internal\"]".into(),
+            ],
+            ..Flags::default()
+        };
+        let config = Config::load(
+            &flags,
+            &env(&[
+                // Nested keys, a top-level key, a number meant as text.
+                ("ISOFLOW__ETCD__LEASE_TTL", "5s"),
+                ("ISOFLOW__ETCD__PREFIX", "/from-env"),
+                ("ISOFLOW__CLUSTER__HEARTBEAT_TIMEOUT", "4s"),
+                ("ISOFLOW__MAX_PAYLOAD_BYTES", "1048576"),
+                ("ISOFLOW__NODE_ID", "1234"),
+                ("ISOFLOW_WORKER_CAPACITY", "9"),
+            ]),
+        )
+        .expect("loads");
+        // The file's keys stay unless a later layer sets them; a flag
+        // beats the environment; a named shorthand comes last.
+        assert_eq!(config.role, Role::Worker);
+        assert_eq!(config.etcd.prefix, "/from-env");
+        assert_eq!(config.etcd.lease_ttl, Duration::from_secs(9));
+        assert_eq!(
+            config.cluster.heartbeat_interval,
+            Duration::from_millis(250)
+        );
+        assert_eq!(config.cluster.heartbeat_timeout, Duration::from_secs(4));
+        assert_eq!(config.max_payload_bytes, 1_048_576);
+        assert_eq!(config.node_id.as_deref(), Some("1234"));
+        assert_eq!(config.worker.capacity, 9);
+        assert_eq!(config.egress.allow, ["10.1.2.3", "erp.internal"]);
+
+        // Each mistake names its variable or flag, the key and the value.
+        let error = |flags: &Flags, pairs: &[(&str, &str)]| {
+            Config::load(flags, &env(pairs))
+                .expect_err("refused")
+                .to_string()
+        };
+        let plain = Flags {
+            config: Some(file),
+            ..Flags::default()
+        };
+        let e = error(&plain, &[("ISOFLOW__ETCD__LEASE_TTL", "soon")]);
+        assert!(
+            e.starts_with("ISOFLOW__ETCD__LEASE_TTL (etcd.lease_ttl = \"soon\"): "),
+            "{e}"
+        );
+        let e = error(&plain, &[("ISOFLOW__ETCD__LEASE_TIME", "5s")]);
+        assert!(
+            e.contains("ISOFLOW__ETCD__LEASE_TIME") && e.contains("lease_time"),
+            "{e}"
+        );
+        let e = error(&plain, &[("ISOFLOW__ETCD__", "5s")]);
+        assert!(e.contains("ISOFLOW__ETCD__LEASE_TTL"), "{e}");
+        let e = error(&plain, &[("ISOFLOW__ROLE__X", "1")]);
+        assert!(e.contains("role is not a section"), "{e}");
+        let bad_flag = Flags {
+            set: vec!["worker.capacity".into()],
+            ..Flags::default()
+        };
+        assert!(error(&bad_flag, &[]).contains("KEY=VALUE"));
+        let bad_flag = Flags {
+            set: vec!["worker.capacity=lots".into()],
+            ..Flags::default()
+        };
+        let e = error(&bad_flag, &[]);
+        assert!(
+            e.starts_with("--set worker.capacity (worker.capacity = \"lots\"): "),
+            "{e}"
         );
     }
 

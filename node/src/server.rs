@@ -30,8 +30,8 @@ use isoflow_engine::credential::{Credentials, StaticCredentials};
 use isoflow_engine::run::{Engine, EngineConfig};
 use isoflow_engine::store::{Store, StoreConfig};
 use isoflow_proto::MAX_MESSAGE_BYTES;
+use isoflow_proto::cluster::v1::cluster_server::ClusterServer;
 use isoflow_proto::v1::admin_server::AdminServer;
-use isoflow_proto::v1::cluster_server::ClusterServer;
 use isoflow_proto::v1::isoflow_server::IsoflowServer;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
@@ -49,6 +49,7 @@ pub mod cron;
 pub mod etcd;
 pub mod hooks;
 mod oauth;
+pub mod page;
 pub mod payload;
 pub mod retention;
 pub mod scheduler;
@@ -157,17 +158,35 @@ pub async fn serve(
                      cross the network in the clear; set [tls] in production"
                 );
             }
-            let etcd = etcd::Etcd::connect(&config.etcd).await?;
+            // Until it leads, a coordinator waits (for etcd, then for the
+            // leader to go): a stop request ends the wait.
+            let mut waiting = stop.clone();
+            let Some(etcd) = unless_stopped(&mut waiting, etcd::Etcd::connect(&config.etcd)).await
+            else {
+                return Ok(());
+            };
+            let etcd = etcd?;
             let address = config.advertise();
             let mut lease = etcd.register(etcd.coordinator_key(&id), address.clone());
-            let granted = loop {
-                if let Some(lease) = *lease.borrow_and_update() {
-                    break lease;
+            let granted = unless_stopped(&mut waiting, async {
+                loop {
+                    if let Some(lease) = *lease.borrow_and_update() {
+                        break Ok::<_, anyhow::Error>(lease);
+                    }
+                    lease.changed().await.context("etcd registration stopped")?;
                 }
-                lease.changed().await.context("etcd registration stopped")?;
+            });
+            let Some(granted) = granted.await else {
+                return Ok(());
             };
+            let granted: i64 = granted?;
             tracing::info!(node = %id, "waiting to lead");
-            etcd.campaign(&address, granted).await?;
+            let Some(campaign) =
+                unless_stopped(&mut waiting, etcd.campaign(&address, granted)).await
+            else {
+                return Ok(());
+            };
+            campaign?;
             tracing::info!(node = %id, %address, "leading: opening the run store");
             let dir = data_dir(&config, home.as_deref())?;
             let store = Arc::new(Store::open(&StoreConfig::new(&dir))?);
@@ -208,7 +227,14 @@ pub async fn serve(
             let discovery: Box<dyn worker::Discovery> = match &config.worker.coordinator {
                 Some(address) => Box::new(worker::Fixed(address.clone())),
                 None => {
-                    let etcd = etcd::Etcd::connect(&config.etcd).await?;
+                    let mut waiting = stop.clone();
+                    let Some(etcd) =
+                        unless_stopped(&mut waiting, etcd::Etcd::connect(&config.etcd)).await
+                    else {
+                        engine.shutdown(GRACE).await;
+                        return Ok(());
+                    };
+                    let etcd = etcd?;
                     let _registered = etcd.register(
                         etcd.worker_key(&id),
                         format!("{{\"capacity\":{}}}", config.worker.capacity),
@@ -232,6 +258,21 @@ pub async fn serve(
             node.run(stop).await;
             Ok(())
         }
+    }
+}
+
+/// What `work` gives, or `None` when `stop` turns true first: a node that
+/// waits (for etcd to answer, for leadership) still stops when asked.
+async fn unless_stopped<T>(
+    stop: &mut watch::Receiver<bool>,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    if *stop.borrow() {
+        return None;
+    }
+    tokio::select! {
+        done = work => Some(done),
+        _ = stop.wait_for(|stopped| *stopped) => None,
     }
 }
 

@@ -1,15 +1,73 @@
 //! Isoflow's gRPC API, `isoflow.v1`: the public API (`Isoflow`: integrations
-//! and runs), tenant administration (`Admin`: tenants, their tokens and
-//! quotas) and the internal one (`Cluster`: how workers take work from the
-//! coordinator), generated from `proto/isoflow/v1/*.proto` at build time.
+//! and runs) and tenant administration (`Admin`: tenants, their tokens and
+//! quotas); with the `cluster` feature, also `isoflow.cluster.v1`, the
+//! protocol by which workers take work from the coordinator (internal: the
+//! client does not enable it).
+//!
+//! The code is generated from `isoflow/**/*.proto` and committed under
+//! `src/gen`, so that building it needs no `protoc`; the test
+//! `tests/generated.rs` checks that it is current. Times and durations are
+//! `prost_types::Timestamp` and `prost_types::Duration`, re-exported here.
 //!
 //! This crate is the only thing the client crate depends on, so it stays
 //! free of engine dependencies.
 
 #![allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
 
+pub use prost_types;
+
 pub mod v1 {
-    tonic::include_proto!("isoflow.v1");
+    include!("gen/isoflow.v1.rs");
+}
+
+#[cfg(feature = "cluster")]
+pub mod cluster {
+    pub mod v1 {
+        include!("gen/isoflow.cluster.v1.rs");
+    }
+}
+
+/// Between the API's times and the milliseconds since 1970 the engine keeps.
+pub mod time {
+    use prost_types::Timestamp;
+
+    /// The time `ms` milliseconds after 1970; `None` for 0, which the
+    /// engine's records use for "none".
+    pub fn from_ms(ms: u64) -> Option<Timestamp> {
+        (ms != 0).then(|| Timestamp {
+            seconds: i64::try_from(ms / 1000).unwrap_or(i64::MAX),
+            // Below 1,000,000,000: at most 999 ms.
+            nanos: ((ms % 1000) * 1_000_000) as i32,
+        })
+    }
+
+    /// Milliseconds since 1970 (rounded down); 0 for `None` and for times
+    /// before 1970.
+    pub fn to_ms(time: Option<&Timestamp>) -> u64 {
+        let Some(time) = time else { return 0 };
+        let seconds = u64::try_from(time.seconds).unwrap_or(0);
+        let millis = u64::try_from(time.nanos / 1_000_000).unwrap_or(0);
+        seconds.saturating_mul(1000).saturating_add(millis)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn milliseconds_go_there_and_back() {
+            for ms in [1, 999, 1000, 1_764_400_000_123] {
+                assert_eq!(to_ms(from_ms(ms).as_ref()), ms);
+            }
+            assert_eq!(from_ms(0), None);
+            assert_eq!(to_ms(None), 0);
+            let before_1970 = Timestamp {
+                seconds: -5,
+                nanos: 0,
+            };
+            assert_eq!(to_ms(Some(&before_1970)), 0);
+        }
+    }
 }
 
 /// The largest chunk of a payload in one message (1 MiB).

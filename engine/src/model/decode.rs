@@ -1401,4 +1401,134 @@ mod tests {
         assert!(!is_header_name("Content Type"));
         assert!(!is_header_name(""));
     }
+
+    /// The decoder lists each mapping's fields and fills in defaults itself
+    /// (for its line-numbered messages); the schema and serde derive theirs
+    /// from the types. The two must say the same.
+    #[test]
+    fn the_decoders_field_lists_are_the_schemas() {
+        let schema = crate::model::json_schema();
+        let sorted = |fields: Vec<&str>| {
+            let mut fields: Vec<String> = fields.into_iter().map(str::to_owned).collect();
+            fields.sort();
+            fields
+        };
+        let properties = |value: &serde_json::Value| {
+            let mut keys: Vec<String> = value["properties"]
+                .as_object()
+                .unwrap_or_else(|| panic!("no properties in {value}"))
+                .keys()
+                .cloned()
+                .collect();
+            keys.sort();
+            keys
+        };
+        let def = |name: &str| schema["$defs"][name].clone();
+        // A variant of a oneOf by its `type`'s constant.
+        let variant = |name: &str, kind: &str| {
+            def(name)["oneOf"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{name} is not a oneOf"))
+                .iter()
+                .find(|v| v["properties"]["type"]["const"] == kind)
+                .unwrap_or_else(|| panic!("{name} has no {kind} variant"))
+                .clone()
+        };
+        assert_eq!(sorted(INTEGRATION_FIELDS.to_vec()), properties(&schema));
+        assert_eq!(sorted(ALERT_FIELDS.to_vec()), properties(&def("Alert")));
+        assert_eq!(
+            sorted(EMAIL_FIELDS.to_vec()),
+            properties(&def("EmailAlert"))
+        );
+        assert_eq!(sorted(RETRY_FIELDS.to_vec()), properties(&def("Retry")));
+        assert_eq!(sorted(BACKOFF_FIELDS.to_vec()), properties(&def("Backoff")));
+        assert_eq!(
+            sorted(TRIGGER_FIELDS.to_vec()),
+            properties(&variant("Trigger", "webhook"))
+        );
+        assert_eq!(
+            sorted(CRON_FIELDS.to_vec()),
+            properties(&variant("Trigger", "cron"))
+        );
+        for (kind, fields) in [
+            ("http", HTTP_FIELDS),
+            ("code", CODE_FIELDS),
+            ("loop", LOOP_FIELDS),
+        ] {
+            let all = COMMON_FIELDS.iter().chain(fields).copied().collect();
+            assert_eq!(
+                sorted(all),
+                properties(&variant("Step", kind)),
+                "{kind} step"
+            );
+        }
+    }
+
+    /// What the decoder fills in for a field left out is what serde (and
+    /// so the schema's `default`) gives the same definition as JSON.
+    #[test]
+    fn the_decoders_defaults_are_the_types() {
+        let yaml = r#"
+apiVersion: isoflow.dev/v1
+name: defaults
+version: 1
+triggers:
+  - id: hook
+    type: webhook
+    auth: token
+    secret: hook-key
+  - id: nightly
+    type: cron
+    schedule: "0 2 * * *"
+alerts:
+  - on: failed
+    webhook: https://alerts.example.com/x
+    secret: alert-key
+steps:
+  - id: fetch
+    type: http
+    url: https://api.example.com/x
+    retry: {}
+  - id: shape
+    type: code
+    source: "export default (x) => x"
+    retry:
+      backoff: {}
+  - id: each
+    type: loop
+    for_each: "{{ steps.shape.output }}"
+    steps:
+      - id: inner
+        type: code
+        source: "export default (x) => x"
+"#;
+        let decoded = crate::model::load("defaults.yaml", yaml).expect("a valid definition");
+        let as_json = serde_json::to_value(&decoded).expect("serializes");
+        // The same definition with nothing filled in, through serde.
+        let sparse: serde_json::Value = serde_json::json!({
+            "apiVersion": "isoflow.dev/v1",
+            "name": "defaults",
+            "version": 1,
+            "triggers": [
+                {"id": "hook", "type": "webhook", "auth": "token", "secret": "hook-key"},
+                {"id": "nightly", "type": "cron", "schedule": "0 2 * * *"}
+            ],
+            "alerts": [{"on": "failed", "webhook": "https://alerts.example.com/x",
+                        "secret": "alert-key"}],
+            "steps": [
+                {"id": "fetch", "type": "http", "url": "https://api.example.com/x", "retry": {}},
+                {"id": "shape", "type": "code", "source": "export default (x) => x",
+                 "retry": {"backoff": {}}},
+                {"id": "each", "type": "loop", "for_each": "{{ steps.shape.output }}",
+                 "steps": [{"id": "inner", "type": "code", "source": "export default (x) => x"}]}
+            ]
+        });
+        let through_serde: crate::model::Integration =
+            serde_json::from_value(sparse).expect("serde reads the sparse definition");
+        assert_eq!(
+            serde_json::to_value(&through_serde).expect("serializes"),
+            as_json,
+            "the decoder's defaults differ from the types'"
+        );
+    }
 }

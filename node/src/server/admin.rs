@@ -7,11 +7,14 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use isoflow_engine::store::{TenantQuotas, TenantRecord, TokenRecord};
+use isoflow_proto::prost_types;
+use isoflow_proto::time::from_ms;
 use isoflow_proto::v1;
 use isoflow_proto::v1::admin_server::Admin;
 use tonic::{Request, Response, Status};
 
 use super::coordinator::Coordinator;
+use super::page;
 use super::tenants::TenantError;
 
 #[derive(Debug, Clone)]
@@ -43,14 +46,23 @@ async fn blocking<T: Send + 'static>(
         .map_err(status)
 }
 
-fn quotas_from(quotas: Option<v1::TenantQuotas>) -> TenantQuotas {
+fn quotas_from(quotas: Option<v1::TenantQuotas>) -> Result<TenantQuotas, Status> {
     let quotas = quotas.unwrap_or_default();
-    TenantQuotas {
+    let retention_seconds = match quotas.retention {
+        None => None,
+        Some(d) if d.seconds < 0 || d.nanos != 0 => {
+            return Err(Status::invalid_argument(
+                "quotas.retention is negative or not whole seconds",
+            ));
+        }
+        Some(d) => Some(d.seconds.unsigned_abs()),
+    };
+    Ok(TenantQuotas {
         runs_in_flight: quotas.runs_in_flight,
         max_payload_bytes: quotas.max_payload_bytes,
         webhook_runs_per_minute: quotas.webhook_runs_per_minute,
-        retention_seconds: quotas.retention_seconds,
-    }
+        retention_seconds,
+    })
 }
 
 fn tenant_message(record: &TenantRecord) -> v1::Tenant {
@@ -58,12 +70,17 @@ fn tenant_message(record: &TenantRecord) -> v1::Tenant {
     v1::Tenant {
         name: record.name.clone(),
         disabled: record.disabled,
-        created_at_ms: record.created_at_ms,
+        create_time: from_ms(record.created_at_ms),
         quotas: Some(v1::TenantQuotas {
             runs_in_flight: quotas.runs_in_flight,
             max_payload_bytes: quotas.max_payload_bytes,
             webhook_runs_per_minute: quotas.webhook_runs_per_minute,
-            retention_seconds: quotas.retention_seconds,
+            retention: quotas
+                .retention_seconds
+                .map(|seconds| prost_types::Duration {
+                    seconds: i64::try_from(seconds).unwrap_or(i64::MAX),
+                    nanos: 0,
+                }),
         }),
         from_config: false,
     }
@@ -74,7 +91,7 @@ fn token_message(record: &TokenRecord) -> v1::TokenInfo {
         token_id: record.token_id.clone(),
         tenant: record.tenant.clone(),
         label: record.label.clone(),
-        created_at_ms: record.created_at_ms,
+        create_time: from_ms(record.created_at_ms),
     }
 }
 
@@ -95,7 +112,7 @@ impl Admin for AdminService {
         request: Request<v1::CreateTenantRequest>,
     ) -> Result<Response<v1::Tenant>, Status> {
         let request = request.into_inner();
-        let quotas = quotas_from(request.quotas);
+        let quotas = quotas_from(request.quotas)?;
         let tenants = self.coordinator.tenants.clone();
         let name = request.name;
         let record = blocking(move || tenants.create(&name, quotas)).await?;
@@ -107,7 +124,7 @@ impl Admin for AdminService {
 
     async fn list_tenants(
         &self,
-        _request: Request<v1::ListTenantsRequest>,
+        request: Request<v1::ListTenantsRequest>,
     ) -> Result<Response<v1::ListTenantsResponse>, Status> {
         let mut tenants: Vec<v1::Tenant> = self
             .coordinator
@@ -126,8 +143,18 @@ impl Admin for AdminService {
                 });
             }
         }
-        tenants.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Response::new(v1::ListTenantsResponse { tenants }))
+        let request = request.into_inner();
+        let (tenants, next_page_token) = page::cut(
+            tenants,
+            |t| t.name.clone(),
+            request.page_size,
+            &request.page_token,
+            "ListTenants",
+        )?;
+        Ok(Response::new(v1::ListTenantsResponse {
+            tenants,
+            next_page_token,
+        }))
     }
 
     async fn disable_tenant(
@@ -151,7 +178,7 @@ impl Admin for AdminService {
         request: Request<v1::SetTenantQuotasRequest>,
     ) -> Result<Response<v1::Tenant>, Status> {
         let request = request.into_inner();
-        let quotas = quotas_from(request.quotas);
+        let quotas = quotas_from(request.quotas)?;
         let tenants = self.coordinator.tenants.clone();
         let name = request.name;
         let record = blocking(move || tenants.update(&name, |r| r.quotas = quotas)).await?;
@@ -180,11 +207,20 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::ListTokensRequest>,
     ) -> Result<Response<v1::ListTokensResponse>, Status> {
-        let tenant = Some(request.into_inner().tenant).filter(|t| !t.is_empty());
+        let request = request.into_inner();
+        let tenant = Some(request.tenant).filter(|t| !t.is_empty());
         let tenants = self.coordinator.tenants.clone();
         let records = blocking(move || tenants.tokens(tenant.as_deref())).await?;
+        let (records, next_page_token) = page::cut(
+            records,
+            |r| r.token_id.clone(),
+            request.page_size,
+            &request.page_token,
+            "ListTokens",
+        )?;
         Ok(Response::new(v1::ListTokensResponse {
             tokens: records.iter().map(token_message).collect(),
+            next_page_token,
         }))
     }
 

@@ -15,6 +15,8 @@ use isoflow_engine::run::inline_code;
 use isoflow_engine::store::{
     Deployed, IntegrationRecord, RunFilter, RunRecord, RunStatus, RunTrigger, now_ms,
 };
+use isoflow_proto::prost_types;
+use isoflow_proto::time::{from_ms, to_ms};
 use isoflow_proto::v1::isoflow_server::Isoflow;
 use isoflow_proto::{CHUNK_BYTES, v1};
 use tokio::sync::broadcast::error::RecvError;
@@ -22,11 +24,13 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 use super::auth::Tenant;
 use super::convert;
 use super::coordinator::{CancelOutcome, Coordinator, UpdateKind};
 use super::cron;
+use super::page;
 
 #[derive(Debug, Clone)]
 pub struct Api {
@@ -96,7 +100,7 @@ fn integration_message(
     v1::Integration {
         name: record.name.clone(),
         version: record.version,
-        deployed_at_ms: record.deployed_at_ms,
+        deploy_time: from_ms(record.deployed_at_ms),
         definition_json: if with_definition {
             record.definition.to_string()
         } else {
@@ -211,7 +215,7 @@ impl Isoflow for Api {
             request.file_name
         };
         let mut integration = model::load_with(&file_name, &request.source, &self.limits)
-            .map_err(|errors| Status::invalid_argument(errors.to_string()))?;
+            .map_err(|errors| invalid_definition(&errors))?;
         let files = request.files;
         inline_code(&mut integration, |path| {
             let name = path.to_string_lossy();
@@ -221,7 +225,13 @@ impl Isoflow for Api {
                 .cloned()
                 .ok_or_else(|| format!("code file {name:?} was not sent with the definition"))
         })
-        .map_err(|e| Status::invalid_argument(format!("{file_name}: {e}")))?;
+        .map_err(|e| {
+            Status::with_error_details(
+                tonic::Code::InvalidArgument,
+                format!("{file_name}: {e}"),
+                ErrorDetails::with_bad_request_violation(file_name.clone(), e),
+            )
+        })?;
         let record = IntegrationRecord {
             name: integration.name.as_str().to_owned(),
             version: integration.version.get(),
@@ -272,13 +282,22 @@ impl Isoflow for Api {
         request: Request<v1::ListIntegrationsRequest>,
     ) -> Result<Response<v1::ListIntegrationsResponse>, Status> {
         let tenant = tenant(&request)?;
+        let request = request.into_inner();
         let store = self.coordinator.store.clone();
         let records = blocking(move || Ok(store.integrations(&tenant)?)).await?;
+        let (records, next_page_token) = page::cut(
+            records,
+            |r| r.name.clone(),
+            request.page_size,
+            &request.page_token,
+            "ListIntegrations",
+        )?;
         Ok(Response::new(v1::ListIntegrationsResponse {
             integrations: records
                 .iter()
                 .map(|r| integration_message(r, false, false))
                 .collect(),
+            next_page_token,
         }))
     }
 
@@ -377,7 +396,7 @@ impl Isoflow for Api {
     ) -> Result<Response<v1::ListRunsResponse>, Status> {
         let tenant = tenant(&request)?;
         let request = request.into_inner();
-        let limit = list_limit(request.limit);
+        let limit = page::size(request.page_size);
         // The token is the last run id the previous page examined: run ids
         // order a tenant's runs, and the key it names is under the
         // caller's tenant.
@@ -470,7 +489,7 @@ impl Isoflow for Api {
         let request = request.into_inner();
         check_run_id(&request.run_id)?;
         self.run_or_not_found(&tenant, &request.run_id)?;
-        let limit = match request.limit {
+        let limit = match request.page_size {
             0 => 1000,
             n => usize::try_from(n).unwrap_or(MAX_LOG_PAGE).min(MAX_LOG_PAGE),
         };
@@ -524,9 +543,19 @@ impl Isoflow for Api {
         let with_logs = request.logs;
         tokio::spawn(async move {
             let mut sent = HashSet::new();
+            // The attempts (step, attempt) whose log lines were sent. An
+            // attempt's lines are stored and published in one write, so a
+            // line stored after the subscription, which also arrives as an
+            // update, is known by its attempt; and after falling behind,
+            // the store's lines of attempts not sent yet are sent.
+            let mut logged: HashSet<(String, u32)> = HashSet::new();
+            // Those whose lines came from the store.
+            let mut from_store: HashSet<(String, u32)> = HashSet::new();
             // What is stored so far (with the stored log lines the first
             // time; later ones arrive as updates); again after falling behind.
             let catch_up = |sent: &mut HashSet<String>,
+                            logged: &mut HashSet<(String, u32)>,
+                            from_store: &mut HashSet<(String, u32)>,
                             stored_logs: bool|
              -> Result<(Vec<v1::RunUpdate>, bool), Status> {
                 let store = &coordinator.store;
@@ -544,7 +573,14 @@ impl Isoflow for Api {
                     }
                 }
                 if with_logs && stored_logs {
+                    let already = logged.clone();
                     for line in store.logs(&tenant, &run_id).map_err(internal)? {
+                        let attempt = (line.step_key.clone(), line.attempt);
+                        if already.contains(&attempt) {
+                            continue;
+                        }
+                        logged.insert(attempt.clone());
+                        from_store.insert(attempt);
                         out.push(v1::RunUpdate {
                             update: Some(v1::run_update::Update::Log(convert::log(&line))),
                         });
@@ -558,7 +594,7 @@ impl Isoflow for Api {
                 }
                 Ok((out, finished))
             };
-            let mut catch = catch_up(&mut sent, true);
+            let mut catch = catch_up(&mut sent, &mut logged, &mut from_store, true);
             loop {
                 match catch {
                     Ok((out, finished)) => {
@@ -590,11 +626,21 @@ impl Isoflow for Api {
                                     v1::run_update::Update::Step(step.clone())
                                 }
                                 UpdateKind::Log(line) if with_logs => {
+                                    // Its lines came from the store, or
+                                    // this is the next line of an attempt
+                                    // sent live.
+                                    let attempt = (line.step_key.clone(), line.attempt);
+                                    if from_store.contains(&attempt) {
+                                        continue;
+                                    }
+                                    logged.insert(attempt);
                                     v1::run_update::Update::Log(line.clone())
                                 }
                                 UpdateKind::Log(_) => continue,
                                 // The end, with every step, as stored.
-                                UpdateKind::Finished => break catch_up(&mut sent, false),
+                                UpdateKind::Finished => {
+                                    break catch_up(&mut sent, &mut logged, &mut from_store, false);
+                                }
                             };
                             if tx
                                 .send(Ok(v1::RunUpdate {
@@ -606,7 +652,9 @@ impl Isoflow for Api {
                                 return;
                             }
                         }
-                        Err(RecvError::Lagged(_)) => break catch_up(&mut sent, false),
+                        Err(RecvError::Lagged(_)) => {
+                            break catch_up(&mut sent, &mut logged, &mut from_store, true);
+                        }
                         Err(RecvError::Closed) => return,
                     }
                 };
@@ -717,13 +765,22 @@ impl Isoflow for Api {
         request: Request<v1::ListCredentialsRequest>,
     ) -> Result<Response<v1::ListCredentialsResponse>, Status> {
         let tenant = tenant(&request)?;
+        let request = request.into_inner();
         let vault = self.vault()?;
         let infos = blocking_vault(move || vault.list(&tenant)).await?;
+        let (infos, next_page_token) = page::cut(
+            infos,
+            |info| info.name.clone(),
+            request.page_size,
+            &request.page_token,
+            "ListCredentials",
+        )?;
         Ok(Response::new(v1::ListCredentialsResponse {
             credentials: infos
                 .iter()
                 .map(|info| convert::credential_info(info, self.oauth_callback.as_deref()))
                 .collect(),
+            next_page_token,
         }))
     }
 
@@ -761,7 +818,11 @@ impl Isoflow for Api {
         request: Request<v1::ListTriggersRequest>,
     ) -> Result<Response<v1::ListTriggersResponse>, Status> {
         let tenant = tenant(&request)?;
-        let integration = request.into_inner().integration;
+        let v1::ListTriggersRequest {
+            integration,
+            page_size,
+            page_token,
+        } = request.into_inner();
         let coordinator = self.coordinator.clone();
         let triggers = blocking_status(move || {
             let records = if integration.is_empty() {
@@ -785,7 +846,17 @@ impl Isoflow for Api {
             Ok(triggers)
         })
         .await?;
-        Ok(Response::new(v1::ListTriggersResponse { triggers }))
+        let (triggers, next_page_token) = page::cut(
+            triggers,
+            |t| format!("{}\0{}", t.integration, t.trigger),
+            page_size,
+            &page_token,
+            "ListTriggers",
+        )?;
+        Ok(Response::new(v1::ListTriggersResponse {
+            triggers,
+            next_page_token,
+        }))
     }
 
     async fn set_trigger_paused(
@@ -848,23 +919,17 @@ impl Isoflow for Api {
             ));
         };
         let name = request.into_inner().name;
-        let expires_at_ms = isoflow_engine::store::now_ms().saturating_add(
+        let expire_time = from_ms(isoflow_engine::store::now_ms().saturating_add(
             u64::try_from(oauth2::AUTHORIZATION_WINDOW.as_millis()).unwrap_or(u64::MAX),
-        );
+        ));
         let authorize_url =
             blocking_vault(move || vault.authorize(&tenant, &name, &callback)).await?;
         Ok(Response::new(v1::AuthorizeCredentialResponse {
             authorize_url,
-            expires_at_ms,
+            expire_time,
         }))
     }
 }
-
-/// Runs listed when a call asks for none in particular, and the most one
-/// call returns: a caller cannot have the node read and send every run a
-/// tenant ever had in one answer.
-const DEFAULT_LIST: usize = 100;
-const MAX_LIST: usize = 1_000;
 
 /// The most stored runs one `ListRuns` reads: a filter that matches few
 /// runs answers a page short (with a token to go on) instead of reading a
@@ -942,7 +1007,10 @@ fn trigger_info(
         trigger: trigger.id().as_str().to_owned(),
         ..Default::default()
     };
-    let ms = |t: chrono::DateTime<chrono::Utc>| u64::try_from(t.timestamp_millis()).unwrap_or(0);
+    let time = |t: chrono::DateTime<chrono::Utc>| prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    };
     match trigger {
         model::Trigger::Webhook(_) => info.r#type = "webhook".into(),
         model::Trigger::Cron(cron_trigger) => {
@@ -958,11 +1026,45 @@ fn trigger_info(
             info.schedule = cron_trigger.schedule.clone();
             info.timezone = cron_trigger.timezone.clone();
             info.paused = state.paused;
-            info.last_tick_ms = state.last_tick.map_or(0, ms);
-            info.next_tick_ms = state.next_tick.map_or(0, ms);
+            info.last_tick_time = state.last_tick.map(time);
+            info.next_tick_time = state.next_tick.map(time);
         }
     }
     Ok(info)
+}
+
+/// INVALID_ARGUMENT for a definition that is wrong: the validator's
+/// sentences (one a line) as the message, and as details a
+/// `google.rpc.BadRequest` with one violation per problem (`file:line`, the
+/// rest of its sentence) and a `google.rpc.ErrorInfo` naming the first
+/// problem's file, line and step (proto/isoflow/v1/api.proto).
+fn invalid_definition(errors: &model::LoadErrors) -> Status {
+    let problems = errors.errors();
+    let violations: Vec<FieldViolation> = problems
+        .iter()
+        .map(|e| {
+            let description = match &e.step {
+                Some(step) => format!("{step}: {}", e.message),
+                None => e.message.clone(),
+            };
+            FieldViolation::new(format!("{}:{}", e.file, e.line), description)
+        })
+        .collect();
+    let mut details = ErrorDetails::with_bad_request(violations);
+    if let Some(first) = problems.first() {
+        let mut metadata = std::collections::HashMap::from([
+            ("file".to_owned(), first.file.clone()),
+            ("line".to_owned(), first.line.to_string()),
+            ("problems".to_owned(), problems.len().to_string()),
+        ]);
+        // `step "post"` (or `step #2` for a step without a usable id).
+        if let Some(step) = &first.step {
+            let id = step.strip_prefix("step ").unwrap_or(step).trim_matches('"');
+            metadata.insert("step".to_owned(), id.to_owned());
+        }
+        details.set_error_info("INVALID_DEFINITION", "isoflow", metadata);
+    }
+    Status::with_error_details(tonic::Code::InvalidArgument, errors.to_string(), details)
 }
 
 /// A `ListRuns` request's filters, checked.
@@ -984,14 +1086,14 @@ fn run_filter(request: &v1::ListRunsRequest) -> Result<RunFilter, Status> {
                 Status::invalid_argument(format!("status {n} is not a run status"))
             })?),
         };
-    let created_from_ms = (request.created_from_ms != 0).then_some(request.created_from_ms);
-    let created_to_ms = (request.created_to_ms != 0).then_some(request.created_to_ms);
+    let created_from_ms = request.create_time_from.as_ref().map(|t| to_ms(Some(t)));
+    let created_to_ms = request.create_time_to.as_ref().map(|t| to_ms(Some(t)));
     if let (Some(from), Some(to)) = (created_from_ms, created_to_ms)
         && from >= to
     {
-        return Err(Status::invalid_argument(format!(
-            "created_from_ms ({from}) is not before created_to_ms ({to}): no run can match"
-        )));
+        return Err(Status::invalid_argument(
+            "create_time_from is not before create_time_to: no run can match",
+        ));
     }
     Ok(RunFilter {
         integration: Some(request.integration.clone()).filter(|i| !i.is_empty()),
@@ -1001,25 +1103,4 @@ fn run_filter(request: &v1::ListRunsRequest) -> Result<RunFilter, Status> {
         created_to_ms,
         trigger: Some(request.trigger.clone()).filter(|t| !t.is_empty()),
     })
-}
-
-fn list_limit(requested: u32) -> usize {
-    match requested {
-        0 => DEFAULT_LIST,
-        n => usize::try_from(n).unwrap_or(MAX_LIST).min(MAX_LIST),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_list_gets_the_default_or_what_it_asks_up_to_the_maximum() {
-        assert_eq!(list_limit(0), DEFAULT_LIST);
-        assert_eq!(list_limit(7), 7);
-        assert_eq!(list_limit(1_000), 1_000);
-        assert_eq!(list_limit(1_001), MAX_LIST);
-        assert_eq!(list_limit(u32::MAX), MAX_LIST);
-    }
 }

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use isoflow_engine::run::{JournalWrite, WriteKind};
-use isoflow_proto::v1;
-use isoflow_proto::v1::cluster_server::Cluster;
-use isoflow_proto::v1::coordinator_message::Kind as Out;
-use isoflow_proto::v1::worker_message::Kind as In;
+use isoflow_proto::cluster::v1 as wire;
+use isoflow_proto::cluster::v1::cluster_server::Cluster;
+use isoflow_proto::cluster::v1::coordinator_message::Kind as Out;
+use isoflow_proto::cluster::v1::worker_message::Kind as In;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -32,10 +32,10 @@ pub struct ClusterService {
     pub tls: bool,
 }
 
-type OutStream = Pin<Box<dyn Stream<Item = Result<v1::CoordinatorMessage, Status>> + Send>>;
+type OutStream = Pin<Box<dyn Stream<Item = Result<wire::CoordinatorMessage, Status>> + Send>>;
 
-fn message(kind: Out) -> Result<v1::CoordinatorMessage, Status> {
-    Ok(v1::CoordinatorMessage { kind: Some(kind) })
+fn message(kind: Out) -> Result<wire::CoordinatorMessage, Status> {
+    Ok(wire::CoordinatorMessage { kind: Some(kind) })
 }
 
 #[tonic::async_trait]
@@ -44,7 +44,7 @@ impl Cluster for ClusterService {
 
     async fn work(
         &self,
-        request: Request<Streaming<v1::WorkerMessage>>,
+        request: Request<Streaming<wire::WorkerMessage>>,
     ) -> Result<Response<OutStream>, Status> {
         let certificate = if self.tls {
             let chain = request.peer_certs().unwrap_or_default();
@@ -61,7 +61,7 @@ impl Cluster for ClusterService {
         };
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(self.heartbeat_timeout, inbound.message()).await {
-            Ok(Ok(Some(v1::WorkerMessage {
+            Ok(Ok(Some(wire::WorkerMessage {
                 kind: Some(In::Hello(hello)),
             }))) => hello,
             _ => {
@@ -87,10 +87,10 @@ impl Cluster for ClusterService {
         let worker = hello.worker_id.clone();
         let connection = coordinator.add_worker(&worker, hello.capacity, link_tx.clone());
         let _ = out_tx
-            .send(message(Out::Welcome(v1::Welcome {
+            .send(message(Out::Welcome(wire::Welcome {
                 coordinator_id: coordinator.id.clone(),
-                heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64,
-                heartbeat_timeout_ms: self.heartbeat_timeout.as_millis() as u64,
+                heartbeat_interval: self.heartbeat_interval.try_into().ok(),
+                heartbeat_timeout: self.heartbeat_timeout.try_into().ok(),
             })))
             .await;
         tokio::spawn(write_loop(
@@ -113,15 +113,15 @@ impl Cluster for ClusterService {
 async fn write_loop(
     coordinator: Arc<Coordinator>,
     mut link: mpsc::UnboundedReceiver<Outbound>,
-    out: mpsc::Sender<Result<v1::CoordinatorMessage, Status>>,
+    out: mpsc::Sender<Result<wire::CoordinatorMessage, Status>>,
     heartbeat: Duration,
 ) {
     let mut tick = tokio::time::interval(heartbeat);
     loop {
         let next = tokio::select! {
             next = link.recv() => next,
-            _ = tick.tick() => Some(Outbound::Message(Box::new(Out::Heartbeat(v1::Heartbeat {
-                time_ms: isoflow_engine::store::now_ms(),
+            _ = tick.tick() => Some(Outbound::Message(Box::new(Out::Heartbeat(wire::Heartbeat {
+                time: isoflow_proto::time::from_ms(isoflow_engine::store::now_ms()),
             })))),
         };
         let Some(next) = next else {
@@ -166,12 +166,12 @@ async fn write_loop(
                         }
                         None => 0,
                     };
-                    restored.push(v1::StepCheckpoint {
+                    restored.push(wire::StepCheckpoint {
                         record: Some(convert::step(record)),
                         output_payload,
                     });
                 }
-                messages.push(Out::Assign(v1::Assign {
+                messages.push(Out::Assign(wire::Assign {
                     assignment_id: id,
                     run: Some(convert::run(&loaded.run, &[])),
                     definition_payload: definition,
@@ -193,7 +193,7 @@ async fn write_loop(
 async fn read_loop(
     coordinator: &Arc<Coordinator>,
     worker: &str,
-    inbound: &mut Streaming<v1::WorkerMessage>,
+    inbound: &mut Streaming<wire::WorkerMessage>,
     link: mpsc::UnboundedSender<Outbound>,
     timeout: Duration,
 ) -> String {
@@ -217,12 +217,12 @@ async fn read_loop(
                 coordinator.released(worker, released.assignment_id);
             }
             Some(In::CredentialRequest(request)) => {
-                use v1::credential_reply::Result as Reply;
+                use wire::credential_reply::Result as Reply;
                 // A worker that asks faster than the vault answers is told
                 // so, not queued without bound.
                 let Ok(permit) = credential_requests.clone().try_acquire_owned() else {
                     let _ = link.send(Outbound::Message(Box::new(Out::CredentialReply(
-                        v1::CredentialReply {
+                        wire::CredentialReply {
                             request_id: request.request_id,
                             result: Some(Reply::Error(
                                 "too many credential requests at once".into(),
@@ -253,7 +253,7 @@ async fn read_loop(
                         }
                     };
                     let _ = link.send(Outbound::Message(Box::new(Out::CredentialReply(
-                        v1::CredentialReply {
+                        wire::CredentialReply {
                             request_id: request.request_id,
                             result: Some(result),
                         },
@@ -274,17 +274,17 @@ async fn read_loop(
                 let worker = worker.to_owned();
                 tokio::spawn(async move {
                     let reply = match coordinator.apply(&worker, id, seq, write).await {
-                        Ok(()) => Out::Ack(v1::Ack {
+                        Ok(()) => Out::Ack(wire::Ack {
                             assignment_id: id,
                             seq,
                         }),
-                        Err(e @ ApplyError::Stale(_)) => Out::Revoke(v1::Revoke {
+                        Err(e @ ApplyError::Stale(_)) => Out::Revoke(wire::Revoke {
                             assignment_id: id,
                             reason: e.to_string(),
                         }),
                         Err(e) => {
                             tracing::error!(assignment = id, "{e}");
-                            Out::Revoke(v1::Revoke {
+                            Out::Revoke(wire::Revoke {
                                 assignment_id: id,
                                 reason: e.to_string(),
                             })
@@ -298,7 +298,7 @@ async fn read_loop(
 }
 
 fn journal_write(
-    checkpoint: v1::Checkpoint,
+    checkpoint: wire::Checkpoint,
     payloads: &mut Assembler,
 ) -> Result<JournalWrite, String> {
     let run = checkpoint
@@ -317,10 +317,10 @@ fn journal_write(
         steps.push((record, output));
     }
     let logs = checkpoint.logs.iter().map(convert::log_from).collect();
-    let kind = match v1::CheckpointKind::try_from(checkpoint.kind) {
-        Ok(v1::CheckpointKind::Steps) => WriteKind::Checkpoint,
-        Ok(v1::CheckpointKind::Logs) => WriteKind::Logs,
-        Ok(v1::CheckpointKind::Finish) => WriteKind::Finish {
+    let kind = match wire::CheckpointKind::try_from(checkpoint.kind) {
+        Ok(wire::CheckpointKind::Steps) => WriteKind::Checkpoint,
+        Ok(wire::CheckpointKind::Logs) => WriteKind::Logs,
+        Ok(wire::CheckpointKind::Finish) => WriteKind::Finish {
             output: payloads.take(checkpoint.output_payload)?.map(Arc::new),
         },
         _ => return Err("its kind is not known".to_owned()),

@@ -5,6 +5,8 @@ use isoflow_engine::credential::oauth2::{ClientAuth, Grant, OAuth2Setup};
 use isoflow_engine::credential::vault::CredentialInfo;
 use isoflow_engine::credential::{Credential, CredentialKind, Secret};
 use isoflow_engine::store::{LogRecord, RunRecord, RunStatus, StepRecord, StepStatus};
+use isoflow_proto::cluster::v1 as wire;
+use isoflow_proto::time::{from_ms, to_ms};
 use isoflow_proto::v1;
 
 pub fn run_status(status: RunStatus) -> v1::RunStatus {
@@ -35,8 +37,8 @@ pub fn run(record: &RunRecord, steps: &[StepRecord]) -> v1::Run {
         integration: record.integration.clone(),
         version: record.version,
         status: run_status(record.status) as i32,
-        created_at_ms: record.created_at_ms,
-        updated_at_ms: record.updated_at_ms,
+        create_time: from_ms(record.created_at_ms),
+        update_time: from_ms(record.updated_at_ms),
         error: record.error.clone().unwrap_or_default(),
         steps: steps.iter().map(step).collect(),
         trigger: record
@@ -56,8 +58,8 @@ pub fn run_from(run: &v1::Run) -> Option<RunRecord> {
         integration: run.integration.clone(),
         version: run.version,
         status: run_status_from(run.status)?,
-        created_at_ms: run.created_at_ms,
-        updated_at_ms: run.updated_at_ms,
+        created_at_ms: to_ms(run.create_time.as_ref()),
+        updated_at_ms: to_ms(run.update_time.as_ref()),
         error: (!run.error.is_empty()).then(|| run.error.clone()),
         // A trigger this version does not know (a newer node's) reads as
         // none rather than making the run unreadable.
@@ -76,8 +78,8 @@ pub fn step(record: &StepRecord) -> v1::Step {
             StepStatus::Skipped => v1::StepStatus::Skipped,
         } as i32,
         attempts: record.attempts,
-        started_at_ms: record.started_at_ms,
-        finished_at_ms: record.finished_at_ms,
+        start_time: from_ms(record.started_at_ms),
+        end_time: from_ms(record.finished_at_ms),
         output_bytes: record.output_bytes,
         error: record.error.clone().unwrap_or_default(),
     }
@@ -93,8 +95,8 @@ pub fn step_from(step: &v1::Step) -> Option<StepRecord> {
             v1::StepStatus::Unspecified => return None,
         },
         attempts: step.attempts,
-        started_at_ms: step.started_at_ms,
-        finished_at_ms: step.finished_at_ms,
+        started_at_ms: to_ms(step.start_time.as_ref()),
+        finished_at_ms: to_ms(step.end_time.as_ref()),
         output_bytes: step.output_bytes,
         error: (!step.error.is_empty()).then(|| step.error.clone()),
     })
@@ -104,9 +106,20 @@ pub fn log(record: &LogRecord) -> v1::LogLine {
     v1::LogLine {
         step_key: record.step_key.clone(),
         attempt: record.attempt,
-        level: record.level.clone(),
+        level: log_level(&record.level) as i32,
         message: record.message.clone(),
-        time_ms: record.time_ms,
+        time: from_ms(record.time_ms),
+    }
+}
+
+/// The engine writes a line's level as `debug`, `info`, `warn` or `error`.
+fn log_level(level: &str) -> v1::LogLevel {
+    match level {
+        "debug" => v1::LogLevel::Debug,
+        "info" => v1::LogLevel::Info,
+        "warn" => v1::LogLevel::Warn,
+        "error" => v1::LogLevel::Error,
+        _ => v1::LogLevel::Unspecified,
     }
 }
 
@@ -114,9 +127,15 @@ pub fn log_from(line: &v1::LogLine) -> LogRecord {
     LogRecord {
         step_key: line.step_key.clone(),
         attempt: line.attempt,
-        level: line.level.clone(),
+        level: match line.level() {
+            v1::LogLevel::Debug => "debug",
+            v1::LogLevel::Info | v1::LogLevel::Unspecified => "info",
+            v1::LogLevel::Warn => "warn",
+            v1::LogLevel::Error => "error",
+        }
+        .to_owned(),
         message: line.message.clone(),
-        time_ms: line.time_ms,
+        time_ms: to_ms(line.time.as_ref()),
     }
 }
 
@@ -192,16 +211,16 @@ pub fn credential_info(info: &CredentialInfo, callback_base: Option<&str>) -> v1
         origins: info.origins.clone(),
         version: info.version,
         key_id: info.key_id.clone(),
-        created_at_ms: info.created_ms,
-        updated_at_ms: info.updated_ms,
+        create_time: from_ms(info.created_ms),
+        update_time: from_ms(info.updated_ms),
         oauth2: info.oauth2.as_ref().map(|state| v1::OAuth2Status {
             grant: grant_message(state.grant).into(),
             token_url: state.token_url.clone(),
             client_id: state.client_id.clone(),
             scopes: state.scopes.clone(),
-            expires_at_ms: state.expires_ms.unwrap_or_default(),
+            expire_time: state.expires_ms.and_then(from_ms),
             renewals: state.renewals,
-            renewed_at_ms: state.renewed_ms.unwrap_or_default(),
+            renew_time: state.renewed_ms.and_then(from_ms),
             unhealthy: state
                 .unhealthy
                 .as_ref()
@@ -217,8 +236,8 @@ pub fn credential_info(info: &CredentialInfo, callback_base: Option<&str>) -> v1
 }
 
 /// A credential for a worker's one request.
-pub fn worker_credential(credential: &Credential) -> v1::WorkerCredential {
-    use v1::worker_credential::Kind;
+pub fn worker_credential(credential: &Credential) -> wire::WorkerCredential {
+    use wire::worker_credential::Kind;
     let kind = match &credential.kind {
         CredentialKind::Bearer { token } => Kind::Bearer(v1::BearerCredential {
             token: token.expose().to_owned(),
@@ -236,7 +255,7 @@ pub fn worker_credential(credential: &Credential) -> v1::WorkerCredential {
             value: value.expose().to_owned(),
         }),
     };
-    v1::WorkerCredential {
+    wire::WorkerCredential {
         kind: Some(kind),
         origins: credential.origins.iter().map(ToString::to_string).collect(),
         renewable: credential.renewable,
@@ -244,8 +263,8 @@ pub fn worker_credential(credential: &Credential) -> v1::WorkerCredential {
 }
 
 /// What the coordinator sent, back into a credential.
-pub fn credential_from_worker(message: v1::WorkerCredential) -> Result<Credential, String> {
-    use v1::worker_credential::Kind;
+pub fn credential_from_worker(message: wire::WorkerCredential) -> Result<Credential, String> {
+    use wire::worker_credential::Kind;
     let kind = match message.kind.ok_or("the credential has no kind")? {
         Kind::Bearer(b) => v1::set_credential_request::Kind::Bearer(b),
         Kind::Basic(b) => v1::set_credential_request::Kind::Basic(b),

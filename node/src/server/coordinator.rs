@@ -41,6 +41,7 @@ use isoflow_engine::run::{
     create_rerun,
 };
 use isoflow_engine::store::{RunRecord, RunStatus, RunTrigger, StepRecord, Store};
+use isoflow_proto::cluster::v1 as wire;
 use isoflow_proto::v1;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
@@ -78,7 +79,7 @@ pub enum Outbound {
     Assign(u64, RunKey),
     /// Boxed: the largest kind (an Assign, with its run) is several times
     /// the other variants, and heartbeats need not carry its size.
-    Message(Box<v1::coordinator_message::Kind>),
+    Message(Box<wire::coordinator_message::Kind>),
     /// The worker's slot is gone: end its stream, so that it connects again.
     Close,
 }
@@ -669,7 +670,7 @@ impl Coordinator {
         match assigned.and_then(|(id, worker)| Some((id, &state.links.get(worker)?.link))) {
             Some((id, Link::Remote(link))) => {
                 let _ = link.send(Outbound::Message(Box::new(
-                    v1::coordinator_message::Kind::Cancel(v1::CancelRun { assignment_id: id }),
+                    wire::coordinator_message::Kind::Cancel(wire::CancelRun { assignment_id: id }),
                 )));
             }
             Some((_, Link::Local(engine))) => {

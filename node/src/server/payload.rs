@@ -5,20 +5,20 @@
 use std::collections::HashMap;
 
 use isoflow_proto::CHUNK_BYTES;
-use isoflow_proto::v1;
+use isoflow_proto::cluster::v1 as wire;
 use serde_json::Value;
 
 /// Cuts `value`'s JSON into chunks of payload `id`: at least one, so that
 /// the id is known on the other side even for a short payload.
-pub fn chunks(id: u64, value: &Value) -> impl Iterator<Item = v1::Chunk> {
+pub fn chunks(id: u64, value: &Value) -> impl Iterator<Item = wire::Chunk> {
     // Writing a JSON value to memory cannot fail.
     let bytes = serde_json::to_vec(value).unwrap_or_default();
     chunks_of(id, bytes)
 }
 
-pub fn chunks_of(id: u64, bytes: Vec<u8>) -> impl Iterator<Item = v1::Chunk> {
+pub fn chunks_of(id: u64, bytes: Vec<u8>) -> impl Iterator<Item = wire::Chunk> {
     let count = bytes.len().div_ceil(CHUNK_BYTES).max(1);
-    (0..count).map(move |i| v1::Chunk {
+    (0..count).map(move |i| wire::Chunk {
         payload_id: id,
         data: bytes[i * CHUNK_BYTES..((i + 1) * CHUNK_BYTES).min(bytes.len())].to_vec(),
     })
@@ -34,7 +34,7 @@ pub struct Assembler {
 
 impl Assembler {
     /// Adds a chunk. Errs when the payloads held would exceed `limit`.
-    pub fn add(&mut self, chunk: v1::Chunk, limit: u64) -> Result<(), String> {
+    pub fn add(&mut self, chunk: wire::Chunk, limit: u64) -> Result<(), String> {
         self.held += chunk.data.len() as u64;
         if self.held > limit {
             return Err(format!(

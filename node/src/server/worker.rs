@@ -25,10 +25,10 @@ use isoflow_engine::model::Integration;
 use isoflow_engine::run::{
     Engine, Journal, JournalError, JournalFuture, JournalWrite, Restored, WriteKind,
 };
-use isoflow_proto::v1;
-use isoflow_proto::v1::cluster_client::ClusterClient;
-use isoflow_proto::v1::coordinator_message::Kind as In;
-use isoflow_proto::v1::worker_message::Kind as Out;
+use isoflow_proto::cluster::v1 as wire;
+use isoflow_proto::cluster::v1::cluster_client::ClusterClient;
+use isoflow_proto::cluster::v1::coordinator_message::Kind as In;
+use isoflow_proto::cluster::v1::worker_message::Kind as Out;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -135,9 +135,9 @@ impl WorkerNode {
         let mut client = ClusterClient::with_interceptor(channel, self.token.clone())
             .max_decoding_message_size(isoflow_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(isoflow_proto::MAX_MESSAGE_BYTES);
-        let (out_tx, out_rx) = mpsc::channel::<v1::WorkerMessage>(32);
+        let (out_tx, out_rx) = mpsc::channel::<wire::WorkerMessage>(32);
         out_tx
-            .send(worker_message(Out::Hello(v1::Hello {
+            .send(worker_message(Out::Hello(wire::Hello {
                 worker_id: self.id.clone(),
                 capacity: self.capacity,
                 version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -169,13 +169,18 @@ impl WorkerNode {
             })?
             .into_inner();
         let welcome = match tokio::time::timeout(self.heartbeat_timeout, inbound.message()).await {
-            Ok(Ok(Some(v1::CoordinatorMessage {
+            Ok(Ok(Some(wire::CoordinatorMessage {
                 kind: Some(In::Welcome(welcome)),
             }))) => welcome,
             _ => anyhow::bail!("the coordinator at {address} did not answer Hello"),
         };
-        let interval = Duration::from_millis(welcome.heartbeat_interval_ms.max(10));
-        let timeout = Duration::from_millis(welcome.heartbeat_timeout_ms.max(50));
+        let duration = |d: Option<isoflow_proto::prost_types::Duration>, least: Duration| {
+            d.and_then(|d| Duration::try_from(d).ok())
+                .unwrap_or(least)
+                .max(least)
+        };
+        let interval = duration(welcome.heartbeat_interval, Duration::from_millis(10));
+        let timeout = duration(welcome.heartbeat_timeout, Duration::from_millis(50));
         tracing::info!(worker = %self.id, coordinator = %welcome.coordinator_id, %address, "connected");
 
         let mut active: HashMap<u64, Active> = HashMap::new();
@@ -201,7 +206,7 @@ impl WorkerNode {
                 }
                 Some(()) = drained_rx.recv() => {
                     for (id, _) in active.drain() {
-                        let _ = out_tx.send(worker_message(Out::Released(v1::Released {
+                        let _ = out_tx.send(worker_message(Out::Released(wire::Released {
                             assignment_id: id,
                             reason: "the worker is shutting down".to_owned(),
                         }))).await;
@@ -209,8 +214,8 @@ impl WorkerNode {
                     break Ok(());
                 }
                 _ = tick.tick() => {
-                    if out_tx.send(worker_message(Out::Heartbeat(v1::Heartbeat {
-                        time_ms: isoflow_engine::store::now_ms(),
+                    if out_tx.send(worker_message(Out::Heartbeat(wire::Heartbeat {
+                        time: isoflow_proto::time::from_ms(isoflow_engine::store::now_ms()),
                     }))).await.is_err() {
                         break Err(anyhow::anyhow!("the stream to the coordinator closed"));
                     }
@@ -243,7 +248,7 @@ impl WorkerNode {
                                 }
                                 Err(e) => {
                                     tracing::error!(assignment = id, "cannot start the run: {e:#}");
-                                    let _ = out_tx.send(worker_message(Out::Released(v1::Released {
+                                    let _ = out_tx.send(worker_message(Out::Released(wire::Released {
                                         assignment_id: id,
                                         reason: format!("{e:#}"),
                                     }))).await;
@@ -288,9 +293,9 @@ impl WorkerNode {
 
     async fn start(
         &self,
-        assign: v1::Assign,
+        assign: wire::Assign,
         payloads: &mut Assembler,
-        out: &mpsc::Sender<v1::WorkerMessage>,
+        out: &mpsc::Sender<wire::WorkerMessage>,
         payload_ids: &Arc<AtomicU64>,
         done: &mpsc::UnboundedSender<u64>,
     ) -> anyhow::Result<Active> {
@@ -364,14 +369,14 @@ impl WorkerNode {
 #[derive(Debug, Default)]
 pub struct StreamCredentials {
     runs: Mutex<HashMap<(String, String), RunLink>>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<v1::credential_reply::Result>>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<wire::credential_reply::Result>>>,
     next: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
 struct RunLink {
     assignment: u64,
-    out: mpsc::Sender<v1::WorkerMessage>,
+    out: mpsc::Sender<wire::WorkerMessage>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -384,7 +389,7 @@ impl StreamCredentials {
         tenant: &str,
         run_id: &str,
         assignment: u64,
-        out: mpsc::Sender<v1::WorkerMessage>,
+        out: mpsc::Sender<wire::WorkerMessage>,
     ) {
         locked(&self.runs).insert(
             (tenant.to_owned(), run_id.to_owned()),
@@ -403,7 +408,7 @@ impl StreamCredentials {
         }
     }
 
-    fn answer(&self, reply: v1::CredentialReply) {
+    fn answer(&self, reply: wire::CredentialReply) {
         let waiter = locked(&self.pending).remove(&reply.request_id);
         if let (Some(waiter), Some(result)) = (waiter, reply.result) {
             let _ = waiter.send(result);
@@ -450,7 +455,7 @@ impl StreamCredentials {
         rejected_sha256: String,
     ) -> Result<Option<Credential>, CredentialError> {
         {
-            use v1::credential_reply::Result as Reply;
+            use wire::credential_reply::Result as Reply;
             let link = locked(&self.runs)
                 .get(&(tenant.to_owned(), run_id.to_owned()))
                 .cloned()
@@ -461,7 +466,7 @@ impl StreamCredentials {
             let asked = link
                 .out
                 .send(worker_message(Out::CredentialRequest(
-                    v1::CredentialRequest {
+                    wire::CredentialRequest {
                         request_id,
                         assignment_id: link.assignment,
                         name: name.to_owned(),
@@ -498,15 +503,15 @@ fn status_text(status: &tonic::Status) -> String {
     )
 }
 
-fn worker_message(kind: Out) -> v1::WorkerMessage {
-    v1::WorkerMessage { kind: Some(kind) }
+fn worker_message(kind: Out) -> wire::WorkerMessage {
+    wire::WorkerMessage { kind: Some(kind) }
 }
 
 /// A run's journal on a worker: each write travels to the coordinator and
 /// is durable once it is acknowledged.
 struct RemoteJournal {
     assignment: u64,
-    out: mpsc::Sender<v1::WorkerMessage>,
+    out: mpsc::Sender<wire::WorkerMessage>,
     payload_ids: Arc<AtomicU64>,
     seq: AtomicU64,
     pending: Mutex<HashMap<u64, oneshot::Sender<Result<(), String>>>>,
@@ -577,17 +582,17 @@ impl Journal for RemoteJournal {
             let steps: Vec<_> = write
                 .steps
                 .iter()
-                .map(|(record, output)| v1::StepCheckpoint {
+                .map(|(record, output)| wire::StepCheckpoint {
                     record: Some(convert::step(record)),
                     output_payload: attach(output),
                 })
                 .collect();
             let (kind, output_payload) = match &write.kind {
-                WriteKind::Checkpoint => (v1::CheckpointKind::Steps, 0),
-                WriteKind::Logs => (v1::CheckpointKind::Logs, 0),
-                WriteKind::Finish { output } => (v1::CheckpointKind::Finish, attach(output)),
+                WriteKind::Checkpoint => (wire::CheckpointKind::Steps, 0),
+                WriteKind::Logs => (wire::CheckpointKind::Logs, 0),
+                WriteKind::Finish { output } => (wire::CheckpointKind::Finish, attach(output)),
             };
-            messages.push(Out::Checkpoint(v1::Checkpoint {
+            messages.push(Out::Checkpoint(wire::Checkpoint {
                 assignment_id: assignment,
                 seq,
                 kind: kind as i32,
