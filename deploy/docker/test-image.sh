@@ -118,7 +118,14 @@ api_token="seed-api-token-$RANDOM$RANDOM$RANDOM"
 ISOFLOW_VAULT_KEY="$(head -c 32 /dev/urandom | base64)"
 export ISOFLOW_VAULT_KEY
 podman volume create "$name-data" >/dev/null
+# Locked down as the Helm chart runs it, a read-only root with a tmpfs at
+# /tmp and no privilege gained through exec, but with podman's default
+# capabilities: the node (uid 10001) holds none of them in effect, yet
+# podman's seccomp profile allows chroot(2) only to a container that has
+# CAP_SYS_CHROOT, and with --cap-drop all the sandbox loses its empty root
+# ("namespaces: chroot: EPERM"; README, "Container image").
 podman run -d --name "$name" --network host \
+  --read-only --tmpfs /tmp --security-opt no-new-privileges \
   -v "$work/isoflow.toml:/etc/isoflow/isoflow.toml:ro" \
   -v "$name-data:/var/lib/isoflow" \
   -e ISOFLOW_LISTEN="127.0.0.1:$api_port" -e ISOFLOW_HTTP_LISTEN="127.0.0.1:$http_port" \
