@@ -331,16 +331,21 @@ fn a_run_resumed_after_its_worker_is_killed_is_one_trace_and_a_webhook_continues
     let victim = cluster
         .worker_of("coordinator", &run.run_id)
         .expect("the run was assigned");
-    // The killed worker's finished step is exported before it dies (spans
-    // go every 100 ms); the step it was in never ends, so it is never sent.
+    // The killed worker's finished step, and the checkpoint that made it
+    // durable (its span ends at the Ack, after the step's), are exported
+    // before it dies (spans go every 100 ms): wait for both, or the kill
+    // may come between the two exports. The step it was in never ends, so
+    // it is never sent.
     let before = cluster.receiver.wait_for(LONG, |spans| {
         spans.iter().any(|s| {
             s.name == "step" && s.attribute("step.key") == Some("first") && s.node() == victim
-        })
+        }) && spans
+            .iter()
+            .any(|s| s.name == "checkpoint" && s.node() == victim)
     });
     assert!(
         before.is_some(),
-        "no span of the first step\n{}",
+        "no span of the first step or of its checkpoint\n{}",
         cluster.describe()
     );
     cluster.kill(&victim);
