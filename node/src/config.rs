@@ -949,9 +949,9 @@ impl Config {
     /// Builds the configuration from its layers; `env` is the process
     /// environment (only `ISOFLOW_*` variables are read).
     pub fn load(flags: &Flags, env: &HashMap<String, String>) -> anyhow::Result<Config> {
-        let mut config = match &flags.config {
+        let (mut config, table) = match &flags.config {
             Some(path) => Config::from_file(path)?,
-            None => Config::default(),
+            None => (Config::default(), toml::Table::new()),
         };
         // Paths: the environment's, then the flags', set in the file's
         // table; then the named shorthands.
@@ -960,7 +960,7 @@ impl Config {
             paths.push(flag_override(set)?);
         }
         if !paths.is_empty() {
-            config = config.with_overrides(flags.config.as_deref(), &paths)?;
+            config = config.with_overrides(table, &paths)?;
         }
         config.apply_env(env)?;
         if let Some(role) = flags.role {
@@ -996,21 +996,14 @@ impl Config {
         Ok(config)
     }
 
-    /// This configuration read again from the file's table (empty without a
-    /// file) with `overrides` set in it, in order. An override that makes
-    /// the configuration invalid is named in the error.
-    fn with_overrides(self, file: Option<&Path>, overrides: &[Override]) -> anyhow::Result<Config> {
-        let mut table = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| {
-                    format!("cannot read the configuration file {}", path.display())
-                })?;
-                // Already read whole by from_file: it parses.
-                toml::from_str::<toml::Table>(&text)
-                    .with_context(|| format!("{} does not parse", path.display()))?
-            }
-            None => toml::Table::new(),
-        };
+    /// This configuration read again from `table`, the file's (empty
+    /// without a file), with `overrides` set in it, in order. An override
+    /// that makes the configuration invalid is named in the error.
+    fn with_overrides(
+        self,
+        mut table: toml::Table,
+        overrides: &[Override],
+    ) -> anyhow::Result<Config> {
         let mut config = self;
         for o in overrides {
             let mut typed = table.clone();
@@ -1039,10 +1032,12 @@ impl Config {
         Ok(config)
     }
 
-    fn from_file(path: &Path) -> anyhow::Result<Config> {
+    /// The file's configuration, and its table for the path overrides:
+    /// the file is read once.
+    fn from_file(path: &Path) -> anyhow::Result<(Config, toml::Table)> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
-        toml::from_str(&text).map_err(|e| {
+        let in_file = |e: toml::de::Error| {
             let at = e
                 .span()
                 .map(|span| {
@@ -1051,7 +1046,10 @@ impl Config {
                 })
                 .unwrap_or_default();
             anyhow::anyhow!("{}{at}: {}", path.display(), e.message())
-        })
+        };
+        let config = toml::from_str(&text).map_err(in_file)?;
+        let table = toml::from_str::<toml::Table>(&text).map_err(in_file)?;
+        Ok((config, table))
     }
 
     fn apply_env(&mut self, env: &HashMap<String, String>) -> anyhow::Result<()> {
