@@ -39,6 +39,10 @@ pub(crate) struct RunCtx {
     /// to its journal.
     pub(crate) aborted: std::sync::atomic::AtomicBool,
     pub(crate) timings: Arc<Timings>,
+    /// A checkpoint being made durable while the next code step computes
+    /// ([`RunCtx::checkpoint_ahead`]); every other write, and every step
+    /// that is not a code step, waits for it first ([`RunCtx::settle`]).
+    pub(crate) ahead: tokio::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), String>>>>,
 }
 
 /// How a run ends: its status, output and error.
@@ -91,7 +95,56 @@ impl RunCtx {
         run
     }
 
+    /// Waits until the checkpoint written ahead (if any) is durable, and
+    /// fails as it did. Writes are made one after the other: a later one
+    /// (a run's end above all) never lands before an earlier one.
+    pub(crate) async fn settle(&self) -> Result<(), ActorProcessingErr> {
+        // Held while waiting, so that a second caller waits as well.
+        settled(&mut *self.ahead.lock().await).await
+    }
+
+    /// Starts making finished steps durable and returns at once: the run's
+    /// next step, a code step, computes meanwhile. Pipelined durability
+    /// (docs/running.md, "What is durable when"): a code step has no effect
+    /// outside the run, so if the process dies before this write is durable,
+    /// the step and the one computed meanwhile both run again and nobody
+    /// saw either. What has an effect (an http step, a loop's steps, the
+    /// run's end) waits for [`RunCtx::settle`] first, as does every write.
+    /// `finished` is reported once the write is durable, as after
+    /// [`RunCtx::checkpoint`]: a step reported finished is never run again.
+    pub(crate) async fn checkpoint_ahead(
+        self: &Arc<Self>,
+        steps: Vec<(StepRecord, Option<Arc<Value>>)>,
+        logs: Vec<LogRecord>,
+        bytes: u64,
+        finished: RunEvent,
+    ) -> Result<(), ActorProcessingErr> {
+        let mut ahead = self.ahead.lock().await;
+        settled(&mut ahead).await?;
+        let ctx = self.clone();
+        *ahead = Some(tokio::spawn(async move {
+            ctx.write_now(ctx.record(), steps, logs, WriteKind::Checkpoint, bytes)
+                .await
+                .map_err(|e| e.to_string())?;
+            ctx.emit(finished);
+            Ok(())
+        }));
+        Ok(())
+    }
+
     async fn write(
+        &self,
+        run: RunRecord,
+        steps: Vec<(StepRecord, Option<Arc<Value>>)>,
+        logs: Vec<LogRecord>,
+        kind: WriteKind,
+        bytes: u64,
+    ) -> Result<(), ActorProcessingErr> {
+        self.settle().await?;
+        self.write_now(run, steps, logs, kind, bytes).await
+    }
+
+    async fn write_now(
         &self,
         run: RunRecord,
         steps: Vec<(StepRecord, Option<Arc<Value>>)>,
@@ -219,6 +272,20 @@ impl RunCtx {
             timings: self.timings.snapshot(),
         }));
         Ok(())
+    }
+}
+
+/// Waits for the write in `ahead`, if any, and takes it out.
+async fn settled(
+    ahead: &mut Option<tokio::task::JoinHandle<Result<(), String>>>,
+) -> Result<(), ActorProcessingErr> {
+    let Some(write) = ahead.take() else {
+        return Ok(());
+    };
+    match write.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(message)) => Err(message.into()),
+        Err(e) => Err(format!("a checkpoint write stopped: {e}").into()),
     }
 }
 

@@ -102,6 +102,7 @@ impl Actor for Root {
             resumed,
             aborted: std::sync::atomic::AtomicBool::new(false),
             timings: Arc::new(Timings::default()),
+            ahead: tokio::sync::Mutex::new(None),
         });
         ctx.timings.add_store(store_time);
         let spawned = Actor::spawn_linked(

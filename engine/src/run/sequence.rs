@@ -239,12 +239,12 @@ impl Actor for Sequence {
                 SeqMsg::Retry { token } if is_current(state, token) => {
                     let attempt = state.current.as_ref().map_or(1, |c| c.attempt + 1);
                     if state.draining || state.ctx.shared.draining.load(Ordering::Acquire) {
-                        return stop_draining(&myself, state);
+                        return stop_draining(&myself, state).await;
                     }
                     start_attempt(&myself, state, attempt).await
                 }
                 SeqMsg::Stopped { token } if is_current(state, token) => {
-                    stop_draining(&myself, state)
+                    stop_draining(&myself, state).await
                 }
                 SeqMsg::Cancel => {
                     if matches!(state.scope, SeqScope::Top) {
@@ -263,7 +263,7 @@ impl Actor for Sequence {
                     state.draining = true;
                     let idle = state.current.as_ref().is_none_or(|c| c.child.is_none());
                     if idle {
-                        return stop_draining(&myself, state);
+                        return stop_draining(&myself, state).await;
                     }
                     Ok(())
                 }
@@ -311,10 +311,13 @@ pub(crate) fn is_current(state: &SeqState, token: u64) -> bool {
 
 /// Stops the sequence without finishing it: the run stays unfinished in the
 /// store and resumes at the next start.
-pub(crate) fn stop_draining(
+pub(crate) async fn stop_draining(
     myself: &ActorRef<SeqMsg>,
     state: &mut SeqState,
 ) -> Result<(), ActorProcessingErr> {
+    // A checkpoint still being written lands before the engine lets go of
+    // the store; if it fails, the run resumes from the one before.
+    let _ = state.ctx.settle().await;
     if let SeqScope::Item { index, parent, .. } = &state.scope {
         let _ = parent.send_message(LoopMsg::ItemStopped { index: *index });
     }
@@ -331,7 +334,7 @@ pub(crate) async fn next(
         return finish_sequence(myself, state).await;
     }
     if state.draining || state.ctx.shared.draining.load(Ordering::Acquire) {
-        return stop_draining(myself, state);
+        return stop_draining(myself, state).await;
     }
     let step = state.step().clone();
     let key = state.key(step.id().as_str());
@@ -439,6 +442,11 @@ pub(crate) async fn start_attempt(
         step_key: key.clone(),
         attempt,
     });
+    if !matches!(step, Step::Code(_)) {
+        // An http request is an effect, and a loop's steps may have some:
+        // every checkpoint before them is durable first.
+        state.ctx.settle().await?;
+    }
     let spawned: Result<ActorCell, Failure> = match &step {
         Step::Code(code) => {
             let source = match &code.code {
@@ -726,12 +734,21 @@ pub(crate) async fn succeeded(
         myself.stop(None);
         return Ok(());
     }
-    if state.is_last() {
-        entries.extend(item_entry(state, Some(output.clone())));
+    if !state.is_last() && matches!(state.steps()[state.next + 1], Step::Code(_)) {
+        // The next step only computes: it may do so while this
+        // checkpoint is made durable.
+        state
+            .ctx
+            .checkpoint_ahead(entries, logs, bytes, finished)
+            .await?;
+    } else {
+        if state.is_last() {
+            entries.extend(item_entry(state, Some(output.clone())));
+        }
+        state.ctx.checkpoint(entries, logs, bytes).await?;
+        state.ctx.emit(finished);
     }
-    state.ctx.checkpoint(entries, logs, bytes).await?;
     state.outputs.0.insert(step_id, output);
-    state.ctx.emit(finished);
     state.next += 1;
     myself.send_message(SeqMsg::Next)?;
     Ok(())
@@ -764,7 +781,7 @@ pub(crate) async fn failed(
             delay,
         });
         if state.draining || state.ctx.shared.draining.load(Ordering::Acquire) {
-            return stop_draining(myself, state);
+            return stop_draining(myself, state).await;
         }
         myself.send_after(delay, move || SeqMsg::Retry { token });
         return Ok(());
