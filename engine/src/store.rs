@@ -51,7 +51,9 @@ use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch};
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, DBCompressionType, Direction, IteratorMode, Options, WriteBatch,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -496,9 +498,14 @@ impl Store {
         options.create_missing_column_families(true);
         let families = FAMILIES.iter().map(|name| {
             let mut cf = Options::default();
+            // Step outputs are JSON, which LZ4 shrinks several times over
+            // at little CPU; the WAL stays as written (RocksDB compresses
+            // it only with zstd).
+            cf.set_compression_type(DBCompressionType::Lz4);
             if *name == BLOBS {
                 cf.set_enable_blob_files(true);
                 cf.set_min_blob_size(64 * 1024);
+                cf.set_blob_compression_type(DBCompressionType::Lz4);
             }
             ColumnFamilyDescriptor::new(*name, cf)
         });
