@@ -7,7 +7,14 @@
 //!   the engine's own overhead per step (wall time minus time inside the
 //!   steps' JavaScript and HTTP requests minus time in durable writes), with
 //!   every code step on V8, then on QuickJS;
-//! - the same with 16 runs in flight: runs/s, CPU per run, peak memory;
+//! - the same with 16 and with 64 runs in flight: runs/s, CPU per run,
+//!   peak memory;
+//! - beside them, a speed reference measured in the same run: the same six
+//!   steps as plain Rust in this process (the same GET, XML parser,
+//!   transforms and POST; no engine, no isolate, nothing durable), and the
+//!   targets of issue 13 scaled by it;
+//! - the data directory's filesystem (a tmpfs makes fsync free) and how much
+//!   it grew per run, beside the payload bytes a run checkpoints;
 //! - the 500-item loop example (8 at a time);
 //! - a 100 MB payload through three steps (GET, a code step that reads it,
 //!   POST), with the peak memory it adds.
@@ -121,8 +128,9 @@ async fn benchmarks(base: &str, runs: usize, threads: Option<usize>) {
     config.credentials = Arc::new(credentials);
     let engine = Engine::start(config).await.expect("engine starts");
     println!(
-        "run benchmark: data in {}, WAL fsync on, {} code steps at once",
+        "run benchmark: data in {} ({}), WAL fsync on, {} code steps at once",
         dir.display(),
+        filesystem(&dir),
         threads
     );
     let seed_text = std::fs::read_to_string(concat!(
@@ -136,13 +144,28 @@ async fn benchmarks(base: &str, runs: usize, threads: Option<usize>) {
         "target_url": format!("{base}/erp/orders"),
     });
 
+    let floor = plain_floor(base, runs).await;
     for runtime in [Runtime::V8, Runtime::QuickJs] {
         let integration = on_runtime(&seed, runtime);
-        sequential(&engine, &integration, &input, runs, runtime).await;
+        let before = disk_usage(&dir);
+        let figures = sequential(&engine, &integration, &input, runs, runtime).await;
+        let grown = disk_usage(&dir).saturating_sub(before);
+        floor.judge_sequential(runtime, &figures);
+        println!(
+            "  data directory: grew {:.1} KB per run over {} runs, for {:.1} KB of payloads \
+             checkpointed per run (target: no more)",
+            grown as f64 / (figures.runs as f64 + 50.0) / 1000.0,
+            figures.runs + 50,
+            checkpointed_bytes(&engine, &integration, &input).await as f64 / 1000.0,
+        );
     }
-    for runtime in [Runtime::V8, Runtime::QuickJs] {
-        let integration = on_runtime(&seed, runtime);
-        concurrent(&engine, &integration, &input, runs * 2, 16, runtime).await;
+    for in_flight in [16, 64] {
+        for runtime in [Runtime::V8, Runtime::QuickJs] {
+            let integration = on_runtime(&seed, runtime);
+            let figures =
+                concurrent(&engine, &integration, &input, runs * 2, in_flight, runtime).await;
+            floor.judge_concurrent(runtime, in_flight, &figures);
+        }
     }
     loop_500(&engine, base).await;
     big_payload(&engine, base).await;
@@ -177,7 +200,7 @@ async fn sequential(
     input: &Value,
     runs: usize,
     runtime: Runtime,
-) {
+) -> Figures {
     for _ in 0..50 {
         one(engine, integration, input).await;
     }
@@ -210,6 +233,15 @@ async fn sequential(
         ms(store / n),
         us(overhead),
     );
+    Figures {
+        runs,
+        p50: quantile(&latencies, 0.5),
+        p99: quantile(&latencies, 0.99),
+        runs_per_s: f64::from(n) / wall.as_secs_f64(),
+        cpu: cpu.per(runs).total(),
+        engine_per_step: overhead,
+        peak_mb: 0,
+    }
 }
 
 async fn concurrent(
@@ -219,7 +251,7 @@ async fn concurrent(
     runs: usize,
     in_flight: usize,
     runtime: Runtime,
-) {
+) -> Figures {
     let memory = PeakMemory::start(Duration::from_millis(50));
     let cpu = CpuSnapshot::take();
     let start = Instant::now();
@@ -259,6 +291,15 @@ async fn concurrent(
         cpu_per_run(&cpu, runs),
         megabytes(&memory),
     );
+    Figures {
+        runs,
+        p50: quantile(&latencies, 0.5),
+        p99: quantile(&latencies, 0.99),
+        runs_per_s: runs as f64 / wall.as_secs_f64(),
+        cpu: cpu.per(runs).total(),
+        engine_per_step: Duration::ZERO,
+        peak_mb: memory.total_kb() / 1024,
+    }
 }
 
 async fn loop_500(engine: &Engine, base: &str) {
@@ -351,6 +392,249 @@ output: "{{{{ steps.measure.output.length }}}}"
             added as f64 * 1024.0 / BIG as f64,
         );
     }
+}
+
+/// What one batch of seed runs measured.
+struct Figures {
+    runs: usize,
+    p50: Duration,
+    p99: Duration,
+    runs_per_s: f64,
+    /// CPU per run: this process and the sandbox processes.
+    cpu: Duration,
+    /// Sequential runs only: wall time minus steps and durable writes, per
+    /// step.
+    engine_per_step: Duration,
+    /// Concurrent runs only.
+    peak_mb: u64,
+}
+
+/// The speed reference of this run: the seed's six steps as plain code.
+struct Floor {
+    p50: Duration,
+    p99: Duration,
+    cpu: Duration,
+}
+
+/// Issue 13's table, measured on the day its targets were set: the plain
+/// code's CPU per run, and the comparison engine's runs/s at 16 and at 64
+/// in flight (the middle of its range).
+const TABLE_FLOOR_CPU_MS: f64 = 3.8;
+const TABLE_COMPARISON_RUNS_PER_S_16: f64 = 89.0;
+const TABLE_COMPARISON_RUNS_PER_S_64: f64 = 100.0;
+
+impl Floor {
+    /// How much slower this machine is now than on the day of the table.
+    fn slowdown(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e3 / TABLE_FLOOR_CPU_MS
+    }
+
+    fn judge_sequential(&self, runtime: Runtime, figures: &Figures) {
+        let cpu_target = match runtime {
+            Runtime::V8 => 7.0,
+            Runtime::QuickJs => 3.5,
+        } * self.slowdown();
+        let cpu = figures.cpu.as_secs_f64() * 1e3;
+        println!(
+            "  against the floor: p50 {:.1}x (target <= 2.5x)  p99 {:.1}x (target <= 3x)  \
+             CPU {cpu:.2} ms = {:.1}x the target of {cpu_target:.2} ms ({:.1} ms x {:.2}, the floor's \
+             slowdown since the table)  engine per step {} (target <= 100 µs)",
+            ratio(figures.p50, self.p50),
+            ratio(figures.p99, self.p99),
+            cpu / cpu_target,
+            cpu_target / self.slowdown(),
+            self.slowdown(),
+            us(figures.engine_per_step),
+        );
+    }
+
+    fn judge_concurrent(&self, runtime: Runtime, in_flight: usize, figures: &Figures) {
+        let comparison = if in_flight >= 64 {
+            TABLE_COMPARISON_RUNS_PER_S_64
+        } else {
+            TABLE_COMPARISON_RUNS_PER_S_16
+        } / self.slowdown();
+        let factor = match runtime {
+            Runtime::V8 => 1.2,
+            Runtime::QuickJs => 2.4,
+        };
+        println!(
+            "  against the targets: {:.2}x the comparison engine's runs/s scaled to today \
+             ({comparison:.0}; target >= {factor}x)  peak memory {} MB (target <= 200 MB)",
+            figures.runs_per_s / comparison,
+            figures.peak_mb,
+        );
+    }
+}
+
+/// The seed's six steps as plain Rust, run after run in this process: the
+/// same requests to the same fixture, the engine's own XML parser, the
+/// three transforms in serde_json, the POST with the bearer token. No
+/// engine, no isolate, nothing durable: the floor the engine's figures are
+/// read against, measured in the same run on the same machine.
+async fn plain_floor(base: &str, runs: usize) -> Floor {
+    let client = reqwest::Client::new();
+    let export = format!("{base}/orders.xml");
+    let target = format!("{base}/erp/orders");
+    let run = || async {
+        let xml = client
+            .get(&export)
+            .header("Accept", "application/xml")
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("the export")
+            .text()
+            .await
+            .expect("the export's body");
+        let summary = seed_steps(&xml);
+        let body = client
+            .post(&target)
+            .bearer_auth(TOKEN)
+            .header("Content-Type", "application/json")
+            .body(serde_json::to_vec(&summary).expect("JSON"))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("the ERP takes the summary")
+            .bytes()
+            .await
+            .expect("the ERP's answer");
+        let reply: Value = serde_json::from_slice(&body).expect("the ERP answers JSON");
+        std::hint::black_box(reply);
+    };
+    for _ in 0..50 {
+        run().await;
+    }
+    let cpu = CpuSnapshot::take();
+    let start = Instant::now();
+    let mut latencies = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        run().await;
+        latencies.push(t.elapsed());
+    }
+    let wall = start.elapsed();
+    let cpu = CpuSnapshot::take().since(&cpu).per(runs).total();
+    latencies.sort();
+    let floor = Floor {
+        p50: quantile(&latencies, 0.5),
+        p99: quantile(&latencies, 0.99),
+        cpu,
+    };
+    println!(
+        "reference: the seed's 6 steps as plain Rust (no engine), {runs} runs: p50 {}  p99 {}  \
+         {:.0} runs/s  CPU {} per run (issue 13's table: 3.8-5.1 ms p50, ~3.8 ms CPU)",
+        ms(floor.p50),
+        ms(floor.p99),
+        runs as f64 / wall.as_secs_f64(),
+        ms(cpu),
+    );
+    floor
+}
+
+/// parse, filter, enrich and aggregate of the seed, in serde_json.
+fn seed_steps(xml: &str) -> Value {
+    use isoflow_sandbox::xml::{AlwaysArray, ParseOptions};
+    let options = ParseOptions {
+        always_array: AlwaysArray::Names(["order".to_owned(), "line".to_owned()].into()),
+    };
+    let doc = isoflow_sandbox::xml::parse(xml, &options).expect("the export parses");
+    let exported_at = doc["orders"]["@exported"].clone();
+    let orders = doc["orders"]["order"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let all = orders.len();
+    let open: Vec<Value> = orders
+        .into_iter()
+        .filter(|o| o["@status"] != "cancelled")
+        .collect();
+    std::hint::black_box(format!("{} open orders of {all}", open.len()));
+    let number = |v: &Value| {
+        v.as_str()
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let enriched: Vec<Value> = open
+        .iter()
+        .map(|o| {
+            let lines: Vec<Value> = o["line"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|l| {
+                    json!({
+                        "sku": l["@sku"],
+                        "quantity": number(&l["@qty"]),
+                        "amount": number(&l["@qty"]) * number(&l["@price"]),
+                    })
+                })
+                .collect();
+            let total: f64 = lines.iter().filter_map(|l| l["amount"].as_f64()).sum();
+            json!({ "id": o["@id"], "customer": o["customer"], "lines": lines, "total": total })
+        })
+        .collect();
+    let total: f64 = enriched.iter().filter_map(|o| o["total"].as_f64()).sum();
+    json!({
+        "exportedAt": exported_at,
+        "count": enriched.len(),
+        "total": (total * 100.0).round() / 100.0,
+        "orders": enriched,
+    })
+}
+
+/// The payload bytes one run checkpoints: its input, each step's output
+/// and its own output, as stored.
+async fn checkpointed_bytes(engine: &Engine, integration: &Integration, input: &Value) -> u64 {
+    let handle = engine
+        .start_run("bench", integration, input.clone())
+        .await
+        .expect("run starts");
+    let run_id = handle.run_id.clone();
+    let outcome = handle.wait().await.expect("run ends");
+    let store = engine.store().expect("the bench's engine has a store");
+    let steps: u64 = store
+        .steps("bench", &run_id)
+        .expect("steps")
+        .iter()
+        .filter_map(|s| s.output_bytes)
+        .sum();
+    let json_len = |v: &Value| serde_json::to_vec(v).map_or(0, |b| b.len() as u64);
+    steps + json_len(input) + outcome.output.as_ref().map_or(0, json_len)
+}
+
+/// The filesystem type of `dir` (`stat -f`), or why it is unknown.
+fn filesystem(dir: &std::path::Path) -> String {
+    Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(dir)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(
+            || "filesystem unknown".to_owned(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        )
+}
+
+/// The bytes under `dir`.
+fn disk_usage(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(t) if t.is_dir() => disk_usage(&entry.path()),
+            Ok(_) => entry.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64().max(1e-9)
 }
 
 fn quantile(sorted: &[Duration], q: f64) -> Duration {
