@@ -145,17 +145,17 @@ async fn benchmarks(base: &str, runs: usize, threads: Option<usize>) {
     });
 
     let floor = plain_floor(base, runs).await;
+    let store = engine.store().expect("the bench's engine has a store");
     for runtime in [Runtime::V8, Runtime::QuickJs] {
         let integration = on_runtime(&seed, runtime);
-        let before = disk_usage(&dir);
+        let before = store.disk_usage();
         let figures = sequential(&engine, &integration, &input, runs, runtime).await;
-        let grown = disk_usage(&dir).saturating_sub(before);
+        let grown = store.disk_usage().saturating_sub(before);
         floor.judge_sequential(runtime, &figures);
         // Until the memtable fills, what a run adds is in the write-ahead
         // log, as written; compaction flushes it to compressed tables.
-        let store = engine.store().expect("the bench's engine has a store");
         store.compact().expect("compaction");
-        let compacted = disk_usage(&dir).saturating_sub(before);
+        let compacted = store.disk_usage().saturating_sub(before);
         let per_run = |bytes: u64| bytes as f64 / (figures.runs as f64 + 50.0) / 1000.0;
         println!(
             "  data directory: grew {:.1} KB per run over {} runs ({:.1} KB once compacted), \
@@ -630,20 +630,6 @@ fn filesystem(dir: &std::path::Path) -> String {
             || "filesystem unknown".to_owned(),
             |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
         )
-}
-
-/// The bytes under `dir`.
-fn disk_usage(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| match entry.file_type() {
-            Ok(t) if t.is_dir() => disk_usage(&entry.path()),
-            Ok(_) => entry.metadata().map_or(0, |m| m.len()),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 fn ratio(a: Duration, b: Duration) -> f64 {

@@ -42,8 +42,11 @@ pub(crate) struct RunCtx {
     /// A checkpoint being made durable while the next code step computes
     /// ([`RunCtx::checkpoint_ahead`]); every other write, and every step
     /// that is not a code step, waits for it first ([`RunCtx::settle`]).
-    pub(crate) ahead: tokio::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), String>>>>,
+    pub(crate) ahead: tokio::sync::Mutex<Option<AheadWrite>>,
 }
+
+/// A checkpoint write in its own task: its error, as text, if it failed.
+pub(crate) type AheadWrite = tokio::task::JoinHandle<Result<(), String>>;
 
 /// How a run ends: its status, output and error.
 pub(crate) struct End {
@@ -276,9 +279,7 @@ impl RunCtx {
 }
 
 /// Waits for the write in `ahead`, if any, and takes it out.
-async fn settled(
-    ahead: &mut Option<tokio::task::JoinHandle<Result<(), String>>>,
-) -> Result<(), ActorProcessingErr> {
+async fn settled(ahead: &mut Option<AheadWrite>) -> Result<(), ActorProcessingErr> {
     let Some(write) = ahead.take() else {
         return Ok(());
     };
