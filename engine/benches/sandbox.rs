@@ -379,10 +379,16 @@ fn per_engine(runtime: Runtime, counts: &Counts) {
         ("20 KB step", &orders, counts.throughput_orders[engine]),
     ] {
         let load = load(&pooled, in_flight, steps, |_| work.clone());
+        // Issue 13's target for fresh-isolate steps on 2 cores.
+        let target = match (name, runtime) {
+            ("trivial step", Runtime::V8) => "  (target >= 1,000/s on 2 cores)",
+            ("trivial step", Runtime::QuickJs) => "  (target >= 10,000/s on 2 cores)",
+            _ => "",
+        };
         row(
             &format!("{name}, {in_flight} in flight"),
             format!(
-                "{:.0} steps/s  CPU per step {} ({})  ({steps} steps)",
+                "{:.0} steps/s{target}  CPU per step {} ({})  ({steps} steps)",
                 load.per_second(),
                 us(load.cpu.total() / steps as u32),
                 per_step(&load.cpu, steps),

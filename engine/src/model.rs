@@ -78,15 +78,25 @@ pub struct Limits {
     /// The longest `timeout` a step (or loop) may set; at most
     /// [`LONGEST_DURATION`].
     pub step_timeout: Duration,
+    /// The largest `heap` a code step may set; at most [`LARGEST_HEAP`].
+    pub step_heap: ByteSize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             step_timeout: LONGEST_DURATION,
+            step_heap: LARGEST_HEAP,
         }
     }
 }
+
+/// The smallest `heap` a code step may set: below it an engine cannot even
+/// start (V8 needs its first pages).
+pub const SMALLEST_HEAP: ByteSize = ByteSize(8 << 20);
+
+/// The largest `heap` any definition may set, whatever a node allows.
+pub const LARGEST_HEAP: ByteSize = ByteSize(16 << 30);
 
 /// The JSON Schema of a definition (draft 2020-12), for editors. The file
 /// `docs/integration.schema.json` is this, pretty-printed.
@@ -499,6 +509,9 @@ pub struct CodeStep {
     pub input: Template,
     /// The time limit of one attempt.
     pub timeout: Duration,
+    /// The JavaScript heap one attempt may use; `None` takes the node's
+    /// default (the sandbox's `heap_bytes`).
+    pub heap: Option<ByteSize>,
     /// The retry policy; without one the step runs once.
     pub retry: Option<Retry>,
     /// Run only when this is truthy; otherwise the step is skipped.
@@ -542,6 +555,11 @@ struct CodeStepFields {
     #[serde(default = "default_timeout", with = "duration")]
     #[schemars(with = "HumanDuration")]
     timeout: Duration,
+    /// The JavaScript heap one attempt may use (default: the node's,
+    /// 128MiB unless configured; at least 8MiB, at most the node's
+    /// `limits.step_heap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    heap: Option<ByteSize>,
     /// Retry policy; without one the step runs once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     retry: Option<Retry>,
@@ -570,6 +588,7 @@ impl TryFrom<CodeStepFields> for CodeStep {
             code,
             input: f.input,
             timeout: f.timeout,
+            heap: f.heap,
             retry: f.retry,
             when: f.when,
         })
@@ -589,6 +608,7 @@ impl From<CodeStep> for CodeStepFields {
             file,
             input: s.input,
             timeout: s.timeout,
+            heap: s.heap,
             retry: s.retry,
             when: s.when,
         }

@@ -248,7 +248,7 @@ fn many_problems_are_all_reported_in_line_order() {
     assert_eq!(
         errors.to_string(),
         "x.yaml:8: step \"a\": invalid duration \"soon\" for timeout\n\
-         x.yaml:11: step \"b\": unknown field \"bogus\" (a code step takes: id, type, when, retry, timeout, runtime, source, file, input)\n\
+         x.yaml:11: step \"b\": unknown field \"bogus\" (a code step takes: id, type, when, retry, timeout, runtime, source, file, input, heap)\n\
          x.yaml:13: step \"b\": unknown step \"zz\" referenced in input"
     );
 }

@@ -625,6 +625,76 @@ steps:
     engine.shutdown(Duration::from_secs(5)).await;
 }
 
+/// A step that needs 200 MiB of heap (an ArrayBuffer, which counts against
+/// it, written through so its pages are real).
+fn big_buffer(runtime: &str, heap: Option<&str>) -> String {
+    format!(
+        r#"
+apiVersion: isoflow.dev/v1
+name: big-buffer
+version: 1
+steps:
+  - id: fill
+    type: code
+    runtime: {runtime}{}
+    source: |
+      export default function () {{
+        const bytes = new Uint8Array(200 << 20).fill(7);
+        return {{ sum: bytes[0] + bytes[bytes.length - 1], length: bytes.length }};
+      }}
+"#,
+        heap.map(|h| format!("\n    heap: {h}")).unwrap_or_default()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_step_sets_its_own_heap_within_the_nodes_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    for runtime in ["v8", "quickjs"] {
+        // The sandbox's default heap, 128 MiB, is too small for the step
+        // (V8 refuses the buffer with a RangeError, QuickJS stops the step).
+        let (outcome, _, _) = run(&engine, &big_buffer(runtime, None), Value::Null).await;
+        assert_eq!(outcome.status, RunStatus::Failed, "{runtime}");
+        let error = outcome.error.unwrap();
+        assert!(
+            error == "step \"fill\": step exceeded its heap limit of 128 MiB"
+                || error.starts_with(
+                    "step \"fill\": uncaught RangeError: Array buffer allocation failed"
+                ),
+            "{runtime}: {error}"
+        );
+        // Its own `heap` lets it through.
+        let (outcome, _, _) = run(&engine, &big_buffer(runtime, Some("384MiB")), Value::Null).await;
+        assert_eq!(
+            outcome.status,
+            RunStatus::Succeeded,
+            "{runtime}: {:?}",
+            outcome.error
+        );
+        assert_eq!(
+            outcome.output,
+            Some(json!({"sum": 14, "length": 200 << 20})),
+            "{runtime}"
+        );
+    }
+    engine.shutdown(Duration::from_secs(5)).await;
+
+    // A node that allows 256 MiB refuses the definition, at the line of
+    // its `heap`.
+    let limits = model::Limits {
+        step_heap: model::ByteSize(256 << 20),
+        ..model::Limits::default()
+    };
+    let error = model::load_with("big.yaml", &big_buffer("v8", Some("384MiB")), &limits)
+        .expect_err("over the node's limit");
+    assert_eq!(
+        error.to_string(),
+        "big.yaml:9: step \"fill\": heap is 384MiB, over the largest this node allows, 256MiB (limits.step_heap)"
+    );
+    model::load_with("big.yaml", &big_buffer("v8", Some("256MiB")), &limits).expect("at the limit");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn time_outs_fail_http_and_code_steps() {
     let fixture = HttpFixture::start();

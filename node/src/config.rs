@@ -24,6 +24,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use isoflow_engine::action::egress::{Allowed, EgressPolicy};
 use isoflow_engine::credential::vault::{self, Keyring};
+use isoflow_engine::model::{self, ByteSize};
 use isoflow_engine::sandbox::{MemoryCap, Program, SandboxConfig};
 use serde::Deserialize;
 
@@ -601,12 +602,16 @@ pub struct Limits {
     /// The longest `timeout` a step or loop may set (at most 24h).
     #[serde(with = "humantime_serde")]
     pub step_timeout: Duration,
+    /// The largest `heap` a code step may set (8MiB to 16GiB; a step
+    /// without one gets the sandbox's 128MiB).
+    pub step_heap: ByteSize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             step_timeout: Duration::from_secs(60 * 60),
+            step_heap: ByteSize(1 << 30),
         }
     }
 }
@@ -615,6 +620,7 @@ impl Limits {
     pub fn model(&self) -> isoflow_engine::model::Limits {
         isoflow_engine::model::Limits {
             step_timeout: self.step_timeout,
+            step_heap: self.step_heap,
         }
     }
 }
@@ -1246,6 +1252,14 @@ impl Config {
             || self.limits.step_timeout > isoflow_engine::model::LONGEST_DURATION
         {
             bail!("limits.step_timeout must be more than 0 and at most 24h");
+        }
+        let heap = self.limits.step_heap;
+        if heap < model::SMALLEST_HEAP || heap > model::LARGEST_HEAP {
+            bail!(
+                "limits.step_heap is {heap}, must be at least {} and at most {}",
+                model::SMALLEST_HEAP,
+                model::LARGEST_HEAP
+            );
         }
         if !self.credentials.is_empty() {
             bail!(
@@ -2174,6 +2188,33 @@ mod tests {
             .expect_err("a short token")
             .to_string();
         assert!(error.contains("http.metrics_token_file"), "{error}");
+    }
+
+    #[test]
+    fn the_largest_step_heap_is_a_size_in_range() {
+        let config = load_text("[limits]\nstep_heap = \"512MiB\"\n").expect("a size");
+        assert_eq!(config.limits.model().step_heap, ByteSize(512 << 20));
+        assert_eq!(
+            load_text("").expect("defaults").limits.model().step_heap,
+            ByteSize(1 << 30)
+        );
+        for (text, says) in [
+            (
+                "\"4MiB\"",
+                "limits.step_heap is 4MiB, must be at least 8MiB and at most 16GiB",
+            ),
+            (
+                "\"32GiB\"",
+                "limits.step_heap is 32GiB, must be at least 8MiB and at most 16GiB",
+            ),
+            ("\"lots\"", "invalid size \"lots\""),
+        ] {
+            let error = format!(
+                "{:#}",
+                load_text(&format!("[limits]\nstep_heap = {text}\n")).expect_err(text)
+            );
+            assert!(error.contains(says), "{error}");
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ use super::{
     LONGEST_WEBHOOK_TIMEOUT, MAX_ALERT_RECIPIENTS, MAX_ALERT_SUBJECT, Overlap, Trigger, TriggerId,
     Webhook, WebhookAuth, WebhookMode,
 };
+use super::{LARGEST_HEAP, SMALLEST_HEAP};
 use crate::sandbox::Runtime;
 
 const INTEGRATION_FIELDS: &[&str] = &[
@@ -52,7 +53,7 @@ const HTTP_FIELDS: &[&str] = &[
     "credential",
     "max_response_bytes",
 ];
-const CODE_FIELDS: &[&str] = &["runtime", "source", "file", "input"];
+const CODE_FIELDS: &[&str] = &["runtime", "source", "file", "input", "heap"];
 const LOOP_FIELDS: &[&str] = &["for_each", "concurrency", "steps"];
 const RETRY_FIELDS: &[&str] = &["max_attempts", "backoff", "jitter"];
 const BACKOFF_FIELDS: &[&str] = &["initial", "max", "multiplier"];
@@ -800,6 +801,43 @@ impl Decoder {
         Ok(d)
     }
 
+    /// A size: at least `least`, and at most `most` (the node's limit and
+    /// the setting that makes it) when there is one.
+    fn byte_size(
+        &mut self,
+        node: &Node,
+        field: &str,
+        least: ByteSize,
+        most: Option<(ByteSize, &str)>,
+        at: At<'_>,
+    ) -> Required<ByteSize> {
+        let size = match &node.kind {
+            Kind::Number(num) if num.is_u64() => {
+                Ok(ByteSize(num.as_u64().expect("checked is_u64")))
+            }
+            Kind::String(s) => ByteSize::parse(s),
+            _ => Err(format!("invalid size {}", node.describe())),
+        };
+        match size {
+            Err(e) => self.fail(node.line, at.label, for_field(&e, field)),
+            Ok(size) if size < least => self.fail(
+                node.line,
+                at.label,
+                format!("{field} must be at least {least}"),
+            ),
+            Ok(size) => match most {
+                Some((most, setting)) if size > most => self.fail(
+                    node.line,
+                    at.label,
+                    format!(
+                        "{field} is {size}, over the largest this node allows, {most} ({setting})"
+                    ),
+                ),
+                _ => Ok(size),
+            },
+        }
+    }
+
     /// A step's `timeout`: positive, and within the node's limit.
     fn step_timeout(&mut self, node: &Node, at: At<'_>) -> Required<Duration> {
         let d = self.positive_duration(node, "timeout", at)?;
@@ -1041,22 +1079,7 @@ impl Decoder {
         });
         let timeout = self.optional(f, "timeout", |d, n| d.step_timeout(n, at));
         let max_response_bytes = self.optional(f, "max_response_bytes", |d, n| {
-            let size = match &n.kind {
-                Kind::Number(num) if num.is_u64() => {
-                    Ok(ByteSize(num.as_u64().expect("checked is_u64")))
-                }
-                Kind::String(s) => ByteSize::parse(s),
-                _ => Err(format!("invalid size {}", n.describe())),
-            };
-            match size {
-                Ok(ByteSize(0)) => d.fail(
-                    n.line,
-                    at.label,
-                    "max_response_bytes must be at least 1".to_owned(),
-                ),
-                Ok(size) => Ok(size),
-                Err(e) => d.fail(n.line, at.label, for_field(&e, "max_response_bytes")),
-            }
+            d.byte_size(n, "max_response_bytes", ByteSize(1), None, at)
         });
         Ok(HttpStep {
             id: id?,
@@ -1181,12 +1204,17 @@ impl Decoder {
         };
         let input = self.optional(f, "input", |d, n| d.template(n, "input", at));
         let timeout = self.optional(f, "timeout", |d, n| d.step_timeout(n, at));
+        let heap = self.optional(f, "heap", |d, n| {
+            let most = (d.limits.step_heap.min(LARGEST_HEAP), "limits.step_heap");
+            d.byte_size(n, "heap", SMALLEST_HEAP, Some(most), at)
+        });
         Ok(CodeStep {
             id: id?,
             runtime: runtime?.unwrap_or_default(),
             code: code?,
             input: input?.unwrap_or_else(super::default_code_input),
             timeout: timeout?.unwrap_or(DEFAULT_TIMEOUT),
+            heap: heap?,
             retry: retry?,
             when: when?,
         })

@@ -470,6 +470,10 @@ pub(crate) async fn start_attempt(
             let input_json = state.with_scope(|scope| code.input.render_json(scope));
             let mut limits = state.ctx.shared.sandbox.config().limits;
             limits.timeout = code.timeout;
+            if let Some(heap) = code.heap {
+                // Checked against the node's `limits.step_heap` at deploy.
+                limits.heap_bytes = usize::try_from(heap.0).unwrap_or(usize::MAX);
+            }
             let job = Job::Code(CodeJob {
                 tenant: state.ctx.run.tenant.as_str().into(),
                 runtime: code.runtime,
