@@ -183,8 +183,12 @@ pub struct RunOutcome {
 pub struct RunTimings {
     /// Inside step attempts: JavaScript in the sandbox, HTTP requests.
     pub execution: Duration,
-    /// Durable writes: the run's creation, checkpoints, its end.
+    /// Durable writes: the run's creation, checkpoints, its end, including
+    /// checkpoints made while the next code step computed.
     pub store: Duration,
+    /// What of `store` the run stood still for: writes it waited on before
+    /// going on (docs/running.md, "What is durable when").
+    pub store_wait: Duration,
 }
 
 /// A started run: its id and its events.

@@ -60,6 +60,7 @@ pub(crate) struct End {
 pub(crate) struct Timings {
     execution_ns: AtomicU64,
     store_ns: AtomicU64,
+    store_wait_ns: AtomicU64,
 }
 
 impl Timings {
@@ -71,10 +72,16 @@ impl Timings {
         self.store_ns.fetch_add(nanos(d), Ordering::Relaxed);
     }
 
+    pub(crate) fn add_store_wait(&self, d: Duration) {
+        self.store_wait_ns.fetch_add(nanos(d), Ordering::Relaxed);
+    }
+
     fn snapshot(&self) -> RunTimings {
+        let load = |ns: &AtomicU64| Duration::from_nanos(ns.load(Ordering::Relaxed));
         RunTimings {
-            execution: Duration::from_nanos(self.execution_ns.load(Ordering::Relaxed)),
-            store: Duration::from_nanos(self.store_ns.load(Ordering::Relaxed)),
+            execution: load(&self.execution_ns),
+            store: load(&self.store_ns),
+            store_wait: load(&self.store_wait_ns),
         }
     }
 }
@@ -102,8 +109,11 @@ impl RunCtx {
     /// fails as it did. Writes are made one after the other: a later one
     /// (a run's end above all) never lands before an earlier one.
     pub(crate) async fn settle(&self) -> Result<(), ActorProcessingErr> {
+        let start = Instant::now();
         // Held while waiting, so that a second caller waits as well.
-        settled(&mut *self.ahead.lock().await).await
+        let settled = settled(&mut *self.ahead.lock().await).await;
+        self.timings.add_store_wait(start.elapsed());
+        settled
     }
 
     /// Starts making finished steps durable and returns at once: the run's
@@ -122,8 +132,11 @@ impl RunCtx {
         bytes: u64,
         finished: RunEvent,
     ) -> Result<(), ActorProcessingErr> {
+        let start = Instant::now();
         let mut ahead = self.ahead.lock().await;
-        settled(&mut ahead).await?;
+        let earlier = settled(&mut ahead).await;
+        self.timings.add_store_wait(start.elapsed());
+        earlier?;
         let ctx = self.clone();
         *ahead = Some(tokio::spawn(async move {
             ctx.write_now(ctx.record(), steps, logs, WriteKind::Checkpoint, bytes)
@@ -144,7 +157,10 @@ impl RunCtx {
         bytes: u64,
     ) -> Result<(), ActorProcessingErr> {
         self.settle().await?;
-        self.write_now(run, steps, logs, kind, bytes).await
+        let start = Instant::now();
+        let written = self.write_now(run, steps, logs, kind, bytes).await;
+        self.timings.add_store_wait(start.elapsed());
+        written
     }
 
     async fn write_now(

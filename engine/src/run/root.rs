@@ -105,6 +105,7 @@ impl Actor for Root {
             ahead: tokio::sync::Mutex::new(None),
         });
         ctx.timings.add_store(store_time);
+        ctx.timings.add_store_wait(store_time);
         let spawned = Actor::spawn_linked(
             None,
             Sequence,
