@@ -756,8 +756,16 @@ fn a_process_serves_one_tenant_and_is_recycled() {
             "{pids_of:?}"
         );
     }
+    // Each tenant used at least 4 processes (at most 5 steps each) and at
+    // most 4 are alive at the end: at least 8 left, each recycled after its
+    // 5 steps or stopped to make room under the cap of 4. How many of each
+    // depends on timing (a tenant's process that just answered yields to a
+    // spare, and the tenant then holds two).
     let stats = sandbox.stats();
-    assert!(stats.recycled >= 9, "{stats:?}");
+    assert!(
+        stats.recycled >= 1 && stats.recycled + stats.evicted >= 8,
+        "{stats:?}"
+    );
     assert!(stats.hits > 0, "{stats:?}");
 }
 
