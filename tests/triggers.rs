@@ -1330,6 +1330,134 @@ fn a_failed_run_reruns_from_its_failed_step_and_the_steps_before_are_not_run_aga
     });
 }
 
+/// Version `version` of `repair`: fetch (GET, counted) → shape (code,
+/// whose body is `shape`) → post (POST, counted), and a step `after` in
+/// later versions.
+fn repair_definition(fixture: &HttpFixture, version: u32, shape: &str, before: &str) -> String {
+    format!(
+        r#"
+apiVersion: isoflow.dev/v1
+name: repair
+version: {version}
+steps:{before}
+  - id: fetch
+    type: http
+    url: "{fetch}"
+  - id: shape
+    type: code
+    source: "export default (input) => {shape}"
+    input: "{{{{ steps.fetch.output.body.orders }}}}"
+  - id: post
+    type: http
+    method: POST
+    url: "{post}"
+    body: "{{{{ steps.shape.output }}}}"
+"#,
+        fetch = fixture.url("/orders"),
+        post = fixture.url("/erp"),
+    )
+}
+
+#[test]
+fn a_failed_run_resumes_from_its_failed_step_with_a_fixed_version() {
+    let node = start();
+    let fixture = HttpFixture::start();
+    fixture.route(
+        "GET",
+        "/orders",
+        Responder::Fixed(Reply::json(200, &json!({ "orders": [1, 2, 3] }))),
+    );
+    fixture.route(
+        "POST",
+        "/erp",
+        Responder::Fixed(Reply::json(201, &json!({ "ok": true }))),
+    );
+    runtime().block_on(async {
+        let acme = Client::connect(&node.api, Some(ACME))
+            .await
+            .expect("connects");
+        let broken = "({ total: input.reduce((a, b) => a + b.amount.value, 0) })";
+        acme.deploy(&repair_definition(&fixture, 1, broken, ""), "repair.yaml", HashMap::new())
+            .await
+            .expect("deploys v1");
+        let first = acme
+            .start_run("repair", None, &json!({}))
+            .await
+            .expect("starts");
+        let first = acme.wait(&first.run_id).await.expect("ends");
+        assert_eq!(first.status(), v1::RunStatus::Failed, "{first:?}");
+        assert!(first.error.contains("step \"shape\""), "{first:?}");
+        assert_eq!(fixture.count("GET", "/orders"), 1);
+        assert_eq!(fixture.count("POST", "/erp"), 0);
+
+        // The fix, as version 2; and two versions that cannot take over:
+        // one without the failed step, one with a step before it.
+        let fixed = "({ total: input.reduce((a, b) => a + b, 0), fixed: true })";
+        acme.deploy(&repair_definition(&fixture, 2, fixed, ""), "repair.yaml", HashMap::new())
+            .await
+            .expect("deploys v2");
+        let renamed = repair_definition(&fixture, 3, fixed, "").replace("id: shape", "id: shaped")
+            .replace("steps.shape.output", "steps.shaped.output");
+        acme.deploy(&renamed, "repair.yaml", HashMap::new())
+            .await
+            .expect("deploys v3");
+        let earlier = "\n  - id: first\n    type: code\n    source: \"export default () => 1\"";
+        acme.deploy(&repair_definition(&fixture, 4, fixed, earlier), "repair.yaml", HashMap::new())
+            .await
+            .expect("deploys v4");
+        for (version, says) in [
+            (3, "version 3 of integration repair cannot resume run"),
+            (4, "its steps up to \"shape\" are \"first\", \"fetch\", \"shape\", where the run had \"fetch\", \"shape\""),
+        ] {
+            let error = acme
+                .rerun_with(&first.run_id, Some(version))
+                .await
+                .expect_err("cannot take over");
+            assert!(format!("{error:?}").contains("FailedPrecondition"), "{error:?}");
+            assert!(format!("{error}").contains(says), "{error}");
+        }
+        let error = acme
+            .rerun_with(&first.run_id, Some(9))
+            .await
+            .expect_err("no version 9");
+        assert!(format!("{error:?}").contains("NotFound"), "{error:?}");
+        assert!(format!("{error}").contains("integration repair has no version 9"), "{error}");
+
+        let resumed = acme
+            .rerun_with(&first.run_id, Some(2))
+            .await
+            .expect("resumes with v2");
+        assert_eq!(
+            (
+                resumed.rerun_of.as_str(),
+                resumed.from_step.as_str(),
+                resumed.version,
+                resumed.from_version
+            ),
+            (first.run_id.as_str(), "shape", 2, 1)
+        );
+        let resumed = acme.wait(&resumed.run_id).await.expect("ends");
+        assert_eq!(resumed.status(), v1::RunStatus::Succeeded, "{resumed:?}");
+        // fetch was not run again; version 2's shape ran, then post.
+        assert_eq!(fixture.count("GET", "/orders"), 1, "fetch ran once in all");
+        assert_eq!(fixture.count("POST", "/erp"), 1);
+        assert_eq!(
+            fixture.requests("POST", "/erp")[0].json(),
+            json!({ "total": 6, "fixed": true })
+        );
+        assert_eq!(
+            acme.step_output(&resumed.run_id, "fetch").await.expect("copied"),
+            acme.step_output(&first.run_id, "fetch").await.expect("stored")
+        );
+        // Both versions are on record: the resumed run says it moved from
+        // version 1 to 2, the failed run is as it was.
+        let shown = acme.run(&resumed.run_id).await.expect("the resumed run");
+        assert_eq!((shown.version, shown.from_version), (2, 1));
+        let old = acme.run(&first.run_id).await.expect("the failed run");
+        assert_eq!((old.status(), old.version, old.from_version), (v1::RunStatus::Failed, 1, 0));
+    });
+}
+
 /// `examples/platform/run.sh`, the README's platform example, with the
 /// binaries this test run built: everything it shows happens.
 #[test]

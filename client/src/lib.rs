@@ -613,8 +613,23 @@ impl Client {
     /// # Errors
     /// `NOT_FOUND`; `FAILED_PRECONDITION` for a run that did not fail.
     pub async fn rerun(&self, run_id: &str) -> Result<v1::Run> {
+        self.rerun_with(run_id, None).await
+    }
+
+    /// [`Client::rerun`] with another `version` of the run's integration
+    /// from the failed step on: deploy the fixed step as a new version,
+    /// then resume the failed run with it. The steps before the failed one
+    /// keep the old run's outputs; `from_version` of the new run says which
+    /// version it moved from.
+    ///
+    /// # Errors
+    /// As [`Client::rerun`]; `NOT_FOUND` for a version that is not
+    /// deployed, `FAILED_PRECONDITION` for one whose steps up to the failed
+    /// one differ from the run's (by id, in order).
+    pub async fn rerun_with(&self, run_id: &str, version: Option<u32>) -> Result<v1::Run> {
         let request = v1::RerunRunRequest {
             run_id: run_id.to_owned(),
+            version,
         };
         Ok(self.inner.clone().rerun_run(request).await?.into_inner())
     }

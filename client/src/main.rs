@@ -150,9 +150,13 @@ enum Command {
     /// Run a failed run again from the step it failed in, as a new run,
     /// and print its id (with --wait: follow it, print its output). The
     /// steps before that one are not run again: their outputs are the old
-    /// run's
+    /// run's. With --version, the fixed version runs from that step on
     Rerun {
         run_id: String,
+        /// Run this version of the integration (a fix deployed since) from
+        /// the failed step on; its steps up to that one must be the run's
+        #[arg(long)]
+        version: Option<u32>,
         /// Follow the new run: steps on stderr as they finish, then the
         /// output on stdout; exit 1 if it fails or is cancelled
         #[arg(long)]
@@ -582,12 +586,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )?;
             }
         }
-        Command::Rerun { run_id, wait } => {
-            let run = client.rerun(&run_id).await?;
-            let started = format!(
+        Command::Rerun {
+            run_id,
+            version,
+            wait,
+        } => {
+            let run = client.rerun_with(&run_id, version).await?;
+            let mut started = format!(
                 "run {} reruns {} from step {}",
                 run.run_id, run.rerun_of, run.from_step
             );
+            if run.from_version != 0 {
+                started += &format!(
+                    " with version {} (it ran {})",
+                    run.version, run.from_version
+                );
+            }
             return started_run(&client, &run, wait, &started, &mut out).await;
         }
         Command::Cancel { run_id } => {
@@ -1172,6 +1186,13 @@ fn show(out: &mut impl Write, run: &v1::Run) -> std::io::Result<()> {
             "rerun of    {} from step {}",
             run.rerun_of, run.from_step
         )?;
+        if run.from_version != 0 {
+            writeln!(
+                out,
+                "moved from  version {} to version {}",
+                run.from_version, run.version
+            )?;
+        }
     }
     if !run.error.is_empty() {
         writeln!(out, "error       {}", run.error)?;

@@ -189,6 +189,11 @@ pub struct RunRecord {
     /// steps before it were copied from the old run as checkpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_step: Option<String>,
+    /// A rerun with another version of the integration (a fixed step): the
+    /// version the failed run ran. The steps before `from_step` are that
+    /// version's; `version` runs from `from_step` on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<u32>,
     /// The W3C `traceparent` of the run's own span, chosen when the run
     /// was created: every node that executes the run, resumed ones too,
     /// puts its spans under it, so a run is one trace. `None`: not traced.
@@ -216,6 +221,7 @@ impl RunRecord {
             trigger: None,
             rerun_of: None,
             from_step: None,
+            from_version: None,
             traceparent: None,
             trace_caller: None,
         }
@@ -572,19 +578,27 @@ impl Store {
     /// marked unfinished, in one durable write. The copied checkpoints are
     /// what a resumed run finds ([`crate::run::Journal::restored`]), so
     /// those steps are not run again.
+    ///
+    /// `definition`: the definition the new run runs instead of `old`'s
+    /// (another version of the integration).
     pub fn create_rerun(
         &self,
         run: &RunRecord,
         old: &str,
         steps: &[StepRecord],
+        definition: Option<&Value>,
     ) -> Result<(), StoreError> {
         let key = run_key(&run.tenant, &run.run_id)?;
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(RUNS), &key, to_json(run));
         batch.put_cf(self.cf(ACTIVE), &key, []);
-        for name in [DEFINITION_BLOB, INPUT_BLOB] {
-            self.copy_payload(&mut batch, old, run, name)?;
+        match definition {
+            Some(definition) => {
+                self.put_payload(&mut batch, run, DEFINITION_BLOB, definition)?;
+            }
+            None => self.copy_payload(&mut batch, old, run, DEFINITION_BLOB)?,
         }
+        self.copy_payload(&mut batch, old, run, INPUT_BLOB)?;
         for record in steps {
             if record.output_bytes.is_some() {
                 self.copy_payload(&mut batch, old, run, &record.step_key)?;

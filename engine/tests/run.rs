@@ -1625,10 +1625,10 @@ steps:
 
     // Only a failed run of the tenant's own can be run again.
     assert!(matches!(
-        create_rerun(store, "globex", &failed),
+        create_rerun(store, "globex", &failed, None),
         Err(RerunError::NotFound(_))
     ));
-    let rerun = create_rerun(store, "acme", &failed).unwrap();
+    let rerun = create_rerun(store, "acme", &failed, None).unwrap();
     assert_eq!(rerun.trigger, Some(RunTrigger::Rerun));
     assert_eq!(rerun.rerun_of.as_deref(), Some(failed.as_str()));
     assert_eq!(rerun.from_step.as_deref(), Some("each"));
@@ -1685,7 +1685,7 @@ steps:
     assert_eq!(old.status, RunStatus::Failed);
     assert_eq!(old.trigger, Some(RunTrigger::Cli));
     assert!(matches!(
-        create_rerun(store, "acme", &rerun.run_id),
+        create_rerun(store, "acme", &rerun.run_id, None),
         Err(RerunError::NotFailed {
             status: "succeeded",
             ..

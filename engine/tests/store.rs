@@ -648,7 +648,9 @@ fn a_rerun_gets_the_old_runs_definition_input_and_the_checkpoints_it_is_given() 
     let mut rerun = RunRecord::new("acme", "sync", 2);
     rerun.rerun_of = Some(old.run_id.clone());
     rerun.from_step = Some("post".into());
-    store.create_rerun(&rerun, &old.run_id, &kept).unwrap();
+    store
+        .create_rerun(&rerun, &old.run_id, &kept, None)
+        .unwrap();
     drop(store);
 
     let store = open(&dir);
@@ -700,7 +702,9 @@ fn a_rerun_gets_the_old_runs_definition_input_and_the_checkpoints_it_is_given() 
     );
     // Another tenant cannot name the old run.
     let intruder = RunRecord::new("globex", "sync", 2);
-    store.create_rerun(&intruder, &old.run_id, &[]).unwrap();
+    store
+        .create_rerun(&intruder, &old.run_id, &[], None)
+        .unwrap();
     assert_eq!(store.run_input("globex", &intruder.run_id).unwrap(), None);
     assert_eq!(
         store.run_definition("globex", &intruder.run_id).unwrap(),

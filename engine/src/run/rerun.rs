@@ -19,6 +19,13 @@
 //!   kept.
 //!
 //! Nothing after `from_step` is kept: the run stopped there.
+//!
+//! With another version of the integration (the failed step fixed and
+//! deployed as a new version), the rerun runs that version's definition:
+//! the kept checkpoints are still the old run's, so the steps before
+//! `from_step` are not run again, and the new version must have the same
+//! top-level steps, by id and in order, up to and including `from_step`.
+//! The rerun records the version it moved from (`from_version`).
 
 use std::collections::HashMap;
 
@@ -40,6 +47,16 @@ pub enum RerunError {
     NothingToRun(String),
     #[error("the stored definition of run {run_id} cannot be read: {reason}")]
     Definition { run_id: String, reason: String },
+    #[error("integration {integration} has no version {version}")]
+    NoSuchVersion { integration: String, version: u32 },
+    /// The version asked for cannot take over the failed run's checkpoints.
+    #[error("version {version} of integration {integration} cannot resume run {run_id}: {reason}")]
+    Incompatible {
+        run_id: String,
+        integration: String,
+        version: u32,
+        reason: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -91,14 +108,58 @@ pub fn plan(integration: &Integration, steps: &[StepRecord]) -> Option<RerunPlan
     })
 }
 
+/// Why `new` cannot resume a run of `old` that failed in `from_step`:
+/// its top-level steps up to and including `from_step` must be `old`'s, by
+/// id and in order (their code and settings may differ: that is the fix).
+pub fn incompatibility(old: &Integration, new: &Integration, from_step: &str) -> Option<String> {
+    let ids = |i: &Integration| -> Vec<String> {
+        i.steps.iter().map(|s| s.id().as_str().to_owned()).collect()
+    };
+    let (old, new) = (ids(old), ids(new));
+    let through = old.iter().position(|id| id == from_step)? + 1;
+    if !new.iter().any(|id| id == from_step) {
+        return Some(format!(
+            "it has no step \"{from_step}\", the step the run failed in"
+        ));
+    }
+    if new.len() < through || new[..through] != old[..through] {
+        return Some(format!(
+            "its steps up to \"{from_step}\" are {}, where the run had {}; \
+             only the steps from \"{from_step}\" on may change",
+            quoted(
+                new.iter()
+                    .take_while(|id| *id != from_step)
+                    .chain([&from_step.to_owned()])
+            ),
+            quoted(old[..through].iter()),
+        ));
+    }
+    None
+}
+
+fn quoted<'a>(ids: impl Iterator<Item = &'a String>) -> String {
+    ids.map(|id| format!("\"{id}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Stores a rerun of the tenant's failed run `run_id` (see the module
 /// docs) and returns it, pending: whoever runs it runs it as a resumed run
 /// (its `rerun_of` says so), so that its copied checkpoints are used.
+/// `version`: run that version of the integration from the failed step on
+/// instead of the failed run's own.
 ///
 /// # Errors
 /// [`RerunError::NotFound`] for no such run of this tenant,
-/// [`RerunError::NotFailed`] for a run that did not fail, and the store's.
-pub fn create_rerun(store: &Store, tenant: &str, run_id: &str) -> Result<RunRecord, RerunError> {
+/// [`RerunError::NotFailed`] for a run that did not fail,
+/// [`RerunError::NoSuchVersion`] and [`RerunError::Incompatible`] for a
+/// version that is not there or cannot take over, and the store's.
+pub fn create_rerun(
+    store: &Store,
+    tenant: &str,
+    run_id: &str,
+    version: Option<u32>,
+) -> Result<RunRecord, RerunError> {
     let old = store
         .run(tenant, run_id)?
         .ok_or_else(|| RerunError::NotFound(run_id.to_owned()))?;
@@ -123,11 +184,39 @@ pub fn create_rerun(store: &Store, tenant: &str, run_id: &str) -> Result<RunReco
     let steps = store.steps(tenant, run_id)?;
     let plan =
         plan(&integration, &steps).ok_or_else(|| RerunError::NothingToRun(run_id.to_owned()))?;
-    let mut run =
-        RunRecord::new(tenant, &old.integration, old.version).started_by(RunTrigger::Rerun);
+    let other =
+        match version {
+            Some(version) if version != old.version => {
+                let record = store
+                    .integration(tenant, &old.integration, Some(version))?
+                    .ok_or_else(|| RerunError::NoSuchVersion {
+                        integration: old.integration.clone(),
+                        version,
+                    })?;
+                let fixed: Integration = serde_json::from_value(record.definition.clone())
+                    .map_err(|e| RerunError::Definition {
+                        run_id: run_id.to_owned(),
+                        reason: format!("version {version}: {e}"),
+                    })?;
+                if let Some(reason) = incompatibility(&integration, &fixed, &plan.from_step) {
+                    return Err(RerunError::Incompatible {
+                        run_id: run_id.to_owned(),
+                        integration: old.integration.clone(),
+                        version,
+                        reason,
+                    });
+                }
+                Some((version, record.definition))
+            }
+            _ => None,
+        };
+    let version = other.as_ref().map_or(old.version, |(version, _)| *version);
+    let mut run = RunRecord::new(tenant, &old.integration, version).started_by(RunTrigger::Rerun);
     run.rerun_of = Some(old.run_id.clone());
     run.from_step = Some(plan.from_step);
-    store.create_rerun(&run, &old.run_id, &plan.keep)?;
+    run.from_version = other.is_some().then_some(old.version);
+    let definition = other.as_ref().map(|(_, definition)| definition);
+    store.create_rerun(&run, &old.run_id, &plan.keep, definition)?;
     Ok(run)
 }
 
@@ -205,5 +294,44 @@ mod tests {
             .map(|k| record(k, Succeeded))
             .collect();
         assert_eq!(super::plan(&integration, &all), None);
+    }
+
+    #[test]
+    fn a_version_takes_over_a_failed_run_when_its_steps_up_to_the_failed_one_are_the_same() {
+        let old = crate::model::load("p.yaml", DEFINITION).expect("valid");
+        let version = |text: &str| crate::model::load("p.yaml", text).expect("valid");
+        // b's code changed, a step added after it: fine.
+        let fixed = DEFINITION.replace(
+            "- {id: b, type: code, source: 'export default () => 1'}",
+            "- {id: b, type: code, source: 'export default () => 2'}",
+        ) + "- {id: d, type: code, source: 'export default () => 1'}\n";
+        assert_eq!(incompatibility(&old, &version(&fixed), "b"), None);
+        // b gone.
+        let without = DEFINITION.replace(
+            "- {id: b, type: code, source: 'export default () => 1'}\n",
+            "",
+        );
+        assert_eq!(
+            incompatibility(&old, &version(&without), "b").as_deref(),
+            Some("it has no step \"b\", the step the run failed in")
+        );
+        // A step inserted before b.
+        let inserted = DEFINITION.replace(
+            "- {id: b,",
+            "- {id: z, type: code, source: 'export default () => 1'}\n- {id: b,",
+        );
+        assert_eq!(
+            incompatibility(&old, &version(&inserted), "b").as_deref(),
+            Some(
+                "its steps up to \"b\" are \"a\", \"z\", \"b\", where the run had \"a\", \"b\"; \
+                 only the steps from \"b\" on may change"
+            )
+        );
+        // Steps after the failed one may go.
+        let shorter = DEFINITION.replace(
+            "- {id: c, type: code, source: 'export default () => 1'}\n",
+            "",
+        );
+        assert_eq!(incompatibility(&old, &version(&shorter), "each"), None);
     }
 }

@@ -697,19 +697,22 @@ impl Isoflow for Api {
         request: Request<v1::RerunRunRequest>,
     ) -> Result<Response<v1::Run>, Status> {
         let tenant = tenant(&request)?;
-        let run_id = request.into_inner().run_id;
+        let v1::RerunRunRequest { run_id, version } = request.into_inner();
         check_run_id(&run_id)?;
         let run = self
             .coordinator
-            .rerun(&tenant, &run_id)
+            .rerun(&tenant, &run_id, version)
             .await
             .map_err(|e| match e.downcast_ref::<RerunError>() {
                 // Another tenant's run is as absent as one that never was.
-                Some(RerunError::NotFound(_)) => Status::not_found(e.to_string()),
+                Some(RerunError::NotFound(_) | RerunError::NoSuchVersion { .. }) => {
+                    Status::not_found(e.to_string())
+                }
                 Some(
                     RerunError::NotFailed { .. }
                     | RerunError::NothingToRun(_)
-                    | RerunError::Definition { .. },
+                    | RerunError::Definition { .. }
+                    | RerunError::Incompatible { .. },
                 ) => Status::failed_precondition(e.to_string()),
                 Some(RerunError::Store(_)) | None => internal(e),
             })?;

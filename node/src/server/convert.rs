@@ -48,6 +48,7 @@ pub fn run(record: &RunRecord, steps: &[StepRecord]) -> v1::Run {
             .unwrap_or_default(),
         rerun_of: record.rerun_of.clone().unwrap_or_default(),
         from_step: record.from_step.clone().unwrap_or_default(),
+        from_version: record.from_version.unwrap_or_default(),
     }
 }
 
@@ -66,6 +67,7 @@ pub fn run_from(run: &v1::Run) -> Option<RunRecord> {
         trigger: run.trigger.parse().ok(),
         rerun_of: (!run.rerun_of.is_empty()).then(|| run.rerun_of.clone()),
         from_step: (!run.from_step.is_empty()).then(|| run.from_step.clone()),
+        from_version: (run.from_version != 0).then_some(run.from_version),
         // Not in the API's message: a worker gets the run's trace with its
         // assignment, and the coordinator keeps what it stored.
         traceparent: None,

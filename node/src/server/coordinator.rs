@@ -328,16 +328,26 @@ impl Coordinator {
     /// starts at the step the old one failed in; see the engine's
     /// `run::rerun`) and queues it. Why it cannot is a [`RerunError`] in
     /// the error's chain.
-    pub async fn rerun(self: &Arc<Self>, tenant: &str, run_id: &str) -> anyhow::Result<RunRecord> {
+    /// `version`: another version of the run's integration to run from the
+    /// failed step on (a fix).
+    pub async fn rerun(
+        self: &Arc<Self>,
+        tenant: &str,
+        run_id: &str,
+        version: Option<u32>,
+    ) -> anyhow::Result<RunRecord> {
         let store = self.store.clone();
         let (tenant, run_id) = (tenant.to_owned(), run_id.to_owned());
         let run =
-            tokio::task::spawn_blocking(move || create_rerun(&store, &tenant, &run_id)).await??;
+            tokio::task::spawn_blocking(move || create_rerun(&store, &tenant, &run_id, version))
+                .await??;
         tracing::info!(
             tenant = %run.tenant,
             run_id = %run.run_id,
             rerun_of = run.rerun_of.as_deref().unwrap_or_default(),
             from_step = run.from_step.as_deref().unwrap_or_default(),
+            version = run.version,
+            from_version = run.from_version.unwrap_or_default(),
             "rerun queued"
         );
         crate::telemetry::metrics::get().run_started(&run.tenant, &run.integration);

@@ -143,6 +143,10 @@ pub struct Run {
     pub rerun_of: ::prost::alloc::string::String,
     #[prost(string, tag = "12")]
     pub from_step: ::prost::alloc::string::String,
+    /// A rerun with another version (RerunRunRequest.version): the version the
+    /// failed run ran; 0 otherwise.
+    #[prost(uint32, tag = "15")]
+    pub from_version: u32,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -722,6 +726,10 @@ pub struct RerunRunRequest {
     /// The failed run.
     #[prost(string, tag = "1")]
     pub run_id: ::prost::alloc::string::String,
+    /// The version of the run's integration to run from the failed step on;
+    /// unset: the failed run's own.
+    #[prost(uint32, optional, tag = "2")]
+    pub version: ::core::option::Option<u32>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -1441,10 +1449,13 @@ pub mod isoflow_client {
             self.inner.unary(req, path, codec).await
         }
         /// Runs a failed run again from the step it failed in: a new run (trigger
-        /// `rerun`, `rerun_of` the old one) of the same integration version with
-        /// the same input, in which every step before that one is the old run's
-        /// checkpoint and is not run again. FAILED_PRECONDITION for a run that did
-        /// not fail.
+        /// `rerun`, `rerun_of` the old one) with the same input, in which every
+        /// step before that one is the old run's checkpoint and is not run again.
+        /// It runs the same integration version, or `version` (a fix deployed
+        /// since) from the failed step on, recording the version it moved from in
+        /// `from_version`. FAILED_PRECONDITION for a run that did not fail, or a
+        /// version whose steps up to the failed one are not the run's (by id, in
+        /// order); NOT_FOUND for a version that is not deployed.
         pub async fn rerun_run(
             &mut self,
             request: impl tonic::IntoRequest<super::RerunRunRequest>,
@@ -1647,10 +1658,13 @@ pub mod isoflow_server {
             tonic::Status,
         >;
         /// Runs a failed run again from the step it failed in: a new run (trigger
-        /// `rerun`, `rerun_of` the old one) of the same integration version with
-        /// the same input, in which every step before that one is the old run's
-        /// checkpoint and is not run again. FAILED_PRECONDITION for a run that did
-        /// not fail.
+        /// `rerun`, `rerun_of` the old one) with the same input, in which every
+        /// step before that one is the old run's checkpoint and is not run again.
+        /// It runs the same integration version, or `version` (a fix deployed
+        /// since) from the failed step on, recording the version it moved from in
+        /// `from_version`. FAILED_PRECONDITION for a run that did not fail, or a
+        /// version whose steps up to the failed one are not the run's (by id, in
+        /// order); NOT_FOUND for a version that is not deployed.
         async fn rerun_run(
             &self,
             request: tonic::Request<super::RerunRunRequest>,

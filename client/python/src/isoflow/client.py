@@ -326,12 +326,19 @@ class Client(Connection):
         for a run that already ended."""
         return self._call(self._stub.CancelRun, v1.CancelRunRequest(run_id=run_id), retry=False)
 
-    def rerun(self, run_id: str) -> v1.Run:
+    def rerun(self, run_id: str, version: int | None = None) -> v1.Run:
         """Runs a failed run again from the step it failed in: a new run,
         pending, whose earlier steps are the old run's checkpoints
         (``rerun_of`` and ``from_step`` say so); ``FAILED_PRECONDITION``
-        for a run that did not fail."""
-        return self._call(self._stub.RerunRun, v1.RerunRunRequest(run_id=run_id), retry=False)
+        for a run that did not fail. ``version``: another version of the
+        integration (a fix deployed since) to run from that step on
+        (``from_version`` of the new run says which it moved from);
+        ``NOT_FOUND`` if it is not deployed, ``FAILED_PRECONDITION`` if its
+        steps up to the failed one are not the run's."""
+        request = v1.RerunRunRequest(run_id=run_id)
+        if version is not None:
+            request.version = version
+        return self._call(self._stub.RerunRun, request, retry=False)
 
     # Triggers.
 

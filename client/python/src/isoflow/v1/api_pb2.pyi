@@ -143,7 +143,7 @@ class RunTarget(_message.Message):
     def __init__(self, integration: _Optional[str] = ..., version: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "tenant", "integration", "version", "status", "create_time", "update_time", "error", "steps", "trigger", "rerun_of", "from_step")
+    __slots__ = ("run_id", "tenant", "integration", "version", "status", "create_time", "update_time", "error", "steps", "trigger", "rerun_of", "from_step", "from_version")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     INTEGRATION_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +156,7 @@ class Run(_message.Message):
     TRIGGER_FIELD_NUMBER: _ClassVar[int]
     RERUN_OF_FIELD_NUMBER: _ClassVar[int]
     FROM_STEP_FIELD_NUMBER: _ClassVar[int]
+    FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     tenant: str
     integration: str
@@ -168,7 +169,8 @@ class Run(_message.Message):
     trigger: str
     rerun_of: str
     from_step: str
-    def __init__(self, run_id: _Optional[str] = ..., tenant: _Optional[str] = ..., integration: _Optional[str] = ..., version: _Optional[int] = ..., status: _Optional[_Union[RunStatus, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., trigger: _Optional[str] = ..., rerun_of: _Optional[str] = ..., from_step: _Optional[str] = ...) -> None: ...
+    from_version: int
+    def __init__(self, run_id: _Optional[str] = ..., tenant: _Optional[str] = ..., integration: _Optional[str] = ..., version: _Optional[int] = ..., status: _Optional[_Union[RunStatus, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., trigger: _Optional[str] = ..., rerun_of: _Optional[str] = ..., from_step: _Optional[str] = ..., from_version: _Optional[int] = ...) -> None: ...
 
 class Step(_message.Message):
     __slots__ = ("step_key", "status", "attempts", "start_time", "end_time", "output_bytes", "error")
@@ -637,7 +639,9 @@ class RevokeTokenRequest(_message.Message):
     def __init__(self, token_id: _Optional[str] = ...) -> None: ...
 
 class RerunRunRequest(_message.Message):
-    __slots__ = ("run_id",)
+    __slots__ = ("run_id", "version")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     run_id: str
-    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+    version: int
+    def __init__(self, run_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...

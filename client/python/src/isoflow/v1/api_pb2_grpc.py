@@ -291,10 +291,13 @@ class IsoflowServicer:
 
     def RerunRun(self, request, context):
         """Runs a failed run again from the step it failed in: a new run (trigger
-        `rerun`, `rerun_of` the old one) of the same integration version with
-        the same input, in which every step before that one is the old run's
-        checkpoint and is not run again. FAILED_PRECONDITION for a run that did
-        not fail.
+        `rerun`, `rerun_of` the old one) with the same input, in which every
+        step before that one is the old run's checkpoint and is not run again.
+        It runs the same integration version, or `version` (a fix deployed
+        since) from the failed step on, recording the version it moved from in
+        `from_version`. FAILED_PRECONDITION for a run that did not fail, or a
+        version whose steps up to the failed one are not the run's (by id, in
+        order); NOT_FOUND for a version that is not deployed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
