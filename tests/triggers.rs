@@ -1208,23 +1208,26 @@ steps:
     )
 }
 
-#[test]
-fn a_failed_run_reruns_from_its_failed_step_and_the_steps_before_are_not_run_again() {
-    let node = start();
+/// A shop that answers `GET /orders` with three orders, and an ERP whose
+/// `POST /erp` answers as `erp` says.
+fn orders_and_erp(erp: Responder) -> HttpFixture {
     let fixture = HttpFixture::start();
     fixture.route(
         "GET",
         "/orders",
         Responder::Fixed(Reply::json(200, &json!({ "orders": [1, 2, 3] }))),
     );
-    fixture.route(
-        "POST",
-        "/erp",
-        Responder::Sequence(vec![
-            Reply::text(500, "the ERP is down"),
-            Reply::json(201, &json!({ "ok": true })),
-        ]),
-    );
+    fixture.route("POST", "/erp", erp);
+    fixture
+}
+
+#[test]
+fn a_failed_run_reruns_from_its_failed_step_and_the_steps_before_are_not_run_again() {
+    let node = start();
+    let fixture = orders_and_erp(Responder::Sequence(vec![
+        Reply::text(500, "the ERP is down"),
+        Reply::json(201, &json!({ "ok": true })),
+    ]));
     runtime().block_on(async {
         let acme = Client::connect(&node.api, Some(ACME))
             .await
@@ -1361,17 +1364,7 @@ steps:{before}
 #[test]
 fn a_failed_run_resumes_from_its_failed_step_with_a_fixed_version() {
     let node = start();
-    let fixture = HttpFixture::start();
-    fixture.route(
-        "GET",
-        "/orders",
-        Responder::Fixed(Reply::json(200, &json!({ "orders": [1, 2, 3] }))),
-    );
-    fixture.route(
-        "POST",
-        "/erp",
-        Responder::Fixed(Reply::json(201, &json!({ "ok": true }))),
-    );
+    let fixture = orders_and_erp(Responder::Fixed(Reply::json(201, &json!({ "ok": true }))));
     runtime().block_on(async {
         let acme = Client::connect(&node.api, Some(ACME))
             .await
