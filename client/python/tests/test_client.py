@@ -254,6 +254,18 @@ def test_list_runs_pages_newest_first_and_filters(client: isoflow.Client) -> Non
         client.rerun(started[0])
     assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
 
+    # Fixed as version 2, the failed run resumes with it.
+    fixed = echo(name).replace("version: 1", "version: 2").replace(
+        '        if (input && input.fail) throw new Error("asked to fail");\n', ""
+    )
+    client.deploy(fixed, file_name=f"{name}.yaml")
+    resumed = client.rerun(failed, version=2)
+    assert (resumed.rerun_of, resumed.version, resumed.from_version) == (failed, 2, 1)
+    assert client.wait(resumed.run_id).status == v1.RUN_STATUS_SUCCEEDED
+    with pytest.raises(IsoflowError) as missing:
+        client.rerun(failed, version=7)
+    assert missing.value.code == grpc.StatusCode.NOT_FOUND
+
 
 def test_a_slow_run_is_cancelled(client: isoflow.Client, held: Held) -> None:
     name = unique("slow")
