@@ -1383,9 +1383,49 @@ fn a_failed_run_resumes_from_its_failed_step_with_a_fixed_version() {
         assert_eq!(fixture.count("GET", "/orders"), 1);
         assert_eq!(fixture.count("POST", "/erp"), 0);
 
+        // What the failed step was given, to reproduce the failure with;
+        // the caller's own runs' code steps only.
+        assert_eq!(
+            acme.step_input(&first.run_id, "shape").await.expect("its input"),
+            json!([1, 2, 3])
+        );
+        let error = acme.step_input(&first.run_id, "fetch").await.expect_err("http");
+        assert!(format!("{error:?}").contains("FailedPrecondition"), "{error:?}");
+        let globex = Client::connect(&node.api, Some(GLOBEX)).await.expect("connects");
+        let error = globex.step_input(&first.run_id, "shape").await.expect_err("not globex's");
+        assert!(format!("{error:?}").contains("NotFound"), "{error:?}");
+        // `isoflow eval` on that input: the run's failure, then the fix's output.
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let input = dir.path().join("input.json");
+        let given = acme.step_input(&first.run_id, "shape").await.expect("its input");
+        std::fs::write(&input, given.to_string()).expect("write");
+        let eval = |body: &str| {
+            let step = dir.path().join("shape.js");
+            std::fs::write(&step, format!("export default (input) => {body}")).expect("write");
+            Command::new(env!("CARGO_BIN_EXE_isoflow"))
+                .arg("eval")
+                .arg(&step)
+                .arg("--input")
+                .arg(format!("@{}", input.display()))
+                .output()
+                .expect("isoflow eval runs")
+        };
+        let failing = eval(broken);
+        let said = String::from_utf8_lossy(&failing.stderr);
+        assert!(!failing.status.success(), "{said}");
+        let run_said = first.error.split_once("uncaught ").map(|(_, e)| e).unwrap_or(&first.error);
+        let first_line = run_said.lines().next().expect("a sentence");
+        assert!(said.contains(first_line.split(" at ").next().expect("text")), "{said} / {run_said}");
+
         // The fix, as version 2; and two versions that cannot take over:
         // one without the failed step, one with a step before it.
         let fixed = "({ total: input.reduce((a, b) => a + b, 0), fixed: true })";
+        let passing = eval(fixed);
+        assert!(passing.status.success(), "{}", String::from_utf8_lossy(&passing.stderr));
+        assert_eq!(
+            serde_json::from_slice::<Value>(&passing.stdout).expect("JSON"),
+            json!({ "total": 6, "fixed": true })
+        );
         acme.deploy(&repair_definition(&fixture, 2, fixed, ""), "repair.yaml", HashMap::new())
             .await
             .expect("deploys v2");

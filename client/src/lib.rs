@@ -518,6 +518,24 @@ impl Client {
         json_of(chunks).await
     }
 
+    /// The input code step `step_key` of the run was given (a failed one
+    /// too), to run it again locally: `isoflow eval step.js --input
+    /// @input.json`. Rendered again from the run's input and the
+    /// checkpoints before the step, which is all its template reads.
+    ///
+    /// # Errors
+    /// `NOT_FOUND` for a run or step that does not exist;
+    /// `FAILED_PRECONDITION` for a step that is not a code step or a loop
+    /// element the run did not reach.
+    pub async fn step_input(&self, run_id: &str, step_key: &str) -> Result<serde_json::Value> {
+        let request = v1::GetStepInputRequest {
+            run_id: run_id.to_owned(),
+            step_key: step_key.to_owned(),
+        };
+        let chunks = retried!(self.get_step_input(request))?;
+        json_of(chunks).await
+    }
+
     /// Every log line of the run so far, in order (all pages).
     ///
     /// # Errors

@@ -140,6 +140,9 @@ enum Command {
     /// Print what a step of a run checkpointed, as JSON (its key as `show`
     /// lists it)
     StepOutput { run_id: String, step_key: String },
+    /// Print the input a code step was given (a failed one too), as JSON:
+    /// `isoflow eval step.js --input @input.json` runs the step on it
+    StepInput { run_id: String, step_key: String },
     /// Print a run's log lines, finished or not
     Logs { run_id: String },
     /// Cancel a run: steps in flight finish, no others start
@@ -572,6 +575,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::StepOutput { run_id, step_key } => {
             let output = client.step_output(&run_id, &step_key).await?;
             writeln!(out, "{}", pretty(&output))?;
+        }
+        Command::StepInput { run_id, step_key } => {
+            let input = client.step_input(&run_id, &step_key).await?;
+            writeln!(out, "{}", pretty(&input))?;
         }
         Command::Logs { run_id } => {
             for line in client.logs(&run_id).await? {

@@ -61,6 +61,7 @@ use crate::telemetry::{NoTelemetry, Telemetry};
 mod context;
 mod for_each;
 pub mod journal;
+pub mod replay;
 pub mod rerun;
 mod retry;
 mod root;
@@ -70,6 +71,7 @@ mod step;
 pub use journal::{
     Journal, JournalError, JournalFuture, JournalWrite, Restored, StoreJournal, WriteKind,
 };
+pub use replay::{ReplayError, StepReplay, step_replay};
 pub use rerun::{RerunError, create_rerun};
 pub use retry::retry_delay;
 

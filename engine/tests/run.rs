@@ -17,7 +17,7 @@ use isoflow_engine::model;
 use isoflow_engine::run::{
     Credential, Engine, EngineConfig, RunEvent, RunOutcome, Secret, StaticCredentials,
 };
-use isoflow_engine::run::{RerunError, create_rerun};
+use isoflow_engine::run::{ReplayError, RerunError, create_rerun, step_replay};
 use isoflow_engine::sandbox::SandboxConfig;
 use isoflow_engine::store::{RunStatus, RunTrigger, StepStatus};
 use isoflow_testkit::{Gate, HttpFixture, Reply, Responder};
@@ -1690,6 +1690,76 @@ steps:
             status: "succeeded",
             ..
         })
+    ));
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A code step's input, rendered again from the stored run, is what the
+/// step was given: checked against steps that return their input, a loop
+/// element's step, and the step that failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_steps_input_is_rendered_again_from_the_stored_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let yaml = r#"
+apiVersion: isoflow.dev/v1
+name: replay
+version: 1
+steps:
+  - id: seed
+    type: code
+    source: "export default (input) => ({ items: [10, 20, 30], tag: input.tag })"
+  - id: each
+    type: loop
+    for_each: "{{ steps.seed.output.items }}"
+    steps:
+      - id: double
+        type: code
+        source: "export default (n) => n * 2"
+        input: "{{ item }}"
+      - id: echo
+        type: code
+        source: "export default (input) => input"
+        input: { doubled: "{{ steps.double.output }}", index: "{{ index }}", tag: "{{ steps.seed.output.tag }}" }
+  - id: fail
+    type: code
+    source: "export default (input) => { throw new Error('no ' + input.first.doubled); }"
+    input: { first: "{{ steps.each.output[0] }}", run: "{{ input }}" }
+"#;
+    let (outcome, _, run_id) = run(&engine, yaml, json!({"tag": "t"})).await;
+    assert_eq!(outcome.status, RunStatus::Failed, "{outcome:?}");
+    let store = engine.store().expect("a local engine has a store");
+    let replay = |key: &str| step_replay(store, "acme", &run_id, key);
+
+    // Each element's echo returned its input: the replayed input is that.
+    for index in 0..3 {
+        let key = format!("each/{index:08}/echo");
+        let given = store.step_output("acme", &run_id, &key).unwrap().unwrap();
+        assert_eq!(replay(&key).unwrap().input, given, "{key}");
+    }
+    assert_eq!(replay("each/00000002/double").unwrap().input, json!(30));
+    // The failed step: its input, and its source to run it with.
+    let failed = replay("fail").unwrap();
+    assert_eq!(
+        failed.input,
+        json!({"first": {"doubled": 20, "index": 0, "tag": "t"}, "run": {"tag": "t"}})
+    );
+    assert!(failed.source.contains("throw new Error"), "{failed:?}");
+    assert_eq!(replay("seed").unwrap().input, json!({"tag": "t"}));
+
+    // What has no input to replay, each with its sentence.
+    for (key, says) in [
+        ("each", "is a loop step"),
+        ("nope", "has no step nope"),
+        ("each/00000007/echo", "its loop each has no element 7"),
+        ("#definition", "has no step #definition"),
+    ] {
+        let error = replay(key).expect_err(key).to_string();
+        assert!(error.contains(says), "{key}: {error}");
+    }
+    assert!(matches!(
+        step_replay(store, "globex", &run_id, "fail"),
+        Err(ReplayError::NotFound(_))
     ));
     engine.shutdown(Duration::from_secs(5)).await;
 }

@@ -254,6 +254,9 @@ def test_list_runs_pages_newest_first_and_filters(client: isoflow.Client) -> Non
         client.rerun(started[0])
     assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
 
+    # What the failed step was given.
+    assert client.step_input(failed, "echo") == {"fail": True}
+
     # Fixed as version 2, the failed run resumes with it.
     fixed = echo(name).replace("version: 1", "version: 2").replace(
         '        if (input && input.fail) throw new Error("asked to fail");\n', ""

@@ -10,8 +10,8 @@ use isoflow_engine::credential::Secret;
 use isoflow_engine::credential::oauth2;
 use isoflow_engine::credential::vault::{Vault, VaultError};
 use isoflow_engine::model;
-use isoflow_engine::run::RerunError;
 use isoflow_engine::run::inline_code;
+use isoflow_engine::run::{ReplayError, RerunError, step_replay};
 use isoflow_engine::store::{
     Deployed, IntegrationRecord, RunFilter, RunRecord, RunStatus, RunTrigger, now_ms,
 };
@@ -460,6 +460,7 @@ impl Isoflow for Api {
     }
 
     type GetStepOutputStream = ChunkStream;
+    type GetStepInputStream = ChunkStream;
 
     async fn get_step_output(
         &self,
@@ -485,6 +486,35 @@ impl Isoflow for Api {
         .await?
         .map_err(|step| Status::not_found(format!("the run has no checkpointed step {step:?}")))?;
         Ok(Response::new(chunks(reader, "the step's output")))
+    }
+
+    async fn get_step_input(
+        &self,
+        request: Request<v1::GetStepInputRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let tenant = tenant(&request)?;
+        let v1::GetStepInputRequest { run_id, step_key } = request.into_inner();
+        check_run_id(&run_id)?;
+        if step_key.is_empty() || step_key.contains('\0') {
+            return Err(Status::invalid_argument(
+                "step_key is empty or holds a NUL character",
+            ));
+        }
+        let store = self.coordinator.store.clone();
+        let replay = blocking(move || Ok(step_replay(&store, &tenant, &run_id, &step_key))).await?;
+        let input = replay.map_err(|e| match e {
+            // Another tenant's run is as absent as one that never was.
+            ReplayError::NotFound(_) | ReplayError::NoSuchStep { .. } => {
+                Status::not_found(e.to_string())
+            }
+            ReplayError::NotCode { .. }
+            | ReplayError::NotReached { .. }
+            | ReplayError::Stored { .. } => Status::failed_precondition(e.to_string()),
+            ReplayError::Store(_) => internal(e),
+        })?;
+        let json = serde_json::to_vec(&input.input).map_err(internal)?;
+        let reader: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(json));
+        Ok(Response::new(chunks(Some(reader), "the step's input")))
     }
 
     async fn get_run_logs(

@@ -252,6 +252,15 @@ pub struct GetStepOutputRequest {
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetStepInputRequest {
+    #[prost(string, tag = "1")]
+    pub run_id: ::prost::alloc::string::String,
+    /// As in Step.step_key: `<loop>/<index>/<step>` inside a loop.
+    #[prost(string, tag = "2")]
+    pub step_key: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetRunLogsRequest {
     #[prost(string, tag = "1")]
     pub run_id: ::prost::alloc::string::String,
@@ -1206,6 +1215,35 @@ pub mod isoflow_client {
                 .insert(GrpcMethod::new("isoflow.v1.Isoflow", "GetStepOutput"));
             self.inner.server_streaming(req, path, codec).await
         }
+        /// The input a code step was given, as JSON, in chunks: its `input`
+        /// template rendered again from the run's input and the checkpoints of the
+        /// steps before it, which is all a template reads. For a failed step, the
+        /// input to reproduce the failure with (`isoflow eval step.js --input  @input.json`). NOT_FOUND for no such run or step, FAILED_PRECONDITION
+        /// for a step that is not a code step or a loop element not reached.
+        pub async fn get_step_input(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetStepInputRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::PayloadChunk>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/isoflow.v1.Isoflow/GetStepInput",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("isoflow.v1.Isoflow", "GetStepInput"));
+            self.inner.server_streaming(req, path, codec).await
+        }
         /// A run's log lines, in order, a page at a time (finished runs too).
         pub async fn get_run_logs(
             &mut self,
@@ -1580,6 +1618,24 @@ pub mod isoflow_server {
             request: tonic::Request<super::GetStepOutputRequest>,
         ) -> std::result::Result<
             tonic::Response<Self::GetStepOutputStream>,
+            tonic::Status,
+        >;
+        /// Server streaming response type for the GetStepInput method.
+        type GetStepInputStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::PayloadChunk, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// The input a code step was given, as JSON, in chunks: its `input`
+        /// template rendered again from the run's input and the checkpoints of the
+        /// steps before it, which is all a template reads. For a failed step, the
+        /// input to reproduce the failure with (`isoflow eval step.js --input  @input.json`). NOT_FOUND for no such run or step, FAILED_PRECONDITION
+        /// for a step that is not a code step or a loop element not reached.
+        async fn get_step_input(
+            &self,
+            request: tonic::Request<super::GetStepInputRequest>,
+        ) -> std::result::Result<
+            tonic::Response<Self::GetStepInputStream>,
             tonic::Status,
         >;
         /// A run's log lines, in order, a page at a time (finished runs too).
@@ -2185,6 +2241,52 @@ pub mod isoflow_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetStepOutputSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/isoflow.v1.Isoflow/GetStepInput" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetStepInputSvc<T: Isoflow>(pub Arc<T>);
+                    impl<
+                        T: Isoflow,
+                    > tonic::server::ServerStreamingService<super::GetStepInputRequest>
+                    for GetStepInputSvc<T> {
+                        type Response = super::PayloadChunk;
+                        type ResponseStream = T::GetStepInputStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetStepInputRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Isoflow>::get_step_input(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetStepInputSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -320,6 +320,13 @@ class Client(Connection):
         request = v1.GetStepOutputRequest(run_id=run_id, step_key=step_key)
         return _parse(b"".join(c.data for c in self._stream(self._stub.GetStepOutput, request)))
 
+    def step_input(self, run_id: str, step_key: str) -> Any:
+        """The input a code step was given (a failed one too), rendered again
+        from the run's input and the checkpoints before it: run the step on
+        it locally with ``isoflow eval step.js --input @input.json``."""
+        request = v1.GetStepInputRequest(run_id=run_id, step_key=step_key)
+        return _parse(b"".join(c.data for c in self._stream(self._stub.GetStepInput, request)))
+
     def cancel(self, run_id: str) -> v1.Run:
         """Cancels a run: the steps in flight stop, no others start. The
         run as the server has it after the request; ``FAILED_PRECONDITION``

@@ -258,6 +258,14 @@ class GetStepOutputRequest(_message.Message):
     step_key: str
     def __init__(self, run_id: _Optional[str] = ..., step_key: _Optional[str] = ...) -> None: ...
 
+class GetStepInputRequest(_message.Message):
+    __slots__ = ("run_id", "step_key")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_KEY_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    step_key: str
+    def __init__(self, run_id: _Optional[str] = ..., step_key: _Optional[str] = ...) -> None: ...
+
 class GetRunLogsRequest(_message.Message):
     __slots__ = ("run_id", "page_size", "page_token")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]

@@ -84,6 +84,11 @@ class IsoflowStub:
                 request_serializer=isoflow_dot_v1_dot_api__pb2.GetStepOutputRequest.SerializeToString,
                 response_deserializer=isoflow_dot_v1_dot_api__pb2.PayloadChunk.FromString,
                 _registered_method=True)
+        self.GetStepInput = channel.unary_stream(
+                '/isoflow.v1.Isoflow/GetStepInput',
+                request_serializer=isoflow_dot_v1_dot_api__pb2.GetStepInputRequest.SerializeToString,
+                response_deserializer=isoflow_dot_v1_dot_api__pb2.PayloadChunk.FromString,
+                _registered_method=True)
         self.GetRunLogs = channel.unary_unary(
                 '/isoflow.v1.Isoflow/GetRunLogs',
                 request_serializer=isoflow_dot_v1_dot_api__pb2.GetRunLogsRequest.SerializeToString,
@@ -210,6 +215,18 @@ class IsoflowServicer:
 
     def GetStepOutput(self, request, context):
         """A checkpointed step's output, as JSON, in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStepInput(self, request, context):
+        """The input a code step was given, as JSON, in chunks: its `input`
+        template rendered again from the run's input and the checkpoints of the
+        steps before it, which is all a template reads. For a failed step, the
+        input to reproduce the failure with (`isoflow eval step.js --input
+        @input.json`). NOT_FOUND for no such run or step, FAILED_PRECONDITION
+        for a step that is not a code step or a loop element not reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -354,6 +371,11 @@ def add_IsoflowServicer_to_server(servicer, server):
             'GetStepOutput': grpc.unary_stream_rpc_method_handler(
                     servicer.GetStepOutput,
                     request_deserializer=isoflow_dot_v1_dot_api__pb2.GetStepOutputRequest.FromString,
+                    response_serializer=isoflow_dot_v1_dot_api__pb2.PayloadChunk.SerializeToString,
+            ),
+            'GetStepInput': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetStepInput,
+                    request_deserializer=isoflow_dot_v1_dot_api__pb2.GetStepInputRequest.FromString,
                     response_serializer=isoflow_dot_v1_dot_api__pb2.PayloadChunk.SerializeToString,
             ),
             'GetRunLogs': grpc.unary_unary_rpc_method_handler(
@@ -681,6 +703,33 @@ class Isoflow:
             target,
             '/isoflow.v1.Isoflow/GetStepOutput',
             isoflow_dot_v1_dot_api__pb2.GetStepOutputRequest.SerializeToString,
+            isoflow_dot_v1_dot_api__pb2.PayloadChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStepInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/isoflow.v1.Isoflow/GetStepInput',
+            isoflow_dot_v1_dot_api__pb2.GetStepInputRequest.SerializeToString,
             isoflow_dot_v1_dot_api__pb2.PayloadChunk.FromString,
             options,
             channel_credentials,
