@@ -109,11 +109,20 @@ impl RunCtx {
     /// fails as it did. Writes are made one after the other: a later one
     /// (a run's end above all) never lands before an earlier one.
     pub(crate) async fn settle(&self) -> Result<(), ActorProcessingErr> {
+        self.settled_ahead().await.map(drop)
+    }
+
+    /// [`RunCtx::settle`], keeping the slot of the write ahead locked for
+    /// the next one. The wait counts as time the run stood still.
+    async fn settled_ahead(
+        &self,
+    ) -> Result<tokio::sync::MutexGuard<'_, Option<AheadWrite>>, ActorProcessingErr> {
         let start = Instant::now();
         // Held while waiting, so that a second caller waits as well.
-        let settled = settled(&mut *self.ahead.lock().await).await;
+        let mut ahead = self.ahead.lock().await;
+        let settled = settled(&mut ahead).await;
         self.timings.add_store_wait(start.elapsed());
-        settled
+        settled.map(|()| ahead)
     }
 
     /// Starts making finished steps durable and returns at once: the run's
@@ -132,11 +141,7 @@ impl RunCtx {
         bytes: u64,
         finished: RunEvent,
     ) -> Result<(), ActorProcessingErr> {
-        let start = Instant::now();
-        let mut ahead = self.ahead.lock().await;
-        let earlier = settled(&mut ahead).await;
-        self.timings.add_store_wait(start.elapsed());
-        earlier?;
+        let mut ahead = self.settled_ahead().await?;
         let ctx = self.clone();
         *ahead = Some(tokio::spawn(async move {
             ctx.write_now(ctx.record(), steps, logs, WriteKind::Checkpoint, bytes)

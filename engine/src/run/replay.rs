@@ -97,18 +97,31 @@ pub fn step_replay(
         }
         Ok::<_, ReplayError>(outputs)
     };
+    let not_code = |kind| ReplayError::NotCode {
+        run_id: run_id.to_owned(),
+        step_key: step_key.to_owned(),
+        kind,
+    };
+    // The code step `id` of `steps`.
+    let code_step = |steps: &'_ [Step], id: &str| match find(steps, id) {
+        Some(Step::Code(code)) => Ok(code.clone()),
+        Some(Step::Http(_)) => Err(not_code("an http")),
+        Some(Step::Loop(_)) => Err(not_code("a loop")),
+        None => Err(no_such()),
+    };
     let parts: Vec<&str> = step_key.split('/').collect();
-    let (step, rendered) = match parts.as_slice() {
+    let (code, input) = match parts.as_slice() {
         [id] => {
-            let step = find(&integration.steps, id).ok_or_else(no_such)?;
+            let code = code_step(&integration.steps, id)?;
             let top = outputs_before(&integration.steps, id, "")?;
-            (step, render(step, &Scope::new(&input, &top)))
+            let input = code.input.render(&Scope::new(&input, &top));
+            (code, input)
         }
         [loop_id, index, id] => {
             let Some(Step::Loop(each)) = find(&integration.steps, loop_id) else {
                 return Err(no_such());
             };
-            let step = find(&each.steps, id).ok_or_else(no_such)?;
+            let code = code_step(&each.steps, id)?;
             let index: usize = index.parse().map_err(|_| no_such())?;
             let top = outputs_before(&integration.steps, loop_id, "")?;
             let items = each.for_each.render(&Scope::new(&input, &top));
@@ -121,46 +134,29 @@ pub fn step_replay(
             };
             let own = outputs_before(&each.steps, id, &format!("{loop_id}/{index:08}/"))?;
             let both = (&own, &top);
-            (
-                step,
-                render(step, &Scope::new(&input, &both).with_item(item, index)),
-            )
+            let input = code
+                .input
+                .render(&Scope::new(&input, &both).with_item(item, index));
+            (code, input)
         }
         _ => return Err(no_such()),
     };
-    let not_code = |kind| ReplayError::NotCode {
-        run_id: run_id.to_owned(),
-        step_key: step_key.to_owned(),
-        kind,
-    };
-    match (step, rendered) {
-        (Step::Code(code), Some(input)) => match &code.code {
-            CodeSource::Source(source) => Ok(StepReplay {
-                source: source.clone(),
-                runtime: code.runtime,
-                input,
-            }),
-            CodeSource::File(file) => Err(ReplayError::Stored {
-                run_id: run_id.to_owned(),
-                reason: format!(
-                    "step {step_key}'s code is a file ({}), not inlined",
-                    file.display()
-                ),
-            }),
-        },
-        (Step::Http(_), _) => Err(not_code("an http")),
-        (Step::Loop(_), _) | (Step::Code(_), None) => Err(not_code("a loop")),
+    match code.code {
+        CodeSource::Source(source) => Ok(StepReplay {
+            source,
+            runtime: code.runtime,
+            input,
+        }),
+        CodeSource::File(file) => Err(ReplayError::Stored {
+            run_id: run_id.to_owned(),
+            reason: format!(
+                "step {step_key}'s code is a file ({}), not inlined",
+                file.display()
+            ),
+        }),
     }
 }
 
 fn find<'a>(steps: &'a [Step], id: &str) -> Option<&'a Step> {
     steps.iter().find(|s| s.id().as_str() == id)
-}
-
-/// A code step's input under `scope`; `None` for other steps.
-fn render(step: &Step, scope: &Scope<'_>) -> Option<Value> {
-    match step {
-        Step::Code(code) => Some(code.input.render(scope)),
-        _ => None,
-    }
 }
