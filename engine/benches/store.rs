@@ -38,6 +38,7 @@ fn main() {
                         finished_at_ms: 0,
                         output_bytes: Some(size as u64),
                         error: None,
+                        node: None,
                     };
                     let start = Instant::now();
                     store

@@ -317,6 +317,10 @@ pub struct StepRecord {
     pub output_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The node that ran it (a worker's id, or the `all` node's), as its
+    /// coordinator recorded it; `None` in records stored before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// One captured log line of a run.

@@ -29,6 +29,7 @@ fn step(key: &str, output_bytes: Option<u64>) -> StepRecord {
         finished_at_ms: now_ms(),
         output_bytes,
         error: None,
+        node: None,
     }
 }
 

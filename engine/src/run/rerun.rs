@@ -233,6 +233,7 @@ mod tests {
             finished_at_ms: 2,
             output_bytes: Some(2),
             error: None,
+            node: None,
         }
     }
 

@@ -367,6 +367,7 @@ pub(crate) async fn next(
                 finished_at_ms: now,
                 output_bytes: None,
                 error: None,
+                node: None,
             };
             let mut entries = vec![(record, None)];
             if state.is_last() {
@@ -417,6 +418,7 @@ pub(crate) fn item_entry(
         finished_at_ms: now,
         output_bytes: None,
         error: None,
+        node: None,
     };
     Some((
         record,
@@ -708,6 +710,7 @@ pub(crate) async fn succeeded(
         finished_at_ms: now_ms(),
         output_bytes: None,
         error: None,
+        node: None,
     };
     let mut entries = vec![(record, Some(output.clone()))];
     let finished = RunEvent::StepFinished {
@@ -798,6 +801,7 @@ pub(crate) async fn failed(
         finished_at_ms: now_ms(),
         output_bytes: None,
         error: Some(failure.message.clone()),
+        node: None,
     };
     let duration = current.started.elapsed();
     state.current = None;

@@ -672,7 +672,7 @@ impl Isoflow for Api {
                                     logged.insert(attempt);
                                     v1::run_update::Update::Log(line.clone())
                                 }
-                                UpdateKind::Log(_) => continue,
+                                UpdateKind::Log(_) | UpdateKind::Queued => continue,
                                 // The end, with every step, as stored.
                                 UpdateKind::Finished => {
                                     break catch_up(&mut sent, &mut logged, &mut from_store, false);

@@ -87,10 +87,13 @@ impl ApiAuth {
     }
 }
 
-impl Interceptor for ApiAuth {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+impl ApiAuth {
+    /// The tenant a caller presenting `presented` (a bearer token, if any)
+    /// acts as: refused without a valid token when tokens are needed, and
+    /// for a disabled tenant. The gRPC API and the console both ask here.
+    pub fn authenticate(&self, presented: Option<&[u8]>) -> Result<String, Status> {
         let tenant = if self.closed {
-            let Some(presented) = bearer(&request) else {
+            let Some(presented) = presented else {
                 return Err(Status::unauthenticated(
                     "the call carries no token: send `authorization: Bearer <token>`",
                 ));
@@ -109,6 +112,19 @@ impl Interceptor for ApiAuth {
                 "tenant {tenant:?} is disabled: its tokens are refused until an admin enables it"
             )));
         }
+        Ok(tenant)
+    }
+
+    /// Whether every caller is tenant `local`, with no token (an `all`
+    /// node for one user).
+    pub fn is_open(&self) -> bool {
+        !self.closed
+    }
+}
+
+impl Interceptor for ApiAuth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let tenant = self.authenticate(bearer(&request))?;
         request.extensions_mut().insert(Tenant(tenant));
         Ok(request)
     }
@@ -137,6 +153,13 @@ impl AdminAuth {
             token: token.map(|t| Arc::new(t.as_bytes().to_vec())),
             api,
         }
+    }
+}
+
+impl AdminAuth {
+    /// Whether `presented` is the node's admin token.
+    pub fn is_admin(&self, presented: &[u8]) -> bool {
+        self.token.as_ref().is_some_and(|token| same(token, presented))
     }
 }
 

@@ -88,6 +88,7 @@ pub fn step(record: &StepRecord) -> v1::Step {
         end_time: from_ms(record.finished_at_ms),
         output_bytes: record.output_bytes,
         error: record.error.clone().unwrap_or_default(),
+        node: record.node.clone().unwrap_or_default(),
     }
 }
 
@@ -105,6 +106,7 @@ pub fn step_from(step: &v1::Step) -> Option<StepRecord> {
         finished_at_ms: to_ms(step.end_time.as_ref()),
         output_bytes: step.output_bytes,
         error: (!step.error.is_empty()).then(|| step.error.clone()),
+        node: None,
     })
 }
 

@@ -65,10 +65,32 @@ pub struct Update {
 
 #[derive(Debug, Clone)]
 pub enum UpdateKind {
+    /// The run was stored and queued (a start, a rerun, a restart's).
+    Queued,
     Step(v1::Step),
     Log(v1::LogLine),
     /// The run ended; what it ended with is in the store.
     Finished,
+}
+
+/// The cluster as its leader sees it.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    /// This coordinator's id.
+    pub leader: String,
+    /// Runs waiting for a slot.
+    pub queued: usize,
+    pub workers: Vec<WorkerView>,
+}
+
+/// One worker (or an `all` node's own engine) and its slots.
+#[derive(Debug, Clone)]
+pub struct WorkerView {
+    pub name: String,
+    pub capacity: u32,
+    pub in_flight: usize,
+    /// Connected over the network (false: this process's own engine).
+    pub remote: bool,
 }
 
 /// What the coordinator tells a connected worker's stream.
@@ -357,8 +379,38 @@ impl Coordinator {
 
     /// Queues a run that was just stored.
     pub fn enqueue(self: &Arc<Self>, key: RunKey) {
-        if lock(&self.state).scheduler.enqueue(key) {
+        if lock(&self.state).scheduler.enqueue(key.clone()) {
+            self.publish(&key.0, &key.1, UpdateKind::Queued);
             self.dispatch();
+        }
+    }
+
+    /// Who leads, who works and how much waits: the console's cluster
+    /// page.
+    pub fn cluster_view(&self) -> ClusterView {
+        let state = lock(&self.state);
+        let workers = state
+            .scheduler
+            .slots()
+            .into_iter()
+            .map(|(name, capacity, in_flight)| WorkerView {
+                remote: matches!(
+                    state.links.get(&name).map(|l| &l.link),
+                    Some(Link::Remote(_))
+                ),
+                name: if name == LOCAL_WORKER {
+                    format!("{} (this process)", self.id)
+                } else {
+                    name
+                },
+                capacity,
+                in_flight,
+            })
+            .collect();
+        ClusterView {
+            leader: self.id.clone(),
+            queued: state.scheduler.queued(),
+            workers,
         }
     }
 
@@ -575,6 +627,15 @@ impl Coordinator {
                 // A worker writes only to the run it was given.
                 write.run.tenant = tenant;
                 write.run.run_id = run_id;
+                // Which node ran each step is the coordinator's to say.
+                let node = if worker == LOCAL_WORKER {
+                    &self.id
+                } else {
+                    worker
+                };
+                for (record, _) in &mut write.steps {
+                    record.node = Some(node.to_owned());
+                }
                 if let Some((traceparent, caller)) = lock(&self.traces).get(&id) {
                     write.run.traceparent.clone_from(traceparent);
                     write.run.trace_caller.clone_from(caller);
@@ -866,6 +927,7 @@ mod tests {
                     finished_at_ms: 2,
                     output_bytes: None,
                     error: None,
+                    node: None,
                 },
                 Some(Arc::new(serde_json::json!({ "step": step }))),
             )],

@@ -188,6 +188,14 @@ impl Scheduler {
             .unwrap_or(self.tenant_runs_in_flight)
     }
 
+    /// Each worker: its name, capacity and assignments held.
+    pub fn slots(&self) -> Vec<(String, u32, usize)> {
+        self.workers
+            .iter()
+            .map(|(name, slot)| (name.clone(), slot.capacity, slot.assignments.len()))
+            .collect()
+    }
+
     /// Runs waiting.
     pub fn queued(&self) -> usize {
         self.queued.len()

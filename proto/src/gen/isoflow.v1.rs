@@ -166,6 +166,10 @@ pub struct Step {
     pub output_bytes: ::core::option::Option<u64>,
     #[prost(string, tag = "7")]
     pub error: ::prost::alloc::string::String,
+    /// The node that ran it (a worker's id, or the `all` node's); empty for
+    /// steps stored before nodes were recorded.
+    #[prost(string, tag = "10")]
+    pub node: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -173,7 +173,7 @@ class Run(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., tenant: _Optional[str] = ..., integration: _Optional[str] = ..., version: _Optional[int] = ..., status: _Optional[_Union[RunStatus, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., trigger: _Optional[str] = ..., rerun_of: _Optional[str] = ..., from_step: _Optional[str] = ..., from_version: _Optional[int] = ...) -> None: ...
 
 class Step(_message.Message):
-    __slots__ = ("step_key", "status", "attempts", "start_time", "end_time", "output_bytes", "error")
+    __slots__ = ("step_key", "status", "attempts", "start_time", "end_time", "output_bytes", "error", "node")
     STEP_KEY_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +181,7 @@ class Step(_message.Message):
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
     step_key: str
     status: StepStatus
     attempts: int
@@ -188,7 +189,8 @@ class Step(_message.Message):
     end_time: _timestamp_pb2.Timestamp
     output_bytes: int
     error: str
-    def __init__(self, step_key: _Optional[str] = ..., status: _Optional[_Union[StepStatus, str]] = ..., attempts: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., output_bytes: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+    node: str
+    def __init__(self, step_key: _Optional[str] = ..., status: _Optional[_Union[StepStatus, str]] = ..., attempts: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., output_bytes: _Optional[int] = ..., error: _Optional[str] = ..., node: _Optional[str] = ...) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("step_key", "attempt", "level", "message", "time")
