@@ -1207,7 +1207,7 @@ fn show(out: &mut impl Write, run: &v1::Run) -> std::io::Result<()> {
     writeln!(out)?;
     writeln!(
         out,
-        "{:<32} {:<9} {:>8} {:>10} {:>12}",
+        "{:<32} {:<9} {:>8} {:>10} {:>12}  NODE",
         "STEP", "STATUS", "ATTEMPTS", "DURATION", "OUTPUT"
     )?;
     for step in &run.steps {
@@ -1216,12 +1216,17 @@ fn show(out: &mut impl Write, run: &v1::Run) -> std::io::Result<()> {
             .map_or_else(|| "-".to_owned(), |b| format!("{b} B"));
         writeln!(
             out,
-            "{:<32} {:<9} {:>8} {:>10} {:>12}",
+            "{:<32} {:<9} {:>8} {:>10} {:>12}  {}",
             step.step_key,
             step_word(step.status()),
             step.attempts,
             step_duration(step),
-            output
+            output,
+            if step.node.is_empty() {
+                "-"
+            } else {
+                &step.node
+            }
         )?;
     }
     for step in run.steps.iter().filter(|step| !step.error.is_empty()) {

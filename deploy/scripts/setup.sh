@@ -42,6 +42,9 @@ install_missing "" protobuf-compiler libclang-dev etcd-server etcd-client libuv1
 # for rootless use, which nothing here needs.
 install_missing --no-install-recommends podman runc conmon containernetworking-plugins \
   golang-github-containers-common iptables mmdebstrap
+# The console's browser tests: Debian's headless Chromium and its WebDriver
+# (nothing downloads a browser of its own); a font so screenshots have text.
+install_missing --no-install-recommends chromium chromium-driver fonts-dejavu-core
 
 if [[ ! -f "$libnode_dir/usr/lib/x86_64-linux-gnu/libnode.so.108" || ! -f "$libnode_dir/usr/include/node/v8.h" ]]; then
   echo "setup: extracting libnode108 + libnode-dev into $libnode_dir"

@@ -120,8 +120,9 @@ impl Default for Api {
 }
 
 /// The node's HTTP listener: `/metrics`, `/healthz` and `/readyz` on every
-/// role; webhooks and the OAuth2 callback on a coordinator or all node.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// role; webhooks, the OAuth2 callback and the console on a coordinator or
+/// all node.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Http {
     /// Where it listens, e.g. 127.0.0.1:7701 [default: no listener].
@@ -138,6 +139,21 @@ pub struct Http {
     /// `<public_url>/oauth/callback/<id>` [default: none, and no OAuth2
     /// authorization code flow].
     pub public_url: Option<String>,
+    /// The web console under `/console` (sign-in with a tenant's API
+    /// token) [default: true].
+    pub console: bool,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            listen: None,
+            metrics_token_file: None,
+            metrics_token: None,
+            public_url: None,
+            console: true,
+        }
+    }
 }
 
 impl Http {

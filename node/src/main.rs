@@ -23,6 +23,7 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 mod config;
+mod console;
 mod eval;
 mod server;
 mod telemetry;

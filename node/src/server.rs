@@ -426,10 +426,6 @@ async fn serve_grpc(
         config.retention.sweep_interval,
         stop.clone(),
     ));
-    if let (Some(http), Some(late)) = (config.http.listen, late) {
-        let _ = late.set(hooks::routes(coordinator.clone()));
-        eprintln!("isoflow: webhooks listening on {http}");
-    }
     let tokens = config
         .auth
         .tokens
@@ -439,14 +435,38 @@ async fn serve_grpc(
         coordinator.tenants.clone(),
         config.auth.admin_token.is_some(),
     );
+    let admin_auth = auth::AdminAuth::new(
+        config.auth.admin_token.as_ref().map(|t| t.0.as_str()),
+        api_auth.clone(),
+    );
+    let public_api = api::Api {
+        coordinator: coordinator.clone(),
+        limits: config.limits.model(),
+        oauth_callback: config.http.oauth_callback(),
+    };
+    if let (Some(http), Some(late)) = (config.http.listen, late) {
+        let mut routes = hooks::routes(coordinator.clone());
+        if config.http.console {
+            let secure = config
+                .http
+                .public_url
+                .as_deref()
+                .is_some_and(|url| url.starts_with("https://"));
+            routes = routes.merge(crate::console::router(crate::console::Console::new(
+                public_api.clone(),
+                api_auth.clone(),
+                admin_auth.clone(),
+                secure,
+            )));
+            eprintln!("isoflow: console on http://{http}/console");
+        }
+        let _ = late.set(routes);
+        eprintln!("isoflow: webhooks listening on {http}");
+    }
     let api = InterceptedService::new(
-        IsoflowServer::new(api::Api {
-            coordinator: coordinator.clone(),
-            limits: config.limits.model(),
-            oauth_callback: config.http.oauth_callback(),
-        })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        IsoflowServer::new(public_api)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
         api_auth.clone(),
     );
     let admin = InterceptedService::new(
@@ -459,10 +479,7 @@ async fn serve_grpc(
                 .map(|t| t.tenant.clone())
                 .collect(),
         }),
-        auth::AdminAuth::new(
-            config.auth.admin_token.as_ref().map(|t| t.0.as_str()),
-            api_auth,
-        ),
+        admin_auth,
     );
     let cluster = cluster_token.map(|token| {
         InterceptedService::new(
