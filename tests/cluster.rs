@@ -33,7 +33,7 @@ use isoflow_proto::v1;
 use isoflow_testkit::etcd::Etcd;
 use isoflow_testkit::oauth2::{self, Provider};
 use isoflow_testkit::process::Process;
-use isoflow_testkit::webhook::{post, sign};
+use isoflow_testkit::webhook::{exchange, post, sign};
 use isoflow_testkit::{Gate, HttpFixture, Reply, Responder, free_port, seed_orders_expected};
 use serde_json::{Value, json};
 
@@ -417,6 +417,12 @@ fn two_hundred_seed_runs_spread_over_three_workers() {
                 cluster.describe()
             );
             assert_eq!(run.steps.len(), 6);
+            // Each step records the node that ran it: the worker the
+            // coordinator gave the run to.
+            let worker = cluster.worker_of(id).expect("the run was assigned");
+            for step in &run.steps {
+                assert_eq!(step.node, worker, "step {} of run {id}", step.step_key);
+            }
             let output = client.output(id).await.expect("an output");
             assert_eq!(output["orders"], expected.open);
             assert_eq!(output["status"], 201);
@@ -1718,6 +1724,32 @@ fn a_signed_webhook_runs_on_a_worker_and_answers_with_the_output() {
         Some("worker-1"),
         "the run went to the worker"
     );
+    // The leading coordinator's console shows the run, and that worker-1
+    // ran its step.
+    let (status, headers, _) = exchange(
+        cluster.http_port,
+        "POST",
+        "/console/sign-in",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        format!("token={TOKEN}").as_bytes(),
+    );
+    assert_eq!(status, 303, "{headers:?}");
+    let cookie = headers["set-cookie"]
+        .split(';')
+        .next()
+        .expect("a cookie")
+        .to_owned();
+    let (status, _, page) = exchange(
+        cluster.http_port,
+        "GET",
+        &format!("/console/runs/{run_id}"),
+        &[("Cookie", &cookie)],
+        b"",
+    );
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("id=\"run\" data-run-id="), "{page}");
+    assert!(page.contains("data-status=\"succeeded\""), "{page}");
+    assert!(page.contains("on <code>worker-1</code>"), "{page}");
     // Signed with another key: refused, nothing started.
     let forged = sign("not-the-key", time, body);
     let (status, _, _) = post(
