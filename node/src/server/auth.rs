@@ -159,7 +159,9 @@ impl AdminAuth {
 impl AdminAuth {
     /// Whether `presented` is the node's admin token.
     pub fn is_admin(&self, presented: &[u8]) -> bool {
-        self.token.as_ref().is_some_and(|token| same(token, presented))
+        self.token
+            .as_ref()
+            .is_some_and(|token| same(token, presented))
     }
 }
 
