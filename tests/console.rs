@@ -2172,3 +2172,60 @@ steps:
     assert!(one.contains("<span class=\"j-num\">2</span>"), "{one}");
     assert!(one.contains("class=\"download-bundle\""), "{one}");
 }
+
+/// A run whose first step is in flight is running, not queued: a worker
+/// has it, though the store records it with its first checkpoint (a
+/// support engineer saw a long first call as a run stuck in the queue).
+#[test]
+fn a_run_is_running_while_its_first_step_is_in_flight() {
+    let node = Node::start();
+    let gate = Gate::new();
+    let shop = HttpFixture::start();
+    shop.route(
+        "GET",
+        "/slow",
+        Responder::Hold(gate.clone(), Reply::json(200, &json!({ "ok": true }))),
+    );
+    node.deploy(
+        ACME,
+        &r#"
+apiVersion: isoflow.dev/v1
+name: slow-first
+version: 1
+steps:
+  - id: call
+    type: http
+    url: "@SHOP@/slow"
+    timeout: 5m
+"#
+        .replace("@SHOP@", &shop.url("")),
+    );
+    let run_id = node.start_run(ACME, "slow-first", &json!({}));
+    assert!(
+        gate.wait_for_waiting(1, WAIT),
+        "the first step never called"
+    );
+    assert_eq!(node.run(ACME, &run_id).status(), v1::RunStatus::Running);
+    let listed = node.runs(ACME);
+    let row = listed
+        .iter()
+        .find(|r| r.run_id == run_id)
+        .expect("the run is listed");
+    assert_eq!(row.status(), v1::RunStatus::Running, "as listed");
+    let session = http_session(&node, ACME);
+    let page = http(
+        "GET",
+        &format!("{}/console/runs/{run_id}", node.base()),
+        Some(&session),
+        &[],
+        None,
+        false,
+    );
+    assert!(
+        page.text().contains("data-status=\"running\""),
+        "{}",
+        page.text()
+    );
+    gate.release();
+    assert_eq!(node.wait(ACME, &run_id).status(), v1::RunStatus::Succeeded);
+}

@@ -387,7 +387,8 @@ impl Isoflow for Api {
         let tenant = tenant(&request)?;
         let run_id = request.into_inner().run_id;
         check_run_id(&run_id)?;
-        let run = self.run_or_not_found(&tenant, &run_id)?;
+        let mut run = self.run_or_not_found(&tenant, &run_id)?;
+        self.coordinator.shown_status(&mut run);
         let steps = self
             .coordinator
             .store
@@ -413,10 +414,13 @@ impl Isoflow for Api {
         }
         let filter = run_filter(&request)?;
         let store = self.coordinator.store.clone();
-        let page = blocking(move || {
+        let mut page = blocking(move || {
             Ok(store.runs_page(&tenant, &filter, before.as_deref(), limit, MAX_SCAN)?)
         })
         .await?;
+        for run in &mut page.runs {
+            self.coordinator.shown_status(run);
+        }
         Ok(Response::new(v1::ListRunsResponse {
             runs: page.runs.iter().map(|r| convert::run(r, &[])).collect(),
             next_page_token: page.next.unwrap_or_default(),

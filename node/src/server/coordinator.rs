@@ -385,6 +385,20 @@ impl Coordinator {
         }
     }
 
+    /// What a caller is told of a run's status: a run stored as pending
+    /// that a worker already has is running (its first step is in flight;
+    /// the store says so with its first checkpoint).
+    pub fn shown_status(&self, run: &mut RunRecord) {
+        if run.status == RunStatus::Pending
+            && lock(&self.state)
+                .scheduler
+                .assignment_of(&(run.tenant.clone(), run.run_id.clone()))
+                .is_some()
+        {
+            run.status = RunStatus::Running;
+        }
+    }
+
     /// Who leads, who works and how much waits: the console's cluster
     /// page.
     pub fn cluster_view(&self) -> ClusterView {

@@ -749,7 +749,10 @@ pub struct RerunRunRequest {
 #[repr(i32)]
 pub enum RunStatus {
     Unspecified = 0,
+    /// Stored and waiting for a worker's slot.
     Pending = 1,
+    /// A worker (or an `all` node's engine) has it: its first step may still
+    /// be in flight.
     Running = 2,
     Succeeded = 3,
     Failed = 4,
