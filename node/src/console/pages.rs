@@ -38,6 +38,18 @@ pub const BUNDLE_INPUT_BYTES: usize = 64 * 1024 * 1024;
 
 type Page = Result<Response, Problem>;
 
+/// Calls the API's `$method` as `$tenant` with `$message`: the answer's
+/// message (or stream), or the API's refusal.
+macro_rules! api {
+    ($console:expr, $tenant:expr, $method:ident, $message:expr) => {
+        $console
+            .api()
+            .$method(Console::request($tenant, $message))
+            .await
+            .map(tonic::Response::into_inner)
+    };
+}
+
 // ---- sign-in ---------------------------------------------------------------
 
 #[derive(Debug, Deserialize)]
@@ -373,17 +385,15 @@ fn short_id(run_id: &str) -> &str {
 
 /// The names of the tenant's integrations (the first thousand).
 async fn integration_names(console: &Console, tenant: &str) -> Result<Vec<String>, Problem> {
-    let listed = console
-        .api()
-        .list_integrations(Console::request(
-            tenant,
-            v1::ListIntegrationsRequest {
-                page_size: 1000,
-                page_token: String::new(),
-            },
-        ))
-        .await?
-        .into_inner();
+    let listed = api!(
+        console,
+        tenant,
+        list_integrations,
+        v1::ListIntegrationsRequest {
+            page_size: 1000,
+            page_token: String::new(),
+        }
+    )?;
     Ok(listed.integrations.into_iter().map(|i| i.name).collect())
 }
 
@@ -501,16 +511,14 @@ pub(super) async fn get_run(
     tenant: &str,
     run_id: &str,
 ) -> Result<v1::Run, Problem> {
-    Ok(console
-        .api()
-        .get_run(Console::request(
-            tenant,
-            v1::GetRunRequest {
-                run_id: run_id.to_owned(),
-            },
-        ))
-        .await?
-        .into_inner())
+    Ok(api!(
+        console,
+        tenant,
+        get_run,
+        v1::GetRunRequest {
+            run_id: run_id.to_owned(),
+        }
+    )?)
 }
 
 pub async fn run(
@@ -526,18 +534,16 @@ pub async fn run(
         .sort_by_key(|s| (ms_of(s.start_time.as_ref()), ms_of(s.end_time.as_ref())));
     let status = view::run_status(run.status);
     let finished = matches!(status, "succeeded" | "failed" | "cancelled");
-    let logs = console
-        .api()
-        .get_run_logs(Console::request(
-            tenant,
-            v1::GetRunLogsRequest {
-                run_id: run_id.clone(),
-                page_size: LOG_LINES,
-                page_token: String::new(),
-            },
-        ))
-        .await?
-        .into_inner();
+    let logs = api!(
+        console,
+        tenant,
+        get_run_logs,
+        v1::GetRunLogsRequest {
+            run_id: run_id.clone(),
+            page_size: LOG_LINES,
+            page_token: String::new(),
+        }
+    )?;
     let mut by_step: BTreeMap<&str, Vec<&v1::LogLine>> = BTreeMap::new();
     for line in &logs.lines {
         by_step.entry(&line.step_key).or_default().push(line);
@@ -836,31 +842,27 @@ pub async fn step_resource(
     };
     match what {
         "output" => {
-            let stream = console
-                .api()
-                .get_step_output(Console::request(
-                    &tenant,
-                    v1::GetStepOutputRequest {
-                        run_id: run_id.clone(),
-                        step_key: key.clone(),
-                    },
-                ))
-                .await?
-                .into_inner();
+            let stream = api!(
+                console,
+                &tenant,
+                get_step_output,
+                v1::GetStepOutputRequest {
+                    run_id: run_id.clone(),
+                    step_key: key.clone(),
+                }
+            )?;
             Ok(download(stream, &format!("{}-output.json", step_id(&key))))
         }
         "input" => {
-            let stream = console
-                .api()
-                .get_step_input(Console::request(
-                    &tenant,
-                    v1::GetStepInputRequest {
-                        run_id: run_id.clone(),
-                        step_key: key.clone(),
-                    },
-                ))
-                .await?
-                .into_inner();
+            let stream = api!(
+                console,
+                &tenant,
+                get_step_input,
+                v1::GetStepInputRequest {
+                    run_id: run_id.clone(),
+                    step_key: key.clone(),
+                }
+            )?;
             Ok(download(stream, &format!("{}-input.json", step_id(&key))))
         }
         "bundle" => step_bundle(&console, &tenant, &run_id, &key).await,
@@ -878,18 +880,16 @@ pub async fn step_resource(
             if let Some(d) = &definition {
                 step_infos(&d.steps, &mut infos);
             }
-            let logs = console
-                .api()
-                .get_run_logs(Console::request(
-                    &tenant,
-                    v1::GetRunLogsRequest {
-                        run_id: run_id.clone(),
-                        page_size: LOG_LINES,
-                        page_token: String::new(),
-                    },
-                ))
-                .await?
-                .into_inner();
+            let logs = api!(
+                console,
+                &tenant,
+                get_run_logs,
+                v1::GetRunLogsRequest {
+                    run_id: run_id.clone(),
+                    page_size: LOG_LINES,
+                    page_token: String::new(),
+                }
+            )?;
             let mine: Vec<&v1::LogLine> = logs.lines.iter().filter(|l| l.step_key == key).collect();
             let section = step_section(
                 &console,
@@ -1049,16 +1049,14 @@ pub async fn run_input(
     Path(run_id): Path<String>,
 ) -> Page {
     let tenant = signed.tenant()?;
-    let stream = console
-        .api()
-        .get_run_input(Console::request(
-            tenant,
-            v1::GetRunInputRequest {
-                run_id: run_id.clone(),
-            },
-        ))
-        .await?
-        .into_inner();
+    let stream = api!(
+        console,
+        tenant,
+        get_run_input,
+        v1::GetRunInputRequest {
+            run_id: run_id.clone(),
+        }
+    )?;
     Ok(download(stream, "input.json"))
 }
 
@@ -1069,16 +1067,14 @@ pub async fn run_output(
     Path(run_id): Path<String>,
 ) -> Page {
     let tenant = signed.tenant()?;
-    let stream = console
-        .api()
-        .get_run_output(Console::request(
-            tenant,
-            v1::GetRunOutputRequest {
-                run_id: run_id.clone(),
-            },
-        ))
-        .await?
-        .into_inner();
+    let stream = api!(
+        console,
+        tenant,
+        get_run_output,
+        v1::GetRunOutputRequest {
+            run_id: run_id.clone(),
+        }
+    )?;
     Ok(download(stream, "output.json"))
 }
 
@@ -1127,14 +1123,12 @@ pub async fn rerun(
             )
         })?),
     };
-    let run = console
-        .api()
-        .rerun_run(Console::request(
-            tenant,
-            v1::RerunRunRequest { run_id, version },
-        ))
-        .await?
-        .into_inner();
+    let run = api!(
+        console,
+        tenant,
+        rerun_run,
+        v1::RerunRunRequest { run_id, version }
+    )?;
     Ok(Redirect::to(&format!("/console/runs/{}", run.run_id)).into_response())
 }
 
@@ -1151,19 +1145,17 @@ async fn run_stats(
     integration: &str,
     version: u32,
 ) -> Result<(usize, usize, u64), Problem> {
-    let listed = console
-        .api()
-        .list_runs(Console::request(
-            tenant,
-            v1::ListRunsRequest {
-                page_size: COUNTED_RUNS,
-                integration: integration.to_owned(),
-                version,
-                ..Default::default()
-            },
-        ))
-        .await?
-        .into_inner();
+    let listed = api!(
+        console,
+        tenant,
+        list_runs,
+        v1::ListRunsRequest {
+            page_size: COUNTED_RUNS,
+            integration: integration.to_owned(),
+            version,
+            ..Default::default()
+        }
+    )?;
     let failed = listed
         .runs
         .iter()
@@ -1192,35 +1184,31 @@ async fn triggers_of(
     tenant: &str,
     integration: &str,
 ) -> Result<Vec<v1::TriggerInfo>, Problem> {
-    Ok(console
-        .api()
-        .list_triggers(Console::request(
-            tenant,
-            v1::ListTriggersRequest {
-                integration: integration.to_owned(),
-                page_size: 1000,
-                page_token: String::new(),
-            },
-        ))
-        .await?
-        .into_inner()
-        .triggers)
+    Ok(api!(
+        console,
+        tenant,
+        list_triggers,
+        v1::ListTriggersRequest {
+            integration: integration.to_owned(),
+            page_size: 1000,
+            page_token: String::new(),
+        }
+    )?
+    .triggers)
 }
 
 pub async fn integrations(State(console): State<Console>, signed: Signed) -> Page {
     let tenant = signed.tenant()?;
     let _turn = console.page_turn(tenant).await?;
-    let listed = console
-        .api()
-        .list_integrations(Console::request(
-            tenant,
-            v1::ListIntegrationsRequest {
-                page_size: 200,
-                page_token: String::new(),
-            },
-        ))
-        .await?
-        .into_inner();
+    let listed = api!(
+        console,
+        tenant,
+        list_integrations,
+        v1::ListIntegrationsRequest {
+            page_size: 200,
+            page_token: String::new(),
+        }
+    )?;
     let mut rows = Vec::new();
     for integration in &listed.integrations {
         let stats = run_stats(&console, tenant, &integration.name, 0).await?;
@@ -1282,19 +1270,17 @@ pub async fn integration(
         let stats = run_stats(&console, tenant, &name, version).await?;
         versions.push((version, deployed, stats));
     }
-    let recent = console
-        .api()
-        .list_runs(Console::request(
-            tenant,
-            v1::ListRunsRequest {
-                page_size: 10,
-                integration: name.clone(),
-                ..Default::default()
-            },
-        ))
-        .await?
-        .into_inner()
-        .runs;
+    let recent = api!(
+        console,
+        tenant,
+        list_runs,
+        v1::ListRunsRequest {
+            page_size: 10,
+            integration: name.clone(),
+            ..Default::default()
+        }
+    )?
+    .runs;
     let body = html! {
         h1 { (latest.name) span.version { " v" (latest.version) } }
         @if let Some(d) = &definition {
