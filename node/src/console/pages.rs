@@ -274,8 +274,12 @@ pub async fn runs(
             )
         })
     };
+    let page_size = match number("page_size", &q.page_size)? {
+        0 => 50,
+        n => n.min(200),
+    };
     let request = v1::ListRunsRequest {
-        page_size: number("page_size", &q.page_size)?.min(200),
+        page_size,
         page_token: q.page_token.clone(),
         integration: q.integration.clone(),
         version: number("version", &q.version)?,
@@ -284,19 +288,7 @@ pub async fn runs(
         create_time_to: local_time("to", &q.to)?,
         trigger: q.trigger.clone(),
     };
-    let request = v1::ListRunsRequest {
-        page_size: if request.page_size == 0 {
-            50
-        } else {
-            request.page_size
-        },
-        ..request
-    };
-    let listed = console
-        .api()
-        .list_runs(Console::request(tenant, request))
-        .await?
-        .into_inner();
+    let listed = api!(console, tenant, list_runs, request)?;
     let integrations = integration_names(&console, tenant).await?;
     let next = (!listed.next_page_token.is_empty()).then(|| {
         let mut query = form_urlencoded::Serializer::new(String::new());
