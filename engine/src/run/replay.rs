@@ -7,7 +7,7 @@
 //! so rendering them again from the run's stored input and checkpoints gives
 //! the input the step ran with: the run stores no second copy of it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
@@ -85,11 +85,16 @@ pub fn step_replay(
         run_id: run_id.to_owned(),
         step_key: step_key.to_owned(),
     };
-    // The outputs of the steps before `id` in `steps`, whose keys start
-    // with `prefix`.
-    let outputs_before = |steps: &[Step], id: &str, prefix: &str| {
+    // The outputs of the steps before `id` in `steps` that `wanted` names
+    // (a template reads nothing else: only these are read from the store),
+    // whose keys start with `prefix`.
+    let outputs_before = |steps: &[Step], id: &str, prefix: &str, wanted: &BTreeSet<&str>| {
         let mut outputs = BTreeMap::new();
-        for step in steps.iter().take_while(|s| s.id().as_str() != id) {
+        for step in steps
+            .iter()
+            .take_while(|s| s.id().as_str() != id)
+            .filter(|s| wanted.contains(s.id().as_str()))
+        {
             let key = format!("{prefix}{}", step.id().as_str());
             if let Some(output) = store.step_output(tenant, run_id, &key)? {
                 outputs.insert(step.id().as_str().to_owned(), output);
@@ -113,7 +118,8 @@ pub fn step_replay(
     let (code, input) = match parts.as_slice() {
         [id] => {
             let code = code_step(&integration.steps, id)?;
-            let top = outputs_before(&integration.steps, id, "")?;
+            let wanted = code.input.references().map(|r| r.id.as_str()).collect();
+            let top = outputs_before(&integration.steps, id, "", &wanted)?;
             let input = code.input.render(&Scope::new(&input, &top));
             (code, input)
         }
@@ -123,7 +129,13 @@ pub fn step_replay(
             };
             let code = code_step(&each.steps, id)?;
             let index: usize = index.parse().map_err(|_| no_such())?;
-            let top = outputs_before(&integration.steps, loop_id, "")?;
+            let wanted: BTreeSet<&str> = code
+                .input
+                .references()
+                .chain(each.for_each.references())
+                .map(|r| r.id.as_str())
+                .collect();
+            let top = outputs_before(&integration.steps, loop_id, "", &wanted)?;
             let items = each.for_each.render(&Scope::new(&input, &top));
             let Some(item) = items.as_array().and_then(|items| items.get(index)) else {
                 return Err(ReplayError::NotReached {
@@ -132,7 +144,7 @@ pub fn step_replay(
                     reason: format!("its loop {loop_id} has no element {index}"),
                 });
             };
-            let own = outputs_before(&each.steps, id, &format!("{loop_id}/{index:08}/"))?;
+            let own = outputs_before(&each.steps, id, &format!("{loop_id}/{index:08}/"), &wanted)?;
             let both = (&own, &top);
             let input = code
                 .input
