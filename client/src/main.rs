@@ -1445,6 +1445,7 @@ mod tests {
                     start_time: time::from_ms(1_700_000_000_000),
                     end_time: time::from_ms(1_700_000_000_120),
                     output_bytes: Some(42),
+                    node: "worker-1".to_owned(),
                     ..v1::Step::default()
                 },
                 v1::Step {
@@ -1470,13 +1471,14 @@ mod tests {
             .find(|l| l.starts_with("fetch "))
             .expect("a fetch row");
         assert!(
-            fetch.contains(" ok ") && fetch.contains("120 ms") && fetch.ends_with("42 B"),
+            fetch.contains(" ok ") && fetch.contains("120 ms") && fetch.ends_with("42 B  worker-1"),
             "{fetch}"
         );
+        // A step stored before nodes were recorded names none.
         assert!(
             lines
                 .iter()
-                .any(|l| l.starts_with("post ") && l.contains(" failed "))
+                .any(|l| l.starts_with("post ") && l.contains(" failed ") && l.ends_with("  -"))
         );
         assert_eq!(lines.last(), Some(&"  post: HTTP 500"));
     }
