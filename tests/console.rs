@@ -290,7 +290,16 @@ impl Browser {
         } else {
             format!("{}{path}", self.base)
         };
-        self.block(self.client.goto(&url))
+        // A page that does not load within WAIT is a failure: the console
+        // once leaked a live stream per page left, and after six pages
+        // the browser had no connection left to load the next one.
+        self.block(async { tokio::time::timeout(WAIT, self.client.goto(&url)).await })
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the browser did not load {url} within {WAIT:?}\n{}",
+                    self.describe()
+                )
+            })
             .unwrap_or_else(|e| panic!("the browser could not open {url}: {e}"));
     }
 

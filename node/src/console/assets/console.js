@@ -63,6 +63,12 @@
     source.addEventListener("open", schedule);
     source.addEventListener("update", schedule);
     source.addEventListener("ended", () => source.close());
+    // A page left for another keeps no stream open: the browser holds at
+    // most six connections to a host, and pages kept for the back button
+    // would hold theirs until the next pages could not load. Coming back
+    // to such a page loads it again.
+    addEventListener("pagehide", () => source.close());
+    addEventListener("pageshow", (event) => { if (event.persisted) location.reload(); });
   };
 
   // j / k move through the runs, / goes to the filters, t switches theme.
