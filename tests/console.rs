@@ -293,14 +293,11 @@ impl Browser {
         // A page that does not load within WAIT is a failure: the console
         // once leaked a live stream per page left, and after six pages
         // the browser had no connection left to load the next one.
-        self.block(async { tokio::time::timeout(WAIT, self.client.goto(&url)).await })
-            .unwrap_or_else(|_| {
-                panic!(
-                    "the browser did not load {url} within {WAIT:?}\n{}",
-                    self.describe()
-                )
-            })
-            .unwrap_or_else(|e| panic!("the browser could not open {url}: {e}"));
+        match self.block(async { tokio::time::timeout(WAIT, self.client.goto(&url)).await }) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("the browser could not open {url}: {e}"),
+            Err(_) => panic!("the browser did not load {url} within {WAIT:?}"),
+        }
     }
 
     /// Reloads the page.
