@@ -69,6 +69,8 @@ struct Inner {
     /// Cookies are `Secure`: users reach the console over HTTPS
     /// (`http.public_url` says so).
     secure: bool,
+    /// `http.public_url`'s origin: where browsers say they come from.
+    public_origin: Option<String>,
     streams: Arc<Semaphore>,
     /// Each tenant's live streams.
     tenant_streams: Arc<std::sync::Mutex<HashMap<String, usize>>>,
@@ -101,7 +103,9 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Console {
-    pub fn new(api: Api, auth: ApiAuth, admin: AdminAuth, secure: bool) -> Console {
+    /// `public_url`: `http.public_url`, where users reach the console.
+    pub fn new(api: Api, auth: ApiAuth, admin: AdminAuth, public_url: Option<&str>) -> Console {
+        let secure = public_url.is_some_and(|url| url.starts_with("https://"));
         Console {
             inner: Arc::new(Inner {
                 api,
@@ -109,6 +113,7 @@ impl Console {
                 admin,
                 sessions: Sessions::default(),
                 secure,
+                public_origin: public_url.and_then(session::origin_of),
                 streams: Arc::new(Semaphore::new(MAX_LIVE_STREAMS)),
                 tenant_streams: Arc::default(),
                 tenant_pages: std::sync::Mutex::default(),
@@ -118,6 +123,10 @@ impl Console {
 
     fn api(&self) -> &Api {
         &self.inner.api
+    }
+
+    fn public_origin(&self) -> Option<&str> {
+        self.inner.public_origin.as_deref()
     }
 
     /// A place for one more live stream of `tenant`, if the node and the

@@ -447,16 +447,11 @@ async fn serve_grpc(
     if let (Some(http), Some(late)) = (config.http.listen, late) {
         let mut routes = hooks::routes(coordinator.clone());
         if config.http.console {
-            let secure = config
-                .http
-                .public_url
-                .as_deref()
-                .is_some_and(|url| url.starts_with("https://"));
             routes = routes.merge(crate::console::router(crate::console::Console::new(
                 public_api.clone(),
                 api_auth.clone(),
                 admin_auth.clone(),
-                secure,
+                config.http.public_url.as_deref(),
             )));
             eprintln!("isoflow: console on http://{http}/console");
         }

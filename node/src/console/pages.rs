@@ -104,7 +104,7 @@ pub async fn sign_in(
     headers: HeaderMap,
     Form(form): Form<SignInForm>,
 ) -> Response {
-    if !same_origin(&headers) {
+    if !same_origin(&headers, console.public_origin()) {
         return Problem::new(
             StatusCode::FORBIDDEN,
             "the sign-in did not come from this console's page",
@@ -157,8 +157,13 @@ fn action(form: Result<Form<Action>, FormRejection>) -> Action {
 
 /// Refuses a state-changing request that is not the console's own: no or
 /// a wrong CSRF token, or another site's origin.
-fn check_action(signed: &Signed, headers: &HeaderMap, csrf: &str) -> Result<(), Problem> {
-    if !same_origin(headers) {
+fn check_action(
+    console: &Console,
+    signed: &Signed,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<(), Problem> {
+    if !same_origin(headers, console.public_origin()) {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
             "the request came from another site: actions are taken from the console's own pages only",
@@ -180,7 +185,7 @@ pub async fn sign_out(
     form: Result<Form<Action>, FormRejection>,
 ) -> Page {
     let form = action(form);
-    check_action(&signed, &headers, &form.csrf)?;
+    check_action(&console, &signed, &headers, &form.csrf)?;
     console.inner.sessions.close(&headers);
     Ok((
         StatusCode::SEE_OTHER,
@@ -1080,7 +1085,7 @@ pub async fn cancel(
     form: Result<Form<Action>, FormRejection>,
 ) -> Page {
     let form = action(form);
-    check_action(&signed, &headers, &form.csrf)?;
+    check_action(&console, &signed, &headers, &form.csrf)?;
     let tenant = signed.tenant()?;
     console
         .api()
@@ -1104,7 +1109,7 @@ pub async fn rerun(
     form: Result<Form<Action>, FormRejection>,
 ) -> Page {
     let form = action(form);
-    check_action(&signed, &headers, &form.csrf)?;
+    check_action(&console, &signed, &headers, &form.csrf)?;
     let tenant = signed.tenant()?;
     let version = match form.version.as_str() {
         "" => None,

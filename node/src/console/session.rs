@@ -184,28 +184,46 @@ pub fn clear_cookie() -> String {
     format!("{COOKIE}=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0")
 }
 
+/// The origin (`scheme://host[:port]`, lowercase) of a URL, or `None` for
+/// anything that is not an http(s) URL (`null` among them).
+pub fn origin_of(url: &str) -> Option<String> {
+    let lower = url.to_ascii_lowercase();
+    let (scheme, rest) = lower.split_once("://")?;
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#']).next()?;
+    (!authority.is_empty()).then(|| format!("{scheme}://{authority}"))
+}
+
 /// Whether a state-changing request comes from the console's own pages:
 /// its `Origin` (or, without one, its `Referer`), when the browser sends
-/// one, names the host the request was sent to. Browsers send `Origin` on
-/// every cross-site POST; a request that carries neither is left to the
-/// CSRF token.
-pub fn same_origin(headers: &HeaderMap) -> bool {
-    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
-        return false;
-    };
+/// one, is the console's public origin (`public`, from `http.public_url`,
+/// which a proxy in front keeps even when it rewrites `Host`) or names
+/// the host the request was sent to. Browsers send `Origin` on every
+/// cross-site POST; a request that carries neither is left to the CSRF
+/// token.
+pub fn same_origin(headers: &HeaderMap, public: Option<&str>) -> bool {
     let source = headers
         .get(header::ORIGIN)
         .or_else(|| headers.get(header::REFERER))
-        .and_then(|v| v.to_str().ok());
-    match source {
-        None => true,
-        Some(source) => {
-            let rest = source
-                .strip_prefix("http://")
-                .or_else(|| source.strip_prefix("https://"));
-            rest.is_some_and(|rest| rest.split('/').next() == Some(host))
-        }
+        .map(|v| v.to_str().ok());
+    let source = match source {
+        None => return true,
+        Some(None) => return false,
+        Some(Some(source)) => source,
+    };
+    let Some(origin) = origin_of(source) else {
+        return false;
+    };
+    if public.is_some_and(|public| public == origin) {
+        return true;
     }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    host.is_some_and(|host| origin.split_once("://").is_some_and(|(_, a)| a == host))
 }
 
 #[cfg(test)]
@@ -302,30 +320,57 @@ mod tests {
     #[test]
     fn a_post_from_another_origin_is_told_apart() {
         let host = (header::HOST, "127.0.0.1:7701");
-        assert!(same_origin(&headers(std::slice::from_ref(&host))));
-        assert!(same_origin(&headers(&[
+        let same = |pairs: &[(header::HeaderName, &str)]| same_origin(&headers(pairs), None);
+        assert!(same(std::slice::from_ref(&host)));
+        assert!(same(&[
             host.clone(),
             (header::ORIGIN, "http://127.0.0.1:7701")
-        ])));
-        assert!(!same_origin(&headers(&[
+        ]));
+        assert!(!same(&[
             host.clone(),
             (header::ORIGIN, "http://evil.example")
-        ])));
-        assert!(!same_origin(&headers(&[
+        ]));
+        assert!(!same(&[
             host.clone(),
             (header::ORIGIN, "http://127.0.0.1:7701.evil.example")
-        ])));
-        assert!(!same_origin(&headers(&[
-            host.clone(),
-            (header::ORIGIN, "null")
-        ])));
-        assert!(same_origin(&headers(&[
+        ]));
+        assert!(!same(&[host.clone(), (header::ORIGIN, "null")]));
+        assert!(same(&[
             host.clone(),
             (header::REFERER, "http://127.0.0.1:7701/console/runs")
-        ])));
-        assert!(!same_origin(&headers(&[(
-            header::ORIGIN,
-            "http://127.0.0.1:7701"
-        )])));
+        ]));
+        assert!(!same(&[(header::ORIGIN, "http://127.0.0.1:7701")]));
+    }
+
+    #[test]
+    fn behind_a_proxy_the_public_origin_is_the_consoles() {
+        let public = origin_of("https://Isoflow.example.com/");
+        assert_eq!(public.as_deref(), Some("https://isoflow.example.com"));
+        let public = public.as_deref();
+        // The proxy rewrote Host; the browser's Origin is the public one.
+        let proxied = headers(&[
+            (header::HOST, "isoflow-coordinator:7701"),
+            (header::ORIGIN, "https://isoflow.example.com"),
+        ]);
+        assert!(same_origin(&proxied, public));
+        assert!(!same_origin(&proxied, None));
+        // Another site, even on the public host's scheme or port, is not.
+        for other in [
+            "http://isoflow.example.com",
+            "https://isoflow.example.com:8443",
+            "https://isoflow.example.com.evil.example",
+            "null",
+        ] {
+            let forged = headers(&[
+                (header::HOST, "isoflow-coordinator:7701"),
+                (header::ORIGIN, other),
+            ]);
+            assert!(!same_origin(&forged, public), "{other}");
+        }
+        assert_eq!(origin_of("javascript:alert(1)"), None);
+        assert_eq!(
+            origin_of("https://a.example/x?y#z"),
+            Some("https://a.example".to_owned())
+        );
     }
 }
