@@ -41,6 +41,7 @@ use tokio::sync::Semaphore;
 
 use crate::server::api::Api;
 use crate::server::auth::{AdminAuth, ApiAuth, Tenant};
+use crate::server::hooks::Bucket;
 pub use session::Sessions;
 use session::{Session, Who};
 
@@ -51,6 +52,11 @@ pub const TENANT_LIVE_STREAMS: usize = 16;
 /// Pages of one tenant the node renders at once (each reads through the
 /// API); more wait up to [`PAGE_WAIT`], then get 429.
 pub const TENANT_PAGES: usize = 2;
+/// Sign-in attempts one address may make a minute (a burst of as many,
+/// then one every few seconds); past it, 429 with `Retry-After`.
+pub const SIGN_INS_PER_MINUTE: u32 = 20;
+/// The most addresses whose sign-in attempts are counted at once.
+const COUNTED_ADDRESSES: usize = 10_000;
 /// How long a page waits for its tenant's turn.
 pub const PAGE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -76,6 +82,8 @@ struct Inner {
     tenant_streams: Arc<std::sync::Mutex<HashMap<String, usize>>>,
     /// Each tenant's page renders.
     tenant_pages: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Each address's sign-in attempts.
+    sign_ins: std::sync::Mutex<HashMap<std::net::IpAddr, Bucket>>,
 }
 
 /// One of a tenant's live streams; gives its place back when dropped.
@@ -117,12 +125,32 @@ impl Console {
                 streams: Arc::new(Semaphore::new(MAX_LIVE_STREAMS)),
                 tenant_streams: Arc::default(),
                 tenant_pages: std::sync::Mutex::default(),
+                sign_ins: std::sync::Mutex::default(),
             }),
         }
     }
 
     fn api(&self) -> &Api {
         &self.inner.api
+    }
+
+    /// Counts a sign-in attempt from `address`: `Err(wait)` when it has
+    /// made [`SIGN_INS_PER_MINUTE`] already. Guessing tokens from one
+    /// address is slowed to that pace; the gRPC API has no sign-in to
+    /// limit (each call carries its token).
+    fn sign_in_attempt(&self, address: std::net::IpAddr) -> Result<(), std::time::Duration> {
+        let now = std::time::Instant::now();
+        let mut buckets = lock(&self.inner.sign_ins);
+        if buckets.len() >= COUNTED_ADDRESSES && !buckets.contains_key(&address) {
+            // Addresses idle for a minute have a full bucket again.
+            buckets.retain(|_, b| !b.idle_for(now, std::time::Duration::from_secs(60)));
+            if buckets.len() >= COUNTED_ADDRESSES {
+                return Err(std::time::Duration::from_secs(60));
+            }
+        }
+        let (bucket, taken) = Bucket::take(buckets.get_mut(&address), SIGN_INS_PER_MINUTE, now);
+        buckets.insert(address, bucket);
+        taken
     }
 
     fn public_origin(&self) -> Option<&str> {

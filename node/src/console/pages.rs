@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use axum::Form;
 use axum::body::Body;
 use axum::extract::rejection::FormRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use isoflow_engine::model::{CodeSource, Integration, Step};
@@ -101,9 +101,22 @@ pub struct SignInForm {
 
 pub async fn sign_in(
     State(console): State<Console>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Form(form): Form<SignInForm>,
 ) -> Response {
+    if let Err(wait) = console.sign_in_attempt(peer.ip()) {
+        let seconds = wait.as_secs().max(1);
+        let mut refused = Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many sign-in attempts from this address: try again in {seconds} s"),
+        )
+        .into_response();
+        if let Ok(value) = header::HeaderValue::from_str(&seconds.to_string()) {
+            refused.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return refused;
+    }
     if !same_origin(&headers, console.public_origin()) {
         return Problem::new(
             StatusCode::FORBIDDEN,

@@ -69,6 +69,11 @@ pub struct Bucket {
 }
 
 impl Bucket {
+    /// Whether nothing was taken from it for `idle` before `now`.
+    pub fn idle_for(&self, now: Instant, idle: Duration) -> bool {
+        now.saturating_duration_since(self.at) >= idle
+    }
+
     /// Takes one run from a bucket of `rate` a minute at `now`; when it is
     /// empty, how long until it holds one.
     pub fn take(
