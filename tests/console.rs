@@ -1782,13 +1782,16 @@ fn a_post_without_the_csrf_token_is_refused_and_does_nothing() {
         (shown_status(b).as_deref() == Some("running")).then_some(())
     });
     let (_, cancel_url, cancel_fields) = browser.form("form#cancel");
+    // Removed and posted in one script: the live page may swap its region
+    // (the form with it) at any moment.
     browser
         .execute(
-            "document.querySelectorAll('form#cancel input[name=csrf]').forEach(e => e.remove());",
+            "const form = document.querySelector('form#cancel');\n\
+             form.querySelectorAll('input[name=csrf]').forEach(e => e.remove());\n\
+             form.submit();",
             vec![],
         )
-        .expect("the csrf field is removed");
-    browser.click("form#cancel button#cancel-run");
+        .expect("the form is posted without its csrf field");
     let error = browser.wait_for("an #error page for a form without its csrf token", |b| {
         b.query("#error").into_iter().next()
     });
@@ -1857,11 +1860,12 @@ fn a_post_without_the_csrf_token_is_refused_and_does_nothing() {
     );
     browser
         .execute(
-            "document.querySelectorAll('form#rerun input[name=csrf]').forEach(e => e.remove());",
+            "const form = document.querySelector('form#rerun');\n\
+             form.querySelectorAll('input[name=csrf]').forEach(e => e.remove());\n\
+             form.submit();",
             vec![],
         )
-        .expect("the csrf field is removed");
-    browser.click("form#rerun button#rerun-run");
+        .expect("the form is posted without its csrf field");
     browser.wait_for("an #error page for a rerun without its csrf token", |b| {
         b.has("#error").then_some(())
     });
@@ -2005,6 +2009,18 @@ fn the_admin_sees_the_cluster_page_and_a_tenant_is_refused_it() {
     );
 }
 
+/// GET `path` of the console with `session`'s cookie.
+fn get(node: &Node, path: &str, session: &str) -> Answer {
+    http(
+        "GET",
+        &format!("{}{path}", node.base()),
+        Some(session),
+        &[],
+        None,
+        false,
+    )
+}
+
 /// Signs in over plain HTTP: the session cookie's value.
 fn http_session(node: &Node, token: &str) -> String {
     let answer = http(
@@ -2081,14 +2097,7 @@ fn one_tenant_cannot_take_the_consoles_live_streams_or_sessions_from_another() {
     for _ in 2..20 {
         http_session(&node, GLOBEX);
     }
-    let answer = http(
-        "GET",
-        &format!("{}/console/runs", node.base()),
-        Some(&acme),
-        &[],
-        None,
-        false,
-    );
+    let answer = get(&node, "/console/runs", &acme);
     assert_eq!(answer.status, 200, "acme's session after globex's sign-ins");
     // The next attempt from this address waits its turn, whatever its token.
     let sign_in = |token: &str| {
@@ -2111,14 +2120,7 @@ fn one_tenant_cannot_take_the_consoles_live_streams_or_sessions_from_another() {
         assert!((1..=60).contains(&wait), "Retry-After {wait}");
     }
     // Sessions opened before are untouched, and the API does not care.
-    let answer = http(
-        "GET",
-        &format!("{}/console/runs", node.base()),
-        Some(&acme),
-        &[],
-        None,
-        false,
-    );
+    let answer = get(&node, "/console/runs", &acme);
     assert_eq!(answer.status, 200, "acme's session while sign-ins wait");
     assert!(node.runs(ACME).is_empty());
 }
@@ -2157,19 +2159,12 @@ steps:
     let run = node.wait(ACME, &run_id);
     assert_eq!(run.status(), v1::RunStatus::Failed, "{run:?}");
     let session = http_session(&node, ACME);
-    let get = |path: &str| {
-        let answer = http(
-            "GET",
-            &format!("{}{path}", node.base()),
-            Some(&session),
-            &[],
-            None,
-            false,
-        );
+    let page_of = |path: &str| {
+        let answer = get(&node, path, &session);
         assert_eq!(answer.status, 200, "GET {path}: {}", answer.text());
         answer.text()
     };
-    let page = get(&format!("/console/runs/{run_id}"));
+    let page = page_of(&format!("/console/runs/{run_id}"));
     assert_eq!(
         page.matches("class=\"step-input\"").count(),
         1,
@@ -2195,7 +2190,7 @@ steps:
             .unwrap_or_else(|| panic!("no section of {id}"))
     };
     assert!(at("one") < at("two") && at("two") < at("three"), "{page}");
-    let one = get(&format!("/console/runs/{run_id}/steps/two"));
+    let one = page_of(&format!("/console/runs/{run_id}/steps/two"));
     assert!(one.contains("class=\"step-input\""), "{one}");
     assert!(one.contains("<span class=\"j-num\">2</span>"), "{one}");
     assert!(one.contains("class=\"download-bundle\""), "{one}");
@@ -2241,14 +2236,7 @@ steps:
         .expect("the run is listed");
     assert_eq!(row.status(), v1::RunStatus::Running, "as listed");
     let session = http_session(&node, ACME);
-    let page = http(
-        "GET",
-        &format!("{}/console/runs/{run_id}", node.base()),
-        Some(&session),
-        &[],
-        None,
-        false,
-    );
+    let page = get(&node, &format!("/console/runs/{run_id}"), &session);
     assert!(
         page.text().contains("data-status=\"running\""),
         "{}",

@@ -1063,9 +1063,7 @@ pub async fn run_input(
         console,
         tenant,
         get_run_input,
-        v1::GetRunInputRequest {
-            run_id: run_id.clone(),
-        }
+        v1::GetRunInputRequest { run_id }
     )?;
     Ok(download(stream, "input.json"))
 }
@@ -1081,9 +1079,7 @@ pub async fn run_output(
         console,
         tenant,
         get_run_output,
-        v1::GetRunOutputRequest {
-            run_id: run_id.clone(),
-        }
+        v1::GetRunOutputRequest { run_id }
     )?;
     Ok(download(stream, "output.json"))
 }

@@ -36,7 +36,9 @@
         if (!response.ok) { timer = setTimeout(refresh, 2000); return; }
         const html = await response.text();
         const fresh = new DOMParser().parseFromString(html, "text/html").getElementById(region.id);
-        if (!fresh) return;
+        // Nothing changed: keep the page as it is (and the element a
+        // user is about to click).
+        if (!fresh || fresh.innerHTML === region.innerHTML) return;
         const open = new Set([...region.querySelectorAll("details[id]")]
           .map((d) => [d.id, d.open]).filter(([, o]) => o).map(([id]) => id));
         const closed = new Set([...region.querySelectorAll("details[id]")]
