@@ -319,18 +319,17 @@ pub struct Signed {
 impl Signed {
     /// The tenant the session acts as, or 403 for an admin session.
     fn tenant(&self) -> Result<&str, Problem> {
-        match &self.session.who {
-            Who::Tenant { tenant, .. } => Ok(tenant),
-            Who::Admin { .. } => Err(Problem::new(
+        self.session.who.principal().ok_or_else(|| {
+            Problem::new(
                 StatusCode::FORBIDDEN,
                 "this page shows a tenant's runs: sign in with that tenant's API token \
                  (the admin token opens the cluster page)",
-            )),
-        }
+            )
+        })
     }
 
     fn is_admin(&self) -> bool {
-        matches!(self.session.who, Who::Admin { .. })
+        self.session.who.principal().is_none()
     }
 }
 

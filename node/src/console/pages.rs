@@ -455,37 +455,14 @@ fn shown(shown: &Shown, id: &str, download: &str, class: &str) -> Markup {
     }
 }
 
-/// What the run's definition says of a step: its kind, and a code step's
-/// file name and source.
-#[derive(Debug, Clone)]
-struct StepInfo {
-    kind: &'static str,
-    source: Option<String>,
-}
-
-fn step_infos(steps: &[Step], out: &mut HashMap<String, StepInfo>) {
+/// Every step of a definition (loops' steps too) by its id: ids are
+/// unique across the whole integration.
+fn steps_by_id<'a>(steps: &'a [Step], out: &mut HashMap<&'a str, &'a Step>) {
     for step in steps {
-        let info = match step {
-            Step::Code(code) => StepInfo {
-                kind: "code",
-                source: match &code.code {
-                    CodeSource::Source(s) => Some(s.clone()),
-                    CodeSource::File(_) => None,
-                },
-            },
-            Step::Http(_) => StepInfo {
-                kind: "http",
-                source: None,
-            },
-            Step::Loop(each) => {
-                step_infos(&each.steps, out);
-                StepInfo {
-                    kind: "loop",
-                    source: None,
-                }
-            }
-        };
-        out.insert(step.id().as_str().to_owned(), info);
+        if let Step::Loop(each) = step {
+            steps_by_id(&each.steps, out);
+        }
+        out.insert(step.id().as_str(), step);
     }
 }
 
@@ -559,9 +536,9 @@ pub async fn run(
         by_step.entry(&line.step_key).or_default().push(line);
     }
     let definition = definition(&console, tenant, &run).await;
-    let mut infos = HashMap::new();
+    let mut defined = HashMap::new();
     if let Some(d) = &definition {
-        step_infos(&d.steps, &mut infos);
+        steps_by_id(&d.steps, &mut defined);
     }
     let versions = if status == "failed" {
         other_versions(&console, tenant, &run).await
@@ -587,12 +564,12 @@ pub async fn run(
         .collect();
     let mut sections = Vec::new();
     for step in run.steps.iter().take(STEP_SECTIONS) {
-        let info = infos.get(step_id(&step.step_key));
+        let defined = defined.get(step_id(&step.step_key)).copied();
         let logs = by_step
             .get(step.step_key.as_str())
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        sections.push(step_section(&console, tenant, &run, step, info, logs, false).await?);
+        sections.push(step_section(&console, tenant, &run, step, defined, logs, false).await?);
     }
     let csrf = &signed.session.csrf;
     let body = html! {
@@ -700,20 +677,26 @@ async fn other_versions(console: &Console, tenant: &str, run: &v1::Run) -> Vec<u
 }
 
 /// One step's section: what it was given, what it returned, what it
-/// logged and why it failed.
+/// logged and why it failed. `defined`: the step in the run's definition
+/// (its kind, a code step's source).
 async fn step_section(
     console: &Console,
     tenant: &str,
     run: &v1::Run,
     step: &v1::Step,
-    info: Option<&StepInfo>,
+    defined: Option<&Step>,
     logs: &[&v1::LogLine],
     with_input: bool,
 ) -> Result<Markup, Problem> {
     let key = &step.step_key;
     let status = view::step_status(step.status);
     let base = format!("/console/runs/{}/steps/{}", run.run_id, key);
-    let kind = info.map_or("step", |i| i.kind);
+    let kind = match defined {
+        Some(Step::Code(_)) => "code",
+        Some(Step::Http(_)) => "http",
+        Some(Step::Loop(_)) => "loop",
+        None => "step",
+    };
     let output = match step.output_bytes {
         Some(n) if n > VIEW_BYTES as u64 => Some(Shown::TooLarge(n)),
         Some(_) => {
@@ -756,7 +739,13 @@ async fn step_section(
         None
     };
     let file = format!("{}.js", step_id(key));
-    let source = info.and_then(|i| i.source.as_deref());
+    let source = match defined {
+        Some(Step::Code(code)) => match &code.code {
+            CodeSource::Source(source) => Some(source.as_str()),
+            CodeSource::File(_) => None,
+        },
+        _ => None,
+    };
     let lines = source
         .map(|_| view::error_lines(&step.error, &file))
         .unwrap_or_default();
@@ -886,9 +875,9 @@ pub async fn step_resource(
                     Problem::not_found(format!("run {run_id} has no finished step {key}"))
                 })?;
             let definition = definition(&console, &tenant, &run).await;
-            let mut infos = HashMap::new();
+            let mut defined = HashMap::new();
             if let Some(d) = &definition {
-                step_infos(&d.steps, &mut infos);
+                steps_by_id(&d.steps, &mut defined);
             }
             let logs = api!(
                 console,
@@ -906,7 +895,7 @@ pub async fn step_resource(
                 &tenant,
                 &run,
                 step,
-                infos.get(step_id(&key)),
+                defined.get(step_id(&key)).copied(),
                 &mine,
                 true,
             )

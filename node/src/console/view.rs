@@ -13,7 +13,6 @@ use maud::{DOCTYPE, Markup, html};
 use serde_json::Value;
 
 use super::Signed;
-use super::session::Who;
 
 /// Which part of the console a page belongs to, for the navigation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,10 +25,7 @@ pub enum Section {
 
 /// A whole page: the frame (navigation, sign-out, theme) around `body`.
 pub fn page(title: &str, signed: Option<&Signed>, section: Section, body: Markup) -> Html<String> {
-    let tenant = signed.and_then(|s| match &s.session.who {
-        Who::Tenant { tenant, .. } => Some(tenant.as_str()),
-        Who::Admin { .. } => None,
-    });
+    let tenant = signed.and_then(|s| s.session.who.principal());
     Html(html! {
         (DOCTYPE)
         html lang="en" {
@@ -263,13 +259,15 @@ pub fn timeline(run_start: u64, run_end: u64, bars: &[Bar<'_>]) -> Markup {
     const LABEL: u64 = 240;
     const WIDTH: u64 = 640;
     const ROW: u64 = 22;
+    // The earliest known time: a rerun's copied steps started before the
+    // rerun was created.
     let start = bars
         .iter()
         .map(|b| b.start_ms)
+        .chain([run_start])
         .filter(|&s| s > 0)
         .min()
-        .unwrap_or(run_start)
-        .min(run_start.max(1));
+        .unwrap_or(0);
     let end = bars
         .iter()
         .map(|b| b.end_ms)
