@@ -300,6 +300,15 @@ impl Browser {
         }
     }
 
+    /// Waits for the page's `#error` and checks the page came with
+    /// `status`; `what` says which page it is.
+    fn expect_error_page(&self, status: u64, what: &str) {
+        self.wait_for(&format!("an #error page: {what}"), |b| {
+            b.has("#error").then_some(())
+        });
+        assert_eq!(self.status(), Some(status), "{what}\n{}", self.describe());
+    }
+
     /// Reloads the page.
     fn refresh(&self) {
         self.block(self.client.refresh())
@@ -1694,15 +1703,7 @@ steps:
         "acme's runs list globex's run"
     );
     browser.goto(&format!("/console/runs/{theirs}"));
-    browser.wait_for("an #error page for another tenant's run", |b| {
-        b.has("#error").then_some(())
-    });
-    assert_eq!(
-        browser.status(),
-        Some(404),
-        "another tenant's run page\n{}",
-        browser.describe()
-    );
+    browser.expect_error_page(404, "another tenant's run page");
     let source = browser
         .block(browser.client.source())
         .expect("the page's source");
@@ -1738,15 +1739,7 @@ steps:
         browser.describe()
     );
     browser.goto("/console/integrations/globex-ledger");
-    browser.wait_for("an #error page for another tenant's integration", |b| {
-        b.has("#error").then_some(())
-    });
-    assert_eq!(
-        browser.status(),
-        Some(404),
-        "another tenant's integration page\n{}",
-        browser.describe()
-    );
+    browser.expect_error_page(404, "another tenant's integration page");
 }
 
 #[test]
@@ -1866,15 +1859,7 @@ fn a_post_without_the_csrf_token_is_refused_and_does_nothing() {
             vec![],
         )
         .expect("the form is posted without its csrf field");
-    browser.wait_for("an #error page for a rerun without its csrf token", |b| {
-        b.has("#error").then_some(())
-    });
-    assert_eq!(
-        browser.status(),
-        Some(403),
-        "a rerun without the csrf field\n{}",
-        browser.describe()
-    );
+    browser.expect_error_page(403, "a rerun without the csrf field");
     let answer = http(
         "POST",
         &rerun_url,
@@ -1963,15 +1948,7 @@ fn the_admin_sees_the_cluster_page_and_a_tenant_is_refused_it() {
     );
     browser.screenshot("cluster");
     browser.goto("/console/runs");
-    browser.wait_for("an #error page for the admin on the runs page", |b| {
-        b.has("#error").then_some(())
-    });
-    assert_eq!(
-        browser.status(),
-        Some(403),
-        "the admin on a tenant's runs page\n{}",
-        browser.describe()
-    );
+    browser.expect_error_page(403, "the admin on a tenant's runs page");
     browser.goto("/console/cluster");
     browser.sign_out();
 
@@ -1981,15 +1958,7 @@ fn the_admin_sees_the_cluster_page_and_a_tenant_is_refused_it() {
         "a tenant's session shows the cluster link"
     );
     browser.goto("/console/cluster");
-    browser.wait_for("an #error page for a tenant on the cluster page", |b| {
-        b.has("#error").then_some(())
-    });
-    assert_eq!(
-        browser.status(),
-        Some(403),
-        "a tenant's session on the cluster page\n{}",
-        browser.describe()
-    );
+    browser.expect_error_page(403, "a tenant's session on the cluster page");
     assert!(
         !browser.has("table#nodes") && !browser.has("#leader"),
         "the 403 page shows the cluster\n{}",
