@@ -1,7 +1,7 @@
 //! The console's pages and actions. Each reads and acts through the API
 //! as the session's tenant (see the module docs of `console`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use axum::Form;
 use axum::body::Body;
@@ -455,17 +455,6 @@ fn shown(shown: &Shown, id: &str, download: &str, class: &str) -> Markup {
     }
 }
 
-/// Every step of a definition (loops' steps too) by its id: ids are
-/// unique across the whole integration.
-fn steps_by_id<'a>(steps: &'a [Step], out: &mut HashMap<&'a str, &'a Step>) {
-    for step in steps {
-        if let Step::Loop(each) = step {
-            steps_by_id(&each.steps, out);
-        }
-        out.insert(step.id().as_str(), step);
-    }
-}
-
 /// The step id in a step key (`loop/00000002/shape` -> `shape`).
 fn step_id(key: &str) -> &str {
     key.rsplit('/').next().unwrap_or(key)
@@ -536,10 +525,6 @@ pub async fn run(
         by_step.entry(&line.step_key).or_default().push(line);
     }
     let definition = definition(&console, tenant, &run).await;
-    let mut defined = HashMap::new();
-    if let Some(d) = &definition {
-        steps_by_id(&d.steps, &mut defined);
-    }
     let versions = if status == "failed" {
         other_versions(&console, tenant, &run).await
     } else {
@@ -564,7 +549,9 @@ pub async fn run(
         .collect();
     let mut sections = Vec::new();
     for step in run.steps.iter().take(STEP_SECTIONS) {
-        let defined = defined.get(step_id(&step.step_key)).copied();
+        let defined = definition
+            .as_ref()
+            .and_then(|d| d.find_step(step_id(&step.step_key)));
         let logs = by_step
             .get(step.step_key.as_str())
             .map(Vec::as_slice)
@@ -875,10 +862,6 @@ pub async fn step_resource(
                     Problem::not_found(format!("run {run_id} has no finished step {key}"))
                 })?;
             let definition = definition(&console, &tenant, &run).await;
-            let mut defined = HashMap::new();
-            if let Some(d) = &definition {
-                steps_by_id(&d.steps, &mut defined);
-            }
             let logs = api!(
                 console,
                 &tenant,
@@ -895,7 +878,7 @@ pub async fn step_resource(
                 &tenant,
                 &run,
                 step,
-                defined.get(step_id(&key)).copied(),
+                definition.as_ref().and_then(|d| d.find_step(step_id(&key))),
                 &mine,
                 true,
             )
