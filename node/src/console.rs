@@ -41,6 +41,7 @@ use tokio::sync::Semaphore;
 
 use crate::server::api::Api;
 use crate::server::auth::{AdminAuth, ApiAuth, Tenant};
+use crate::server::coordinator::lock;
 use crate::server::hooks::Bucket;
 pub use session::Sessions;
 use session::{Session, Who};
@@ -104,10 +105,6 @@ impl Drop for StreamShare {
             }
         }
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Console {

@@ -17,6 +17,7 @@ use ring::digest::{SHA256, digest};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::server::auth::same;
+use crate::server::coordinator::lock;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "isoflow_session";
@@ -78,14 +79,6 @@ fn random_hex() -> String {
 
 fn hash(id: &str) -> Vec<u8> {
     digest(&SHA256, id.as_bytes()).as_ref().to_vec()
-}
-
-fn lock(
-    sessions: &Mutex<HashMap<Vec<u8>, Session>>,
-) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Session>> {
-    sessions
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Sessions {
