@@ -151,7 +151,7 @@ pub async fn sign_in(
         .into_response()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct Action {
     #[serde(default)]
     csrf: String,
@@ -162,10 +162,7 @@ pub struct Action {
 /// The action's fields; none (and so no CSRF token) when the body is not
 /// a form.
 fn action(form: Result<Form<Action>, FormRejection>) -> Action {
-    form.map(|Form(a)| a).unwrap_or(Action {
-        csrf: String::new(),
-        version: String::new(),
-    })
+    form.map(|Form(a)| a).unwrap_or_default()
 }
 
 /// Refuses a state-changing request that is not the console's own: no or
