@@ -43,8 +43,7 @@ use crate::server::api::Api;
 use crate::server::auth::{AdminAuth, ApiAuth, Tenant};
 use crate::server::coordinator::lock;
 use crate::server::hooks::Bucket;
-pub use session::Sessions;
-use session::{Session, Who};
+use session::{Session, Sessions, Who};
 
 /// Live event streams a node serves at once, all sessions together.
 pub const MAX_LIVE_STREAMS: usize = 256;
@@ -73,9 +72,6 @@ struct Inner {
     auth: ApiAuth,
     admin: AdminAuth,
     sessions: Sessions,
-    /// Cookies are `Secure`: users reach the console over HTTPS
-    /// (`http.public_url` says so).
-    secure: bool,
     /// `http.public_url`'s origin: where browsers say they come from.
     public_origin: Option<String>,
     streams: Arc<Semaphore>,
@@ -110,14 +106,12 @@ impl Drop for StreamShare {
 impl Console {
     /// `public_url`: `http.public_url`, where users reach the console.
     pub fn new(api: Api, auth: ApiAuth, admin: AdminAuth, public_url: Option<&str>) -> Console {
-        let secure = public_url.is_some_and(|url| url.starts_with("https://"));
         Console {
             inner: Arc::new(Inner {
                 api,
                 auth,
                 admin,
                 sessions: Sessions::default(),
-                secure,
                 public_origin: public_url.and_then(session::origin_of),
                 streams: Arc::new(Semaphore::new(MAX_LIVE_STREAMS)),
                 tenant_streams: Arc::default(),
@@ -148,6 +142,13 @@ impl Console {
         let (bucket, taken) = Bucket::take(buckets.get_mut(&address), SIGN_INS_PER_MINUTE, now);
         buckets.insert(address, bucket);
         taken
+    }
+
+    /// Whether cookies are `Secure`: users reach the console over HTTPS
+    /// (`http.public_url` says so).
+    fn secure(&self) -> bool {
+        self.public_origin()
+            .is_some_and(|origin| origin.starts_with("https://"))
     }
 
     fn public_origin(&self) -> Option<&str> {

@@ -145,7 +145,7 @@ pub async fn sign_in(
         StatusCode::SEE_OTHER,
         [
             (header::LOCATION, to.to_owned()),
-            (header::SET_COOKIE, set_cookie(&id, console.inner.secure)),
+            (header::SET_COOKIE, set_cookie(&id, console.secure())),
         ],
     )
         .into_response()
