@@ -219,6 +219,10 @@ output:
         "confirm never arrived:\n{}",
         run.stderr()
     );
+    // The report of a finished step is printed beside the next step's
+    // start, not before it: wait for the line, then kill.
+    let mut run = run;
+    run.wait_for_stderr_line(LONG, |l| reported_ok(l).contains("create"));
     let first = run.kill();
     killed(&first);
     assert!(
